@@ -1,0 +1,96 @@
+"""Turn a registration ``url`` into a local archive path, inside what the operator allowed.
+
+A ``url`` is an archive name in the model store, a local path, or an http(s) URL. Remote URLs
+must match one of ``allowed_urls`` (regular expressions; none by default), redirects included;
+downloads are capped in size and time. Local paths outside the model store are accepted from
+the operator's own command line, and from the management API only when ``allowed_urls``
+matches their ``file://`` URL.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import httpx
+
+from dms.errors import ArchiveError, ForbiddenError, InputError
+from dms.settings import ServerSettings
+
+_MAX_REDIRECTS = 5
+
+
+def url_allowed(url: str, allowed: list[str]) -> bool:
+    return any(re.fullmatch(pattern, url) for pattern in allowed)
+
+
+def locate_archive(url: str, settings: ServerSettings, trusted_local: bool) -> Path:
+    if not url:
+        raise InputError("parameter 'url' is required")
+    scheme = urlparse(url).scheme.lower()
+    if scheme in ("http", "https"):
+        return download_archive(url, settings)
+    if scheme == "file":
+        path = Path(unquote(urlparse(url).path))
+    elif scheme and len(scheme) > 1:
+        raise ForbiddenError(f"URL scheme {scheme!r} is not supported; use a model-store name, a path or http(s)")
+    else:
+        path = _in_store(url, settings) or Path(url)
+    path = path.expanduser().resolve()
+    store = settings.model_store.resolve() if settings.model_store else None
+    inside_store = store is not None and path.is_relative_to(store)
+    if not (trusted_local or inside_store or url_allowed(path.as_uri(), settings.allowed_urls)):
+        raise ForbiddenError(
+            f"{url!r} is outside the model store; only archives in the model store can be "
+            "registered through the API unless allowed_urls matches their file:// URL"
+        )
+    if not path.exists():
+        where = f" (model store: {store})" if store else " (no model store is configured)"
+        raise ArchiveError(f"model archive {url!r} was not found{where}")
+    return path
+
+
+def _in_store(name: str, settings: ServerSettings) -> Path | None:
+    if settings.model_store is None or "/" in name or "\\" in name or name in (".", ".."):
+        return None
+    candidate = settings.model_store / name
+    return candidate if candidate.exists() else None
+
+
+def download_archive(url: str, settings: ServerSettings) -> Path:
+    if not url_allowed(url, settings.allowed_urls):
+        raise ForbiddenError(
+            f"remote model URL {url!r} is not allowed: no pattern in allowed_urls matches it "
+            "(by default no remote URL is allowed)"
+        )
+    name = Path(urlparse(url).path).name or "model.mar"
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise InputError(f"cannot derive a safe file name from {url!r}")
+    target_dir = Path(tempfile.mkdtemp(prefix="dms-download-"))
+    target = target_dir / name
+    current = url
+    with httpx.Client(timeout=settings.download_timeout_s, follow_redirects=False) as client:
+        for _ in range(_MAX_REDIRECTS + 1):
+            with client.stream("GET", current) as response:
+                if response.is_redirect:
+                    current = str(response.url.join(response.headers.get("location", "")))
+                    if not url_allowed(current, settings.allowed_urls):
+                        raise ForbiddenError(f"{url!r} redirects to {current!r}, which allowed_urls does not allow")
+                    continue
+                if response.status_code != 200:
+                    raise ArchiveError(f"downloading {url!r} failed with HTTP {response.status_code}")
+                _save_capped(response, target, settings.max_download_bytes)
+                return target
+    raise ArchiveError(f"{url!r} redirected more than {_MAX_REDIRECTS} times")
+
+
+def _save_capped(response: httpx.Response, target: Path, cap: int) -> None:
+    size = 0
+    with target.open("wb") as out:
+        for chunk in response.iter_bytes():
+            size += len(chunk)
+            if size > cap:
+                raise ArchiveError(f"download exceeds max_download_bytes ({cap} bytes)")
+            out.write(chunk)

@@ -1,0 +1,179 @@
+"""Open a model archive (zip ``.mar``, tgz or folder) and extract it safely, once, into a cache.
+
+Extraction refuses absolute paths, ``..``, links, device files and duplicate names, and stops at
+a total size cap and a per-entry compression-ratio cap (zip bombs). A finished extraction lives in
+``<cache>/<sha256 of the archive>`` and is reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import stat
+import tarfile
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import IO
+
+from dms.archive.manifest import MANIFEST_PATH, Manifest, parse_manifest
+from dms.errors import ArchiveError
+from dms.model_config import ModelConfig, parse_model_config
+
+_COMPLETE_MARKER = ".dms-extracted"
+_MAX_RATIO = 200
+_RATIO_FLOOR_BYTES = 4 * 1024 * 1024
+_CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ExtractedArchive:
+    source: Path
+    model_dir: Path
+    manifest: Manifest
+    config: ModelConfig
+
+
+def open_archive(path: Path, cache_dir: Path, max_bytes: int) -> ExtractedArchive:
+    if path.is_dir():
+        model_dir = path
+    elif path.is_file():
+        model_dir = _extract_cached(path, cache_dir, max_bytes)
+    else:
+        raise ArchiveError(f"archive {path} does not exist")
+    manifest = _read_manifest(model_dir)
+    config = ModelConfig()
+    if manifest.config_file:
+        config_path = _inside(model_dir, manifest.config_file)
+        if not config_path.is_file():
+            raise ArchiveError(f"the manifest's configFile {manifest.config_file!r} is not in the archive")
+        config = parse_model_config(config_path.read_bytes(), manifest.config_file)
+    return ExtractedArchive(source=path, model_dir=model_dir, manifest=manifest, config=config)
+
+
+def _read_manifest(model_dir: Path) -> Manifest:
+    manifest_file = model_dir / MANIFEST_PATH
+    if not manifest_file.is_file():
+        raise ArchiveError(f"not a model archive: {MANIFEST_PATH} is missing")
+    try:
+        raw = json.loads(manifest_file.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ArchiveError(f"{MANIFEST_PATH} is not valid JSON: {exc}") from exc
+    return parse_manifest(raw)
+
+
+def _inside(root: Path, relative: str) -> Path:
+    candidate = (root / relative).resolve()
+    if not candidate.is_relative_to(root.resolve()):
+        raise ArchiveError(f"path {relative!r} points outside the archive")
+    return candidate
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _extract_cached(path: Path, cache_dir: Path, max_bytes: int) -> Path:
+    target = cache_dir / file_sha256(path)[:40]
+    if (target / _COMPLETE_MARKER).is_file():
+        return target
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".extract-", dir=cache_dir))
+    try:
+        if zipfile.is_zipfile(path):
+            _extract_zip(path, staging, max_bytes)
+        elif tarfile.is_tarfile(path):
+            _extract_tar(path, staging, max_bytes)
+        else:
+            raise ArchiveError(f"{path.name} is neither a zip (.mar) nor a tar archive")
+        (staging / _COMPLETE_MARKER).touch()
+        if target.exists():
+            shutil.rmtree(target)
+        os.rename(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def safe_member_path(name: str) -> PurePosixPath:
+    """Validate an archive member name; return it as a relative path."""
+    if not name or "\x00" in name:
+        raise ArchiveError("archive member with an empty or NUL-containing name")
+    normalized = name.replace("\\", "/")
+    member = PurePosixPath(normalized)
+    if member.is_absolute() or normalized.startswith("/") or (len(normalized) > 1 and normalized[1] == ":"):
+        raise ArchiveError(f"archive member {name!r} has an absolute path")
+    if ".." in member.parts:
+        raise ArchiveError(f"archive member {name!r} climbs out of the archive ('..')")
+    return member
+
+
+class _Budget:
+    def __init__(self, max_bytes: int) -> None:
+        self.left = max_bytes
+        self.max_bytes = max_bytes
+
+    def copy(self, source: IO[bytes], destination: Path) -> None:
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        with destination.open("xb") as out:
+            while chunk := source.read(_CHUNK):
+                self.left -= len(chunk)
+                if self.left < 0:
+                    raise ArchiveError(f"archive extracts to more than {self.max_bytes} bytes")
+                out.write(chunk)
+
+
+def _extract_zip(path: Path, destination: Path, max_bytes: int) -> None:
+    budget = _Budget(max_bytes)
+    seen: set[str] = set()
+    with zipfile.ZipFile(path) as zf:
+        infos = zf.infolist()
+        if sum(info.file_size for info in infos) > max_bytes:
+            raise ArchiveError(f"archive declares more than {max_bytes} bytes of content")
+        for info in infos:
+            member = safe_member_path(info.filename)
+            key = str(member).rstrip("/")
+            if key in seen:
+                raise ArchiveError(f"archive member {info.filename!r} appears twice")
+            seen.add(key)
+            mode = info.external_attr >> 16
+            if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                raise ArchiveError(f"archive member {info.filename!r} is a link or special file")
+            if info.is_dir():
+                (destination / member).mkdir(parents=True, exist_ok=True)
+                continue
+            ratio = info.file_size / max(info.compress_size, 1)
+            if info.file_size > _RATIO_FLOOR_BYTES and ratio > _MAX_RATIO:
+                raise ArchiveError(f"archive member {info.filename!r} compresses {ratio:.0f}:1 (zip bomb?)")
+            with zf.open(info) as source:
+                budget.copy(source, destination / member)
+
+
+def _extract_tar(path: Path, destination: Path, max_bytes: int) -> None:
+    budget = _Budget(max_bytes)
+    seen: set[str] = set()
+    with tarfile.open(path) as tar:
+        for info in tar:
+            member = safe_member_path(info.name)
+            key = str(member).rstrip("/")
+            if key in seen:
+                raise ArchiveError(f"archive member {info.name!r} appears twice")
+            seen.add(key)
+            if info.isdir():
+                (destination / member).mkdir(parents=True, exist_ok=True)
+                continue
+            if not info.isfile():
+                raise ArchiveError(f"archive member {info.name!r} is a link or special file")
+            source = tar.extractfile(info)
+            if source is None:
+                raise ArchiveError(f"archive member {info.name!r} cannot be read")
+            with source:
+                budget.copy(source, destination / member)

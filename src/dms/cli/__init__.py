@@ -1,0 +1,1 @@
+"""The ``dms`` command line."""

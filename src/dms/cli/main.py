@@ -1,0 +1,25 @@
+"""``dms``: serve, start, stop, archive."""
+
+from __future__ import annotations
+
+import click
+
+from dms import __version__
+from dms.cli.archiving import archive
+from dms.cli.serving import serve, start, stop
+
+
+@click.group()
+@click.version_option(__version__, prog_name="dms")
+def cli() -> None:
+    """Deep Model Server."""
+
+
+cli.add_command(serve)
+cli.add_command(start)
+cli.add_command(stop)
+cli.add_command(archive)
+
+
+def main() -> None:
+    cli()

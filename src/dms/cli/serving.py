@@ -1,0 +1,159 @@
+"""``dms serve``, ``dms start`` (serve in the background) and ``dms stop``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+from pydantic import ValidationError
+
+from dms.settings import ServerSettings, load_settings
+
+
+def server_options(fn: Any) -> Any:
+    options = [
+        click.option("--config", "config_file", type=click.Path(path_type=Path), help="TOML settings file."),
+        click.option("--model-store", type=click.Path(path_type=Path), help="Folder of model archives."),
+        click.option("--models", multiple=True, help="name=archive, archive, or 'all' (repeatable)."),
+        click.option("--inference-address", help="host:port of the inference API [127.0.0.1:8080]."),
+        click.option("--management-address", help="host:port of the management API [127.0.0.1:8081]."),
+        click.option("--metrics-address", help="host:port of the metrics endpoint [127.0.0.1:8082]."),
+        click.option("--default-workers-per-model", type=int, help="Workers per model version."),
+        click.option("--allowed-urls", multiple=True, help="Regex a remote archive URL must match (repeatable)."),
+        click.option("--no-default-model", is_flag=True, help="Do not serve the bundled digits model."),
+        click.option("--pid-file", type=click.Path(path_type=Path), help="Where the server writes its pid."),
+        click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"])),
+        click.argument("extra_models", nargs=-1),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def settings_from_cli(kwargs: dict[str, Any]) -> tuple[ServerSettings, list[str]]:
+    """Settings from the CLI flags on top of env and TOML; also the argv to re-run ``serve``."""
+    config_file = kwargs.pop("config_file")
+    models = [*kwargs.pop("models"), *kwargs.pop("extra_models")]
+    allowed = list(kwargs.pop("allowed_urls"))
+    overrides: dict[str, Any] = {k: v for k, v in kwargs.items() if v is not None}
+    if overrides.pop("no_default_model", False):
+        overrides["default_model"] = False
+    if models:
+        overrides["models"] = models
+    if allowed:
+        overrides["allowed_urls"] = allowed
+    try:
+        settings = load_settings(config_file, **overrides)
+    except (ValidationError, FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(f"invalid settings: {exc}") from exc
+    argv = ["--config", str(config_file)] if config_file else []
+    for key, value in overrides.items():
+        flag = "--" + key.replace("_", "-")
+        if key == "default_model":
+            argv.append("--no-default-model")
+        elif isinstance(value, list):
+            for entry in value:
+                argv += [flag, str(entry)]
+        else:
+            argv += [flag, str(value)]
+    return settings, argv
+
+
+def _running_pid(pid_file: Path) -> int | None:
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid
+    return pid
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+@click.command()
+@server_options
+@click.option("--foreground/--background", default=True, help="serve runs in the foreground (default).")
+def serve(foreground: bool, **kwargs: Any) -> None:
+    """Serve models (the bundled digits model when none is named)."""
+    settings, argv = settings_from_cli(kwargs)
+    if not foreground:
+        _start_background(settings, argv)
+        return
+    pid = _running_pid(settings.pid_file)
+    if pid is not None and pid != os.getpid():
+        raise click.ClickException(f"a DMS server is already running with pid {pid} ({settings.pid_file}); run 'dms stop' first")
+    _configure_logging(settings.log_level)
+    from dms.server import run
+
+    sys.exit(run(settings))
+
+
+@click.command()
+@server_options
+@click.option("--log-file", type=click.Path(path_type=Path), help="Server log [next to the pid file].")
+@click.option("--wait-s", type=float, default=300.0, help="How long to wait for readiness.")
+def start(log_file: Path | None, wait_s: float, **kwargs: Any) -> None:
+    """Start the server in the background; return once it is ready."""
+    settings, argv = settings_from_cli(kwargs)
+    _start_background(settings, argv, log_file, wait_s)
+
+
+def _start_background(settings: ServerSettings, argv: list[str], log_file: Path | None = None,
+                      wait_s: float = 300.0) -> None:
+    pid = _running_pid(settings.pid_file)
+    if pid is not None:
+        raise click.ClickException(f"a DMS server is already running with pid {pid}; run 'dms stop' first")
+    log_path = log_file or settings.pid_file.with_suffix(".log")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    settings.pid_file.unlink(missing_ok=True)
+    with log_path.open("ab") as log_out:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "dms", "serve", "--pid-file", str(settings.pid_file), *argv],
+            stdin=subprocess.DEVNULL, stdout=log_out, stderr=log_out, start_new_session=True,
+        )
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        if child.poll() is not None:
+            raise click.ClickException(f"the server exited with code {child.returncode}; see {log_path}")
+        if _running_pid(settings.pid_file) == child.pid:
+            click.echo(f"DMS started (pid {child.pid}); log: {log_path}")
+            return
+        time.sleep(0.1)
+    child.terminate()
+    raise click.ClickException(f"the server was not ready within {wait_s:g} s; see {log_path}")
+
+
+@click.command()
+@click.option("--pid-file", type=click.Path(path_type=Path), help="The running server's pid file.")
+@click.option("--wait-s", type=float, default=60.0, help="How long to wait for it to exit.")
+def stop(pid_file: Path | None, wait_s: float) -> None:
+    """Stop a server started with 'dms start' (or any 'dms serve' writing the same pid file)."""
+    path = pid_file or load_settings().pid_file
+    pid = _running_pid(path)
+    if pid is None:
+        raise click.ClickException(f"no running DMS server found ({path})")
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        if _running_pid(path) != pid:
+            click.echo(f"DMS stopped (pid {pid})")
+            return
+        time.sleep(0.1)
+    raise click.ClickException(f"server pid {pid} did not stop within {wait_s:g} s")

@@ -1,0 +1,180 @@
+"""Every operation on models, for any transport: register, scale, predict, describe, stop.
+
+A ``DataPlane`` owns its registry and holds no global state, so several can live in one
+process (tests do) and another server could host one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from dms.archive.locate import locate_archive
+from dms.archive.reader import open_archive
+from dms.dataplane.registry import ModelRegistry, ModelVersion
+from dms.engine.batcher import Batcher
+from dms.engine.messages import LoadModel, RequestItem, ResponseItem
+from dms.engine.pool import PoolSettings, PoolState, WorkerPool
+from dms.errors import DMSError, InputError, ModelUnavailableError
+from dms.naming import validate_model_name
+from dms.settings import ServerSettings
+
+log = logging.getLogger("dms.dataplane")
+
+
+class DataPlane:
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self.registry = ModelRegistry()
+        self._stopping = False
+
+    # -- inference ----------------------------------------------------------------------------
+    def submit(self, name: str, version: str | None, item: RequestItem) -> asyncio.Future[ResponseItem]:
+        """Queue one request; the future resolves to its response item."""
+        model = self.registry.get(name, version)
+        if model.pool.state == PoolState.FAILED:
+            raise ModelUnavailableError(
+                f"model {name} version {model.version} failed to start: {model.pool.last_error}"
+            )
+        return model.batcher.submit(item)
+
+    def healthy(self) -> bool:
+        return all(model.pool.healthy for model in self.registry)
+
+    # -- management ---------------------------------------------------------------------------
+    async def register(
+        self,
+        url: str,
+        *,
+        name: str | None = None,
+        overrides: dict[str, Any] | None = None,
+        handler: str | None = None,
+        synchronous: bool = True,
+        trusted_local: bool = False,
+        loaded_at_startup: bool = False,
+    ) -> ModelVersion:
+        """Register an archive; with ``synchronous``, return once its workers are up."""
+        if self._stopping:
+            raise ModelUnavailableError("the server is stopping")
+        if name is not None:
+            validate_model_name(name)
+        path = await asyncio.to_thread(locate_archive, url, self.settings, trusted_local)
+        archive = await asyncio.to_thread(
+            open_archive, path, self.settings.archive_cache_dir, self.settings.max_archive_bytes
+        )
+        model_name = name or archive.manifest.model_name
+        config = archive.config.merged(overrides or {}).resolve(self.settings)
+        label = f"{model_name}:{archive.manifest.model_version}"
+        manifest = dict(archive.manifest.raw)
+        if handler:
+            manifest["model"] = {**manifest["model"], "handler": handler}
+        template = LoadModel(
+            model_name=model_name,
+            model_version=archive.manifest.model_version,
+            model_dir=str(archive.model_dir),
+            manifest=manifest,
+            config=config.raw,
+            batch_size=config.batch_size,
+            gpu_id=None,
+            worker_id="",
+            cpu_threads=1,
+        )
+        pool = WorkerPool(label, template, PoolSettings(
+            response_timeout_s=config.response_timeout_s,
+            startup_timeout_s=config.startup_timeout_s,
+            max_startup_failures=self.settings.max_startup_failures,
+            restart_backoff_max_s=self.settings.restart_backoff_max_s,
+        ))
+        batcher: Batcher[Any] = Batcher(label, pool, config.batch_size, config.job_queue_size)
+        model = ModelVersion(
+            name=model_name, version=archive.manifest.model_version, url=url, archive=archive,
+            config=config, pool=pool, batcher=batcher, loaded_at_startup=loaded_at_startup,
+        )
+        self.registry.add(model)
+        batcher.start()
+        await pool.scale(config.initial_workers, wait=synchronous)
+        if synchronous and pool.state == PoolState.FAILED and not loaded_at_startup:
+            await self._stop_model(self.registry.remove(model.name, model.version), drain=False)
+            raise ModelUnavailableError(f"model {model_name} failed to start: {pool.last_error}")
+        log.info("registered %s from %s with %d workers (state %s)",
+                 label, url, config.initial_workers, pool.state.value)
+        return model
+
+    async def unregister(self, name: str, version: str | None = None) -> ModelVersion:
+        model = self.registry.get(name, version)
+        self.registry.remove(model.name, model.version)
+        await self._stop_model(model, drain=True)
+        return model
+
+    async def scale(self, name: str, version: str | None, min_workers: int, max_workers: int | None,
+                    synchronous: bool) -> ModelVersion:
+        if min_workers < 0 or (max_workers is not None and max_workers < min_workers):
+            raise InputError("min_worker must be >= 0 and max_worker >= min_worker")
+        model = self.registry.get(name, version)
+        model.extra["max_workers"] = max(min_workers, max_workers or min_workers)
+        await model.pool.scale(min_workers, wait=synchronous)
+        return model
+
+    def set_default(self, name: str, version: str) -> None:
+        self.registry.set_default(name, version)
+
+    async def _stop_model(self, model: ModelVersion, drain: bool) -> None:
+        if drain:
+            await model.batcher.drain(model.config.response_timeout_s)
+        await model.batcher.close()
+        await model.pool.stop()
+
+    async def shutdown(self, grace_s: float) -> None:
+        """Finish queued work (up to ``grace_s``), then stop every worker."""
+        self._stopping = True
+        models = list(self.registry)
+        await asyncio.gather(*(m.batcher.drain(grace_s) for m in models))
+        await asyncio.gather(*(self._stop_model(m, drain=False) for m in models), return_exceptions=True)
+
+    # -- descriptions -------------------------------------------------------------------------
+    def describe(self, name: str, version: str | None) -> list[dict[str, Any]]:
+        if version == "all":
+            models = self.registry.versions(name)
+        else:
+            models = [self.registry.get(name, version)]
+        default = self.registry.default_version(name)
+        return [self._describe_one(model, model.version == default) for model in models]
+
+    def _describe_one(self, model: ModelVersion, is_default: bool) -> dict[str, Any]:
+        pool, config = model.pool, model.config
+        return {
+            "modelName": model.name,
+            "modelVersion": model.version,
+            "modelUrl": model.url,
+            "runtime": model.archive.manifest.raw.get("runtime", "python"),
+            "handler": model.archive.manifest.handler,
+            "archiveFormat": model.archive.manifest.origin,
+            "isDefault": is_default,
+            "status": pool.state.value,
+            "lastError": pool.last_error,
+            "minWorkers": pool.target,
+            "maxWorkers": max(pool.target, model.extra.get("max_workers", config.max_workers)),
+            "batchSize": config.batch_size,
+            "maxBatchDelay": config.max_batch_delay_ms,
+            "responseTimeout": config.response_timeout_s,
+            "loadedAtStartup": model.loaded_at_startup,
+            "restarts": pool.restarts,
+            "workers": pool.describe_workers(),
+            "jobQueueStatus": {
+                "remainingCapacity": config.job_queue_size - model.batcher.pending,
+                "pendingRequests": model.batcher.pending,
+            },
+        }
+
+    def list_models(self, limit: int, token: int) -> tuple[list[dict[str, str]], int | None]:
+        names = self.registry.names()
+        page = names[token : token + limit]
+        rows = [
+            {"modelName": name, "modelUrl": self.registry.get(name).url} for name in page
+        ]
+        next_token = token + limit if token + limit < len(names) else None
+        return rows, next_token
+
+
+__all__ = ["DMSError", "DataPlane"]

@@ -1,0 +1,83 @@
+"""Model names → versions → ``ModelVersion``, with one default version per name."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from dms.archive.reader import ExtractedArchive
+from dms.engine.batcher import Batcher
+from dms.engine.pool import WorkerPool
+from dms.engine.worker_process import WorkerProcess
+from dms.errors import ModelAlreadyExistsError, ModelNotFoundError
+from dms.model_config import ResolvedModelConfig
+
+
+@dataclass
+class ModelVersion:
+    name: str
+    version: str
+    url: str
+    archive: ExtractedArchive
+    config: ResolvedModelConfig
+    pool: WorkerPool
+    batcher: Batcher[WorkerProcess]
+    loaded_at_startup: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class ModelRegistry:
+    def __init__(self) -> None:
+        self._models: dict[str, dict[str, ModelVersion]] = {}
+        self._defaults: dict[str, str] = {}
+
+    def add(self, model: ModelVersion) -> None:
+        versions = self._models.setdefault(model.name, {})
+        if model.version in versions:
+            raise ModelAlreadyExistsError(
+                f"model {model.name} version {model.version} is already registered"
+            )
+        versions[model.version] = model
+        self._defaults.setdefault(model.name, model.version)
+
+    def remove(self, name: str, version: str) -> ModelVersion:
+        model = self.get(name, version)
+        versions = self._models[name]
+        del versions[version]
+        if not versions:
+            del self._models[name]
+            del self._defaults[name]
+        elif self._defaults[name] == version:
+            self._defaults[name] = next(iter(versions))
+        return model
+
+    def get(self, name: str, version: str | None = None) -> ModelVersion:
+        versions = self._models.get(name)
+        if versions is None:
+            raise ModelNotFoundError(f"model {name} is not registered")
+        key = version or self._defaults[name]
+        model = versions.get(key)
+        if model is None:
+            raise ModelNotFoundError(f"model {name} has no version {key}")
+        return model
+
+    def versions(self, name: str) -> list[ModelVersion]:
+        if name not in self._models:
+            raise ModelNotFoundError(f"model {name} is not registered")
+        return list(self._models[name].values())
+
+    def default_version(self, name: str) -> str:
+        self.versions(name)
+        return self._defaults[name]
+
+    def set_default(self, name: str, version: str) -> None:
+        self.get(name, version)
+        self._defaults[name] = version
+
+    def names(self) -> list[str]:
+        return sorted(self._models)
+
+    def __iter__(self) -> Iterator[ModelVersion]:
+        for versions in self._models.values():
+            yield from versions.values()

@@ -1,0 +1,81 @@
+"""Typed messages between the server and its worker processes.
+
+Every frame on a worker's socket is a 4-byte big-endian length and one msgpack-encoded
+message below. Request payloads travel as untouched bytes; nothing is ever pickled, and errors
+cross as (class name, message), never as exception objects.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import msgspec
+
+
+class ErrorInfo(msgspec.Struct, frozen=True):
+    type_name: str
+    """Name of a ``dms.errors`` class, e.g. ``InputError``."""
+    message: str
+
+
+class LoadModel(msgspec.Struct, tag="load", array_like=True):
+    model_name: str
+    model_version: str
+    model_dir: str
+    manifest: dict[str, Any]
+    config: dict[str, Any]
+    batch_size: int
+    gpu_id: int | None
+    worker_id: str
+    cpu_threads: int
+
+
+class ModelLoaded(msgspec.Struct, tag="loaded", array_like=True):
+    pid: int
+
+
+class LoadFailed(msgspec.Struct, tag="load_failed", array_like=True):
+    error: ErrorInfo
+
+
+class RequestItem(msgspec.Struct, array_like=True):
+    request_id: str
+    body: bytes
+    content_type: str
+    headers: list[tuple[str, str]]
+    query: list[tuple[str, str]]
+
+
+class Batch(msgspec.Struct, tag="batch", array_like=True):
+    batch_id: int
+    items: list[RequestItem]
+
+
+class ResponseItem(msgspec.Struct, array_like=True):
+    status: int
+    body: bytes
+    content_type: str
+    headers: list[tuple[str, str]] = []
+    error: ErrorInfo | None = None
+
+
+class BatchResult(msgspec.Struct, tag="result", array_like=True):
+    batch_id: int
+    items: list[ResponseItem]
+
+
+ToWorker = LoadModel | Batch
+FromWorker = ModelLoaded | LoadFailed | BatchResult
+
+HEADER = struct.Struct(">I")
+MAX_FRAME_BYTES = 2**31 - 1
+
+_encoder = msgspec.msgpack.Encoder()
+to_worker_decoder = msgspec.msgpack.Decoder(ToWorker)
+from_worker_decoder = msgspec.msgpack.Decoder(FromWorker)
+
+
+def encode_frame(message: ToWorker | FromWorker) -> bytes:
+    payload = _encoder.encode(message)
+    return HEADER.pack(len(payload)) + payload

@@ -1,0 +1,247 @@
+"""A supervised pool of worker processes for one model version.
+
+The pool starts workers, hands idle ones to the batcher, replaces any that die (at once the
+first time, then with doubling backoff), and gives up after ``max_startup_failures``
+consecutive failed starts, leaving a visible FAILED state until someone scales it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import time
+from collections import deque
+from dataclasses import dataclass
+from enum import StrEnum
+
+import msgspec
+
+from dms.engine.messages import Batch, LoadModel, RequestItem, ResponseItem
+from dms.engine.worker_process import (
+    WorkerProcess,
+    WorkerStartError,
+    WorkerState,
+    describe_exit,
+    unavailable,
+)
+from dms.errors import DMSError, RequestTimeoutError, WorkerDiedError
+
+log = logging.getLogger("dms.pool")
+
+
+class PoolState(StrEnum):
+    STARTING = "STARTING"
+    READY = "READY"
+    FAILED = "FAILED"
+    STOPPED = "STOPPED"
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    response_timeout_s: float
+    startup_timeout_s: float
+    max_startup_failures: int
+    restart_backoff_max_s: float
+
+
+class WorkerPool:
+    def __init__(self, label: str, load_template: LoadModel, settings: PoolSettings) -> None:
+        self.label = label
+        self.settings = settings
+        self._template = load_template
+        self.state = PoolState.STARTING
+        self.target = 0
+        self.workers: dict[str, WorkerProcess] = {}
+        self.restarts = 0
+        self.last_error: str | None = None
+        self._idle: deque[WorkerProcess] = deque()
+        self._idle_event = asyncio.Event()
+        self._ids = itertools.count()
+        self._batch_ids = itertools.count()
+        self._startup_failures = 0
+        self._restart_delay_s = 0.0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- sizing -----------------------------------------------------------------------------
+    async def scale(self, target: int, wait: bool = True) -> None:
+        """Grow or shrink to ``target`` workers; with ``wait``, return once started ones load."""
+        if self.state in (PoolState.FAILED, PoolState.STOPPED):
+            self.state = PoolState.STARTING
+            self._startup_failures = 0
+            self.last_error = None
+        self.target = target
+        live = [w for w in self.workers.values() if not w.retiring]
+        starts = [self._spawn() for _ in range(target - len(live))]
+        for worker in live[target:] if target < len(live) else []:
+            self._retire(worker)
+        if target == 0 or not starts:
+            self._settle_state()
+        if wait and starts:
+            await asyncio.gather(*starts)
+        else:
+            for start in starts:
+                self._track(start)
+
+    def _retire(self, worker: WorkerProcess) -> None:
+        worker.retiring = True
+        if worker in self._idle:
+            self._idle.remove(worker)
+            self._track(self._stop(worker))
+
+    async def stop(self) -> None:
+        self.state = PoolState.STOPPED
+        self.target = 0
+        self._idle_event.set()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*(self._stop(w) for w in list(self.workers.values())), return_exceptions=True)
+
+    async def _stop(self, worker: WorkerProcess) -> None:
+        self.workers.pop(worker.worker_id, None)
+        await worker.stop()
+
+    # -- starting and replacing ----------------------------------------------------------------
+    async def _spawn(self, delay_s: float = 0.0) -> None:
+        if delay_s:
+            await asyncio.sleep(delay_s)
+        if self.state == PoolState.STOPPED or self._live_count() >= self.target:
+            return
+        worker_id = f"{next(self._ids)}"
+        load = msgspec.structs.replace(
+            self._template, worker_id=worker_id, cpu_threads=self._cpu_threads()
+        )
+        worker = WorkerProcess(worker_id, load, f"{self.label} w{worker_id}")
+        self.workers[worker_id] = worker
+        try:
+            await worker.start(self.settings.startup_timeout_s)
+        except (WorkerStartError, OSError) as exc:
+            self.workers.pop(worker_id, None)
+            self._on_start_failure(str(exc))
+            return
+        self._startup_failures = 0
+        self._track(self._watch(worker))
+        self._make_idle(worker)
+        self._settle_state()
+
+    def _on_start_failure(self, reason: str) -> None:
+        self._startup_failures += 1
+        self.last_error = reason
+        if self._startup_failures >= self.settings.max_startup_failures:
+            log.error("%s failed to start %d times; marking it FAILED: %s",
+                      self.label, self._startup_failures, reason)
+            self.state = PoolState.FAILED
+            self._idle_event.set()
+            return
+        delay = min(2.0 ** (self._startup_failures - 1), self.settings.restart_backoff_max_s)
+        log.warning("%s worker failed to start (%s); retrying in %.1f s", self.label, reason, delay)
+        self._track(self._spawn(delay))
+
+    async def _watch(self, worker: WorkerProcess) -> None:
+        code = await worker.wait_dead()
+        known = self.workers.pop(worker.worker_id, None) is not None
+        with contextlib.suppress(ValueError):
+            self._idle.remove(worker)
+        if not known or worker.retiring or self.state == PoolState.STOPPED:
+            return
+        self.last_error = f"worker pid {worker.pid} {describe_exit(code)}"
+        log.warning("%s: %s; replacing it", self.label, self.last_error)
+        self.restarts += 1
+        delay = self._restart_delay_s
+        self._restart_delay_s = min(max(1.0, delay * 2), self.settings.restart_backoff_max_s)
+        self._settle_state()
+        self._track(self._spawn(delay))
+
+    # -- the batcher's side -------------------------------------------------------------------
+    async def acquire(self) -> WorkerProcess:
+        """Wait for an idle worker; raise when the pool can no longer serve."""
+        while True:
+            if self.state in (PoolState.FAILED, PoolState.STOPPED):
+                raise unavailable(self.label, self._unavailable_reason())
+            while self._idle:
+                worker = self._idle.popleft()
+                if worker.state == WorkerState.READY and not worker.retiring:
+                    return worker
+            self._idle_event.clear()
+            await self._idle_event.wait()
+
+    async def execute(self, worker: WorkerProcess, items: list[RequestItem]) -> list[ResponseItem]:
+        batch = Batch(batch_id=next(self._batch_ids), items=items)
+        try:
+            result = await worker.run_batch(batch, self.settings.response_timeout_s)
+        except (WorkerDiedError, RequestTimeoutError):
+            raise  # the watcher replaces the worker
+        except BaseException:
+            worker.kill()
+            raise
+        self._restart_delay_s = 0.0
+        if worker.retiring:
+            self._track(self._stop(worker))
+        else:
+            self._make_idle(worker)
+        return result.items
+
+    def release(self, worker: WorkerProcess) -> None:
+        self._make_idle(worker)
+
+    def _make_idle(self, worker: WorkerProcess) -> None:
+        self._idle.append(worker)
+        self._idle_event.set()
+
+    # -- state --------------------------------------------------------------------------------
+    def _live_count(self) -> int:
+        return sum(1 for w in self.workers.values() if not w.retiring)
+
+    def ready_count(self) -> int:
+        return sum(1 for w in self.workers.values() if w.state in (WorkerState.READY, WorkerState.BUSY) and not w.retiring)
+
+    def _settle_state(self) -> None:
+        if self.state in (PoolState.FAILED, PoolState.STOPPED):
+            return
+        self.state = PoolState.READY if self.ready_count() >= self.target else PoolState.STARTING
+
+    @property
+    def healthy(self) -> bool:
+        return self.state != PoolState.FAILED and self.ready_count() >= self.target
+
+    def _unavailable_reason(self) -> str:
+        if self.state == PoolState.STOPPED:
+            return "it is being unregistered or the server is stopping"
+        return f"its workers failed to start ({self.last_error})"
+
+    def _cpu_threads(self) -> int:
+        return max(1, (os.cpu_count() or 1) // max(1, self.target))
+
+    def _track(self, coro: object) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s: background task failed: %r", self.label, task.exception())
+
+    def describe_workers(self) -> list[dict[str, object]]:
+        import psutil
+
+        rows = []
+        for worker in self.workers.values():
+            memory = 0
+            if worker.pid is not None:
+                with contextlib.suppress(psutil.Error):
+                    memory = psutil.Process(worker.pid).memory_info().rss
+            rows.append({
+                "id": worker.worker_id,
+                "pid": worker.pid,
+                "startTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(worker.started_at)),
+                "status": worker.state.value,
+                "memoryUsage": memory,
+                "gpu": False,
+            })
+        return rows
+
+
+__all__ = ["DMSError", "PoolSettings", "PoolState", "WorkerPool"]

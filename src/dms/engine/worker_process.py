@@ -1,0 +1,190 @@
+"""The server's handle on one worker process: spawn it, load the model, send it batches.
+
+A worker is a fresh interpreter (``python -m dms.worker``) holding one end of a socket pair.
+Its death is seen at once: the socket reaches EOF and the process's exit status says why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import sys
+import time
+from enum import StrEnum
+
+from dms.engine.messages import (
+    HEADER,
+    Batch,
+    BatchResult,
+    FromWorker,
+    LoadFailed,
+    LoadModel,
+    ModelLoaded,
+    encode_frame,
+    from_worker_decoder,
+)
+from dms.errors import DMSError, ModelUnavailableError, RequestTimeoutError, WorkerDiedError, error_from_wire
+
+log = logging.getLogger("dms.worker")
+_STOP_GRACE_S = 5.0
+
+
+class WorkerState(StrEnum):
+    STARTING = "STARTING"
+    READY = "READY"
+    BUSY = "BUSY"
+    STOPPING = "STOPPING"
+    DEAD = "DEAD"
+
+
+class WorkerStartError(DMSError):
+    """The worker could not load its model (its own error, or its death during start-up)."""
+
+
+def describe_exit(returncode: int | None) -> str:
+    if returncode is None:
+        return "stopped answering"
+    if returncode < 0:
+        try:
+            return f"was killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"was killed by signal {-returncode}"
+    return f"exited with code {returncode}"
+
+
+class WorkerProcess:
+    def __init__(self, worker_id: str, load: LoadModel, label: str) -> None:
+        self.worker_id = worker_id
+        self.load = load
+        self.label = label
+        self.state = WorkerState.STARTING
+        self.started_at = time.time()
+        self.pid: int | None = None
+        self.retiring = False
+        self._proc: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._log_task: asyncio.Task[None] | None = None
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.returncode if self._proc else None
+
+    async def start(self, timeout_s: float) -> None:
+        parent, child = socket.socketpair()
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-u", "-m", "dms.worker", "--fd", str(child.fileno()),
+                pass_fds=(child.fileno(),),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+            )
+        finally:
+            child.close()
+        self.pid = self._proc.pid
+        self._log_task = asyncio.create_task(self._pump_logs())
+        self._reader, self._writer = await asyncio.open_unix_connection(sock=parent)
+        self._writer.write(encode_frame(self.load))
+        try:
+            async with asyncio.timeout(timeout_s):
+                reply = await self._receive()
+        except TimeoutError:
+            self.kill()
+            raise WorkerStartError(f"{self.label} did not load within {timeout_s:g} s") from None
+        if isinstance(reply, LoadFailed):
+            await self.wait_exit()
+            raise WorkerStartError(error_from_wire(reply.error.type_name, reply.error.message).message)
+        if not isinstance(reply, ModelLoaded):
+            code = await self.wait_exit()
+            raise WorkerStartError(f"{self.label} {describe_exit(code)} while loading the model")
+        self.state = WorkerState.READY
+
+    async def run_batch(self, batch: Batch, timeout_s: float) -> BatchResult:
+        assert self._writer is not None
+        self.state = WorkerState.BUSY
+        self._writer.write(encode_frame(batch))
+        try:
+            async with asyncio.timeout(timeout_s):
+                reply = await self._receive()
+        except TimeoutError:
+            self.kill()
+            self.state = WorkerState.DEAD
+            raise RequestTimeoutError(
+                f"model {self.load.model_name} did not answer within {timeout_s:g} s "
+                f"(response_timeout_s); its worker was restarted"
+            ) from None
+        if not isinstance(reply, BatchResult):
+            self.state = WorkerState.DEAD
+            code = await self.wait_exit()
+            raise WorkerDiedError(
+                f"the worker of model {self.load.model_name} (pid {self.pid}) {describe_exit(code)} "
+                "while handling this request; it is being replaced"
+            )
+        self.state = WorkerState.READY
+        return reply
+
+    async def _receive(self) -> FromWorker | None:
+        assert self._reader is not None
+        try:
+            header = await self._reader.readexactly(HEADER.size)
+            (length,) = HEADER.unpack(header)
+            payload = await self._reader.readexactly(length)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return None
+        message: FromWorker = from_worker_decoder.decode(payload)
+        return message
+
+    async def wait_exit(self, timeout_s: float = _STOP_GRACE_S) -> int | None:
+        if self._proc is None:
+            return None
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._proc.wait()
+        except TimeoutError:
+            self.kill()
+            await self._proc.wait()
+        if self._log_task is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._log_task, 1.0)
+        return self._proc.returncode
+
+    async def wait_dead(self) -> int | None:
+        """Wait (without a limit) until the process ends, however it ends."""
+        if self._proc is None:
+            return None
+        return await self._proc.wait()
+
+    async def stop(self) -> None:
+        """Close the socket (the worker exits on EOF); kill it if it lingers."""
+        self.state = WorkerState.STOPPING
+        if self._writer is not None:
+            self._writer.close()
+        await self.wait_exit()
+        self.state = WorkerState.DEAD
+
+    def kill(self) -> None:
+        if self._proc is not None and self._proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.kill()
+
+    async def _pump_logs(self) -> None:
+        assert self._proc is not None and self._proc.stdout is not None
+        prefix = f"[{self.label} pid {self._proc.pid}]"
+        stream = self._proc.stdout
+        while True:
+            try:
+                line = await stream.readline()
+            except (ValueError, asyncio.LimitOverrunError):
+                continue
+            if not line:
+                return
+            log.info("%s %s", prefix, line.decode("utf-8", "replace").rstrip())
+
+
+def unavailable(model: str, reason: str) -> ModelUnavailableError:
+    return ModelUnavailableError(f"model {model} is unavailable: {reason}")

@@ -1,0 +1,136 @@
+"""The one error hierarchy of DMS.
+
+Every error carries a transport-neutral ``ErrorKind``; each transport maps kinds to its own
+status codes in exactly one table (``dms.rest.errors`` for HTTP). Nothing here imports a web
+framework.
+
+    DMSError
+    ├── InputError                 invalid request data (a handler may raise it)
+    ├── PayloadTooLargeError       body over ``max_request_size_bytes``
+    ├── UnsupportedMediaTypeError  a payload kind the server refuses to decode
+    ├── ModelNotFoundError         unknown model or version
+    ├── ModelAlreadyExistsError    registering a name/version twice
+    ├── ArchiveError               unreadable, unsafe or inconsistent model archive
+    ├── ForbiddenError             a URL or path outside what the operator allowed
+    ├── QueueFullError             the model's bounded queue is full
+    ├── ModelUnavailableError      no worker can serve (model failed, stopping)
+    ├── RequestTimeoutError        a worker overran ``response_timeout_s``
+    ├── WorkerDiedError            the worker process died while it held the request
+    ├── HandlerError               the user's handler raised or broke its contract
+    └── InternalError              anything else
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ErrorKind(StrEnum):
+    INVALID_INPUT = "invalid_input"
+    TOO_LARGE = "too_large"
+    UNSUPPORTED_MEDIA = "unsupported_media"
+    NOT_FOUND = "not_found"
+    CONFLICT = "conflict"
+    FORBIDDEN = "forbidden"
+    UNAVAILABLE = "unavailable"
+    TIMEOUT = "timeout"
+    WORKER_DIED = "worker_died"
+    INTERNAL = "internal"
+
+
+class DMSError(Exception):
+    """Base of every error DMS raises on purpose."""
+
+    kind: ErrorKind = ErrorKind.INTERNAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    @property
+    def type_name(self) -> str:
+        return type(self).__name__
+
+
+class InputError(DMSError):
+    """The request's data is invalid; handlers raise this to answer 400 with the message."""
+
+    kind = ErrorKind.INVALID_INPUT
+
+
+class PayloadTooLargeError(DMSError):
+    kind = ErrorKind.TOO_LARGE
+
+
+class UnsupportedMediaTypeError(DMSError):
+    kind = ErrorKind.UNSUPPORTED_MEDIA
+
+
+class ModelNotFoundError(DMSError):
+    kind = ErrorKind.NOT_FOUND
+
+
+class ModelAlreadyExistsError(DMSError):
+    kind = ErrorKind.CONFLICT
+
+
+class ArchiveError(DMSError):
+    kind = ErrorKind.INVALID_INPUT
+
+
+class ForbiddenError(DMSError):
+    kind = ErrorKind.FORBIDDEN
+
+
+class QueueFullError(DMSError):
+    kind = ErrorKind.UNAVAILABLE
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class ModelUnavailableError(DMSError):
+    kind = ErrorKind.UNAVAILABLE
+
+
+class RequestTimeoutError(DMSError):
+    kind = ErrorKind.TIMEOUT
+
+
+class WorkerDiedError(DMSError):
+    kind = ErrorKind.WORKER_DIED
+
+
+class HandlerError(DMSError):
+    kind = ErrorKind.INTERNAL
+
+
+class InternalError(DMSError):
+    kind = ErrorKind.INTERNAL
+
+
+_BY_NAME: dict[str, type[DMSError]] = {
+    cls.__name__: cls
+    for cls in (
+        InputError,
+        PayloadTooLargeError,
+        UnsupportedMediaTypeError,
+        ModelNotFoundError,
+        ModelAlreadyExistsError,
+        ArchiveError,
+        ForbiddenError,
+        QueueFullError,
+        ModelUnavailableError,
+        RequestTimeoutError,
+        WorkerDiedError,
+        HandlerError,
+        InternalError,
+    )
+}
+
+
+def error_from_wire(type_name: str, message: str) -> DMSError:
+    """Rebuild an error sent by a worker as (class name, message); unknown names are internal."""
+    cls = _BY_NAME.get(type_name, InternalError)
+    return cls(message)

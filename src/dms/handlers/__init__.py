@@ -1,0 +1,1 @@
+"""Built-in handlers. Each follows the MMS/TorchServe contract: ``handle(data, context)``."""

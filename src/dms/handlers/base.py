@@ -1,0 +1,58 @@
+"""The handler flow users extend: initialize → (preprocess → inference → postprocess) per batch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dms.errors import ArchiveError, InputError
+from dms.runtimes import Runtime, load_runtime
+from dms.worker.context import Context
+
+
+class BaseHandler:
+    """Loads the archive's serialized file with its runtime; subclasses shape inputs and outputs."""
+
+    context: Context
+    runtime: Runtime
+    model_dir: Path
+    options: dict[str, Any]
+
+    def initialize(self, context: Context) -> None:
+        self.context = context
+        self.model_dir = Path(context.system_properties["model_dir"])
+        self.options = dict(context.model_yaml_config.get("handler") or {})
+        serialized = context.manifest.get("model", {}).get("serializedFile")
+        if not serialized:
+            raise ArchiveError(f"model {context.model_name}: the manifest names no serializedFile")
+        self.runtime = load_runtime(
+            self.model_dir / str(serialized),
+            dict(context.model_yaml_config.get("runtime") or {}),
+            int(context.system_properties.get("cpu_threads") or 1),
+        )
+
+    def preprocess(self, data: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def inference(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.runtime.run(feeds)
+
+    def postprocess(self, outputs: dict[str, np.ndarray]) -> list[Any]:
+        raise NotImplementedError
+
+    def handle(self, data: list[dict[str, Any]] | None, context: Context) -> list[Any] | None:
+        if data is None:
+            return None
+        return self.postprocess(self.inference(self.preprocess(data)))
+
+
+def request_payload(row: dict[str, Any]) -> Any:
+    """The request's main payload: a ``data`` form field or the raw ``body``, as TorchServe reads it."""
+    for key in ("data", "body"):
+        if key in row:
+            return row[key]
+    if len(row) == 1:
+        return next(iter(row.values()))
+    raise InputError(f"request has no 'data' or 'body' field (fields: {sorted(row)})")

@@ -1,0 +1,84 @@
+"""Decode and transform images for classifiers: short-side resize, centre crop, normalise."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from dms.errors import InputError
+
+DEFAULT_MAX_PIXELS = 40_000_000
+
+
+def payload_bytes(payload: Any) -> bytes:
+    if isinstance(payload, bytes | bytearray):
+        return bytes(payload)
+    if isinstance(payload, str):
+        try:
+            return base64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise InputError("a text image payload must be base64-encoded image bytes") from exc
+    raise InputError(f"expected image bytes, got {type(payload).__name__}")
+
+
+def decode_image(raw: bytes, mode: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(raw))
+            if image.width * image.height > max_pixels:
+                raise InputError(
+                    f"image of {image.width}x{image.height} pixels is over the limit of {max_pixels} pixels"
+                )
+            image.load()
+    except InputError:
+        raise
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise InputError(f"image rejected as a decompression bomb: {exc}") from exc
+    except Exception as exc:
+        raise InputError(f"request body is not a decodable image ({type(exc).__name__}: {exc})") from exc
+    return image.convert("L" if mode == "L" else "RGB")
+
+
+def resize_short_side(image: Image.Image, size: int) -> Image.Image:
+    width, height = image.size
+    if min(width, height) == size:
+        return image
+    if width <= height:
+        new = (size, max(1, round(height * size / width)))
+    else:
+        new = (max(1, round(width * size / height)), size)
+    return image.resize(new, Image.Resampling.BILINEAR)
+
+
+def center_crop(image: Image.Image, size: int) -> Image.Image:
+    width, height = image.size
+    if width < size or height < size:
+        raise InputError(f"image of {width}x{height} is smaller than the crop of {size}x{size}")
+    left = (width - size) // 2
+    top = (height - size) // 2
+    return image.crop((left, top, left + size, top + size))
+
+
+def to_chw(
+    image: Image.Image,
+    channel_order: str,
+    scale: float,
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> np.ndarray:
+    array = np.asarray(image, dtype=np.float32)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if channel_order == "BGR":
+        array = array[:, :, ::-1]
+    array = array * np.float32(scale)
+    array = (array - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
+    return np.ascontiguousarray(array.transpose(2, 0, 1))

@@ -1,0 +1,117 @@
+"""Per-model settings: from the archive's model config YAML, overridable at registration.
+
+Keys are ours in snake_case with units (``max_batch_delay_ms``); TorchServe's camelCase keys
+(``minWorkers``, ``batchSize``, ``maxBatchDelay``, ``responseTimeout``) are accepted too, so its
+``model-config.yaml`` files work unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
+
+from dms.errors import ArchiveError, InputError
+from dms.settings import ServerSettings
+
+
+class ModelConfig(BaseModel):
+    """Validated settings of one model version; ``None`` means: the server default."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    initial_workers: int | None = Field(
+        default=None, ge=0, validation_alias=AliasChoices("initial_workers", "minWorkers")
+    )
+    max_workers: int | None = Field(
+        default=None, ge=0, validation_alias=AliasChoices("max_workers", "maxWorkers")
+    )
+    batch_size: int | None = Field(
+        default=None, ge=1, validation_alias=AliasChoices("batch_size", "batchSize")
+    )
+    max_batch_delay_ms: float | None = Field(
+        default=None, ge=0, validation_alias=AliasChoices("max_batch_delay_ms", "maxBatchDelay")
+    )
+    response_timeout_s: float | None = Field(
+        default=None, gt=0, validation_alias=AliasChoices("response_timeout_s", "responseTimeout")
+    )
+    startup_timeout_s: float | None = Field(
+        default=None, gt=0, validation_alias=AliasChoices("startup_timeout_s", "startupTimeout")
+    )
+    job_queue_size: int | None = Field(
+        default=None, ge=1, validation_alias=AliasChoices("job_queue_size", "jobQueueSize")
+    )
+    handler: dict[str, Any] = Field(default_factory=dict)
+    """Options for the handler (``context.model_yaml_config["handler"]``)."""
+    runtime: dict[str, Any] = Field(default_factory=dict)
+    """Options for the runtime, e.g. ``{"intra_op_threads": 1}`` for ONNX Runtime."""
+
+    def merged(self, overrides: dict[str, Any]) -> ModelConfig:
+        """A copy with ``overrides`` (non-None values only) applied on top."""
+        data = self.model_dump()
+        data.update({key: value for key, value in overrides.items() if value is not None})
+        try:
+            return ModelConfig.model_validate(data)
+        except ValidationError as exc:
+            raise InputError(f"invalid model settings: {_summary(exc)}") from exc
+
+    def resolve(self, settings: ServerSettings) -> ResolvedModelConfig:
+        """Fill every unset value from the server's defaults."""
+        workers = (
+            self.initial_workers
+            if self.initial_workers is not None
+            else settings.default_workers_per_model
+        )
+        return ResolvedModelConfig(
+            initial_workers=workers,
+            max_workers=max(workers, self.max_workers or workers),
+            batch_size=self.batch_size or settings.batch_size,
+            max_batch_delay_ms=_first(self.max_batch_delay_ms, settings.max_batch_delay_ms),
+            response_timeout_s=self.response_timeout_s or settings.response_timeout_s,
+            startup_timeout_s=self.startup_timeout_s or settings.startup_timeout_s,
+            job_queue_size=self.job_queue_size or settings.job_queue_size,
+            raw=self.model_dump(mode="json"),
+        )
+
+
+class ResolvedModelConfig(BaseModel):
+    """A model version's effective settings, every value known."""
+
+    model_config = ConfigDict(frozen=True)
+
+    initial_workers: int
+    max_workers: int
+    batch_size: int
+    max_batch_delay_ms: float
+    response_timeout_s: float
+    startup_timeout_s: float
+    job_queue_size: int
+    raw: dict[str, Any]
+    """The whole config as given (handler and runtime options included), for the worker."""
+
+
+def _first(value: float | None, default: float) -> float:
+    return default if value is None else value
+
+
+def _summary(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(part) for part in err['loc'])}: {err['msg']}" for err in exc.errors()
+    )
+
+
+def parse_model_config(text: str | bytes, source: str) -> ModelConfig:
+    """Parse a model config YAML (safe loader only) into a validated ``ModelConfig``."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ArchiveError(f"model config {source} is not valid YAML: {exc}") from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ArchiveError(f"model config {source} must be a mapping, got {type(data).__name__}")
+    try:
+        return ModelConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ArchiveError(f"model config {source} is invalid: {_summary(exc)}") from exc

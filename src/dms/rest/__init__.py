@@ -1,0 +1,1 @@
+"""HTTP transports: thin Starlette apps that convert payloads and call the data plane."""

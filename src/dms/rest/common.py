@@ -1,0 +1,69 @@
+"""Small helpers shared by the HTTP apps: JSON responses, bounded bodies, typed query values."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from dms.errors import InputError, PayloadTooLargeError
+
+
+def json_response(data: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The whole body, refusing (413) anything over ``max_bytes`` before or while reading it."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise PayloadTooLargeError(
+            f"request body of {declared} bytes is over max_request_size_bytes ({max_bytes})"
+        )
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise PayloadTooLargeError(f"request body is over max_request_size_bytes ({max_bytes})")
+        chunks.append(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def query_int(request: Request, key: str, default: int | None = None, minimum: int = 0) -> int | None:
+    raw = request.query_params.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InputError(f"query parameter {key} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise InputError(f"query parameter {key} must be >= {minimum}, got {value}")
+    return value
+
+
+def query_float(request: Request, key: str) -> float | None:
+    raw = request.query_params.get(key)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InputError(f"query parameter {key} must be a number, got {raw!r}") from None
+    if value < 0:
+        raise InputError(f"query parameter {key} must be >= 0, got {value}")
+    return value
+
+
+def query_bool(request: Request, key: str, default: bool) -> bool:
+    raw = request.query_params.get(key)
+    if raw is None or raw == "":
+        return default
+    if raw.lower() in ("true", "1", "yes"):
+        return True
+    if raw.lower() in ("false", "0", "no"):
+        return False
+    raise InputError(f"query parameter {key} must be true or false, got {raw!r}")

@@ -1,0 +1,79 @@
+"""The inference API (port 8080): ``/ping``, ``/predictions/{model}[/{version}]``, its OpenAPI."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from dms.dataplane import DataPlane
+from dms.engine.messages import RequestItem, ResponseItem
+from dms.errors import error_from_wire
+from dms.rest.common import json_response, read_body
+from dms.rest.errors import EXCEPTION_HANDLERS, error_response
+from dms.rest.openapi import inference_openapi
+
+
+def build_inference_app(dataplane: DataPlane) -> Starlette:
+    max_bytes = dataplane.settings.max_request_size_bytes
+
+    async def ping(request: Request) -> Response:
+        if dataplane.healthy():
+            return json_response({"status": "Healthy"})
+        return json_response({"status": "Unhealthy"}, status=500)
+
+    async def predict(request: Request) -> Response:
+        name = request.path_params["model_name"]
+        version = request.path_params.get("model_version")
+        body = await read_body(request, max_bytes)
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        item = RequestItem(
+            request_id=request_id,
+            body=body,
+            content_type=request.headers.get("content-type", ""),
+            headers=request.headers.items(),
+            query=request.query_params.multi_items(),
+        )
+        result = await _until_answered_or_gone(request, dataplane.submit(name, version, item))
+        if result is None:
+            return Response(status_code=499)  # the client went away; nobody reads this
+        if result.error is not None:
+            response = error_response(error_from_wire(result.error.type_name, result.error.message))
+        else:
+            response = Response(result.body, status_code=result.status, media_type=result.content_type)
+            for key, value in result.headers:
+                response.headers[key] = value
+        response.headers["X-Request-ID"] = request_id
+        return response
+
+    async def api_description(request: Request) -> Response:
+        return json_response(inference_openapi())
+
+    routes = [
+        Route("/ping", ping, methods=["GET"]),
+        Route("/predictions/{model_name}", predict, methods=["POST", "PUT"]),
+        Route("/predictions/{model_name}/{model_version}", predict, methods=["POST", "PUT"]),
+        Route("/api-description", api_description, methods=["GET"]),
+        Route("/", api_description, methods=["OPTIONS"]),
+    ]
+    return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS)  # type: ignore[arg-type]
+
+
+async def _until_answered_or_gone(
+    request: Request, future: asyncio.Future[ResponseItem]
+) -> ResponseItem | None:
+    """Await the result; if the client disconnects first, cancel it so no worker runs it."""
+    watcher = asyncio.ensure_future(request.receive())
+    watcher.add_done_callback(lambda _: future.cancel())
+    try:
+        return await future
+    except asyncio.CancelledError:
+        if watcher.done() and not watcher.cancelled():
+            return None
+        raise
+    finally:
+        watcher.cancel()

@@ -1,0 +1,152 @@
+"""Run the three HTTP servers and the data plane in one event loop, and stop them cleanly.
+
+Start-up: bind every port, load the start-up models, write the pid file and print one ready
+line. SIGTERM/SIGINT: stop accepting, let accepted requests finish (up to the grace period),
+then stop the workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Generator
+from importlib import resources
+from pathlib import Path
+
+import uvicorn
+from starlette.applications import Starlette
+
+from dms.dataplane import DataPlane
+from dms.errors import DMSError
+from dms.rest.inference import build_inference_app
+from dms.rest.management import build_management_app
+from dms.rest.metrics import build_metrics_app
+from dms.settings import ServerSettings, parse_address
+
+log = logging.getLogger("dms.server")
+READY_LINE = "DMS is ready"
+
+
+class _Server(uvicorn.Server):
+    """A uvicorn server that leaves signal handling to ``serve_forever``."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+def _uvicorn_server(app: Starlette, address: str, grace_s: float) -> _Server:
+    host, port = parse_address(address)
+    config = uvicorn.Config(
+        app, host=host, port=port, lifespan="off", http="httptools", ws="none",
+        access_log=False, log_config=None, server_header=False,
+        timeout_graceful_shutdown=int(grace_s) or None,
+    )
+    return _Server(config)
+
+
+def default_model_archive() -> Path:
+    return Path(str(resources.files("dms") / "default_model" / "digits.mar"))
+
+
+def startup_models(settings: ServerSettings) -> list[tuple[str | None, str]]:
+    """``(name or None, url)`` pairs from ``--models``, TorchServe's flag syntax."""
+    items = [part for entry in settings.models for part in entry.replace(",", " ").split()]
+    if not items:
+        return [("digits", str(default_model_archive()))] if settings.default_model else []
+    pairs: list[tuple[str | None, str]] = []
+    for item in items:
+        if item == "all":
+            if settings.model_store is None:
+                raise DMSError("--models all needs --model-store")
+            pairs.extend((None, p.name) for p in sorted(settings.model_store.iterdir())
+                         if p.suffix == ".mar" or p.name.endswith(".tar.gz") or p.is_dir())
+        elif "=" in item:
+            name, url = item.split("=", 1)
+            pairs.append((name, url))
+        else:
+            pairs.append((None, item))
+    return pairs
+
+
+async def serve_forever(settings: ServerSettings) -> int:
+    dataplane = DataPlane(settings)
+    grace = settings.graceful_shutdown_s
+    servers = [
+        _uvicorn_server(build_inference_app(dataplane), settings.inference_address, grace),
+        _uvicorn_server(build_management_app(dataplane), settings.management_address, grace),
+        _uvicorn_server(build_metrics_app(dataplane), settings.metrics_address, grace),
+    ]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    tasks = [asyncio.create_task(server.serve()) for server in servers]
+    while not all(server.started for server in servers):
+        if any(task.done() for task in tasks):
+            log.error("could not open the server ports; stopping")
+            await _stop_servers(servers, tasks)
+            return 1
+        await asyncio.sleep(0.01)
+    try:
+        await _load_startup_models(dataplane, settings)
+    except DMSError as exc:
+        log.error("start-up failed: %s", exc.message)
+        await _stop_servers(servers, tasks)
+        await dataplane.shutdown(0)
+        return 1
+    _write_pid_file(settings.pid_file)
+    print(f"{READY_LINE}: inference http://{settings.inference_address} "
+          f"management http://{settings.management_address} "
+          f"metrics http://{settings.metrics_address}", flush=True)
+    try:
+        await stop.wait()
+        log.info("stopping: no new connections; finishing accepted requests (up to %g s)", grace)
+        await _stop_servers(servers, tasks)
+        await dataplane.shutdown(grace)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            if settings.pid_file.read_text().strip() == str(os.getpid()):
+                settings.pid_file.unlink()
+    log.info("stopped")
+    return 0
+
+
+async def _stop_servers(servers: list[_Server], tasks: list[asyncio.Task[None]]) -> None:
+    for server in servers:
+        server.should_exit = True
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _load_startup_models(dataplane: DataPlane, settings: ServerSettings) -> None:
+    async def load(name: str | None, url: str) -> None:
+        try:
+            await dataplane.register(url, name=name, trusted_local=True, loaded_at_startup=True)
+        except DMSError as exc:
+            raise DMSError(f"model {name or url}: {exc.message}") from exc
+
+    await asyncio.gather(*(load(name, url) for name, url in startup_models(settings)))
+
+
+def _write_pid_file(pid_file: Path) -> None:
+    pid_file.parent.mkdir(parents=True, exist_ok=True)
+    pid_file.write_text(f"{os.getpid()}\n")
+
+
+def run(settings: ServerSettings) -> int:
+    try:
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - Windows
+        loop_factory = asyncio.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(serve_forever(settings))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(run(ServerSettings()))

@@ -1,0 +1,128 @@
+"""Server settings: one validated model.
+
+Precedence, lowest to highest: field defaults, a TOML file (``--config``), ``DMS_*``
+environment variables, CLI flags. ``load_settings`` is the only place that reads them; nothing
+reads the environment at import time.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+def _default_workers() -> int:
+    """Two workers on a 2-core machine, at most four: each worker runs its own threads."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def _default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "dms" / "archives"
+
+
+def _default_pid_file() -> Path:
+    return Path.home() / ".dms" / "dms.pid"
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """Split ``host:port`` (``[v6]:port`` for IPv6); raise ValueError when malformed."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"address {address!r} is not host:port")
+    return host.strip("[]"), int(port)
+
+
+class ServerSettings(BaseSettings):
+    """Everything the server process needs to know, validated at start-up."""
+
+    model_config = SettingsConfigDict(env_prefix="DMS_", extra="forbid", validate_default=True)
+
+    inference_address: str = "127.0.0.1:8080"
+    """Where the inference API listens (host:port)."""
+    management_address: str = "127.0.0.1:8081"
+    """Where the management API listens (host:port)."""
+    metrics_address: str = "127.0.0.1:8082"
+    """Where Prometheus metrics are served (host:port)."""
+
+    model_store: Path | None = None
+    """Folder of model archives that ``--models`` and the management API name."""
+    models: list[str] = Field(default_factory=list)
+    """Models to load at start-up: ``name=archive``, bare archive names, or ``all``."""
+    default_model: bool = True
+    """Serve the bundled ``digits`` model when no model is named."""
+    allowed_urls: list[str] = Field(default_factory=list)
+    """Regular expressions; a remote archive URL must match one. Empty: no remote URL."""
+    archive_cache_dir: Path = Field(default_factory=_default_cache_dir)
+    """Where archives are extracted, one folder per archive hash."""
+    max_archive_bytes: int = 8 * 1024**3
+    """Largest total size an archive may extract to."""
+    max_download_bytes: int = 2 * 1024**3
+    """Largest archive downloaded from an allowed URL."""
+    download_timeout_s: float = 300.0
+
+    default_workers_per_model: int = Field(default_factory=_default_workers, ge=0)
+    """Workers per model version when neither its config nor the request says."""
+    batch_size: int = Field(default=1, ge=1)
+    max_batch_delay_ms: float = Field(default=100.0, ge=0)
+    response_timeout_s: float = Field(default=120.0, gt=0)
+    startup_timeout_s: float = Field(default=120.0, gt=0)
+    job_queue_size: int = Field(default=100, ge=1)
+    max_startup_failures: int = Field(default=3, ge=1)
+    """Consecutive failed worker starts after which a model version is marked failed."""
+    restart_backoff_max_s: float = Field(default=30.0, ge=0)
+
+    max_request_size_bytes: int = Field(default=6_553_500, ge=1)
+    """Largest request body accepted (TorchServe's default); larger gets 413."""
+    graceful_shutdown_s: float = Field(default=30.0, ge=0)
+    """How long shutdown waits for accepted requests before stopping workers."""
+
+    pid_file: Path = Field(default_factory=_default_pid_file)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("inference_address", "management_address", "metrics_address")
+    @classmethod
+    def _check_address(cls, value: str) -> str:
+        parse_address(value)
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = _TOML_FILE.get("path")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
+
+
+# The TOML path is an argument of ``load_settings``; pydantic-settings asks for sources on the
+# class, so the path is handed over here for the duration of one construction.
+_TOML_FILE: dict[str, Path | None] = {"path": None}
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> ServerSettings:
+    """Build settings from defaults < TOML file < ``DMS_*`` env < ``overrides`` (CLI flags)."""
+    if config_file is not None and not config_file.is_file():
+        raise FileNotFoundError(f"config file {config_file} does not exist")
+    _TOML_FILE["path"] = config_file
+    try:
+        clean = {key: value for key, value in overrides.items() if value is not None}
+        return ServerSettings(**clean)
+    finally:
+        _TOML_FILE["path"] = None

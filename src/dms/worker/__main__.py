@@ -1,0 +1,97 @@
+"""Worker process entry point: ``python -m dms.worker --fd N``.
+
+The server hands over one end of a socket pair; the worker loads its model, reports, then
+answers one batch frame with one result frame until the socket closes. It ignores SIGINT and
+SIGTERM: the server drives its shutdown by closing the socket.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+import traceback
+
+from dms.engine.messages import (
+    HEADER,
+    Batch,
+    ErrorInfo,
+    LoadFailed,
+    LoadModel,
+    ModelLoaded,
+    ToWorker,
+    encode_frame,
+    to_worker_decoder,
+)
+from dms.errors import DMSError
+
+
+class Channel:
+    """Blocking framed messages over the worker's end of the socket pair."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def recv(self) -> ToWorker | None:
+        header = self._read(HEADER.size)
+        if header is None:
+            return None
+        (length,) = HEADER.unpack(header)
+        payload = self._read(length)
+        if payload is None:
+            return None
+        message: ToWorker = to_worker_decoder.decode(payload)
+        return message
+
+    def send(self, message: ModelLoaded | LoadFailed | object) -> None:
+        self.sock.sendall(encode_frame(message))  # type: ignore[arg-type]
+
+    def _read(self, size: int) -> bytearray | None:
+        buffer = bytearray(size)
+        view = memoryview(buffer)
+        got = 0
+        while got < size:
+            n = self.sock.recv_into(view[got:])
+            if n == 0:
+                return None
+            got += n
+        return buffer
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="dms-worker")
+    parser.add_argument("--fd", type=int, required=True)
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    channel = Channel(socket.socket(fileno=args.fd))
+    load = channel.recv()
+    if not isinstance(load, LoadModel):
+        return 2
+    from dms.worker.service import ModelService  # heavy imports only after the handshake
+
+    try:
+        service = ModelService(load)
+    except DMSError as exc:
+        channel.send(LoadFailed(error=ErrorInfo(exc.type_name, exc.message)))
+        return 1
+    except Exception as exc:
+        traceback.print_exc()
+        message = f"model {load.model_name} failed to load: {type(exc).__name__}: {exc}"
+        channel.send(LoadFailed(error=ErrorInfo("HandlerError", message[:1000])))
+        return 1
+    channel.send(ModelLoaded(pid=os.getpid()))
+    while True:
+        message = channel.recv()
+        if message is None:
+            return 0
+        if isinstance(message, Batch):
+            channel.send(service.run_batch(message))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""Turn one forwarded request into the ``data`` dict handlers receive (as MMS and TorchServe do).
+
+Raw bodies go under ``body``; JSON bodies arrive parsed, text bodies as ``str``, anything else as
+``bytes``; multipart form fields and query parameters go under their own names.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from python_multipart.multipart import parse_options_header
+
+from dms.engine.messages import RequestItem
+from dms.errors import InputError
+from dms.worker.multipart_form import parse_multipart
+
+
+def decode_value(raw: bytes, content_type: str) -> Any:
+    """Decode one payload by its media type: JSON parsed, text decoded, others untouched."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media == "application/json" or media.endswith("+json"):
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise InputError(f"request body is not valid JSON: {exc}") from exc
+    if media.startswith("text/"):
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InputError(f"request body is not valid UTF-8 text: {exc}") from exc
+    return raw
+
+
+def build_request_data(item: RequestItem) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    for key, value in item.query:
+        data[key] = value
+    media, params = parse_options_header(item.content_type)
+    if media == b"multipart/form-data":
+        boundary = params.get(b"boundary")
+        if not boundary:
+            raise InputError("multipart/form-data request has no boundary")
+        for name, content_type, value in parse_multipart(item.body, boundary):
+            data[name] = decode_value(value, content_type) if content_type else value
+    elif media == b"application/x-www-form-urlencoded":
+        from urllib.parse import parse_qsl
+
+        try:
+            text = item.body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InputError(f"form body is not valid UTF-8: {exc}") from exc
+        for key, value in parse_qsl(text, keep_blank_values=True):
+            data[key] = value
+    else:
+        data["body"] = decode_value(item.body, item.content_type)
+    return data
