@@ -63,7 +63,8 @@ def build_graph(model: LogisticRegression) -> onnx.ModelProto:
         helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
     ]
     graph = helper.make_graph(
-        nodes, "digits",
+        nodes,
+        "digits",
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 1, 8, 8])],
         [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 10])],
         initializer=[weights, bias],
@@ -86,8 +87,11 @@ def main() -> None:
     samples = OUT / "samples"
     samples.mkdir(parents=True, exist_ok=True)
     for digit in range(10):
-        index = next(i for i, (label, row) in enumerate(zip(y_test, x_test, strict=True))
-                     if label == digit and model.predict(row[None])[0] == digit)
+        index = next(
+            i
+            for i, (label, row) in enumerate(zip(y_test, x_test, strict=True))
+            if label == digit and model.predict(row[None])[0] == digit
+        )
         as_sample_image(raw_test[index]).save(samples / f"digit_{digit}.png", optimize=True)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -95,8 +99,11 @@ def main() -> None:
         (work / "index_to_name.json").write_text(json.dumps({str(i): str(i) for i in range(10)}))
         (work / "model-config.yaml").write_text(MODEL_CONFIG)
         spec = ArchiveSpec(
-            model_name="digits", version="1.0", handler="image_classifier",
-            serialized_file=work / "digits.onnx", extra_files=[work / "index_to_name.json"],
+            model_name="digits",
+            version="1.0",
+            handler="image_classifier",
+            serialized_file=work / "digits.onnx",
+            extra_files=[work / "index_to_name.json"],
             config_file=work / "model-config.yaml",
         )
         print(write_archive(spec, OUT, force=True))

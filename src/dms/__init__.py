@@ -8,6 +8,6 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from dms.errors import DMSError, InputError  # noqa: E402
+from dms.errors import DMSError, InputError
 
 __all__ = ["DMSError", "InputError", "__version__"]

@@ -24,12 +24,8 @@ class ModelConfig(BaseModel):
     initial_workers: int | None = Field(
         default=None, ge=0, validation_alias=AliasChoices("initial_workers", "minWorkers")
     )
-    max_workers: int | None = Field(
-        default=None, ge=0, validation_alias=AliasChoices("max_workers", "maxWorkers")
-    )
-    batch_size: int | None = Field(
-        default=None, ge=1, validation_alias=AliasChoices("batch_size", "batchSize")
-    )
+    max_workers: int | None = Field(default=None, ge=0, validation_alias=AliasChoices("max_workers", "maxWorkers"))
+    batch_size: int | None = Field(default=None, ge=1, validation_alias=AliasChoices("batch_size", "batchSize"))
     max_batch_delay_ms: float | None = Field(
         default=None, ge=0, validation_alias=AliasChoices("max_batch_delay_ms", "maxBatchDelay")
     )
@@ -58,11 +54,7 @@ class ModelConfig(BaseModel):
 
     def resolve(self, settings: ServerSettings) -> ResolvedModelConfig:
         """Fill every unset value from the server's defaults."""
-        workers = (
-            self.initial_workers
-            if self.initial_workers is not None
-            else settings.default_workers_per_model
-        )
+        workers = self.initial_workers if self.initial_workers is not None else settings.default_workers_per_model
         return ResolvedModelConfig(
             initial_workers=workers,
             max_workers=max(workers, self.max_workers or workers),
@@ -96,9 +88,7 @@ def _first(value: float | None, default: float) -> float:
 
 
 def _summary(exc: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(part) for part in err['loc'])}: {err['msg']}" for err in exc.errors()
-    )
+    return "; ".join(f"{'.'.join(str(part) for part in err['loc'])}: {err['msg']}" for err in exc.errors())
 
 
 def parse_model_config(text: str | bytes, source: str) -> ModelConfig:

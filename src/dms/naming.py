@@ -22,7 +22,6 @@ def validate_model_name(name: str) -> str:
 def validate_model_version(version: str) -> str:
     if len(version) > _MAX_LEN or not _NAME.match(version) or ".." in version:
         raise InputError(
-            f"invalid model version {version!r}: use letters, digits, '_', '.', '-', "
-            "starting with a letter or digit"
+            f"invalid model version {version!r}: use letters, digits, '_', '.', '-', starting with a letter or digit"
         )
     return version

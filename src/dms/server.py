@@ -13,7 +13,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from importlib import resources
 from pathlib import Path
 
@@ -42,8 +42,15 @@ class _Server(uvicorn.Server):
 def _uvicorn_server(app: Starlette, address: str, grace_s: float) -> _Server:
     host, port = parse_address(address)
     config = uvicorn.Config(
-        app, host=host, port=port, lifespan="off", http="httptools", ws="none",
-        access_log=False, log_config=None, server_header=False,
+        app,
+        host=host,
+        port=port,
+        lifespan="off",
+        http="httptools",
+        ws="none",
+        access_log=False,
+        log_config=None,
+        server_header=False,
         timeout_graceful_shutdown=int(grace_s) or None,
     )
     return _Server(config)
@@ -63,8 +70,11 @@ def startup_models(settings: ServerSettings) -> list[tuple[str | None, str]]:
         if item == "all":
             if settings.model_store is None:
                 raise DMSError("--models all needs --model-store")
-            pairs.extend((None, p.name) for p in sorted(settings.model_store.iterdir())
-                         if p.suffix == ".mar" or p.name.endswith(".tar.gz") or p.is_dir())
+            pairs.extend(
+                (None, p.name)
+                for p in sorted(settings.model_store.iterdir())
+                if p.suffix == ".mar" or p.name.endswith(".tar.gz") or p.is_dir()
+            )
         elif "=" in item:
             name, url = item.split("=", 1)
             pairs.append((name, url))
@@ -100,9 +110,12 @@ async def serve_forever(settings: ServerSettings) -> int:
         await dataplane.shutdown(0)
         return 1
     _write_pid_file(settings.pid_file)
-    print(f"{READY_LINE}: inference http://{settings.inference_address} "
-          f"management http://{settings.management_address} "
-          f"metrics http://{settings.metrics_address}", flush=True)
+    print(
+        f"{READY_LINE}: inference http://{settings.inference_address} "
+        f"management http://{settings.management_address} "
+        f"metrics http://{settings.metrics_address}",
+        flush=True,
+    )
     try:
         await stop.wait()
         log.info("stopping: no new connections; finishing accepted requests (up to %g s)", grace)
@@ -138,12 +151,13 @@ def _write_pid_file(pid_file: Path) -> None:
 
 
 def run(settings: ServerSettings) -> int:
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop
     try:
         import uvloop
 
         loop_factory = uvloop.new_event_loop
     except ImportError:  # pragma: no cover - Windows
-        loop_factory = asyncio.new_event_loop
+        pass
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         return runner.run(serve_forever(settings))
 

@@ -16,7 +16,7 @@ from urllib.parse import unquote, urlparse
 
 import httpx
 
-from dms.errors import ArchiveError, ForbiddenError, InputError
+from dms.errors import ArchiveError, ForbiddenError, InputError, ModelNotFoundError
 from dms.settings import ServerSettings
 
 _MAX_REDIRECTS = 5
@@ -48,15 +48,16 @@ def locate_archive(url: str, settings: ServerSettings, trusted_local: bool) -> P
         )
     if not path.exists():
         where = f" (model store: {store})" if store else " (no model store is configured)"
-        raise ArchiveError(f"model archive {url!r} was not found{where}")
+        raise ModelNotFoundError(f"model archive {url!r} was not found{where}")
     return path
 
 
 def _in_store(name: str, settings: ServerSettings) -> Path | None:
+    """A bare file name means an archive in the model store, whether or not it exists."""
     if settings.model_store is None or "/" in name or "\\" in name or name in (".", ".."):
         return None
     candidate = settings.model_store / name
-    return candidate if candidate.exists() else None
+    return candidate if candidate.exists() or not Path(name).exists() else None
 
 
 def download_archive(url: str, settings: ServerSettings) -> Path:

@@ -44,6 +44,7 @@ def open_archive(path: Path, cache_dir: Path, max_bytes: int) -> ExtractedArchiv
         model_dir = _extract_cached(path, cache_dir, max_bytes)
     else:
         raise ArchiveError(f"archive {path} does not exist")
+    model_dir = _model_root(model_dir)
     manifest = _read_manifest(model_dir)
     config = ModelConfig()
     if manifest.config_file:
@@ -52,6 +53,16 @@ def open_archive(path: Path, cache_dir: Path, max_bytes: int) -> ExtractedArchiv
             raise ArchiveError(f"the manifest's configFile {manifest.config_file!r} is not in the archive")
         config = parse_model_config(config_path.read_bytes(), manifest.config_file)
     return ExtractedArchive(source=path, model_dir=model_dir, manifest=manifest, config=config)
+
+
+def _model_root(extracted: Path) -> Path:
+    """The folder holding MAR-INF: the top, or the single folder TorchServe's tgz wraps it in."""
+    if (extracted / "MAR-INF").is_dir():
+        return extracted
+    entries = [p for p in extracted.iterdir() if p.name != _COMPLETE_MARKER]
+    if len(entries) == 1 and (entries[0] / "MAR-INF").is_dir():
+        return entries[0]
+    return extracted
 
 
 def _read_manifest(model_dir: Path) -> Manifest:
@@ -144,8 +155,8 @@ def _extract_zip(path: Path, destination: Path, max_bytes: int) -> None:
             if key in seen:
                 raise ArchiveError(f"archive member {info.filename!r} appears twice")
             seen.add(key)
-            mode = info.external_attr >> 16
-            if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            file_type = stat.S_IFMT(info.external_attr >> 16) if info.create_system == 3 else 0
+            if file_type not in (0, stat.S_IFREG, stat.S_IFDIR):
                 raise ArchiveError(f"archive member {info.filename!r} is a link or special file")
             if info.is_dir():
                 (destination / member).mkdir(parents=True, exist_ok=True)

@@ -77,7 +77,9 @@ def write_archive(spec: ArchiveSpec, export_path: Path, fmt: ArchiveFormat = "de
     validate_model_name(spec.model_name)
     validate_model_version(spec.version)
     handler_value, handler_file = _handler_entry(spec.handler)
-    files = [p for p in (spec.serialized_file, spec.model_file, spec.requirements_file, spec.config_file, handler_file) if p]
+    files = [
+        p for p in (spec.serialized_file, spec.model_file, spec.requirements_file, spec.config_file, handler_file) if p
+    ]
     for path in [*files, *spec.extra_files]:
         if not path.exists():
             raise ArchiveError(f"{path} does not exist")
@@ -109,10 +111,10 @@ def _pack(staging: Path, target: Path, fmt: ArchiveFormat) -> None:
         shutil.copytree(staging, target)
         return
     entries = sorted(p for p in staging.rglob("*") if p.is_file())
-    if fmt == "tgz":
+    if fmt == "tgz":  # wrapped in a <model_name>/ folder, as torch-model-archiver does
         with tarfile.open(target, "w:gz") as tar:
             for path in entries:
-                tar.add(path, arcname=str(path.relative_to(staging)))
+                tar.add(path, arcname=str(staging.name / path.relative_to(staging)))
         return
     method = zipfile.ZIP_STORED if fmt == "zip-store" else zipfile.ZIP_DEFLATED
     with zipfile.ZipFile(target, "w", compression=method) as zf:

@@ -82,7 +82,8 @@ def _running_pid(pid_file: Path) -> int | None:
 
 def _configure_logging(level: str) -> None:
     logging.basicConfig(
-        level=level.upper(), stream=sys.stderr,
+        level=level.upper(),
+        stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
 
@@ -98,7 +99,9 @@ def serve(foreground: bool, **kwargs: Any) -> None:
         return
     pid = _running_pid(settings.pid_file)
     if pid is not None and pid != os.getpid():
-        raise click.ClickException(f"a DMS server is already running with pid {pid} ({settings.pid_file}); run 'dms stop' first")
+        raise click.ClickException(
+            f"a DMS server is already running with pid {pid} ({settings.pid_file}); run 'dms stop' first"
+        )
     _configure_logging(settings.log_level)
     from dms.server import run
 
@@ -115,8 +118,9 @@ def start(log_file: Path | None, wait_s: float, **kwargs: Any) -> None:
     _start_background(settings, argv, log_file, wait_s)
 
 
-def _start_background(settings: ServerSettings, argv: list[str], log_file: Path | None = None,
-                      wait_s: float = 300.0) -> None:
+def _start_background(
+    settings: ServerSettings, argv: list[str], log_file: Path | None = None, wait_s: float = 300.0
+) -> None:
     pid = _running_pid(settings.pid_file)
     if pid is not None:
         raise click.ClickException(f"a DMS server is already running with pid {pid}; run 'dms stop' first")
@@ -126,7 +130,10 @@ def _start_background(settings: ServerSettings, argv: list[str], log_file: Path 
     with log_path.open("ab") as log_out:
         child = subprocess.Popen(
             [sys.executable, "-m", "dms", "serve", "--pid-file", str(settings.pid_file), *argv],
-            stdin=subprocess.DEVNULL, stdout=log_out, stderr=log_out, start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=log_out,
+            stderr=log_out,
+            start_new_session=True,
         )
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:

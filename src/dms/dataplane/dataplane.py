@@ -80,16 +80,26 @@ class DataPlane:
             worker_id="",
             cpu_threads=1,
         )
-        pool = WorkerPool(label, template, PoolSettings(
-            response_timeout_s=config.response_timeout_s,
-            startup_timeout_s=config.startup_timeout_s,
-            max_startup_failures=self.settings.max_startup_failures,
-            restart_backoff_max_s=self.settings.restart_backoff_max_s,
-        ))
+        pool = WorkerPool(
+            label,
+            template,
+            PoolSettings(
+                response_timeout_s=config.response_timeout_s,
+                startup_timeout_s=config.startup_timeout_s,
+                max_startup_failures=self.settings.max_startup_failures,
+                restart_backoff_max_s=self.settings.restart_backoff_max_s,
+            ),
+        )
         batcher: Batcher[Any] = Batcher(label, pool, config.batch_size, config.job_queue_size)
         model = ModelVersion(
-            name=model_name, version=archive.manifest.model_version, url=url, archive=archive,
-            config=config, pool=pool, batcher=batcher, loaded_at_startup=loaded_at_startup,
+            name=model_name,
+            version=archive.manifest.model_version,
+            url=url,
+            archive=archive,
+            config=config,
+            pool=pool,
+            batcher=batcher,
+            loaded_at_startup=loaded_at_startup,
         )
         self.registry.add(model)
         batcher.start()
@@ -97,8 +107,9 @@ class DataPlane:
         if synchronous and pool.state == PoolState.FAILED and not loaded_at_startup:
             await self._stop_model(self.registry.remove(model.name, model.version), drain=False)
             raise ModelUnavailableError(f"model {model_name} failed to start: {pool.last_error}")
-        log.info("registered %s from %s with %d workers (state %s)",
-                 label, url, config.initial_workers, pool.state.value)
+        log.info(
+            "registered %s from %s with %d workers (state %s)", label, url, config.initial_workers, pool.state.value
+        )
         return model
 
     async def unregister(self, name: str, version: str | None = None) -> ModelVersion:
@@ -107,8 +118,9 @@ class DataPlane:
         await self._stop_model(model, drain=True)
         return model
 
-    async def scale(self, name: str, version: str | None, min_workers: int, max_workers: int | None,
-                    synchronous: bool) -> ModelVersion:
+    async def scale(
+        self, name: str, version: str | None, min_workers: int, max_workers: int | None, synchronous: bool
+    ) -> ModelVersion:
         if min_workers < 0 or (max_workers is not None and max_workers < min_workers):
             raise InputError("min_worker must be >= 0 and max_worker >= min_worker")
         model = self.registry.get(name, version)
@@ -134,10 +146,7 @@ class DataPlane:
 
     # -- descriptions -------------------------------------------------------------------------
     def describe(self, name: str, version: str | None) -> list[dict[str, Any]]:
-        if version == "all":
-            models = self.registry.versions(name)
-        else:
-            models = [self.registry.get(name, version)]
+        models = self.registry.versions(name) if version == "all" else [self.registry.get(name, version)]
         default = self.registry.default_version(name)
         return [self._describe_one(model, model.version == default) for model in models]
 
@@ -170,9 +179,7 @@ class DataPlane:
     def list_models(self, limit: int, token: int) -> tuple[list[dict[str, str]], int | None]:
         names = self.registry.names()
         page = names[token : token + limit]
-        rows = [
-            {"modelName": name, "modelUrl": self.registry.get(name).url} for name in page
-        ]
+        rows = [{"modelName": name, "modelUrl": self.registry.get(name).url} for name in page]
         next_token = token + limit if token + limit < len(names) else None
         return rows, next_token
 

@@ -35,9 +35,7 @@ class ModelRegistry:
     def add(self, model: ModelVersion) -> None:
         versions = self._models.setdefault(model.name, {})
         if model.version in versions:
-            raise ModelAlreadyExistsError(
-                f"model {model.name} version {model.version} is already registered"
-            )
+            raise ModelAlreadyExistsError(f"model {model.name} version {model.version} is already registered")
         versions[model.version] = model
         self._defaults.setdefault(model.name, model.version)
 

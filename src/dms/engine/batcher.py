@@ -13,7 +13,8 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from typing import Generic, Protocol, TypeVar
+from collections.abc import Coroutine
+from typing import Any, Generic, Protocol, TypeVar
 
 from dms.engine.messages import RequestItem, ResponseItem
 from dms.errors import DMSError, InternalError, ModelUnavailableError, QueueFullError
@@ -103,9 +104,7 @@ class Batcher(Generic[W]):
         try:
             results = await self.executor.execute(worker, [item for item, _ in batch])
             if len(results) != len(batch):
-                raise InternalError(
-                    f"model {self.label}: worker answered {len(results)} of {len(batch)} requests"
-                )
+                raise InternalError(f"model {self.label}: worker answered {len(results)} of {len(batch)} requests")
         except DMSError as exc:
             for _, future in batch:
                 if not future.done():
@@ -122,8 +121,8 @@ class Batcher(Generic[W]):
             if not future.done():
                 future.set_result(result)
 
-    def _spawn(self, coro: object) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
         self._in_flight.add(task)
         task.add_done_callback(self._in_flight.discard)
 

@@ -14,8 +14,10 @@ import logging
 import os
 import time
 from collections import deque
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 import msgspec
 
@@ -59,6 +61,7 @@ class WorkerPool:
         self.last_error: str | None = None
         self._idle: deque[WorkerProcess] = deque()
         self._idle_event = asyncio.Event()
+        self._state_changed = asyncio.Event()
         self._ids = itertools.count()
         self._batch_ids = itertools.count()
         self._startup_failures = 0
@@ -79,11 +82,16 @@ class WorkerPool:
             self._retire(worker)
         if target == 0 or not starts:
             self._settle_state()
+        for start in starts:
+            self._track(start)
         if wait and starts:
-            await asyncio.gather(*starts)
-        else:
-            for start in starts:
-                self._track(start)
+            await self.wait_settled()
+
+    async def wait_settled(self) -> None:
+        """Wait until every wanted worker is up, or the pool has given up (FAILED/STOPPED)."""
+        while self.state == PoolState.STARTING or (self.state == PoolState.READY and self.ready_count() < self.target):
+            self._state_changed.clear()
+            await self._state_changed.wait()
 
     def _retire(self, worker: WorkerProcess) -> None:
         worker.retiring = True
@@ -95,6 +103,7 @@ class WorkerPool:
         self.state = PoolState.STOPPED
         self.target = 0
         self._idle_event.set()
+        self._state_changed.set()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*(self._stop(w) for w in list(self.workers.values())), return_exceptions=True)
@@ -110,9 +119,7 @@ class WorkerPool:
         if self.state == PoolState.STOPPED or self._live_count() >= self.target:
             return
         worker_id = f"{next(self._ids)}"
-        load = msgspec.structs.replace(
-            self._template, worker_id=worker_id, cpu_threads=self._cpu_threads()
-        )
+        load = msgspec.structs.replace(self._template, worker_id=worker_id, cpu_threads=self._cpu_threads())
         worker = WorkerProcess(worker_id, load, f"{self.label} w{worker_id}")
         self.workers[worker_id] = worker
         try:
@@ -130,10 +137,10 @@ class WorkerPool:
         self._startup_failures += 1
         self.last_error = reason
         if self._startup_failures >= self.settings.max_startup_failures:
-            log.error("%s failed to start %d times; marking it FAILED: %s",
-                      self.label, self._startup_failures, reason)
+            log.error("%s failed to start %d times; marking it FAILED: %s", self.label, self._startup_failures, reason)
             self.state = PoolState.FAILED
             self._idle_event.set()
+            self._state_changed.set()
             return
         delay = min(2.0 ** (self._startup_failures - 1), self.settings.restart_backoff_max_s)
         log.warning("%s worker failed to start (%s); retrying in %.1f s", self.label, reason, delay)
@@ -195,9 +202,12 @@ class WorkerPool:
         return sum(1 for w in self.workers.values() if not w.retiring)
 
     def ready_count(self) -> int:
-        return sum(1 for w in self.workers.values() if w.state in (WorkerState.READY, WorkerState.BUSY) and not w.retiring)
+        return sum(
+            1 for w in self.workers.values() if w.state in (WorkerState.READY, WorkerState.BUSY) and not w.retiring
+        )
 
     def _settle_state(self) -> None:
+        self._state_changed.set()
         if self.state in (PoolState.FAILED, PoolState.STOPPED):
             return
         self.state = PoolState.READY if self.ready_count() >= self.target else PoolState.STARTING
@@ -214,8 +224,8 @@ class WorkerPool:
     def _cpu_threads(self) -> int:
         return max(1, (os.cpu_count() or 1) // max(1, self.target))
 
-    def _track(self, coro: object) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+    def _track(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
 
@@ -227,20 +237,22 @@ class WorkerPool:
     def describe_workers(self) -> list[dict[str, object]]:
         import psutil
 
-        rows = []
+        rows: list[dict[str, object]] = []
         for worker in self.workers.values():
             memory = 0
             if worker.pid is not None:
                 with contextlib.suppress(psutil.Error):
                     memory = psutil.Process(worker.pid).memory_info().rss
-            rows.append({
-                "id": worker.worker_id,
-                "pid": worker.pid,
-                "startTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(worker.started_at)),
-                "status": worker.state.value,
-                "memoryUsage": memory,
-                "gpu": False,
-            })
+            rows.append(
+                {
+                    "id": worker.worker_id,
+                    "pid": worker.pid,
+                    "startTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(worker.started_at)),
+                    "status": worker.state.value,
+                    "memoryUsage": memory,
+                    "gpu": False,
+                }
+            )
         return rows
 
 

@@ -77,7 +77,12 @@ class WorkerProcess:
         parent, child = socket.socketpair()
         try:
             self._proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-u", "-m", "dms.worker", "--fd", str(child.fileno()),
+                sys.executable,
+                "-u",
+                "-m",
+                "dms.worker",
+                "--fd",
+                str(child.fileno()),
                 pass_fds=(child.fileno(),),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,

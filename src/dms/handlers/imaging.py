@@ -79,6 +79,6 @@ def to_chw(
         array = array[:, :, None]
     if channel_order == "BGR":
         array = array[:, :, ::-1]
-    array = array * np.float32(scale)
-    array = (array - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
-    return np.ascontiguousarray(array.transpose(2, 0, 1))
+    scaled = array * np.float32(scale)
+    normalised = (scaled - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
+    return np.ascontiguousarray(normalised.transpose(2, 0, 1), dtype=np.float32)

@@ -73,7 +73,7 @@ class TensorHandler(BaseHandler):
         if isinstance(payload, dict):
             return payload
         if len(specs) != 1:
-            raise InputError(f"this model takes named inputs {_expected(specs)}: send {{\"inputs\": {{name: data}}}}")
+            raise InputError(f'this model takes named inputs {_expected(specs)}: send {{"inputs": {{name: data}}}}')
         return {specs[0].name: payload}
 
 
@@ -93,8 +93,7 @@ def _conform(value: Any, spec: TensorSpec) -> tuple[np.ndarray, bool]:
         want not in (-1, got) for want, got in zip(expected[1:], array.shape[1:], strict=True)
     ):
         raise InputError(
-            f"input {spec.name!r} has shape {list(array.shape)}; the model expects {list(expected)} "
-            "(-1: any size)"
+            f"input {spec.name!r} has shape {list(array.shape)}; the model expects {list(expected)} (-1: any size)"
         )
     return array, squeezed
 

@@ -19,9 +19,7 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
     """The whole body, refusing (413) anything over ``max_bytes`` before or while reading it."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-        raise PayloadTooLargeError(
-            f"request body of {declared} bytes is over max_request_size_bytes ({max_bytes})"
-        )
+        raise PayloadTooLargeError(f"request body of {declared} bytes is over max_request_size_bytes ({max_bytes})")
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():

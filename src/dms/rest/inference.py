@@ -60,12 +60,10 @@ def build_inference_app(dataplane: DataPlane) -> Starlette:
         Route("/api-description", api_description, methods=["GET"]),
         Route("/", api_description, methods=["OPTIONS"]),
     ]
-    return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS)  # type: ignore[arg-type]
+    return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS)
 
 
-async def _until_answered_or_gone(
-    request: Request, future: asyncio.Future[ResponseItem]
-) -> ResponseItem | None:
+async def _until_answered_or_gone(request: Request, future: asyncio.Future[ResponseItem]) -> ResponseItem | None:
     """Await the result; if the client disconnects first, cancel it so no worker runs it."""
     watcher = asyncio.ensure_future(request.receive())
     watcher.add_done_callback(lambda _: future.cancel())

@@ -29,7 +29,9 @@ def build_management_app(dataplane: DataPlane) -> Starlette:
     async def register(request: Request) -> Response:
         url = request.query_params.get("url")
         if not url:
-            raise InputError("parameter 'url' is required: an archive name in the model store, a path, or an allowed URL")
+            raise InputError(
+                "parameter 'url' is required: an archive name in the model store, a path, or an allowed URL"
+            )
         overrides: dict[str, Any] = {
             "initial_workers": query_int(request, "initial_workers"),
             "batch_size": query_int(request, "batch_size", minimum=1),
@@ -39,8 +41,11 @@ def build_management_app(dataplane: DataPlane) -> Starlette:
         handler = request.query_params.get("handler")
         synchronous = query_bool(request, "synchronous", default=True)
         model = await dataplane.register(
-            url, name=request.query_params.get("model_name") or None, overrides=overrides,
-            handler=handler or None, synchronous=synchronous,
+            url,
+            name=request.query_params.get("model_name") or None,
+            overrides=overrides,
+            handler=handler or None,
+            synchronous=synchronous,
         )
         workers = model.config.initial_workers
         message = f'Model "{model.name}" Version: {model.version} registered with {workers} initial workers'
@@ -59,7 +64,10 @@ def build_management_app(dataplane: DataPlane) -> Starlette:
             raise InputError("parameter 'min_worker' is required")
         synchronous = query_bool(request, "synchronous", default=False)
         model = await dataplane.scale(
-            p["model_name"], p.get("model_version"), min_workers, query_int(request, "max_worker"),
+            p["model_name"],
+            p.get("model_version"),
+            min_workers,
+            query_int(request, "max_worker"),
             synchronous,
         )
         if synchronous:
@@ -74,10 +82,9 @@ def build_management_app(dataplane: DataPlane) -> Starlette:
     async def set_default(request: Request) -> Response:
         p = request.path_params
         dataplane.set_default(p["model_name"], p["model_version"])
-        return json_response({
-            "status": f'Default version successfully updated for model "{p["model_name"]}" '
-                      f'to "{p["model_version"]}"'
-        })
+        return json_response(
+            {"status": f'Default version successfully updated for model "{p["model_name"]}" to "{p["model_version"]}"'}
+        )
 
     async def api_description(request: Request) -> Response:
         return json_response(management_openapi())
@@ -95,4 +102,4 @@ def build_management_app(dataplane: DataPlane) -> Starlette:
         Route("/api-description", api_description, methods=["GET"]),
         Route("/", api_description, methods=["OPTIONS"]),
     ]
-    return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS)  # type: ignore[arg-type]
+    return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS)

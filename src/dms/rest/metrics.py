@@ -47,5 +47,4 @@ def build_metrics_app(dataplane: DataPlane) -> Starlette:
     async def metrics(request: Request) -> Response:
         return Response(generate_latest(registry), media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    return Starlette(routes=[Route("/metrics", metrics, methods=["GET"])],
-                     exception_handlers=EXCEPTION_HANDLERS)  # type: ignore[arg-type]
+    return Starlette(routes=[Route("/metrics", metrics, methods=["GET"])], exception_handlers=EXCEPTION_HANDLERS)

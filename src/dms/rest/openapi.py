@@ -28,10 +28,16 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 
 def _errors(*codes: int) -> dict[str, Any]:
-    text = {400: "invalid input", 403: "not allowed", 404: "unknown model or version",
-            409: "already registered", 413: "body over max_request_size_bytes",
-            500: "handler error or worker died", 503: "queue full or model unavailable",
-            504: "model did not answer within response_timeout_s"}
+    text = {
+        400: "invalid input",
+        403: "not allowed",
+        404: "unknown model or version",
+        409: "already registered",
+        413: "body over max_request_size_bytes",
+        500: "handler error or worker died",
+        503: "queue full or model unavailable",
+        504: "model did not answer within response_timeout_s",
+    }
     return {str(code): _json(_ERROR, text[code]) for code in codes}
 
 
@@ -52,10 +58,20 @@ def _doc(title: str, paths: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-_DESCRIBE = {"get": {"operationId": "apiDescription", "summary": "This OpenAPI document",
-                     "responses": {"200": _json({"type": "object"}, "OpenAPI 3 document")}}}
-_OPTIONS = {"options": {"operationId": "apiDescriptionOptions", "summary": "This OpenAPI document",
-                        "responses": {"200": _json({"type": "object"}, "OpenAPI 3 document")}}}
+_DESCRIBE = {
+    "get": {
+        "operationId": "apiDescription",
+        "summary": "This OpenAPI document",
+        "responses": {"200": _json({"type": "object"}, "OpenAPI 3 document")},
+    }
+}
+_OPTIONS = {
+    "options": {
+        "operationId": "apiDescriptionOptions",
+        "summary": "This OpenAPI document",
+        "responses": {"200": _json({"type": "object"}, "OpenAPI 3 document")},
+    }
+}
 
 
 def inference_openapi() -> dict[str, Any]:
@@ -71,30 +87,43 @@ def inference_openapi() -> dict[str, Any]:
     prediction = {
         "requestBody": predict_body,
         "responses": {
-            "200": {"description": "The handler's answer (JSON, text or bytes)",
-                    "content": {"*/*": {"schema": {}}}},
+            "200": {"description": "The handler's answer (JSON, text or bytes)", "content": {"*/*": {"schema": {}}}},
             **_errors(400, 404, 413, 500, 503, 504),
         },
     }
 
     def predict_ops(op_prefix: str, params: list[dict[str, Any]]) -> dict[str, Any]:
         return {
-            method: {"operationId": f"{op_prefix}{method.title()}", "summary": "Run a prediction",
-                     "parameters": params, **prediction}
+            method: {
+                "operationId": f"{op_prefix}{method.title()}",
+                "summary": "Run a prediction",
+                "parameters": params,
+                **prediction,
+            }
             for method in ("post", "put")
         }
 
     model = _path_param("model_name", "registered model name")
     version = _path_param("model_version", "model version")
-    return _doc("DMS inference API", {
-        "/": _OPTIONS,
-        "/api-description": _DESCRIBE,
-        "/ping": {"get": {"operationId": "ping", "summary": "Health of the server and its models",
-                          "responses": {"200": _json({"$ref": "#/components/schemas/Status"}, "Healthy"),
-                                        "500": _json({"$ref": "#/components/schemas/Status"}, "Unhealthy")}}},
-        "/predictions/{model_name}": predict_ops("predictions", [model]),
-        "/predictions/{model_name}/{model_version}": predict_ops("versionPredictions", [model, version]),
-    })
+    return _doc(
+        "DMS inference API",
+        {
+            "/": _OPTIONS,
+            "/api-description": _DESCRIBE,
+            "/ping": {
+                "get": {
+                    "operationId": "ping",
+                    "summary": "Health of the server and its models",
+                    "responses": {
+                        "200": _json({"$ref": "#/components/schemas/Status"}, "Healthy"),
+                        "500": _json({"$ref": "#/components/schemas/Status"}, "Unhealthy"),
+                    },
+                }
+            },
+            "/predictions/{model_name}": predict_ops("predictions", [model]),
+            "/predictions/{model_name}/{model_version}": predict_ops("versionPredictions", [model, version]),
+        },
+    )
 
 
 def management_openapi() -> dict[str, Any]:
@@ -117,39 +146,75 @@ def management_openapi() -> dict[str, Any]:
         _query("response_timeout", "integer", "seconds a batch may take"),
         _query("synchronous", "boolean", "wait until the workers are up (default true)"),
     ]
-    return _doc("DMS management API", {
-        "/": _OPTIONS,
-        "/api-description": _DESCRIBE,
-        "/models": {
-            "get": {"operationId": "listModels", "summary": "List registered models",
-                    "parameters": [_query("limit", "integer", "page size (default 100)"),
-                                   _query("next_page_token", "string", "from the previous page")],
-                    "responses": {"200": _json({"type": "object"}, "models and nextPageToken"),
-                                  **_errors(400)}},
-            "post": {"operationId": "registerModel", "summary": "Register a model archive",
-                     "parameters": register_params,
-                     "responses": {"200": status, "202": status, **_errors(400, 403, 404, 409, 503)}},
-        },
-        "/models/{model_name}": {
-            "get": {"operationId": "describeModel", "summary": "Describe the default version",
-                    "parameters": [model], "responses": {"200": described, **_errors(404)}},
-            "put": {"operationId": "scaleModel", "summary": "Scale the default version's workers",
+    return _doc(
+        "DMS management API",
+        {
+            "/": _OPTIONS,
+            "/api-description": _DESCRIBE,
+            "/models": {
+                "get": {
+                    "operationId": "listModels",
+                    "summary": "List registered models",
+                    "parameters": [
+                        _query("limit", "integer", "page size (default 100)"),
+                        _query("next_page_token", "string", "from the previous page"),
+                    ],
+                    "responses": {"200": _json({"type": "object"}, "models and nextPageToken"), **_errors(400)},
+                },
+                "post": {
+                    "operationId": "registerModel",
+                    "summary": "Register a model archive",
+                    "parameters": register_params,
+                    "responses": {"200": status, "202": status, **_errors(400, 403, 404, 409, 503)},
+                },
+            },
+            "/models/{model_name}": {
+                "get": {
+                    "operationId": "describeModel",
+                    "summary": "Describe the default version",
+                    "parameters": [model],
+                    "responses": {"200": described, **_errors(404)},
+                },
+                "put": {
+                    "operationId": "scaleModel",
+                    "summary": "Scale the default version's workers",
                     "parameters": [model, *scale_params],
-                    "responses": {"200": status, "202": status, **_errors(400, 404)}},
-            "delete": {"operationId": "unregisterModel", "summary": "Unregister the default version",
-                       "parameters": [model], "responses": {"200": status, **_errors(404)}},
-        },
-        "/models/{model_name}/{model_version}": {
-            "get": {"operationId": "describeModelVersion", "summary": "Describe a version (or all)",
-                    "parameters": [model, version], "responses": {"200": described, **_errors(404)}},
-            "put": {"operationId": "scaleModelVersion", "summary": "Scale one version's workers",
+                    "responses": {"200": status, "202": status, **_errors(400, 404)},
+                },
+                "delete": {
+                    "operationId": "unregisterModel",
+                    "summary": "Unregister the default version",
+                    "parameters": [model],
+                    "responses": {"200": status, **_errors(404)},
+                },
+            },
+            "/models/{model_name}/{model_version}": {
+                "get": {
+                    "operationId": "describeModelVersion",
+                    "summary": "Describe a version (or all)",
+                    "parameters": [model, version],
+                    "responses": {"200": described, **_errors(404)},
+                },
+                "put": {
+                    "operationId": "scaleModelVersion",
+                    "summary": "Scale one version's workers",
                     "parameters": [model, version, *scale_params],
-                    "responses": {"200": status, "202": status, **_errors(400, 404)}},
-            "delete": {"operationId": "unregisterModelVersion", "summary": "Unregister one version",
-                       "parameters": [model, version], "responses": {"200": status, **_errors(404)}},
+                    "responses": {"200": status, "202": status, **_errors(400, 404)},
+                },
+                "delete": {
+                    "operationId": "unregisterModelVersion",
+                    "summary": "Unregister one version",
+                    "parameters": [model, version],
+                    "responses": {"200": status, **_errors(404)},
+                },
+            },
+            "/models/{model_name}/{model_version}/set-default": {
+                "put": {
+                    "operationId": "setDefaultVersion",
+                    "summary": "Make a version the default",
+                    "parameters": [model, version],
+                    "responses": {"200": status, **_errors(404)},
+                },
+            },
         },
-        "/models/{model_name}/{model_version}/set-default": {
-            "put": {"operationId": "setDefaultVersion", "summary": "Make a version the default",
-                    "parameters": [model, version], "responses": {"200": status, **_errors(404)}},
-        },
-    })
+    )

@@ -20,6 +20,4 @@ def load_runtime(path: Path, options: dict[str, Any], cpu_threads: int = 1) -> R
         from dms.runtimes.onnx import OnnxRuntime
 
         return OnnxRuntime(path, options, cpu_threads)
-    raise ArchiveError(
-        f"no runtime for serialized file {path.name!r}: supported formats are .onnx"
-    )
+    raise ArchiveError(f"no runtime for serialized file {path.name!r}: supported formats are .onnx")

@@ -86,11 +86,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     channel.send(ModelLoaded(pid=os.getpid()))
     while True:
-        message = channel.recv()
-        if message is None:
+        request = channel.recv()
+        if request is None:
             return 0
-        if isinstance(message, Batch):
-            channel.send(service.run_batch(message))
+        if isinstance(request, Batch):
+            channel.send(service.run_batch(request))
 
 
 if __name__ == "__main__":

@@ -90,7 +90,5 @@ class Context:
 
     def _proc(self, idx: int) -> RequestProcessor:
         if not 0 <= idx < len(self.request_processor):
-            raise IndexError(
-                f"request index {idx} is outside this batch of {len(self.request_processor)}"
-            )
+            raise IndexError(f"request index {idx} is outside this batch of {len(self.request_processor)}")
         return self.request_processor[idx]

@@ -64,7 +64,7 @@ def _import(module_part: str, model_dir: str) -> ModuleType:
 
 def _entry(target: Any, context: Context) -> HandleFn:
     if inspect.isclass(target):
-        instance = target()
+        instance: Any = target()
         if hasattr(instance, "initialize"):
             instance.initialize(context)
         handle: HandleFn = instance.handle

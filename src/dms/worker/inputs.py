@@ -34,8 +34,8 @@ def decode_value(raw: bytes, content_type: str) -> Any:
 
 def build_request_data(item: RequestItem) -> dict[str, Any]:
     data: dict[str, Any] = {}
-    for key, value in item.query:
-        data[key] = value
+    for key, text in item.query:
+        data[key] = text
     media, params = parse_options_header(item.content_type)
     if media == b"multipart/form-data":
         boundary = params.get(b"boundary")
@@ -47,11 +47,11 @@ def build_request_data(item: RequestItem) -> dict[str, Any]:
         from urllib.parse import parse_qsl
 
         try:
-            text = item.body.decode("utf-8")
+            form = item.body.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise InputError(f"form body is not valid UTF-8: {exc}") from exc
-        for key, value in parse_qsl(text, keep_blank_values=True):
-            data[key] = value
+        for key, field in parse_qsl(form, keep_blank_values=True):
+            data[key] = field
     else:
         data["body"] = decode_value(item.body, item.content_type)
     return data

@@ -23,8 +23,7 @@ def encode_output(value: Any, proc: RequestProcessor, model_name: str) -> Respon
             body = orjson.dumps(value, option=_JSON_OPTIONS)
         except TypeError as exc:
             raise HandlerError(
-                f"model {model_name}: handler returned a {type(value).__name__} that cannot be "
-                f"encoded as JSON ({exc})"
+                f"model {model_name}: handler returned a {type(value).__name__} that cannot be encoded as JSON ({exc})"
             ) from exc
         default_type = "application/json"
     return ResponseItem(

@@ -73,8 +73,7 @@ class ModelService:
             )
         if len(outputs) != expected:
             raise HandlerError(
-                f"model {self.model_name}: handler returned {len(outputs)} results for a batch "
-                f"of {expected} requests"
+                f"model {self.model_name}: handler returned {len(outputs)} results for a batch of {expected} requests"
             )
 
     def _failure(self, exc: Exception) -> ResponseItem:

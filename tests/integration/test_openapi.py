@@ -1,0 +1,49 @@
+"""Each port's OpenAPI document is valid and describes exactly the routes that port serves."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import httpx
+import pytest
+from openapi_spec_validator import validate
+from starlette.applications import Starlette
+from starlette.routing import Route
+
+from dms.dataplane import DataPlane
+from dms.rest.inference import build_inference_app
+from dms.rest.management import build_management_app
+from dms.settings import ServerSettings
+
+
+def served_operations(app: Starlette) -> set[tuple[str, str]]:
+    operations = set()
+    for route in app.routes:
+        assert isinstance(route, Route)
+        path = re.sub(r"\{(\w+)(:\w+)?\}", r"{\1}", route.path)
+        operations |= {(path, method.lower()) for method in (route.methods or ()) if method != "HEAD"}
+    return operations
+
+
+def documented_operations(document: dict[str, object]) -> set[tuple[str, str]]:
+    paths = document["paths"]
+    assert isinstance(paths, dict)
+    return {(path, method) for path, item in paths.items() for method in item}
+
+
+@pytest.mark.parametrize("build", [build_inference_app, build_management_app])
+def test_document_is_valid_and_complete(build, tmp_path):
+    app = build(DataPlane(ServerSettings(archive_cache_dir=tmp_path)))
+
+    async def fetch() -> tuple[dict[str, object], dict[str, object]]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            described = (await client.get("/api-description")).json()
+            options = (await client.options("/")).json()
+        return described, options
+
+    document, options = asyncio.run(fetch())
+    validate(document)
+    assert options == document
+    assert documented_operations(document) == served_operations(app)

@@ -1,0 +1,166 @@
+"""Test helpers (kept out of the shipped package): run the real ``dms`` CLI on free ports."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+READY_LINE = "DMS is ready"
+
+
+def shared_path(relative: str) -> Path:
+    """A file under ../shared, or skip the test naming the missing path."""
+    path = SHARED / relative
+    if not path.exists():
+        pytest.skip(f"needs {path} (the shared test data beside the checkout), which is missing")
+    return path
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = []
+    for _ in range(count):
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sockets.append(sock)
+    ports = [s.getsockname()[1] for s in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+class DmsServer:
+    """A ``dms serve`` subprocess; ``start`` returns once it printed its ready line."""
+
+    def __init__(self, workdir: Path, args: list[str], env: dict[str, str] | None = None) -> None:
+        self.workdir = workdir
+        inference, management, metrics = free_ports(3)
+        self.inference_url = f"http://127.0.0.1:{inference}"
+        self.management_url = f"http://127.0.0.1:{management}"
+        self.metrics_url = f"http://127.0.0.1:{metrics}"
+        self.pid_file = workdir / "dms.pid"
+        self.args = [
+            "--inference-address",
+            f"127.0.0.1:{inference}",
+            "--management-address",
+            f"127.0.0.1:{management}",
+            "--metrics-address",
+            f"127.0.0.1:{metrics}",
+            "--pid-file",
+            str(self.pid_file),
+            *args,
+        ]
+        self.env = {**os.environ, "DMS_ARCHIVE_CACHE_DIR": str(workdir / "cache"), **(env or {})}
+        self.proc: subprocess.Popen[str] | None = None
+        self.lines: list[str] = []
+        self.log_lines: list[str] = []
+        self._stdout_lines: queue.Queue[str | None] = queue.Queue()
+
+    def start(self, timeout_s: float = 120.0) -> DmsServer:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "dms", "serve", *self.args],
+            cwd=self.workdir,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        threading.Thread(target=self._pump, args=(self.proc.stdout, self._stdout_lines), daemon=True).start()
+        threading.Thread(target=self._collect_log, daemon=True).start()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                line = self._stdout_lines.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                self.stop()
+                raise AssertionError(f"server not ready within {timeout_s} s:\n{self.log()}") from None
+            if line is None:
+                self.stop()
+                raise AssertionError(f"server exited before it was ready:\n{self.log()}")
+            self.lines.append(line)
+            if line.startswith(READY_LINE):
+                return self
+
+    @staticmethod
+    def _pump(stream: Any, sink: queue.Queue[str | None]) -> None:
+        for line in stream:
+            sink.put(line.rstrip("\n"))
+        sink.put(None)
+
+    def _collect_log(self) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.log_lines.append(line.rstrip("\n"))
+
+    def log(self) -> str:
+        return "\n".join(self.log_lines[-200:])
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 60.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+        return self.proc.returncode
+
+    # -- convenience ----------------------------------------------------------------------------
+    def predict(self, model: str, body: bytes | dict[str, Any] | None = None, **kwargs: Any) -> httpx.Response:
+        url = f"{self.inference_url}/predictions/{model}"
+        if isinstance(body, dict):
+            return httpx.post(url, json=body, timeout=60, **kwargs)
+        return httpx.post(url, content=body or b"", timeout=60, **kwargs)
+
+    def manage(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        return httpx.request(method, f"{self.management_url}{path}", timeout=120, **kwargs)
+
+    def describe(self, model: str, version: str | None = None) -> list[dict[str, Any]]:
+        response = self.manage("GET", f"/models/{model}" + (f"/{version}" if version else ""))
+        assert response.status_code == 200, response.text
+        result: list[dict[str, Any]] = response.json()
+        return result
+
+    def worker_pids(self, model: str, version: str | None = None) -> set[int]:
+        return {w["pid"] for w in self.describe(model, version)[0]["workers"] if w["status"] in ("READY", "BUSY")}
+
+
+@contextmanager
+def running_server(workdir: Path, args: list[str], env: dict[str, str] | None = None) -> Iterator[DmsServer]:
+    server = DmsServer(workdir, args, env).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def wait_for(predicate: Any, timeout_s: float = 30.0, interval_s: float = 0.05, what: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns something truthy (for state changes with no event to await)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")

@@ -1,0 +1,200 @@
+"""The batcher alone, against a fake executor: no processes, no HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from dms.engine.batcher import Batcher
+from dms.engine.messages import RequestItem, ResponseItem
+from dms.errors import InternalError, ModelUnavailableError, QueueFullError, WorkerDiedError
+
+
+def item(name: str) -> RequestItem:
+    return RequestItem(request_id=name, body=name.encode(), content_type="", headers=[], query=[])
+
+
+class FakeExecutor:
+    """``workers`` idle slots; each batch waits for ``gate`` (when set) before answering."""
+
+    def __init__(self, workers: int = 1) -> None:
+        self.idle: asyncio.Queue[int] = asyncio.Queue()
+        for worker in range(workers):
+            self.idle.put_nowait(worker)
+        self.batches: list[list[str]] = []
+        self.gate: asyncio.Event | None = None
+        self.fail_with: Exception | None = None
+        self.drop_one = False
+        self.unavailable = False
+
+    async def acquire(self) -> int:
+        if self.unavailable:
+            raise ModelUnavailableError("gone")
+        return await self.idle.get()
+
+    async def execute(self, worker: int, items: list[RequestItem]) -> list[ResponseItem]:
+        self.batches.append([i.request_id for i in items])
+        try:
+            if self.gate is not None:
+                await self.gate.wait()
+            if self.fail_with is not None:
+                raise self.fail_with
+            answers = [ResponseItem(200, i.body.upper(), "text/plain") for i in items]
+            return answers[:-1] if self.drop_one else answers
+        finally:
+            self.idle.put_nowait(worker)
+
+    def release(self, worker: int) -> None:
+        self.idle.put_nowait(worker)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_a_lone_request_is_dispatched_at_once_as_a_batch_of_one():
+    async def scenario():
+        executor = FakeExecutor()
+        batcher = Batcher("m", executor, batch_size=8, queue_size=10)
+        batcher.start()
+        result = await asyncio.wait_for(batcher.submit(item("a")), 1.0)
+        await batcher.close()
+        return executor.batches, result
+
+    batches, result = run(scenario())
+    assert batches == [["a"]]
+    assert result.body == b"A"
+
+
+def test_requests_queued_while_workers_are_busy_leave_together_up_to_batch_size():
+    async def scenario():
+        executor = FakeExecutor()
+        executor.gate = asyncio.Event()
+        batcher = Batcher("m", executor, batch_size=3, queue_size=10)
+        batcher.start()
+        first = batcher.submit(item("a"))
+        await asyncio.sleep(0.01)  # "a" is now running; the rest queue behind it
+        rest = [batcher.submit(item(name)) for name in "bcdef"]
+        executor.gate.set()
+        await asyncio.gather(first, *rest)
+        await batcher.close()
+        return executor.batches
+
+    assert run(scenario()) == [["a"], ["b", "c", "d"], ["e", "f"]]
+
+
+def test_idle_workers_share_the_queue():
+    async def scenario():
+        executor = FakeExecutor(workers=2)
+        executor.gate = asyncio.Event()
+        batcher = Batcher("m", executor, batch_size=4, queue_size=10)
+        batcher.start()
+        futures = [batcher.submit(item("a")), batcher.submit(item("b"))]
+        await asyncio.sleep(0.01)
+        executor.gate.set()
+        await asyncio.gather(*futures)
+        await batcher.close()
+        return executor.batches
+
+    assert run(scenario()) in ([["a", "b"]], [["a"], ["b"]])
+
+
+def test_a_full_queue_refuses_with_queue_full_error():
+    async def scenario():
+        executor = FakeExecutor()
+        executor.gate = asyncio.Event()
+        batcher = Batcher("m", executor, batch_size=1, queue_size=2)
+        batcher.start()
+        running = batcher.submit(item("a"))
+        await asyncio.sleep(0.01)
+        queued = [batcher.submit(item("b")), batcher.submit(item("c"))]
+        with pytest.raises(QueueFullError) as refused:
+            batcher.submit(item("d"))
+        executor.gate.set()
+        await asyncio.gather(running, *queued)
+        await batcher.close()
+        return refused.value
+
+    error = run(scenario())
+    assert "job_queue_size" in error.message and error.retry_after_s >= 1
+
+
+def test_cancelled_requests_never_reach_a_worker():
+    async def scenario():
+        executor = FakeExecutor()
+        executor.gate = asyncio.Event()
+        batcher = Batcher("m", executor, batch_size=8, queue_size=10)
+        batcher.start()
+        running = batcher.submit(item("a"))
+        await asyncio.sleep(0.01)
+        gone = batcher.submit(item("gone"))
+        kept = batcher.submit(item("kept"))
+        gone.cancel()
+        executor.gate.set()
+        await asyncio.gather(running, kept)
+        await batcher.close()
+        return executor.batches
+
+    assert run(scenario()) == [["a"], ["kept"]]
+
+
+def test_a_failed_batch_fails_every_request_in_it_with_the_same_error():
+    async def scenario():
+        executor = FakeExecutor()
+        executor.fail_with = WorkerDiedError("worker died")
+        batcher = Batcher("m", executor, batch_size=4, queue_size=10)
+        batcher.start()
+        results = await asyncio.gather(batcher.submit(item("a")), return_exceptions=True)
+        await batcher.close()
+        return results
+
+    [error] = run(scenario())
+    assert isinstance(error, WorkerDiedError)
+
+
+def test_a_short_answer_is_an_internal_error_not_a_hang():
+    async def scenario():
+        executor = FakeExecutor()
+        executor.drop_one = True
+        batcher = Batcher("m", executor, batch_size=4, queue_size=10)
+        batcher.start()
+        results = await asyncio.wait_for(asyncio.gather(batcher.submit(item("a")), return_exceptions=True), 1.0)
+        await batcher.close()
+        return results
+
+    [error] = run(scenario())
+    assert isinstance(error, InternalError) and "answered 0 of 1" in error.message
+
+
+def test_when_no_worker_will_come_queued_requests_fail_unavailable():
+    async def scenario():
+        executor = FakeExecutor()
+        executor.unavailable = True
+        batcher = Batcher("m", executor, batch_size=4, queue_size=10)
+        batcher.start()
+        results = await asyncio.wait_for(asyncio.gather(batcher.submit(item("a")), return_exceptions=True), 1.0)
+        await batcher.close()
+        return results
+
+    [error] = run(scenario())
+    assert isinstance(error, ModelUnavailableError)
+
+
+def test_close_fails_what_is_still_queued_and_refuses_new_requests():
+    async def scenario():
+        executor = FakeExecutor()
+        executor.gate = asyncio.Event()
+        batcher = Batcher("m", executor, batch_size=1, queue_size=10)
+        batcher.start()
+        batcher.submit(item("a"))
+        await asyncio.sleep(0.01)
+        queued = batcher.submit(item("b"))
+        await batcher.close()
+        with pytest.raises(ModelUnavailableError):
+            batcher.submit(item("c"))
+        executor.gate.set()
+        return await asyncio.gather(queued, return_exceptions=True)
+
+    [error] = run(scenario())
+    assert isinstance(error, ModelUnavailableError)
