@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Set up everything the tests need in ./.venv and run the whole suite: lint, types, tests.
+# This is exactly what CI runs (.ci/run). Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ -x .venv/bin/python ] || "${PYTHON:-python3}" -m venv .venv
+pip=(.venv/bin/python -m pip install -q)
+"${pip[@]}" --upgrade pip
+# torch first and pinned: installed later as a dependency it could pull a CUDA build.
+"${pip[@]}" torch==2.13.0
+"${pip[@]}" -e '.[all,test]'
+# The two peer archivers both ship a top-level `model_archiver` package, so each gets its own
+# folder; tests run them with PYTHONPATH pointing there.
+[ -d .tools/torch-model-archiver ] || "${pip[@]}" --target .tools/torch-model-archiver torch-model-archiver==0.12.0
+[ -d .tools/mms-model-archiver ] || "${pip[@]}" --target .tools/mms-model-archiver model-archiver==1.0.3
+
+echo "== ruff"
+.venv/bin/ruff check src tests scripts
+.venv/bin/ruff format --check src tests scripts
+echo "== mypy --strict"
+.venv/bin/mypy
+echo "== pytest"
+# pytest exits 5 when it collected no test; under `set -e` that fails the run, as it should.
+.venv/bin/python -m pytest "$@"
