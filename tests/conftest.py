@@ -10,7 +10,8 @@ from tests.support import FIXTURES
 
 def make_probe_archive(store: Path, name: str, version: str = "1.0", config: str = "") -> Path:
     """A probe-handler archive in ``store`` (file name ``{name}-{version}.mar``)."""
-    work = store / f".src-{name}-{version}"
+    store.mkdir(parents=True, exist_ok=True)
+    work = store.parent / f".src-{store.name}-{name}-{version}"
     work.mkdir(parents=True, exist_ok=True)
     config_file = work / "model-config.yaml"
     config_file.write_text(config)

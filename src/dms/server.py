@@ -73,7 +73,7 @@ def startup_models(settings: ServerSettings) -> list[tuple[str | None, str]]:
             pairs.extend(
                 (None, p.name)
                 for p in sorted(settings.model_store.iterdir())
-                if p.suffix == ".mar" or p.name.endswith(".tar.gz") or p.is_dir()
+                if not p.name.startswith(".") and (p.suffix == ".mar" or p.name.endswith(".tar.gz") or p.is_dir())
             )
         elif "=" in item:
             name, url = item.split("=", 1)
@@ -158,6 +158,9 @@ def run(settings: ServerSettings) -> int:
         loop_factory = uvloop.new_event_loop
     except ImportError:  # pragma: no cover - Windows
         pass
+    if settings.log_level != "debug":
+        # uvicorn announces each of the three ports at INFO; DMS prints its own ready line.
+        logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         return runner.run(serve_forever(settings))
 

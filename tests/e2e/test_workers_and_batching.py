@@ -94,6 +94,9 @@ def test_sigkill_mid_request_fails_only_that_request_and_the_worker_comes_back(s
     described = server.describe("victim")[0]
     assert described["restarts"] == 1
     assert described["status"] == "READY"
+    metrics = httpx.get(f"{server.metrics_url}/metrics").text
+    assert 'dms_worker_restarts_total{model="victim",version="1.0"} 1.0' in metrics
+    assert 'dms_worker_restarts_total{model="bystander",version="1.0"} 0.0' in metrics
 
 
 def test_a_handler_exception_is_a_500_naming_model_and_type(server: DmsServer):

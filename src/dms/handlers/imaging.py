@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from dms.errors import InputError
 
@@ -42,6 +42,8 @@ def decode_image(raw: bytes, mode: str, max_pixels: int = DEFAULT_MAX_PIXELS) ->
         raise
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
         raise InputError(f"image rejected as a decompression bomb: {exc}") from exc
+    except UnidentifiedImageError:
+        raise InputError("request body is not an image in a format this server reads (JPEG, PNG, ...)") from None
     except Exception as exc:
         raise InputError(f"request body is not a decodable image ({type(exc).__name__}: {exc})") from exc
     return image.convert("L" if mode == "L" else "RGB")
