@@ -142,6 +142,10 @@ class DmsServer:
         result: list[dict[str, Any]] = response.json()
         return result
 
+    def wait_busy(self, model: str) -> None:
+        """Wait until the model's first worker is running a batch."""
+        wait_for(lambda: self.describe(model)[0]["workers"][0]["status"] == "BUSY", what=f"{model} worker busy")
+
     def worker_pids(self, model: str, version: str | None = None) -> set[int]:
         return {w["pid"] for w in self.describe(model, version)[0]["workers"] if w["status"] in ("READY", "BUSY")}
 

@@ -11,7 +11,7 @@ import pytest
 from dms.archive.writer import ArchiveSpec, write_archive
 from dms.server import default_model_archive
 from tests.conftest import make_probe_archive
-from tests.support import FIXTURES, DmsServer, running_server, wait_for
+from tests.support import FIXTURES, DmsServer, running_server
 
 MAX_BODY = 4096
 
@@ -45,7 +45,7 @@ def still_serving(server: DmsServer) -> None:
 
 def test_full_queue_answers_503_with_retry_after(server: DmsServer):
     busy = ThreadPoolExecutor(1).submit(server.predict, "narrow", {"sleep": 1.5})
-    wait_for(lambda: server.describe("narrow")[0]["workers"][0]["status"] == "BUSY", what="worker busy")
+    server.wait_busy("narrow")
     with ThreadPoolExecutor(6) as pool:
         responses = list(pool.map(lambda i: server.predict("narrow", {"echo": i}), range(6)))
     assert busy.result().status_code == 200

@@ -30,7 +30,7 @@ def test_a_request_whose_client_went_away_never_reaches_a_worker(tmp_path: Path)
     server = start_probe_server(tmp_path, "initial_workers: 1\nbatch_size: 1\n")
     try:
         busy = ThreadPoolExecutor(1).submit(server.predict, "probe", {"sleep": 1.0})
-        wait_for(lambda: server.describe("probe")[0]["workers"][0]["status"] == "BUSY", what="worker busy")
+        server.wait_busy("probe")
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(f"{server.inference_url}/predictions/probe", json={"touch": str(marker)}, timeout=0.3)
         assert busy.result().status_code == 200

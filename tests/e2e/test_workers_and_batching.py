@@ -53,7 +53,7 @@ def test_a_lone_request_runs_alone(server: DmsServer):
 def test_concurrent_requests_are_batched(server: DmsServer):
     # Occupy the only worker, then queue requests: they must leave together as one batch.
     blocker = ThreadPoolExecutor(1).submit(server.predict, "batched", {"sleep": 1.0})
-    wait_for(lambda: server.describe("batched")[0]["workers"][0]["status"] == "BUSY", what="worker busy")
+    server.wait_busy("batched")
     with ThreadPoolExecutor(6) as pool:
         responses = list(pool.map(lambda i: server.predict("batched", {"echo": i}), range(6)))
     assert blocker.result().json()["batch"] == 1
@@ -77,7 +77,7 @@ def test_sigkill_mid_request_fails_only_that_request_and_the_worker_comes_back(s
     bystander.start()
     try:
         in_flight = ThreadPoolExecutor(1).submit(server.predict, "victim", {"sleep": 5})
-        wait_for(lambda: server.describe("victim")[0]["workers"][0]["status"] == "BUSY", what="victim busy")
+        server.wait_busy("victim")
         os.kill(victim_pid, signal.SIGKILL)
         failed = in_flight.result(timeout=30)
         assert failed.status_code == 500
@@ -123,7 +123,7 @@ def test_a_wrong_result_count_is_a_clear_500(server: DmsServer):
 
 def test_one_bad_request_does_not_fail_its_batch_neighbours(server: DmsServer):
     blocker = ThreadPoolExecutor(1).submit(server.predict, "batched", {"sleep": 1.0})
-    wait_for(lambda: server.describe("batched")[0]["workers"][0]["status"] == "BUSY", what="worker busy")
+    server.wait_busy("batched")
     bodies = [{"echo": 1}, {"bad": True}, {"echo": 2}, {"echo": 3}]
     with ThreadPoolExecutor(4) as pool:
         responses = list(pool.map(lambda body: server.predict("batched", body), bodies))

@@ -49,63 +49,62 @@ class FakeExecutor:
         self.idle.put_nowait(worker)
 
 
-def run(coro):
-    return asyncio.run(coro)
+def run(scenario, executor: FakeExecutor | None = None, batch_size: int = 4, queue_size: int = 10):
+    """Run ``scenario(batcher, executor)`` against a started batcher, closing it afterwards."""
+
+    async def main():
+        fake = executor or FakeExecutor()
+        batcher = Batcher("m", fake, batch_size=batch_size, queue_size=queue_size)
+        batcher.start()
+        try:
+            return await scenario(batcher, fake)
+        finally:
+            await batcher.close()
+
+    return asyncio.run(main())
+
+
+def gated(workers: int = 1) -> FakeExecutor:
+    executor = FakeExecutor(workers)
+    executor.gate = asyncio.Event()
+    return executor
 
 
 def test_a_lone_request_is_dispatched_at_once_as_a_batch_of_one():
-    async def scenario():
-        executor = FakeExecutor()
-        batcher = Batcher("m", executor, batch_size=8, queue_size=10)
-        batcher.start()
+    async def scenario(batcher, executor):
         result = await asyncio.wait_for(batcher.submit(item("a")), 1.0)
-        await batcher.close()
         return executor.batches, result
 
-    batches, result = run(scenario())
+    batches, result = run(scenario, batch_size=8)
     assert batches == [["a"]]
     assert result.body == b"A"
 
 
 def test_requests_queued_while_workers_are_busy_leave_together_up_to_batch_size():
-    async def scenario():
-        executor = FakeExecutor()
-        executor.gate = asyncio.Event()
-        batcher = Batcher("m", executor, batch_size=3, queue_size=10)
-        batcher.start()
+    async def scenario(batcher, executor):
         first = batcher.submit(item("a"))
         await asyncio.sleep(0.01)  # "a" is now running; the rest queue behind it
         rest = [batcher.submit(item(name)) for name in "bcdef"]
         executor.gate.set()
         await asyncio.gather(first, *rest)
-        await batcher.close()
         return executor.batches
 
-    assert run(scenario()) == [["a"], ["b", "c", "d"], ["e", "f"]]
+    assert run(scenario, gated(), batch_size=3) == [["a"], ["b", "c", "d"], ["e", "f"]]
 
 
 def test_idle_workers_share_the_queue():
-    async def scenario():
-        executor = FakeExecutor(workers=2)
-        executor.gate = asyncio.Event()
-        batcher = Batcher("m", executor, batch_size=4, queue_size=10)
-        batcher.start()
+    async def scenario(batcher, executor):
         futures = [batcher.submit(item("a")), batcher.submit(item("b"))]
         await asyncio.sleep(0.01)
         executor.gate.set()
         await asyncio.gather(*futures)
-        await batcher.close()
         return executor.batches
 
-    assert run(scenario()) in ([["a", "b"]], [["a"], ["b"]])
+    assert run(scenario, gated(workers=2)) in ([["a", "b"]], [["a"], ["b"]])
 
 
 def test_a_full_queue_refuses_with_queue_full_error():
-    async def scenario():
-        executor = FakeExecutor()
-        executor.gate = asyncio.Event()
-        batcher = Batcher("m", executor, batch_size=1, queue_size=2)
-        batcher.start()
+    async def scenario(batcher, executor):
         running = batcher.submit(item("a"))
         await asyncio.sleep(0.01)
         queued = [batcher.submit(item("b")), batcher.submit(item("c"))]
@@ -113,19 +112,14 @@ def test_a_full_queue_refuses_with_queue_full_error():
             batcher.submit(item("d"))
         executor.gate.set()
         await asyncio.gather(running, *queued)
-        await batcher.close()
         return refused.value
 
-    error = run(scenario())
+    error = run(scenario, gated(), batch_size=1, queue_size=2)
     assert "job_queue_size" in error.message and error.retry_after_s >= 1
 
 
 def test_cancelled_requests_never_reach_a_worker():
-    async def scenario():
-        executor = FakeExecutor()
-        executor.gate = asyncio.Event()
-        batcher = Batcher("m", executor, batch_size=8, queue_size=10)
-        batcher.start()
+    async def scenario(batcher, executor):
         running = batcher.submit(item("a"))
         await asyncio.sleep(0.01)
         gone = batcher.submit(item("gone"))
@@ -133,58 +127,41 @@ def test_cancelled_requests_never_reach_a_worker():
         gone.cancel()
         executor.gate.set()
         await asyncio.gather(running, kept)
-        await batcher.close()
         return executor.batches
 
-    assert run(scenario()) == [["a"], ["kept"]]
+    assert run(scenario, gated(), batch_size=8) == [["a"], ["kept"]]
 
 
-def test_a_failed_batch_fails_every_request_in_it_with_the_same_error():
-    async def scenario():
-        executor = FakeExecutor()
-        executor.fail_with = WorkerDiedError("worker died")
-        batcher = Batcher("m", executor, batch_size=4, queue_size=10)
-        batcher.start()
-        results = await asyncio.gather(batcher.submit(item("a")), return_exceptions=True)
-        await batcher.close()
-        return results
+def first_outcome(executor: FakeExecutor) -> BaseException | ResponseItem:
+    async def scenario(batcher, executor):
+        [outcome] = await asyncio.wait_for(asyncio.gather(batcher.submit(item("a")), return_exceptions=True), 1.0)
+        return outcome
 
-    [error] = run(scenario())
-    assert isinstance(error, WorkerDiedError)
+    return run(scenario, executor)
+
+
+def test_a_failed_batch_fails_its_requests_with_the_error():
+    executor = FakeExecutor()
+    executor.fail_with = WorkerDiedError("worker died")
+    assert isinstance(first_outcome(executor), WorkerDiedError)
 
 
 def test_a_short_answer_is_an_internal_error_not_a_hang():
-    async def scenario():
-        executor = FakeExecutor()
-        executor.drop_one = True
-        batcher = Batcher("m", executor, batch_size=4, queue_size=10)
-        batcher.start()
-        results = await asyncio.wait_for(asyncio.gather(batcher.submit(item("a")), return_exceptions=True), 1.0)
-        await batcher.close()
-        return results
-
-    [error] = run(scenario())
+    executor = FakeExecutor()
+    executor.drop_one = True
+    error = first_outcome(executor)
     assert isinstance(error, InternalError) and "answered 0 of 1" in error.message
 
 
 def test_when_no_worker_will_come_queued_requests_fail_unavailable():
-    async def scenario():
-        executor = FakeExecutor()
-        executor.unavailable = True
-        batcher = Batcher("m", executor, batch_size=4, queue_size=10)
-        batcher.start()
-        results = await asyncio.wait_for(asyncio.gather(batcher.submit(item("a")), return_exceptions=True), 1.0)
-        await batcher.close()
-        return results
-
-    [error] = run(scenario())
-    assert isinstance(error, ModelUnavailableError)
+    executor = FakeExecutor()
+    executor.unavailable = True
+    assert isinstance(first_outcome(executor), ModelUnavailableError)
 
 
 def test_close_fails_what_is_still_queued_and_refuses_new_requests():
     async def scenario():
-        executor = FakeExecutor()
-        executor.gate = asyncio.Event()
+        executor = gated()
         batcher = Batcher("m", executor, batch_size=1, queue_size=10)
         batcher.start()
         batcher.submit(item("a"))
@@ -196,5 +173,5 @@ def test_close_fails_what_is_still_queued_and_refuses_new_requests():
         executor.gate.set()
         return await asyncio.gather(queued, return_exceptions=True)
 
-    [error] = run(scenario())
+    [error] = asyncio.run(scenario())
     assert isinstance(error, ModelUnavailableError)

@@ -127,6 +127,22 @@ def safe_member_path(name: str) -> PurePosixPath:
     return member
 
 
+class _MemberCheck:
+    """Validates each member name once per archive; returns where it lands."""
+
+    def __init__(self, destination: Path) -> None:
+        self.destination = destination
+        self.seen: set[str] = set()
+
+    def target(self, name: str) -> Path:
+        member = safe_member_path(name)
+        key = str(member).rstrip("/")
+        if key in self.seen:
+            raise ArchiveError(f"archive member {name!r} appears twice")
+        self.seen.add(key)
+        return self.destination / member
+
+
 class _Budget:
     def __init__(self, max_bytes: int) -> None:
         self.left = max_bytes
@@ -144,42 +160,34 @@ class _Budget:
 
 def _extract_zip(path: Path, destination: Path, max_bytes: int) -> None:
     budget = _Budget(max_bytes)
-    seen: set[str] = set()
+    members = _MemberCheck(destination)
     with zipfile.ZipFile(path) as zf:
         infos = zf.infolist()
         if sum(info.file_size for info in infos) > max_bytes:
             raise ArchiveError(f"archive declares more than {max_bytes} bytes of content")
         for info in infos:
-            member = safe_member_path(info.filename)
-            key = str(member).rstrip("/")
-            if key in seen:
-                raise ArchiveError(f"archive member {info.filename!r} appears twice")
-            seen.add(key)
+            target = members.target(info.filename)
             file_type = stat.S_IFMT(info.external_attr >> 16) if info.create_system == 3 else 0
             if file_type not in (0, stat.S_IFREG, stat.S_IFDIR):
                 raise ArchiveError(f"archive member {info.filename!r} is a link or special file")
             if info.is_dir():
-                (destination / member).mkdir(parents=True, exist_ok=True)
+                target.mkdir(parents=True, exist_ok=True)
                 continue
             ratio = info.file_size / max(info.compress_size, 1)
             if info.file_size > _RATIO_FLOOR_BYTES and ratio > _MAX_RATIO:
                 raise ArchiveError(f"archive member {info.filename!r} compresses {ratio:.0f}:1 (zip bomb?)")
             with zf.open(info) as source:
-                budget.copy(source, destination / member)
+                budget.copy(source, target)
 
 
 def _extract_tar(path: Path, destination: Path, max_bytes: int) -> None:
     budget = _Budget(max_bytes)
-    seen: set[str] = set()
+    members = _MemberCheck(destination)
     with tarfile.open(path) as tar:
         for info in tar:
-            member = safe_member_path(info.name)
-            key = str(member).rstrip("/")
-            if key in seen:
-                raise ArchiveError(f"archive member {info.name!r} appears twice")
-            seen.add(key)
+            target = members.target(info.name)
             if info.isdir():
-                (destination / member).mkdir(parents=True, exist_ok=True)
+                target.mkdir(parents=True, exist_ok=True)
                 continue
             if not info.isfile():
                 raise ArchiveError(f"archive member {info.name!r} is a link or special file")
@@ -187,4 +195,4 @@ def _extract_tar(path: Path, destination: Path, max_bytes: int) -> None:
             if source is None:
                 raise ArchiveError(f"archive member {info.name!r} cannot be read")
             with source:
-                budget.copy(source, destination / member)
+                budget.copy(source, target)
