@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import signal
@@ -53,7 +54,9 @@ class DmsServer:
         self.inference_url = f"http://127.0.0.1:{inference}"
         self.management_url = f"http://127.0.0.1:{management}"
         self.metrics_url = f"http://127.0.0.1:{metrics}"
-        self.pid_file = workdir / "dms.pid"
+        self.state_dir = workdir / "state"
+        self.pid_file = self.state_dir / "dms.pid"
+        self.key_file = self.state_dir / "key_file.json"
         self.args = [
             "--inference-address",
             f"127.0.0.1:{inference}",
@@ -61,8 +64,8 @@ class DmsServer:
             f"127.0.0.1:{management}",
             "--metrics-address",
             f"127.0.0.1:{metrics}",
-            "--pid-file",
-            str(self.pid_file),
+            "--state-dir",
+            str(self.state_dir),
             *args,
         ]
         self.env = {**os.environ, "DMS_ARCHIVE_CACHE_DIR": str(workdir / "cache"), **(env or {})}
@@ -133,8 +136,15 @@ class DmsServer:
             return httpx.post(url, json=body, timeout=60, **kwargs)
         return httpx.post(url, content=body or b"", timeout=60, **kwargs)
 
+    def key(self, kind: str = "management") -> str:
+        return str(json.loads(self.key_file.read_text())[kind]["key"])
+
     def manage(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        return httpx.request(method, f"{self.management_url}{path}", timeout=120, **kwargs)
+        """A management call with the management key (when the server wrote one)."""
+        headers = dict(kwargs.pop("headers", {}))
+        if self.key_file.exists():
+            headers.setdefault("Authorization", f"Bearer {self.key()}")
+        return httpx.request(method, f"{self.management_url}{path}", timeout=120, headers=headers, **kwargs)
 
     def describe(self, model: str, version: str | None = None) -> list[dict[str, Any]]:
         response = self.manage("GET", f"/models/{model}" + (f"/{version}" if version else ""))

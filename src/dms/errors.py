@@ -11,7 +11,8 @@ framework.
     ├── ModelNotFoundError         unknown model or version
     ├── ModelAlreadyExistsError    registering a name/version twice
     ├── ArchiveError               unreadable, unsafe or inconsistent model archive
-    ├── ForbiddenError             a URL or path outside what the operator allowed
+    ├── UnauthorizedError          no API key where one is required
+    ├── ForbiddenError             a wrong key, or a URL or path outside what the operator allowed
     ├── QueueFullError             the model's bounded queue is full
     ├── ModelUnavailableError      no worker can serve (model failed, stopping)
     ├── RequestTimeoutError        a worker overran ``response_timeout_s``
@@ -31,6 +32,7 @@ class ErrorKind(StrEnum):
     UNSUPPORTED_MEDIA = "unsupported_media"
     NOT_FOUND = "not_found"
     CONFLICT = "conflict"
+    UNAUTHENTICATED = "unauthenticated"
     FORBIDDEN = "forbidden"
     UNAVAILABLE = "unavailable"
     TIMEOUT = "timeout"
@@ -78,6 +80,10 @@ class ArchiveError(DMSError):
     kind = ErrorKind.INVALID_INPUT
 
 
+class UnauthorizedError(DMSError):
+    kind = ErrorKind.UNAUTHENTICATED
+
+
 class ForbiddenError(DMSError):
     kind = ErrorKind.FORBIDDEN
 
@@ -119,6 +125,7 @@ _BY_NAME: dict[str, type[DMSError]] = {
         ModelNotFoundError,
         ModelAlreadyExistsError,
         ArchiveError,
+        UnauthorizedError,
         ForbiddenError,
         QueueFullError,
         ModelUnavailableError,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import signal
@@ -20,6 +21,7 @@ from pathlib import Path
 import uvicorn
 from starlette.applications import Starlette
 
+from dms.auth import KeyStore
 from dms.dataplane import DataPlane
 from dms.errors import DMSError
 from dms.rest.inference import build_inference_app
@@ -83,12 +85,34 @@ def startup_models(settings: ServerSettings) -> list[tuple[str | None, str]]:
     return pairs
 
 
+def _warn_about_exposure(settings: ServerSettings) -> None:
+    for what, address in (("management API", settings.management_address), ("metrics", settings.metrics_address)):
+        host, _ = parse_address(address)
+        if not _is_loopback(host):
+            log.warning("the %s listens on %s, beyond this machine: put it behind TLS and a firewall", what, address)
+    if not settings.token_auth:
+        log.warning("token auth is disabled: anyone who reaches the management API can register and run code")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 async def serve_forever(settings: ServerSettings) -> int:
+    _warn_about_exposure(settings)
     dataplane = DataPlane(settings)
+    keys = KeyStore(settings.key_file) if settings.token_auth or settings.inference_token_auth else None
+    if keys is not None:
+        log.info("API keys are in %s (readable by this user only)", settings.key_file)
     grace = settings.graceful_shutdown_s
     servers = [
-        _uvicorn_server(build_inference_app(dataplane), settings.inference_address, grace),
-        _uvicorn_server(build_management_app(dataplane), settings.management_address, grace),
+        _uvicorn_server(build_inference_app(dataplane, keys), settings.inference_address, grace),
+        _uvicorn_server(build_management_app(dataplane, keys), settings.management_address, grace),
         _uvicorn_server(build_metrics_app(dataplane), settings.metrics_address, grace),
     ]
     stop = asyncio.Event()

@@ -30,8 +30,8 @@ def _default_cache_dir() -> Path:
     return Path(base) / "dms" / "archives"
 
 
-def _default_pid_file() -> Path:
-    return Path.home() / ".dms" / "dms.pid"
+def _default_state_dir() -> Path:
+    return Path.home() / ".dms"
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -86,8 +86,31 @@ class ServerSettings(BaseSettings):
     graceful_shutdown_s: float = Field(default=30.0, ge=0)
     """How long shutdown waits for accepted requests before stopping workers."""
 
-    pid_file: Path = Field(default_factory=_default_pid_file)
+    state_dir: Path = Field(default_factory=_default_state_dir)
+    """Runtime files of one server: ``dms.pid``, ``key_file.json``, ``snapshot.json``, ``dms.log``."""
+    token_auth: bool = True
+    """Require ``Authorization: Bearer <management key>`` on the management API."""
+    inference_token_auth: bool = False
+    """Also require the inference key on the inference API (health stays open)."""
+    snapshot: bool = True
+    """Write the registered models to ``snapshot.json`` on every change; restore them at start."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.state_dir / "dms.pid"
+
+    @property
+    def key_file(self) -> Path:
+        return self.state_dir / "key_file.json"
+
+    @property
+    def snapshot_file(self) -> Path:
+        return self.state_dir / "snapshot.json"
+
+    @property
+    def log_file(self) -> Path:
+        return self.state_dir / "dms.log"
 
     @field_validator("inference_address", "management_address", "metrics_address")
     @classmethod

@@ -114,8 +114,9 @@ def test_default_model_serves_digits_with_nothing_named(tmp_path: Path):
 
 def test_start_runs_in_the_background_and_stop_ends_it(tmp_path: Path):
     inference, management, metrics = free_ports(3)
-    pid_file = tmp_path / "dms.pid"
-    common = ["--pid-file", str(pid_file)]
+    state_dir = tmp_path / "state"
+    pid_file = state_dir / "dms.pid"
+    common = ["--state-dir", str(state_dir)]
     started = dms(
         "start",
         "--inference-address",

@@ -11,6 +11,7 @@ from openapi_spec_validator import validate
 from starlette.applications import Starlette
 from starlette.routing import Route
 
+from dms.auth import KeyStore
 from dms.dataplane import DataPlane
 from dms.rest.inference import build_inference_app
 from dms.rest.management import build_management_app
@@ -32,13 +33,23 @@ def documented_operations(document: dict[str, object]) -> set[tuple[str, str]]:
     return {(path, method) for path, item in paths.items() for method in item}
 
 
+@pytest.mark.parametrize("auth", [False, True])
 @pytest.mark.parametrize("build", [build_inference_app, build_management_app])
-def test_document_is_valid_and_complete(build, tmp_path):
-    app = build(DataPlane(ServerSettings(archive_cache_dir=tmp_path)))
+def test_document_is_valid_and_complete(build, auth, tmp_path):
+    settings = ServerSettings(
+        archive_cache_dir=tmp_path, state_dir=tmp_path, token_auth=auth, inference_token_auth=auth
+    )
+    keys = KeyStore(settings.key_file) if auth else None
+    app = build(DataPlane(settings), keys)
+    headers = (
+        {"Authorization": f"Bearer {keys.key('management' if build is build_management_app else 'inference')}"}
+        if keys
+        else {}
+    )
 
     async def fetch() -> tuple[dict[str, object], dict[str, object]]:
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", headers=headers) as client:
             described = (await client.get("/api-description")).json()
             options = (await client.options("/")).json()
         return described, options
@@ -47,3 +58,4 @@ def test_document_is_valid_and_complete(build, tmp_path):
     validate(document)
     assert options == document
     assert documented_operations(document) == served_operations(app)
+    assert ("securitySchemes" in document["components"]) is auth

@@ -6,7 +6,7 @@ import click
 
 from dms import __version__
 from dms.cli.archiving import archive
-from dms.cli.serving import serve, start, stop
+from dms.cli.serving import serve, start, stop, token
 
 
 @click.group()
@@ -19,6 +19,7 @@ cli.add_command(serve)
 cli.add_command(start)
 cli.add_command(stop)
 cli.add_command(archive)
+cli.add_command(token)
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import click
 from pydantic import ValidationError
 
+from dms.auth import read_key
 from dms.settings import ServerSettings, load_settings
 
 
@@ -28,7 +29,10 @@ def server_options(fn: Any) -> Any:
         click.option("--default-workers-per-model", type=int, help="Workers per model version."),
         click.option("--allowed-urls", multiple=True, help="Regex a remote archive URL must match (repeatable)."),
         click.option("--no-default-model", is_flag=True, help="Do not serve the bundled digits model."),
-        click.option("--pid-file", type=click.Path(path_type=Path), help="Where the server writes its pid."),
+        click.option("--state-dir", type=click.Path(path_type=Path), help="Pid, key, snapshot and log files [~/.dms]."),
+        click.option("--disable-token-auth", is_flag=True, help="Let the management API answer without a key."),
+        click.option("--enable-inference-token-auth", is_flag=True, help="Require the inference key too."),
+        click.option("--no-snapshot", is_flag=True, help="Start clean; do not write snapshots."),
         click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"])),
         click.argument("extra_models", nargs=-1),
     ]
@@ -43,8 +47,14 @@ def settings_from_cli(kwargs: dict[str, Any]) -> tuple[ServerSettings, list[str]
     models = [*kwargs.pop("models"), *kwargs.pop("extra_models")]
     allowed = list(kwargs.pop("allowed_urls"))
     overrides: dict[str, Any] = {k: v for k, v in kwargs.items() if v is not None}
-    if overrides.pop("no_default_model", False):
-        overrides["default_model"] = False
+    for flag, setting, value in (
+        ("no_default_model", "default_model", False),
+        ("disable_token_auth", "token_auth", False),
+        ("enable_inference_token_auth", "inference_token_auth", True),
+        ("no_snapshot", "snapshot", False),
+    ):
+        if overrides.pop(flag, False):
+            overrides[setting] = value
     if models:
         overrides["models"] = models
     if allowed:
@@ -56,14 +66,22 @@ def settings_from_cli(kwargs: dict[str, Any]) -> tuple[ServerSettings, list[str]
     argv = ["--config", str(config_file)] if config_file else []
     for key, value in overrides.items():
         flag = "--" + key.replace("_", "-")
-        if key == "default_model":
-            argv.append("--no-default-model")
+        if isinstance(value, bool):
+            argv.append(_BOOL_FLAGS[key])
         elif isinstance(value, list):
             for entry in value:
                 argv += [flag, str(entry)]
         else:
             argv += [flag, str(value)]
     return settings, argv
+
+
+_BOOL_FLAGS = {
+    "default_model": "--no-default-model",
+    "token_auth": "--disable-token-auth",
+    "inference_token_auth": "--enable-inference-token-auth",
+    "snapshot": "--no-snapshot",
+}
 
 
 def _running_pid(pid_file: Path) -> int | None:
@@ -124,12 +142,12 @@ def _start_background(
     pid = _running_pid(settings.pid_file)
     if pid is not None:
         raise click.ClickException(f"a DMS server is already running with pid {pid}; run 'dms stop' first")
-    log_path = log_file or settings.pid_file.with_suffix(".log")
+    log_path = log_file or settings.log_file
     log_path.parent.mkdir(parents=True, exist_ok=True)
     settings.pid_file.unlink(missing_ok=True)
     with log_path.open("ab") as log_out:
         child = subprocess.Popen(
-            [sys.executable, "-m", "dms", "serve", "--pid-file", str(settings.pid_file), *argv],
+            [sys.executable, "-m", "dms", "serve", "--state-dir", str(settings.state_dir), *argv],
             stdin=subprocess.DEVNULL,
             stdout=log_out,
             stderr=log_out,
@@ -147,12 +165,16 @@ def _start_background(
     raise click.ClickException(f"the server was not ready within {wait_s:g} s; see {log_path}")
 
 
+def _state_settings(state_dir: Path | None) -> ServerSettings:
+    return load_settings(state_dir=state_dir)
+
+
 @click.command()
-@click.option("--pid-file", type=click.Path(path_type=Path), help="The running server's pid file.")
+@click.option("--state-dir", type=click.Path(path_type=Path), help="The server's state folder [~/.dms].")
 @click.option("--wait-s", type=float, default=60.0, help="How long to wait for it to exit.")
-def stop(pid_file: Path | None, wait_s: float) -> None:
-    """Stop a server started with 'dms start' (or any 'dms serve' writing the same pid file)."""
-    path = pid_file or load_settings().pid_file
+def stop(state_dir: Path | None, wait_s: float) -> None:
+    """Stop a server started with 'dms start' (or any 'dms serve' with the same state folder)."""
+    path = _state_settings(state_dir).pid_file
     pid = _running_pid(path)
     if pid is None:
         raise click.ClickException(f"no running DMS server found ({path})")
@@ -164,3 +186,17 @@ def stop(pid_file: Path | None, wait_s: float) -> None:
             return
         time.sleep(0.1)
     raise click.ClickException(f"server pid {pid} did not stop within {wait_s:g} s")
+
+
+@click.command()
+@click.option("--state-dir", type=click.Path(path_type=Path), help="The server's state folder [~/.dms].")
+@click.option("--type", "kind", type=click.Choice(["management", "inference"]), default="management")
+def token(state_dir: Path | None, kind: str) -> None:
+    """Print the running server's API key, e.g. curl -H "Authorization: Bearer $(dms token)" ..."""
+    key_file = _state_settings(state_dir).key_file
+    try:
+        click.echo(read_key(key_file, kind))  # type: ignore[arg-type]
+    except (FileNotFoundError, KeyError, ValueError) as exc:
+        raise click.ClickException(
+            f"no {kind} key in {key_file} ({exc}); is the server running with token auth?"
+        ) from None

@@ -15,6 +15,7 @@ log = logging.getLogger("dms.rest")
 
 HTTP_STATUS: dict[ErrorKind, int] = {
     ErrorKind.INVALID_INPUT: 400,
+    ErrorKind.UNAUTHENTICATED: 401,
     ErrorKind.FORBIDDEN: 403,
     ErrorKind.NOT_FOUND: 404,
     ErrorKind.CONFLICT: 409,

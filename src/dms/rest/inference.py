@@ -6,19 +6,26 @@ import asyncio
 import uuid
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from dms.auth import KeyStore
 from dms.dataplane import DataPlane
 from dms.engine.messages import RequestItem, ResponseItem
 from dms.errors import error_from_wire
+from dms.rest.auth import TokenAuthMiddleware
 from dms.rest.common import json_response, read_body
 from dms.rest.errors import EXCEPTION_HANDLERS, error_response
-from dms.rest.openapi import inference_openapi
+from dms.rest.openapi import inference_openapi, with_bearer_auth
 
 
-def build_inference_app(dataplane: DataPlane) -> Starlette:
+def _is_health(path: str) -> bool:
+    return path == "/ping" or path.startswith("/v2/health/")
+
+
+def build_inference_app(dataplane: DataPlane, keys: KeyStore | None = None) -> Starlette:
     max_bytes = dataplane.settings.max_request_size_bytes
 
     async def ping(request: Request) -> Response:
@@ -50,8 +57,12 @@ def build_inference_app(dataplane: DataPlane) -> Starlette:
         response.headers["X-Request-ID"] = request_id
         return response
 
+    document = inference_openapi()
+    if keys is not None and dataplane.settings.inference_token_auth:
+        document = with_bearer_auth(document, open_paths={"/ping"})
+
     async def api_description(request: Request) -> Response:
-        return json_response(inference_openapi())
+        return json_response(document)
 
     routes = [
         Route("/ping", ping, methods=["GET"]),
@@ -60,7 +71,10 @@ def build_inference_app(dataplane: DataPlane) -> Starlette:
         Route("/api-description", api_description, methods=["GET"]),
         Route("/", api_description, methods=["OPTIONS"]),
     ]
-    return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS)
+    middleware = []
+    if keys is not None and dataplane.settings.inference_token_auth:
+        middleware.append(Middleware(TokenAuthMiddleware, keys=keys, kind="inference", is_open=_is_health))
+    return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, middleware=middleware)
 
 
 async def _until_answered_or_gone(request: Request, future: asyncio.Future[ResponseItem]) -> ResponseItem | None:

@@ -5,18 +5,25 @@ from __future__ import annotations
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from dms.auth import KeyStore
 from dms.dataplane import DataPlane
 from dms.errors import InputError
+from dms.rest.auth import TokenAuthMiddleware
 from dms.rest.common import json_response, query_bool, query_float, query_int
 from dms.rest.errors import EXCEPTION_HANDLERS
-from dms.rest.openapi import management_openapi
+from dms.rest.openapi import management_openapi, with_bearer_auth
 
 
-def build_management_app(dataplane: DataPlane) -> Starlette:
+def build_management_app(dataplane: DataPlane, keys: KeyStore | None = None) -> Starlette:
+    document = management_openapi(token_rotation=keys is not None)
+    if keys is not None and dataplane.settings.token_auth:
+        document = with_bearer_auth(document, open_paths=set())
+
     async def list_models(request: Request) -> Response:
         limit = query_int(request, "limit", default=100, minimum=1) or 100
         token = query_int(request, "next_page_token", default=0) or 0
@@ -87,7 +94,12 @@ def build_management_app(dataplane: DataPlane) -> Starlette:
         )
 
     async def api_description(request: Request) -> Response:
-        return json_response(management_openapi())
+        return json_response(document)
+
+    async def rotate_key(request: Request) -> Response:
+        assert keys is not None
+        kind = request.query_params.get("type", "management")
+        return json_response({"type": kind, "key": keys.rotate(kind)})
 
     routes = [
         Route("/models", list_models, methods=["GET"]),
@@ -102,4 +114,13 @@ def build_management_app(dataplane: DataPlane) -> Starlette:
         Route("/api-description", api_description, methods=["GET"]),
         Route("/", api_description, methods=["OPTIONS"]),
     ]
-    return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS)
+    middleware = []
+    if keys is not None:
+        routes.append(Route("/token", rotate_key, methods=["POST"]))
+        if dataplane.settings.token_auth:
+            middleware.append(Middleware(TokenAuthMiddleware, keys=keys, kind="management", is_open=_nothing_open))
+    return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, middleware=middleware)
+
+
+def _nothing_open(path: str) -> bool:
+    return False

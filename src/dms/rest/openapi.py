@@ -30,7 +30,8 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 def _errors(*codes: int) -> dict[str, Any]:
     text = {
         400: "invalid input",
-        403: "not allowed",
+        401: "no API key (Authorization: Bearer <key>)",
+        403: "wrong API key, or not allowed",
         404: "unknown model or version",
         409: "already registered",
         413: "body over max_request_size_bytes",
@@ -126,7 +127,21 @@ def inference_openapi() -> dict[str, Any]:
     )
 
 
-def management_openapi() -> dict[str, Any]:
+def with_bearer_auth(document: dict[str, Any], open_paths: set[str]) -> dict[str, Any]:
+    """The document with a bearer-key requirement on every operation outside ``open_paths``."""
+    components = {**document["components"], "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}}}
+    paths: dict[str, Any] = {}
+    for path, item in document["paths"].items():
+        if path in open_paths:
+            paths[path] = {method: {**op, "security": []} for method, op in item.items()}
+        else:
+            paths[path] = {
+                method: {**op, "responses": {**op["responses"], **_errors(401, 403)}} for method, op in item.items()
+            }
+    return {**document, "components": components, "security": [{"bearerAuth": []}], "paths": paths}
+
+
+def management_openapi(token_rotation: bool = False) -> dict[str, Any]:
     model = _path_param("model_name", "registered model name")
     version = _path_param("model_version", "model version, or 'all' for describe")
     status = _json({"$ref": "#/components/schemas/Status"}, "done")
@@ -146,75 +161,82 @@ def management_openapi() -> dict[str, Any]:
         _query("response_timeout", "integer", "seconds a batch may take"),
         _query("synchronous", "boolean", "wait until the workers are up (default true)"),
     ]
-    return _doc(
-        "DMS management API",
-        {
-            "/": _OPTIONS,
-            "/api-description": _DESCRIBE,
-            "/models": {
-                "get": {
-                    "operationId": "listModels",
-                    "summary": "List registered models",
-                    "parameters": [
-                        _query("limit", "integer", "page size (default 100)"),
-                        _query("next_page_token", "string", "from the previous page"),
-                    ],
-                    "responses": {"200": _json({"type": "object"}, "models and nextPageToken"), **_errors(400)},
-                },
-                "post": {
-                    "operationId": "registerModel",
-                    "summary": "Register a model archive",
-                    "parameters": register_params,
-                    "responses": {"200": status, "202": status, **_errors(400, 403, 404, 409, 503)},
-                },
+    paths: dict[str, Any] = {
+        "/": _OPTIONS,
+        "/api-description": _DESCRIBE,
+        "/models": {
+            "get": {
+                "operationId": "listModels",
+                "summary": "List registered models",
+                "parameters": [
+                    _query("limit", "integer", "page size (default 100)"),
+                    _query("next_page_token", "string", "from the previous page"),
+                ],
+                "responses": {"200": _json({"type": "object"}, "models and nextPageToken"), **_errors(400)},
             },
-            "/models/{model_name}": {
-                "get": {
-                    "operationId": "describeModel",
-                    "summary": "Describe the default version",
-                    "parameters": [model],
-                    "responses": {"200": described, **_errors(404)},
-                },
-                "put": {
-                    "operationId": "scaleModel",
-                    "summary": "Scale the default version's workers",
-                    "parameters": [model, *scale_params],
-                    "responses": {"200": status, "202": status, **_errors(400, 404)},
-                },
-                "delete": {
-                    "operationId": "unregisterModel",
-                    "summary": "Unregister the default version",
-                    "parameters": [model],
-                    "responses": {"200": status, **_errors(404)},
-                },
-            },
-            "/models/{model_name}/{model_version}": {
-                "get": {
-                    "operationId": "describeModelVersion",
-                    "summary": "Describe a version (or all)",
-                    "parameters": [model, version],
-                    "responses": {"200": described, **_errors(404)},
-                },
-                "put": {
-                    "operationId": "scaleModelVersion",
-                    "summary": "Scale one version's workers",
-                    "parameters": [model, version, *scale_params],
-                    "responses": {"200": status, "202": status, **_errors(400, 404)},
-                },
-                "delete": {
-                    "operationId": "unregisterModelVersion",
-                    "summary": "Unregister one version",
-                    "parameters": [model, version],
-                    "responses": {"200": status, **_errors(404)},
-                },
-            },
-            "/models/{model_name}/{model_version}/set-default": {
-                "put": {
-                    "operationId": "setDefaultVersion",
-                    "summary": "Make a version the default",
-                    "parameters": [model, version],
-                    "responses": {"200": status, **_errors(404)},
-                },
+            "post": {
+                "operationId": "registerModel",
+                "summary": "Register a model archive",
+                "parameters": register_params,
+                "responses": {"200": status, "202": status, **_errors(400, 403, 404, 409, 503)},
             },
         },
-    )
+        "/models/{model_name}": {
+            "get": {
+                "operationId": "describeModel",
+                "summary": "Describe the default version",
+                "parameters": [model],
+                "responses": {"200": described, **_errors(404)},
+            },
+            "put": {
+                "operationId": "scaleModel",
+                "summary": "Scale the default version's workers",
+                "parameters": [model, *scale_params],
+                "responses": {"200": status, "202": status, **_errors(400, 404)},
+            },
+            "delete": {
+                "operationId": "unregisterModel",
+                "summary": "Unregister the default version",
+                "parameters": [model],
+                "responses": {"200": status, **_errors(404)},
+            },
+        },
+        "/models/{model_name}/{model_version}": {
+            "get": {
+                "operationId": "describeModelVersion",
+                "summary": "Describe a version (or all)",
+                "parameters": [model, version],
+                "responses": {"200": described, **_errors(404)},
+            },
+            "put": {
+                "operationId": "scaleModelVersion",
+                "summary": "Scale one version's workers",
+                "parameters": [model, version, *scale_params],
+                "responses": {"200": status, "202": status, **_errors(400, 404)},
+            },
+            "delete": {
+                "operationId": "unregisterModelVersion",
+                "summary": "Unregister one version",
+                "parameters": [model, version],
+                "responses": {"200": status, **_errors(404)},
+            },
+        },
+        "/models/{model_name}/{model_version}/set-default": {
+            "put": {
+                "operationId": "setDefaultVersion",
+                "summary": "Make a version the default",
+                "parameters": [model, version],
+                "responses": {"200": status, **_errors(404)},
+            },
+        },
+    }
+    if token_rotation:
+        paths["/token"] = {
+            "post": {
+                "operationId": "rotateKey",
+                "summary": "Replace an API key (the key file is rewritten)",
+                "parameters": [_query("type", "string", "management (default) or inference")],
+                "responses": {"200": _json({"type": "object"}, "the new key"), **_errors(400, 401, 403)},
+            }
+        }
+    return _doc("DMS management API", paths)
