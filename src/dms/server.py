@@ -23,7 +23,7 @@ from starlette.applications import Starlette
 
 from dms.auth import KeyStore
 from dms.dataplane import DataPlane
-from dms.errors import DMSError
+from dms.errors import DMSError, ModelAlreadyExistsError
 from dms.rest.inference import build_inference_app
 from dms.rest.management import build_management_app
 from dms.rest.metrics import build_metrics_app
@@ -62,11 +62,12 @@ def default_model_archive() -> Path:
     return Path(str(resources.files("dms") / "default_model" / "digits.mar"))
 
 
-def startup_models(settings: ServerSettings) -> list[tuple[str | None, str]]:
+def startup_models(settings: ServerSettings, default_allowed: bool = True) -> list[tuple[str | None, str]]:
     """``(name or None, url)`` pairs from ``--models``, TorchServe's flag syntax."""
     items = [part for entry in settings.models for part in entry.replace(",", " ").split()]
     if not items:
-        return [("digits", str(default_model_archive()))] if settings.default_model else []
+        use_default = settings.default_model and default_allowed
+        return [("digits", str(default_model_archive()))] if use_default else []
     pairs: list[tuple[str | None, str]] = []
     for item in items:
         if item == "all":
@@ -160,13 +161,22 @@ async def _stop_servers(servers: list[_Server], tasks: list[asyncio.Task[None]])
 
 
 async def _load_startup_models(dataplane: DataPlane, settings: ServerSettings) -> None:
+    """The last snapshot's models, then ``--models`` (the default model only when there is nothing else)."""
+    restored = await dataplane.restore_snapshot()
+    if restored:
+        log.info("restored %d model versions from %s", restored, settings.snapshot_file)
+
     async def load(name: str | None, url: str) -> None:
         try:
             await dataplane.register(url, name=name, trusted_local=True, loaded_at_startup=True)
+        except ModelAlreadyExistsError:
+            log.info("model %s is already registered (from the snapshot)", name or url)
         except DMSError as exc:
             raise DMSError(f"model {name or url}: {exc.message}") from exc
 
-    await asyncio.gather(*(load(name, url) for name, url in startup_models(settings)))
+    wanted = startup_models(settings, default_allowed=restored == 0)
+    await asyncio.gather(*(load(name, url) for name, url in wanted))
+    dataplane.resume_snapshots()
 
 
 def _write_pid_file(pid_file: Path) -> None:

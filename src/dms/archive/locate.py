@@ -69,7 +69,9 @@ def download_archive(url: str, settings: ServerSettings) -> Path:
     name = Path(urlparse(url).path).name or "model.mar"
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         raise InputError(f"cannot derive a safe file name from {url!r}")
-    target_dir = Path(tempfile.mkdtemp(prefix="dms-download-"))
+    downloads = settings.state_dir / "downloads"
+    downloads.mkdir(parents=True, exist_ok=True)
+    target_dir = Path(tempfile.mkdtemp(prefix="download-", dir=downloads))
     target = target_dir / name
     current = url
     with httpx.Client(timeout=settings.download_timeout_s, follow_redirects=False) as client:

@@ -7,12 +7,14 @@ process (tests do) and another server could host one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
 from dms.archive.locate import locate_archive
 from dms.archive.reader import open_archive
 from dms.dataplane.registry import ModelRegistry, ModelVersion
+from dms.dataplane.snapshot import SnapshotEntry, read_snapshot, write_snapshot
 from dms.engine.batcher import Batcher
 from dms.engine.messages import LoadModel, RequestItem, ResponseItem
 from dms.engine.pool import PoolSettings, PoolState, WorkerPool
@@ -28,6 +30,7 @@ class DataPlane:
         self.settings = settings
         self.registry = ModelRegistry()
         self._stopping = False
+        self._snapshot_paused = True  # until start-up models are in place
 
     # -- inference ----------------------------------------------------------------------------
     def submit(self, name: str, version: str | None, item: RequestItem) -> asyncio.Future[ResponseItem]:
@@ -100,6 +103,8 @@ class DataPlane:
             pool=pool,
             batcher=batcher,
             loaded_at_startup=loaded_at_startup,
+            overrides={k: v for k, v in (overrides or {}).items() if v is not None},
+            handler_override=handler,
         )
         self.registry.add(model)
         batcher.start()
@@ -110,11 +115,13 @@ class DataPlane:
         log.info(
             "registered %s from %s with %d workers (state %s)", label, url, config.initial_workers, pool.state.value
         )
+        self._changed()
         return model
 
     async def unregister(self, name: str, version: str | None = None) -> ModelVersion:
         model = self.registry.get(name, version)
         self.registry.remove(model.name, model.version)
+        self._changed()
         await self._stop_model(model, drain=True)
         return model
 
@@ -126,10 +133,63 @@ class DataPlane:
         model = self.registry.get(name, version)
         model.extra["max_workers"] = max(min_workers, max_workers or min_workers)
         await model.pool.scale(min_workers, wait=synchronous)
+        self._changed()
         return model
 
     def set_default(self, name: str, version: str) -> None:
         self.registry.set_default(name, version)
+        self._changed()
+
+    # -- snapshots ----------------------------------------------------------------------------
+    def _changed(self) -> None:
+        if self.settings.snapshot and not self._snapshot_paused and not self._stopping:
+            write_snapshot(self.settings.snapshot_file, self.snapshot_entries())
+
+    def snapshot_entries(self) -> list[SnapshotEntry]:
+        return [
+            SnapshotEntry(
+                name=model.name,
+                version=model.version,
+                url=model.url,
+                archive=str(model.archive.source),
+                workers=model.pool.target,
+                is_default=self.registry.default_version(model.name) == model.version,
+                overrides=model.overrides,
+                handler=model.handler_override,
+            )
+            for model in self.registry
+        ]
+
+    async def restore_snapshot(self) -> int:
+        """Register what the last snapshot held; return how many model versions came back."""
+        entries = read_snapshot(self.settings.snapshot_file) if self.settings.snapshot else []
+        restored = 0
+        for entry in entries:
+            overrides = {**entry.overrides, "initial_workers": entry.workers}
+            try:
+                model = await self.register(
+                    entry.archive,
+                    name=entry.name,
+                    overrides=overrides,
+                    handler=entry.handler,
+                    trusted_local=True,
+                    loaded_at_startup=True,
+                )
+            except DMSError as exc:
+                log.error("could not restore %s %s from the snapshot: %s", entry.name, entry.version, exc.message)
+                continue
+            model.url = entry.url
+            restored += 1
+        for entry in entries:
+            if entry.is_default:
+                with contextlib.suppress(DMSError):
+                    self.registry.set_default(entry.name, entry.version)
+        return restored
+
+    def resume_snapshots(self) -> None:
+        """Start writing snapshots (once start-up models are registered) and write one now."""
+        self._snapshot_paused = False
+        self._changed()
 
     async def _stop_model(self, model: ModelVersion, drain: bool) -> None:
         if drain:

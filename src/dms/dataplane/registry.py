@@ -24,6 +24,9 @@ class ModelVersion:
     pool: WorkerPool
     batcher: Batcher[WorkerProcess]
     loaded_at_startup: bool = False
+    overrides: dict[str, Any] = field(default_factory=dict)
+    """Settings given at registration, kept so a snapshot can register the model the same way."""
+    handler_override: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
