@@ -134,6 +134,8 @@ class DmsServer:
         url = f"{self.inference_url}/predictions/{model}"
         if isinstance(body, dict):
             return httpx.post(url, json=body, timeout=60, **kwargs)
+        if body is None and "files" in kwargs:
+            return httpx.post(url, timeout=60, **kwargs)
         return httpx.post(url, content=body or b"", timeout=60, **kwargs)
 
     def key(self, kind: str = "management") -> str:

@@ -83,6 +83,14 @@ class ServerSettings(BaseSettings):
 
     max_request_size_bytes: int = Field(default=6_553_500, ge=1)
     """Largest request body accepted (TorchServe's default); larger gets 413."""
+    max_json_depth: int = Field(default=64, ge=1)
+    """Deepest JSON nesting a request may have."""
+    max_tensor_elements: int = Field(default=50_000_000, ge=1)
+    """Most elements one request's tensor may hold."""
+    max_image_pixels: int = Field(default=40_000_000, ge=1)
+    """Most pixels an image may decode to (decompression bombs)."""
+    max_multipart_parts: int = Field(default=100, ge=1)
+    """Most parts a multipart/form-data body may have."""
     graceful_shutdown_s: float = Field(default=30.0, ge=0)
     """How long shutdown waits for accepted requests before stopping workers."""
 

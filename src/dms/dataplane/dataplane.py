@@ -16,7 +16,7 @@ from dms.archive.reader import open_archive
 from dms.dataplane.registry import ModelRegistry, ModelVersion
 from dms.dataplane.snapshot import SnapshotEntry, read_snapshot, write_snapshot
 from dms.engine.batcher import Batcher
-from dms.engine.messages import LoadModel, RequestItem, ResponseItem
+from dms.engine.messages import LoadModel, RequestItem, RequestLimits, ResponseItem
 from dms.engine.pool import PoolSettings, PoolState, WorkerPool
 from dms.errors import DMSError, InputError, ModelUnavailableError
 from dms.naming import validate_model_name
@@ -82,6 +82,12 @@ class DataPlane:
             gpu_id=None,
             worker_id="",
             cpu_threads=1,
+            limits=RequestLimits(
+                max_json_depth=self.settings.max_json_depth,
+                max_tensor_elements=self.settings.max_tensor_elements,
+                max_image_pixels=self.settings.max_image_pixels,
+                max_multipart_parts=self.settings.max_multipart_parts,
+            ),
         )
         pool = WorkerPool(
             label,

@@ -19,6 +19,15 @@ class ErrorInfo(msgspec.Struct, frozen=True):
     message: str
 
 
+class RequestLimits(msgspec.Struct, array_like=True, frozen=True):
+    """Caps the worker applies while decoding requests; each refusal names its limit."""
+
+    max_json_depth: int = 64
+    max_tensor_elements: int = 50_000_000
+    max_image_pixels: int = 40_000_000
+    max_multipart_parts: int = 100
+
+
 class LoadModel(msgspec.Struct, tag="load", array_like=True):
     model_name: str
     model_version: str
@@ -29,6 +38,7 @@ class LoadModel(msgspec.Struct, tag="load", array_like=True):
     gpu_id: int | None
     worker_id: str
     cpu_threads: int
+    limits: RequestLimits = RequestLimits()
 
 
 class ModelLoaded(msgspec.Struct, tag="loaded", array_like=True):

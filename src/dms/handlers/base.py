@@ -24,6 +24,7 @@ class BaseHandler:
         self.context = context
         self.model_dir = Path(context.system_properties["model_dir"])
         self.options = dict(context.model_yaml_config.get("handler") or {})
+        self.limits: dict[str, int] = dict(context.system_properties.get("limits") or {})
         serialized = context.manifest.get("model", {}).get("serializedFile")
         if not serialized:
             raise ArchiveError(f"model {context.model_name}: the manifest names no serializedFile")

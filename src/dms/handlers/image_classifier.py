@@ -60,7 +60,8 @@ class ImageClassifierHandler(BaseHandler):
         self.std = _per_channel(opts.get("std", [0.229, 0.224, 0.225]), channels, "std")
         self.apply_softmax = bool(opts.get("apply_softmax", True))
         self.topk = int(opts.get("topk", 5))
-        self.max_pixels = int(opts.get("max_image_pixels", DEFAULT_MAX_PIXELS))
+        server_cap = int(self.limits.get("max_image_pixels", DEFAULT_MAX_PIXELS))
+        self.max_pixels = min(int(opts.get("max_image_pixels", server_cap)), server_cap)
         self.labels = load_labels(self.model_dir)
         spec = self.runtime.inputs[0]
         self.input_name, self.input_dtype = spec.name, np.dtype(spec.dtype)

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from dms.errors import InputError
+from dms.errors import InputError, PayloadTooLargeError
 
 DEFAULT_MAX_PIXELS = 40_000_000
 
@@ -34,14 +34,14 @@ def decode_image(raw: bytes, mode: str, max_pixels: int = DEFAULT_MAX_PIXELS) ->
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(raw))
             if image.width * image.height > max_pixels:
-                raise InputError(
-                    f"image of {image.width}x{image.height} pixels is over the limit of {max_pixels} pixels"
+                raise PayloadTooLargeError(
+                    f"image of {image.width}x{image.height} pixels is over max_image_pixels ({max_pixels})"
                 )
             image.load()
-    except InputError:
+    except (InputError, PayloadTooLargeError):
         raise
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
-        raise InputError(f"image rejected as a decompression bomb: {exc}") from exc
+        raise PayloadTooLargeError(f"image is over max_image_pixels ({max_pixels}): {exc}") from exc
     except UnidentifiedImageError:
         raise InputError("request body is not an image in a format this server reads (JPEG, PNG, ...)") from None
     except Exception as exc:

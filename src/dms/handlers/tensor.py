@@ -12,15 +12,28 @@ from typing import Any
 
 import numpy as np
 
-from dms.errors import InputError
+from dms.errors import InputError, PayloadTooLargeError, UnsupportedMediaTypeError
 from dms.handlers.base import BaseHandler, request_payload
 from dms.runtimes import TensorSpec
 
 _NPY_MAGIC = b"\x93NUMPY"
+_PICKLE_TYPES = (
+    "application/python-pickle",
+    "application/x-python-pickle",
+    "application/pickle",
+    "application/x-pickle",
+)
 
 
 class TensorHandler(BaseHandler):
     def preprocess(self, data: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+        for index in range(len(data)):
+            content_type = (self.context.get_request_header(index, "content-type") or "").split(";")[0].strip()
+            if content_type.lower() in _PICKLE_TYPES:
+                raise UnsupportedMediaTypeError(
+                    f"{content_type} bodies are refused: unpickling request data can run arbitrary code. "
+                    "Send JSON or .npy instead."
+                )
         per_request = [self._request_arrays(request_payload(row)) for row in data]
         self._rows = [rows for _, rows, _ in per_request]
         self._squeezed = [squeezed for _, _, squeezed in per_request]
@@ -42,6 +55,7 @@ class TensorHandler(BaseHandler):
 
     def _request_arrays(self, payload: Any) -> tuple[dict[str, np.ndarray], int, bool]:
         named = self._named_values(payload)
+        max_elements = int(self.limits.get("max_tensor_elements", 50_000_000))
         arrays: dict[str, np.ndarray] = {}
         rows_seen: set[int] = set()
         squeezed = False
@@ -49,6 +63,10 @@ class TensorHandler(BaseHandler):
             if spec.name not in named:
                 raise InputError(f"input {spec.name!r} is missing; the model expects {_expected(self.runtime.inputs)}")
             array, was_squeezed = _conform(named[spec.name], spec)
+            if array.size > max_elements:
+                raise PayloadTooLargeError(
+                    f"input {spec.name!r} has {array.size} elements, over max_tensor_elements ({max_elements})"
+                )
             squeezed = squeezed or was_squeezed
             arrays[spec.name] = array
             rows_seen.add(array.shape[0])

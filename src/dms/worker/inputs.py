@@ -11,15 +11,20 @@ from typing import Any
 import orjson
 from python_multipart.multipart import parse_options_header
 
-from dms.engine.messages import RequestItem
+from dms.engine.messages import RequestItem, RequestLimits
 from dms.errors import InputError
+from dms.worker.json_depth import json_depth_exceeds
 from dms.worker.multipart_form import parse_multipart
 
+_DEFAULT_LIMITS = RequestLimits()
 
-def decode_value(raw: bytes, content_type: str) -> Any:
+
+def decode_value(raw: bytes, content_type: str, limits: RequestLimits) -> Any:
     """Decode one payload by its media type: JSON parsed, text decoded, others untouched."""
     media = content_type.split(";", 1)[0].strip().lower()
     if media == "application/json" or media.endswith("+json"):
+        if json_depth_exceeds(raw, limits.max_json_depth):
+            raise InputError(f"JSON body nests deeper than max_json_depth ({limits.max_json_depth} levels)")
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
@@ -32,7 +37,7 @@ def decode_value(raw: bytes, content_type: str) -> Any:
     return raw
 
 
-def build_request_data(item: RequestItem) -> dict[str, Any]:
+def build_request_data(item: RequestItem, limits: RequestLimits = _DEFAULT_LIMITS) -> dict[str, Any]:
     data: dict[str, Any] = {}
     for key, text in item.query:
         data[key] = text
@@ -41,8 +46,8 @@ def build_request_data(item: RequestItem) -> dict[str, Any]:
         boundary = params.get(b"boundary")
         if not boundary:
             raise InputError("multipart/form-data request has no boundary")
-        for name, content_type, value in parse_multipart(item.body, boundary):
-            data[name] = decode_value(value, content_type) if content_type else value
+        for name, content_type, value in parse_multipart(item.body, boundary, limits.max_multipart_parts):
+            data[name] = decode_value(value, content_type, limits) if content_type else value
     elif media == b"application/x-www-form-urlencoded":
         from urllib.parse import parse_qsl
 
@@ -53,5 +58,5 @@ def build_request_data(item: RequestItem) -> dict[str, Any]:
         for key, field in parse_qsl(form, keep_blank_values=True):
             data[key] = field
     else:
-        data["body"] = decode_value(item.body, item.content_type)
+        data["body"] = decode_value(item.body, item.content_type, limits)
     return data

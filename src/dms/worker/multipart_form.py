@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from dms.errors import InputError
-
-MAX_PARTS = 1000
+from dms.errors import InputError, PayloadTooLargeError
 
 
 class _PartCollector:
-    def __init__(self) -> None:
+    def __init__(self, max_parts: int) -> None:
+        self.max_parts = max_parts
         self.parts: list[tuple[str, str, bytes]] = []
         self._headers: dict[bytes, bytes] = {}
         self._header_name = b""
@@ -20,8 +19,8 @@ class _PartCollector:
     def on_part_begin(self) -> None:
         self._headers = {}
         self._chunks = []
-        if len(self.parts) >= MAX_PARTS:
-            raise InputError(f"multipart body has more than {MAX_PARTS} parts")
+        if len(self.parts) >= self.max_parts:
+            raise PayloadTooLargeError(f"multipart body has more than max_multipart_parts ({self.max_parts}) parts")
 
     def on_header_field(self, data: bytes, start: int, end: int) -> None:
         self._header_name += data[start:end]
@@ -46,8 +45,8 @@ class _PartCollector:
         self.parts.append((name.decode("utf-8", "replace"), content_type, b"".join(self._chunks)))
 
 
-def parse_multipart(body: bytes, boundary: bytes) -> list[tuple[str, str, bytes]]:
-    collector = _PartCollector()
+def parse_multipart(body: bytes, boundary: bytes, max_parts: int) -> list[tuple[str, str, bytes]]:
+    collector = _PartCollector(max_parts)
     callbacks = {
         "on_part_begin": collector.on_part_begin,
         "on_header_field": collector.on_header_field,
@@ -60,7 +59,7 @@ def parse_multipart(body: bytes, boundary: bytes) -> list[tuple[str, str, bytes]
     try:
         parser.write(body)
         parser.finalize()
-    except InputError:
+    except (InputError, PayloadTooLargeError):
         raise
     except Exception as exc:
         raise InputError(f"malformed multipart/form-data body: {exc}") from exc

@@ -6,6 +6,8 @@ import logging
 import traceback
 from typing import Any
 
+import msgspec
+
 from dms import __version__
 from dms.engine.messages import Batch, BatchResult, ErrorInfo, LoadModel, ResponseItem
 from dms.errors import DMSError, HandlerError, InputError
@@ -33,7 +35,9 @@ class ModelService:
             server_version=__version__,
             model_yaml_config=load.config,
         )
+        self.limits = load.limits
         self.context.system_properties["cpu_threads"] = load.cpu_threads
+        self.context.system_properties["limits"] = msgspec.structs.asdict(load.limits)
         handler_spec = str(load.manifest.get("model", {}).get("handler", ""))
         self.handle = load_handler(handler_spec, load.model_dir, self.context)
 
@@ -44,7 +48,7 @@ class ModelService:
         inputs: list[dict[str, Any]] = []
         for index, item in enumerate(batch.items):
             try:
-                inputs.append(build_request_data(item))
+                inputs.append(build_request_data(item, self.limits))
                 ready.append(index)
             except DMSError as exc:
                 results[index] = _error_item(exc)
