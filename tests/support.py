@@ -68,7 +68,7 @@ class DmsServer:
             str(self.state_dir),
             *args,
         ]
-        self.env = {**os.environ, "DMS_ARCHIVE_CACHE_DIR": str(workdir / "cache"), **(env or {})}
+        self.env = {**os.environ, "DMS_ARCHIVE_CACHE_DIR": str(self.state_dir / "cache"), **(env or {})}
         self.proc: subprocess.Popen[str] | None = None
         self.lines: list[str] = []
         self.log_lines: list[str] = []
