@@ -53,7 +53,13 @@ class ModelConfig(BaseModel):
             raise InputError(f"invalid model settings: {_summary(exc)}") from exc
 
     def resolve(self, settings: ServerSettings) -> ResolvedModelConfig:
-        """Fill every unset value from the server's defaults."""
+        """Fill every unset value from the server's defaults, within the server's ceilings."""
+        for field, value, ceiling in (
+            ("initial_workers", self.initial_workers, settings.max_workers_per_model),
+            ("batch_size", self.batch_size, settings.max_batch_size),
+        ):
+            if value is not None and value > ceiling:
+                raise InputError(f"{field} {value} is over the server's ceiling of {ceiling}")
         workers = self.initial_workers if self.initial_workers is not None else settings.default_workers_per_model
         return ResolvedModelConfig(
             initial_workers=workers,

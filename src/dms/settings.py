@@ -72,6 +72,10 @@ class ServerSettings(BaseSettings):
 
     default_workers_per_model: int = Field(default_factory=_default_workers, ge=0)
     """Workers per model version when neither its config nor the request says."""
+    max_workers_per_model: int = Field(default=64, ge=1)
+    """Ceiling on the workers one model version may be scaled to."""
+    max_batch_size: int = Field(default=1024, ge=1)
+    """Ceiling on a model version's batch size."""
     batch_size: int = Field(default=1, ge=1)
     max_batch_delay_ms: float = Field(default=100.0, ge=0)
     response_timeout_s: float = Field(default=120.0, gt=0)

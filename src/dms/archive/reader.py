@@ -98,12 +98,16 @@ def _extract_cached(path: Path, cache_dir: Path, max_bytes: int) -> Path:
     cache_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".extract-", dir=cache_dir))
     try:
-        if zipfile.is_zipfile(path):
-            _extract_zip(path, staging, max_bytes)
-        elif tarfile.is_tarfile(path):
-            _extract_tar(path, staging, max_bytes)
-        else:
-            raise ArchiveError(f"{path.name} is neither a zip (.mar) nor a tar archive")
+        try:
+            if zipfile.is_zipfile(path):
+                _extract_zip(path, staging, max_bytes)
+            elif tarfile.is_tarfile(path):
+                _extract_tar(path, staging, max_bytes)
+            else:
+                raise ArchiveError(f"{path.name} is neither a zip (.mar) nor a tar archive")
+        except (OSError, zipfile.BadZipFile, tarfile.TarError, EOFError) as exc:
+            # A file and a folder of one name, a corrupt member, a truncated stream: the archive is bad.
+            raise ArchiveError(f"{path.name} cannot be extracted: {exc}") from exc
         (staging / _COMPLETE_MARKER).touch()
         if target.exists():
             shutil.rmtree(target)
@@ -134,9 +138,14 @@ class _MemberCheck:
         self.destination = destination
         self.seen: set[str] = set()
 
-    def target(self, name: str) -> Path:
+    def target(self, name: str, is_dir: bool) -> Path | None:
+        """Where the member lands; None for a folder entry naming the archive's root."""
         member = safe_member_path(name)
-        key = str(member).rstrip("/")
+        if not member.parts or member == PurePosixPath("."):
+            if is_dir:
+                return None
+            raise ArchiveError(f"archive member {name!r} names no file")
+        key = str(member)
         if key in self.seen:
             raise ArchiveError(f"archive member {name!r} appears twice")
         self.seen.add(key)
@@ -166,7 +175,9 @@ def _extract_zip(path: Path, destination: Path, max_bytes: int) -> None:
         if sum(info.file_size for info in infos) > max_bytes:
             raise ArchiveError(f"archive declares more than {max_bytes} bytes of content")
         for info in infos:
-            target = members.target(info.filename)
+            target = members.target(info.filename, info.is_dir())
+            if target is None:
+                continue
             file_type = stat.S_IFMT(info.external_attr >> 16) if info.create_system == 3 else 0
             if file_type not in (0, stat.S_IFREG, stat.S_IFDIR):
                 raise ArchiveError(f"archive member {info.filename!r} is a link or special file")
@@ -185,7 +196,9 @@ def _extract_tar(path: Path, destination: Path, max_bytes: int) -> None:
     members = _MemberCheck(destination)
     with tarfile.open(path) as tar:
         for info in tar:
-            target = members.target(info.name)
+            target = members.target(info.name, info.isdir())
+            if target is None:
+                continue
             if info.isdir():
                 target.mkdir(parents=True, exist_ok=True)
                 continue

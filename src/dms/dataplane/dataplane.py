@@ -136,6 +136,9 @@ class DataPlane:
     ) -> ModelVersion:
         if min_workers < 0 or (max_workers is not None and max_workers < min_workers):
             raise InputError("min_worker must be >= 0 and max_worker >= min_worker")
+        ceiling = self.settings.max_workers_per_model
+        if min_workers > ceiling:
+            raise InputError(f"min_worker {min_workers} is over max_workers_per_model ({ceiling})")
         model = self.registry.get(name, version)
         model.extra["max_workers"] = max(min_workers, max_workers or min_workers)
         await model.pool.scale(min_workers, wait=synchronous)
