@@ -38,6 +38,10 @@ class ModelConfig(BaseModel):
     job_queue_size: int | None = Field(
         default=None, ge=1, validation_alias=AliasChoices("job_queue_size", "jobQueueSize")
     )
+    worker_memory_limit_mb: int | None = Field(
+        default=None, ge=1, validation_alias=AliasChoices("worker_memory_limit_mb", "workerMemoryLimitMb")
+    )
+    """Replace a worker whose resident memory passes this many MiB (none by default)."""
     handler: dict[str, Any] = Field(default_factory=dict)
     """Options for the handler (``context.model_yaml_config["handler"]``)."""
     runtime: dict[str, Any] = Field(default_factory=dict)
@@ -69,6 +73,7 @@ class ModelConfig(BaseModel):
             response_timeout_s=self.response_timeout_s or settings.response_timeout_s,
             startup_timeout_s=self.startup_timeout_s or settings.startup_timeout_s,
             job_queue_size=self.job_queue_size or settings.job_queue_size,
+            worker_memory_limit_mb=self.worker_memory_limit_mb,
             raw=self.model_dump(mode="json"),
         )
 
@@ -85,6 +90,7 @@ class ResolvedModelConfig(BaseModel):
     response_timeout_s: float
     startup_timeout_s: float
     job_queue_size: int
+    worker_memory_limit_mb: int | None
     raw: dict[str, Any]
     """The whole config as given (handler and runtime options included), for the worker."""
 

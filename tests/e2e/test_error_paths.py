@@ -126,6 +126,9 @@ def test_a_startup_model_that_cannot_load_is_visible_as_failed(tmp_path: Path):
         [described] = server.describe("broken")
         assert described["status"] == "FAILED"
         assert "broken on purpose" in described["lastError"]
+        metrics = httpx.get(f"{server.metrics_url}/metrics").text
+        assert 'dms_model_failed{model="broken",version="1.0"} 1.0' in metrics
+        assert 'dms_model_failed{model="fine",version="1.0"} 0.0' in metrics
         ping = httpx.get(f"{server.inference_url}/ping")
         assert ping.status_code == 500 and ping.json() == {"status": "Unhealthy"}
         body = assert_json_error(server.predict("broken", b"x"), 503, "ModelUnavailableError")

@@ -97,6 +97,7 @@ class DataPlane:
                 startup_timeout_s=config.startup_timeout_s,
                 max_startup_failures=self.settings.max_startup_failures,
                 restart_backoff_max_s=self.settings.restart_backoff_max_s,
+                memory_limit_bytes=config.worker_memory_limit_mb * 2**20 if config.worker_memory_limit_mb else None,
             ),
         )
         batcher: Batcher[Any] = Batcher(label, pool, config.batch_size, config.job_queue_size)

@@ -26,7 +26,6 @@ from dms.engine.worker_process import (
     WorkerProcess,
     WorkerStartError,
     WorkerState,
-    describe_exit,
     unavailable,
 )
 from dms.errors import DMSError, RequestTimeoutError, WorkerDiedError
@@ -47,6 +46,9 @@ class PoolSettings:
     startup_timeout_s: float
     max_startup_failures: int
     restart_backoff_max_s: float
+    memory_limit_bytes: int | None = None
+    """A worker whose resident memory passes this is killed and replaced."""
+    memory_check_interval_s: float = 1.0
 
 
 class WorkerPool:
@@ -67,6 +69,7 @@ class WorkerPool:
         self._startup_failures = 0
         self._restart_delay_s = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
+        self._memory_task: asyncio.Task[None] | None = None
 
     # -- sizing -----------------------------------------------------------------------------
     async def scale(self, target: int, wait: bool = True) -> None:
@@ -76,6 +79,9 @@ class WorkerPool:
             self._startup_failures = 0
             self.last_error = None
         self.target = target
+        if self.settings.memory_limit_bytes and self._memory_task is None:
+            self._memory_task = asyncio.ensure_future(self._watch_memory())
+            self._tasks.add(self._memory_task)
         live = [w for w in self.workers.values() if not w.retiring]
         starts = [self._spawn() for _ in range(target - len(live))]
         for worker in live[target:] if target < len(live) else []:
@@ -153,13 +159,32 @@ class WorkerPool:
             self._idle.remove(worker)
         if not known or worker.retiring or self.state == PoolState.STOPPED:
             return
-        self.last_error = f"worker pid {worker.pid} {describe_exit(code)}"
+        self.last_error = f"worker pid {worker.pid} {worker.exit_cause(code)}"
         log.warning("%s: %s; replacing it", self.label, self.last_error)
         self.restarts += 1
         delay = self._restart_delay_s
         self._restart_delay_s = min(max(1.0, delay * 2), self.settings.restart_backoff_max_s)
         self._settle_state()
         self._track(self._spawn(delay))
+
+    async def _watch_memory(self) -> None:
+        import psutil
+
+        limit = self.settings.memory_limit_bytes
+        assert limit is not None
+        while self.state != PoolState.STOPPED:
+            await asyncio.sleep(self.settings.memory_check_interval_s)
+            for worker in list(self.workers.values()):
+                if worker.pid is None:
+                    continue
+                try:
+                    rss = psutil.Process(worker.pid).memory_info().rss
+                except psutil.Error:
+                    continue
+                if rss > limit:
+                    reason = f"its memory ({rss // 2**20} MiB) passed the model's limit ({limit // 2**20} MiB)"
+                    log.warning("%s: worker pid %s %s", self.label, worker.pid, reason)
+                    worker.kill(reason)
 
     # -- the batcher's side -------------------------------------------------------------------
     async def acquire(self) -> WorkerProcess:

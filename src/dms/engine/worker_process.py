@@ -64,6 +64,7 @@ class WorkerProcess:
         self.started_at = time.time()
         self.pid: int | None = None
         self.retiring = False
+        self.kill_reason: str | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
@@ -106,7 +107,7 @@ class WorkerProcess:
             raise WorkerStartError(error_from_wire(reply.error.type_name, reply.error.message).message)
         if not isinstance(reply, ModelLoaded):
             code = await self.wait_exit()
-            raise WorkerStartError(f"{self.label} {describe_exit(code)} while loading the model")
+            raise WorkerStartError(f"{self.label} {self.exit_cause(code)} while loading the model")
         self.state = WorkerState.READY
 
     async def run_batch(self, batch: Batch, timeout_s: float) -> BatchResult:
@@ -127,7 +128,7 @@ class WorkerProcess:
             self.state = WorkerState.DEAD
             code = await self.wait_exit()
             raise WorkerDiedError(
-                f"the worker of model {self.load.model_name} (pid {self.pid}) {describe_exit(code)} "
+                f"the worker of model {self.load.model_name} (pid {self.pid}) {self.exit_cause(code)} "
                 "while handling this request; it is being replaced"
             )
         self.state = WorkerState.READY
@@ -172,7 +173,12 @@ class WorkerProcess:
         await self.wait_exit()
         self.state = WorkerState.DEAD
 
-    def kill(self) -> None:
+    def exit_cause(self, returncode: int | None) -> str:
+        return f"was killed: {self.kill_reason}" if self.kill_reason else describe_exit(returncode)
+
+    def kill(self, reason: str | None = None) -> None:
+        if reason and not self.kill_reason:
+            self.kill_reason = reason
         if self._proc is not None and self._proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 self._proc.kill()

@@ -13,6 +13,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from dms.dataplane import DataPlane
+from dms.engine.pool import PoolState
 from dms.rest.errors import EXCEPTION_HANDLERS
 
 
@@ -27,16 +28,20 @@ class DataPlaneCollector(Collector):
         queue = GaugeMetricFamily("dms_queue_depth", "Requests waiting for a worker", labels=labels)
         workers = GaugeMetricFamily("dms_workers", "Worker processes by state", labels=[*labels, "state"])
         restarts = CounterMetricFamily("dms_worker_restarts", "Workers replaced after dying", labels=labels)
+        failed = GaugeMetricFamily(
+            "dms_model_failed", "1 while the model version's workers failed to start (see describe)", labels=labels
+        )
         for model in self.dataplane.registry:
             key = [model.name, model.version]
             queue.add_metric(key, model.batcher.pending)
             restarts.add_metric(key, model.pool.restarts)
+            failed.add_metric(key, 1 if model.pool.state == PoolState.FAILED else 0)
             states: dict[str, int] = {}
             for worker in model.pool.workers.values():
                 states[worker.state.value] = states.get(worker.state.value, 0) + 1
             for state, count in states.items():
                 workers.add_metric([*key, state], count)
-        yield from (queue, workers, restarts)
+        yield from (queue, workers, restarts, failed)
 
 
 def build_metrics_app(dataplane: DataPlane) -> Starlette:
