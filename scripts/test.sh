@@ -15,8 +15,8 @@ pip=(.venv/bin/python -m pip install -q)
 [ -d .tools/mms-model-archiver ] || "${pip[@]}" --target .tools/mms-model-archiver model-archiver==1.0.3
 
 echo "== ruff"
-.venv/bin/ruff check src tests scripts
-.venv/bin/ruff format --check src tests scripts
+.venv/bin/ruff check src tests scripts bench
+.venv/bin/ruff format --check src tests scripts bench
 echo "== mypy --strict"
 .venv/bin/mypy
 echo "== pytest"
