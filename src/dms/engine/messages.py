@@ -41,12 +41,31 @@ class LoadModel(msgspec.Struct, tag="load", array_like=True):
     limits: RequestLimits = RequestLimits()
 
 
+class TensorMeta(msgspec.Struct, array_like=True, frozen=True):
+    name: str
+    datatype: str
+    """Protocol datatype, e.g. ``FP32``."""
+    shape: list[int]
+    """-1 for a variable dimension."""
+
+
 class ModelLoaded(msgspec.Struct, tag="loaded", array_like=True):
     pid: int
+    inputs: list[TensorMeta] = []
+    outputs: list[TensorMeta] = []
+    platform: str = "python"
 
 
 class LoadFailed(msgspec.Struct, tag="load_failed", array_like=True):
     error: ErrorInfo
+
+
+PROTOCOL_RAW = "raw"
+"""TorchServe's ``/predictions``: the handler gets the body as it came."""
+PROTOCOL_V2_REST = "v2-rest"
+PROTOCOL_V2_GRPC = "v2-grpc"
+PROTOCOL_V1 = "v1"
+TENSOR_PROTOCOLS = frozenset({PROTOCOL_V2_REST, PROTOCOL_V2_GRPC, PROTOCOL_V1})
 
 
 class RequestItem(msgspec.Struct, array_like=True):
@@ -55,6 +74,7 @@ class RequestItem(msgspec.Struct, array_like=True):
     content_type: str
     headers: list[tuple[str, str]]
     query: list[tuple[str, str]]
+    protocol: str = PROTOCOL_RAW
 
 
 class Batch(msgspec.Struct, tag="batch", array_like=True):
@@ -70,9 +90,18 @@ class ResponseItem(msgspec.Struct, array_like=True):
     error: ErrorInfo | None = None
 
 
+class BatchTimings(msgspec.Struct, array_like=True):
+    """Where the worker spent a batch's time: decoding inputs, running the model, encoding outputs."""
+
+    input_ns: int = 0
+    infer_ns: int = 0
+    output_ns: int = 0
+
+
 class BatchResult(msgspec.Struct, tag="result", array_like=True):
     batch_id: int
     items: list[ResponseItem]
+    timings: BatchTimings = msgspec.field(default_factory=BatchTimings)
 
 
 ToWorker = LoadModel | Batch

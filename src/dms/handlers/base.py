@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ class BaseHandler:
     runtime: Runtime
     model_dir: Path
     options: dict[str, Any]
+    last_timings: tuple[int, int, int] | None = None
+    """(preprocess, inference, postprocess) nanoseconds of the last batch, for statistics."""
 
     def initialize(self, context: Context) -> None:
         self.context = context
@@ -46,7 +49,14 @@ class BaseHandler:
     def handle(self, data: list[dict[str, Any]] | None, context: Context) -> list[Any] | None:
         if data is None:
             return None
-        return self.postprocess(self.inference(self.preprocess(data)))
+        started = time.perf_counter_ns()
+        feeds = self.preprocess(data)
+        inferred = time.perf_counter_ns()
+        outputs = self.inference(feeds)
+        finished = time.perf_counter_ns()
+        results = self.postprocess(outputs)
+        self.last_timings = (inferred - started, finished - inferred, time.perf_counter_ns() - finished)
+        return results
 
 
 def request_payload(row: dict[str, Any]) -> Any:

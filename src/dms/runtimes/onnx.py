@@ -45,6 +45,9 @@ class OnnxRuntime:
     ``graph_optimization_level`` (disable/basic/extended/all), ``providers``.
     """
 
+    platform = "onnxruntime_onnx"
+    """The protocol's platform name for models this runtime serves."""
+
     def __init__(self, path: Path, options: dict[str, Any], cpu_threads: int) -> None:
         import onnxruntime as ort
 

@@ -19,9 +19,9 @@ from dms.engine.messages import (
     HEADER,
     Batch,
     ErrorInfo,
+    FromWorker,
     LoadFailed,
     LoadModel,
-    ModelLoaded,
     ToWorker,
     encode_frame,
     to_worker_decoder,
@@ -46,8 +46,8 @@ class Channel:
         message: ToWorker = to_worker_decoder.decode(payload)
         return message
 
-    def send(self, message: ModelLoaded | LoadFailed | object) -> None:
-        self.sock.sendall(encode_frame(message))  # type: ignore[arg-type]
+    def send(self, message: FromWorker) -> None:
+        self.sock.sendall(encode_frame(message))
 
     def _read(self, size: int) -> bytearray | None:
         buffer = bytearray(size)
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         message = f"model {load.model_name} failed to load: {type(exc).__name__}: {exc}"
         channel.send(LoadFailed(error=ErrorInfo("HandlerError", message[:1000])))
         return 1
-    channel.send(ModelLoaded(pid=os.getpid()))
+    channel.send(service.loaded_message(os.getpid()))
     while True:
         request = channel.recv()
         if request is None:

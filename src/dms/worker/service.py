@@ -3,18 +3,32 @@
 from __future__ import annotations
 
 import logging
+import time
 import traceback
 from typing import Any
 
 import msgspec
 
 from dms import __version__
-from dms.engine.messages import Batch, BatchResult, ErrorInfo, LoadModel, ResponseItem
+from dms.engine.messages import (
+    TENSOR_PROTOCOLS,
+    Batch,
+    BatchResult,
+    BatchTimings,
+    ErrorInfo,
+    LoadModel,
+    ModelLoaded,
+    RequestItem,
+    ResponseItem,
+    TensorMeta,
+)
 from dms.errors import DMSError, HandlerError, InputError
+from dms.runtimes import TensorSpec
 from dms.worker.context import Context, RequestProcessor
 from dms.worker.handler_loader import load_handler
 from dms.worker.inputs import build_request_data
 from dms.worker.outputs import encode_output
+from dms.worker.protocols import TensorModel, run_tensor_requests
 
 log = logging.getLogger("dms.worker")
 _MAX_MESSAGE = 1000
@@ -40,22 +54,73 @@ class ModelService:
         self.context.system_properties["limits"] = msgspec.structs.asdict(load.limits)
         handler_spec = str(load.manifest.get("model", {}).get("handler", ""))
         self.handle = load_handler(handler_spec, load.model_dir, self.context)
+        self.handler_object = getattr(self.handle, "__self__", None)
+        runtime = getattr(self.handler_object, "runtime", None)
+        inputs, outputs = _signature(runtime, load.config)
+        self.platform = str(getattr(runtime, "platform", "python"))
+        self.inputs, self.outputs = inputs, outputs
+        self.tensor_model = TensorModel(
+            name=load.model_name,
+            version=load.model_version,
+            runtime=runtime,
+            inputs=inputs,
+            output_names=[spec.name for spec in outputs],
+            handle=self.handle,
+            context=self.context,
+            max_elements=load.limits.max_tensor_elements,
+        )
+
+    def loaded_message(self, pid: int) -> ModelLoaded:
+        from dms.oip.tensors import datatype_of_numpy_name
+
+        def meta(specs: list[TensorSpec]) -> list[TensorMeta]:
+            return [TensorMeta(s.name, datatype_of_numpy_name(s.dtype), list(s.shape)) for s in specs]
+
+        return ModelLoaded(pid=pid, inputs=meta(self.inputs), outputs=meta(self.outputs), platform=self.platform)
 
     def run_batch(self, batch: Batch) -> BatchResult:
-        procs = [RequestProcessor(i.request_id, {k.lower(): v for k, v in i.headers}) for i in batch.items]
         results: list[ResponseItem | None] = [None] * len(batch.items)
+        raw = [(i, item) for i, item in enumerate(batch.items) if item.protocol not in TENSOR_PROTOCOLS]
+        tensor = [(i, item) for i, item in enumerate(batch.items) if item.protocol in TENSOR_PROTOCOLS]
+        timings = BatchTimings()
+        if raw:
+            self._run_raw(raw, results, timings)
+        if tensor:
+            answers, (decode_ns, infer_ns, encode_ns) = run_tensor_requests(self.tensor_model, tensor, _error_item)
+            for index, answer in answers:
+                results[index] = answer
+            timings.input_ns += decode_ns
+            timings.infer_ns += infer_ns
+            timings.output_ns += encode_ns
+        return BatchResult(batch_id=batch.batch_id, items=[r for r in results if r is not None], timings=timings)
+
+    def _run_raw(
+        self, indexed: list[tuple[int, RequestItem]], results: list[ResponseItem | None], timings: BatchTimings
+    ) -> None:
+        procs = {i: RequestProcessor(item.request_id, {k.lower(): v for k, v in item.headers}) for i, item in indexed}
         ready: list[int] = []
         inputs: list[dict[str, Any]] = []
-        for index, item in enumerate(batch.items):
+        started = time.perf_counter_ns()
+        for index, item in indexed:
             try:
                 inputs.append(build_request_data(item, self.limits))
                 ready.append(index)
             except DMSError as exc:
                 results[index] = _error_item(exc)
+        decoded = time.perf_counter_ns()
         if ready:
             for index, result in zip(ready, self._call(inputs, [procs[i] for i in ready]), strict=True):
                 results[index] = result
-        return BatchResult(batch_id=batch.batch_id, items=[r for r in results if r is not None])
+        handler_ns = time.perf_counter_ns() - decoded
+        stages = getattr(self.handler_object, "last_timings", None)
+        if stages is not None:
+            pre, infer, _ = stages
+            timings.input_ns += decoded - started + pre
+            timings.infer_ns += infer
+            timings.output_ns += max(0, handler_ns - pre - infer)
+        else:
+            timings.input_ns += decoded - started
+            timings.infer_ns += handler_ns
 
     def _call(self, inputs: list[dict[str, Any]], procs: list[RequestProcessor]) -> list[ResponseItem]:
         self.context.start_batch(procs)
@@ -88,6 +153,23 @@ class ModelService:
         log.error("model %s: handler raised\n%s", self.model_name, traceback.format_exc())
         message = f"model {self.model_name}: handler raised {type(exc).__name__}: {exc}"
         return _error_item(HandlerError(message[:_MAX_MESSAGE]))
+
+
+def _signature(runtime: Any, config: dict[str, Any]) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """The model's inputs and outputs: from its runtime, or from ``inputs``/``outputs`` in the model config."""
+    if runtime is not None:
+        return list(runtime.inputs), list(runtime.outputs)
+    from dms.oip.tensors import numpy_dtype
+
+    def specs(key: str) -> list[TensorSpec]:
+        declared = config.get(key) or []
+        return [
+            TensorSpec(str(d["name"]), numpy_dtype(str(d.get("datatype", "FP32"))).name, tuple(d.get("shape", [-1])))
+            for d in declared
+            if isinstance(d, dict) and "name" in d
+        ]
+
+    return specs("inputs"), specs("outputs")
 
 
 def _error_item(exc: DMSError) -> ResponseItem:

@@ -1,0 +1,87 @@
+"""The gRPC form of the protocol: ``ModelInferRequest`` in, ``ModelInferResponse`` out (raw outputs)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from google.protobuf.message import DecodeError
+
+from dms._generated import inference_pb2 as pb
+from dms.errors import InputError
+from dms.oip.request import InferRequest, RequestedOutput
+from dms.oip.tensors import datatype_of, from_raw, numpy_dtype, to_raw
+
+_TYPED_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+
+def parameters_to_dict(parameters: Any) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in parameters.items():
+        kind = value.WhichOneof("parameter_choice")
+        result[key] = getattr(value, kind) if kind else None
+    return result
+
+
+def decode_grpc_request(payload: bytes) -> InferRequest:
+    try:
+        message = pb.ModelInferRequest.FromString(payload)
+    except DecodeError as exc:
+        raise InputError(f"ModelInferRequest could not be decoded: {exc}") from exc
+    raw = message.raw_input_contents
+    if raw and len(raw) != len(message.inputs):
+        raise InputError(f"raw_input_contents has {len(raw)} entries for {len(message.inputs)} inputs")
+    request = InferRequest(inputs={}, id=message.id, parameters=parameters_to_dict(message.parameters))
+    for index, tensor in enumerate(message.inputs):
+        shape = list(tensor.shape)
+        array = from_raw(tensor.name, tensor.datatype, shape, raw[index]) if raw else _typed(tensor, shape)
+        if tensor.name in request.inputs:
+            raise InputError(f"input {tensor.name!r} appears twice")
+        request.inputs[tensor.name] = array
+        request.input_parameters[tensor.name] = parameters_to_dict(tensor.parameters)
+    request.outputs = [RequestedOutput(o.name, parameters_to_dict(o.parameters)) for o in message.outputs]
+    return request
+
+
+def _typed(tensor: Any, shape: list[int]) -> np.ndarray:
+    field = _TYPED_FIELD.get(tensor.datatype)
+    if field is None:
+        numpy_dtype(tensor.datatype)  # raises for unknown datatypes
+        raise InputError(f"input {tensor.name!r}: {tensor.datatype} data must come in raw_input_contents")
+    values = list(getattr(tensor.contents, field))
+    from dms.oip.tensors import element_count
+
+    if len(values) != element_count(shape):
+        raise InputError(
+            f"input {tensor.name!r} has {len(values)} elements; shape {shape} needs {element_count(shape)}"
+        )
+    if tensor.datatype == "BYTES":
+        array = np.empty(len(values), dtype=object)
+        array[:] = values
+        return array.reshape(shape)
+    return np.asarray(values, dtype=numpy_dtype(tensor.datatype)).reshape(shape)
+
+
+def encode_grpc_response(
+    model_name: str, model_version: str, request: InferRequest, produced: dict[str, np.ndarray]
+) -> bytes:
+    response = pb.ModelInferResponse(model_name=model_name, model_version=model_version, id=request.id)
+    for wanted, value in request.select(produced):
+        array = np.asarray(value)
+        response.outputs.add(name=wanted.name, datatype=datatype_of(array), shape=list(array.shape))
+        response.raw_output_contents.append(to_raw(array))
+    encoded: bytes = response.SerializeToString()
+    return encoded

@@ -1,0 +1,163 @@
+"""Tensors of the Open Inference Protocol: datatypes, the JSON form and the binary form.
+
+Binary data is little-endian, row-major; a BYTES tensor's elements are each a 4-byte
+little-endian length followed by that many bytes. Fixed-size types decode with
+``numpy.frombuffer`` (no copy); BF16 arrives only in binary form and decodes to float32.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from dms.errors import InputError
+
+_NUMPY: dict[str, np.dtype[Any]] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype("<u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("<i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+    "BYTES": np.dtype(object),
+}
+_DATATYPE_OF_KIND = {np.dtype(v).str if k != "BYTES" else "|O": k for k, v in _NUMPY.items()}
+DATATYPES = (*_NUMPY, "BF16")
+_LENGTH = struct.Struct("<I")
+
+
+def numpy_dtype(datatype: str) -> np.dtype[Any]:
+    """The numpy dtype that holds ``datatype`` (BF16 is widened to float32)."""
+    if datatype == "BF16":
+        return np.dtype("<f4")
+    try:
+        return _NUMPY[datatype]
+    except KeyError:
+        raise InputError(f"unsupported datatype {datatype!r}; expected one of {', '.join(DATATYPES)}") from None
+
+
+def datatype_of(array: np.ndarray) -> str:
+    """The protocol datatype of a numpy array (strings and bytes are BYTES)."""
+    if array.dtype.kind in ("O", "S", "U"):
+        return "BYTES"
+    if array.dtype.name == "bfloat16":
+        return "BF16"
+    name = _DATATYPE_OF_KIND.get(array.dtype.newbyteorder("<").str if array.dtype.itemsize > 1 else array.dtype.str)
+    if name is None:
+        raise InputError(f"arrays of dtype {array.dtype} have no protocol datatype")
+    return name
+
+
+def datatype_of_numpy_name(name: str) -> str:
+    """Protocol datatype for a numpy dtype name such as ``float32`` (runtime signatures)."""
+    if name == "object":
+        return "BYTES"
+    return datatype_of(np.empty(0, dtype=name))
+
+
+def element_count(shape: Sequence[int]) -> int:
+    if any(dim < 0 for dim in shape):
+        raise InputError(f"shape {list(shape)} has a negative dimension")
+    return math.prod(shape)
+
+
+def from_json(name: str, datatype: str, shape: Sequence[int], data: Any) -> np.ndarray:
+    """Decode the JSON ``data`` of one tensor (nested or flat, row-major) and check its size."""
+    dtype = numpy_dtype(datatype)
+    if datatype == "BF16":
+        raise InputError(f"input {name!r}: BF16 tensors must use the binary data extension")
+    count = element_count(shape)
+    try:
+        if datatype == "BYTES":
+            flat = np.empty(count, dtype=object)
+            values = list(_flatten(data))
+            if len(values) != count:
+                raise InputError(f"input {name!r} has {len(values)} elements; shape {list(shape)} needs {count}")
+            flat[:] = [v.encode("utf-8") if isinstance(v, str) else bytes(v) for v in values]
+            return flat.reshape(shape)
+        array = np.asarray(data, dtype=dtype)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise InputError(f"input {name!r}: data is not {datatype}: {exc}") from exc
+    if array.size != count:
+        raise InputError(f"input {name!r} has {array.size} elements; shape {list(shape)} needs {count}")
+    return array.reshape(shape)
+
+
+def _flatten(data: Any) -> Any:
+    if isinstance(data, list):
+        for item in data:
+            yield from _flatten(item)
+    else:
+        yield data
+
+
+def from_raw(name: str, datatype: str, shape: Sequence[int], raw: bytes | memoryview) -> np.ndarray:
+    """Decode the binary form of one tensor; fixed-size types share ``raw``'s memory."""
+    count = element_count(shape)
+    if datatype == "BYTES":
+        return _bytes_elements(name, raw, count).reshape(shape)
+    if datatype == "BF16":
+        if len(raw) != count * 2:
+            raise InputError(f"input {name!r} has {len(raw)} bytes; {count} BF16 elements need {count * 2}")
+        widened = np.frombuffer(raw, dtype="<u2").astype("<u4") << 16
+        return widened.view("<f4").reshape(shape)
+    dtype = numpy_dtype(datatype)
+    if len(raw) != count * dtype.itemsize:
+        raise InputError(
+            f"input {name!r} has {len(raw)} bytes; {count} {datatype} elements need {count * dtype.itemsize}"
+        )
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+
+
+def _bytes_elements(name: str, raw: bytes | memoryview, count: int) -> np.ndarray:
+    view = memoryview(raw)
+    elements = np.empty(count, dtype=object)
+    offset = 0
+    for index in range(count):
+        if offset + 4 > len(view):
+            raise InputError(f"input {name!r}: BYTES data ends inside element {index} of {count}")
+        (length,) = _LENGTH.unpack_from(view, offset)
+        offset += 4
+        if offset + length > len(view):
+            raise InputError(f"input {name!r}: BYTES element {index} runs past the end of the data")
+        elements[index] = bytes(view[offset : offset + length])
+        offset += length
+    if offset != len(view):
+        raise InputError(f"input {name!r}: {len(view) - offset} bytes left after {count} BYTES elements")
+    return elements
+
+
+def to_raw(array: np.ndarray) -> bytes:
+    """The binary form of an output tensor."""
+    if datatype_of(array) == "BYTES":
+        parts = []
+        for element in array.ravel():
+            data = element if isinstance(element, bytes) else str(element).encode("utf-8")
+            parts.append(_LENGTH.pack(len(data)))
+            parts.append(data)
+        return b"".join(parts)
+    if array.dtype.name == "bfloat16":
+        return array.tobytes()
+    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+
+
+def to_json_data(array: np.ndarray) -> list[Any]:
+    """The flat, row-major JSON form of an output tensor (BYTES as UTF-8 strings)."""
+    if datatype_of(array) == "BYTES":
+        return [
+            e.decode("utf-8", "backslashreplace") if isinstance(e, bytes) else str(e) for e in array.ravel().tolist()
+        ]
+    if array.dtype.name == "bfloat16":
+        return array.astype(np.float32).ravel().tolist()
+    flat: list[Any] = array.ravel().tolist()
+    return flat

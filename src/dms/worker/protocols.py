@@ -1,0 +1,129 @@
+"""Tensor-protocol requests inside a worker: Open Inference Protocol (REST, gRPC) and KServe v1.
+
+Built-in handlers hand the named tensors straight to their runtime, batching concurrent
+requests along dimension 0; custom handlers get each request's tensors as named numpy arrays in
+``data`` and return, per request, a dict of named arrays (or one array).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from dms.engine.messages import PROTOCOL_V1, PROTOCOL_V2_GRPC, RequestItem, ResponseItem
+from dms.errors import DMSError, HandlerError, InputError
+from dms.oip.grpc_codec import decode_grpc_request, encode_grpc_response
+from dms.oip.request import InferRequest
+from dms.oip.rest_codec import HEADER_LENGTH, decode_rest_request, encode_rest_response
+from dms.oip.v1_codec import decode_v1_body, encode_v1_response
+from dms.runtimes import Runtime, TensorSpec
+from dms.worker.context import Context, RequestProcessor
+from dms.worker.tensor_exec import run_named
+
+
+@dataclass
+class Decoded:
+    index: int
+    item: RequestItem
+    request: InferRequest
+    v1_key: str = ""
+
+
+@dataclass
+class TensorModel:
+    """What the protocol path needs to know about the loaded model."""
+
+    name: str
+    version: str
+    runtime: Runtime | None
+    inputs: list[TensorSpec]
+    output_names: list[str]
+    handle: Any
+    context: Context
+    max_elements: int
+
+
+def run_tensor_requests(
+    model: TensorModel, indexed: list[tuple[int, RequestItem]], error_item: Any
+) -> tuple[list[tuple[int, ResponseItem]], tuple[int, int, int]]:
+    """Answer each (index, item); also (decode, infer, encode) nanoseconds."""
+    answers: list[tuple[int, ResponseItem]] = []
+    decoded: list[Decoded] = []
+    started = time.perf_counter_ns()
+    for index, item in indexed:
+        try:
+            decoded.append(_decode(model, index, item))
+        except DMSError as exc:
+            answers.append((index, error_item(exc)))
+    inferred = time.perf_counter_ns()
+    outcomes = _infer(model, decoded) if decoded else []
+    finished = time.perf_counter_ns()
+    for entry, outcome in zip(decoded, outcomes, strict=True):
+        try:
+            if isinstance(outcome, DMSError):
+                raise outcome
+            answers.append((entry.index, _encode(model, entry, outcome)))
+        except DMSError as exc:
+            answers.append((entry.index, error_item(exc)))
+    return answers, (inferred - started, finished - inferred, time.perf_counter_ns() - finished)
+
+
+def _decode(model: TensorModel, index: int, item: RequestItem) -> Decoded:
+    if item.protocol == PROTOCOL_V2_GRPC:
+        return Decoded(index, item, decode_grpc_request(item.body))
+    if item.protocol == PROTOCOL_V1:
+        key, values = decode_v1_body(item.body)
+        if model.runtime is None:
+            return Decoded(index, item, InferRequest(inputs={key: values}), key)
+        if isinstance(values, dict):
+            return Decoded(index, item, InferRequest(inputs=values), key)
+        if len(model.inputs) != 1:
+            raise InputError(f'this model has {len(model.inputs)} inputs: send {{"inputs": {{name: data}}}}')
+        return Decoded(index, item, InferRequest(inputs={model.inputs[0].name: values}), key)
+    header = next((value for name, value in item.headers if name.lower() == HEADER_LENGTH), None)
+    return Decoded(index, item, decode_rest_request(item.body, header, model.inputs))
+
+
+def _infer(model: TensorModel, decoded: list[Decoded]) -> list[dict[str, np.ndarray] | DMSError]:
+    if model.runtime is not None:
+        return run_named(model.runtime, [entry.request.inputs for entry in decoded], model.max_elements)
+    model.context.start_batch([RequestProcessor(e.item.request_id, dict(e.item.headers)) for e in decoded])
+    try:
+        results = model.handle([entry.request.inputs for entry in decoded], model.context)
+    except DMSError as exc:
+        if len(decoded) > 1:
+            return [outcome for entry in decoded for outcome in _infer(model, [entry])]
+        return [exc]
+    except Exception as exc:
+        if len(decoded) > 1:
+            return [outcome for entry in decoded for outcome in _infer(model, [entry])]
+        return [HandlerError(f"model {model.name}: handler raised {type(exc).__name__}: {exc}"[:1000])]
+    if not isinstance(results, list | tuple) or len(results) != len(decoded):
+        count = len(results) if isinstance(results, list | tuple) else type(results).__name__
+        error = HandlerError(f"model {model.name}: handler returned {count} results for {len(decoded)} requests")
+        return [error] * len(decoded)
+    return [_named_outputs(model, result) for result in results]
+
+
+def _named_outputs(model: TensorModel, result: Any) -> dict[str, np.ndarray] | DMSError:
+    if isinstance(result, dict):
+        return {str(name): np.asarray(value) for name, value in result.items()}
+    name = model.output_names[0] if model.output_names else "output0"
+    return {name: np.asarray(result)}
+
+
+def _encode(model: TensorModel, entry: Decoded, produced: dict[str, np.ndarray]) -> ResponseItem:
+    if entry.item.protocol == PROTOCOL_V2_GRPC:
+        body = encode_grpc_response(model.name, model.version, entry.request, produced)
+        return ResponseItem(status=200, body=body, content_type="application/grpc")
+    if entry.item.protocol == PROTOCOL_V1:
+        if model.runtime is None or (len(produced) > 1 and entry.v1_key == "inputs"):
+            result: Any = produced if len(produced) > 1 else next(iter(produced.values()))
+        else:
+            result = next(iter(produced.values()))
+        return ResponseItem(status=200, body=encode_v1_response(entry.v1_key, result), content_type="application/json")
+    body, content_type, headers = encode_rest_response(model.name, model.version, entry.request, produced)
+    return ResponseItem(status=200, body=body, content_type=content_type, headers=headers)
