@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from dms.engine.batcher import Batcher
-from dms.engine.messages import RequestItem, ResponseItem
+from dms.engine.messages import BatchResult, BatchTimings, RequestItem, ResponseItem
 from dms.errors import InternalError, ModelUnavailableError, QueueFullError, WorkerDiedError
 
 
@@ -33,7 +33,7 @@ class FakeExecutor:
             raise ModelUnavailableError("gone")
         return await self.idle.get()
 
-    async def execute(self, worker: int, items: list[RequestItem]) -> list[ResponseItem]:
+    async def execute(self, worker: int, items: list[RequestItem]) -> BatchResult:
         self.batches.append([i.request_id for i in items])
         try:
             if self.gate is not None:
@@ -41,7 +41,7 @@ class FakeExecutor:
             if self.fail_with is not None:
                 raise self.fail_with
             answers = [ResponseItem(200, i.body.upper(), "text/plain") for i in items]
-            return answers[:-1] if self.drop_one else answers
+            return BatchResult(0, answers[:-1] if self.drop_one else answers, BatchTimings(1, 2, 3))
         finally:
             self.idle.put_nowait(worker)
 
@@ -175,3 +175,21 @@ def test_close_fails_what_is_still_queued_and_refuses_new_requests():
 
     [error] = asyncio.run(scenario())
     assert isinstance(error, ModelUnavailableError)
+
+
+def test_statistics_count_queue_compute_and_outcomes():
+    async def scenario(batcher, executor):
+        first = batcher.submit(item("a"))
+        await asyncio.sleep(0.01)
+        rest = [batcher.submit(item(name)) for name in "bc"]
+        executor.gate.set()
+        await asyncio.gather(first, *rest)
+        return batcher.stats.as_dict()
+
+    stats = run(scenario, gated(), batch_size=4)
+    assert (stats["inference_count"], stats["execution_count"]) == (3, 2)
+    inference = stats["inference_stats"]
+    assert inference["success"]["count"] == 3 and inference["fail"]["count"] == 0
+    assert inference["queue"]["count"] == 3 and inference["queue"]["ns"] > 0
+    assert inference["compute_infer"] == {"count": 3, "ns": 2 * 2}  # each batch reported 2 ns
+    assert [b["batch_size"] for b in stats["batch_stats"]] == [1, 2]

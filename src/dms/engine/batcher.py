@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import Coroutine
 from typing import Any, Generic, Protocol, TypeVar
 
-from dms.engine.messages import RequestItem, ResponseItem
+from dms.engine.messages import BatchResult, RequestItem, ResponseItem
+from dms.engine.stats import ModelStats
 from dms.errors import DMSError, InternalError, ModelUnavailableError, QueueFullError
 
 log = logging.getLogger("dms.batcher")
@@ -29,7 +31,7 @@ class Executor(Protocol[W]):
         """Wait for an idle worker (raise a DMSError when none will come)."""
         ...
 
-    async def execute(self, worker: W, items: list[RequestItem]) -> list[ResponseItem]:
+    async def execute(self, worker: W, items: list[RequestItem]) -> BatchResult:
         """Run one batch on ``worker`` and make the worker available again."""
         ...
 
@@ -38,7 +40,13 @@ class Executor(Protocol[W]):
         ...
 
 
-Pending = tuple[RequestItem, "asyncio.Future[ResponseItem]"]
+class Pending:
+    __slots__ = ("enqueued_ns", "future", "item")
+
+    def __init__(self, item: RequestItem, future: asyncio.Future[ResponseItem]) -> None:
+        self.item = item
+        self.future = future
+        self.enqueued_ns = time.perf_counter_ns()
 
 
 class Batcher(Generic[W]):
@@ -52,6 +60,7 @@ class Batcher(Generic[W]):
         self._in_flight: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._closed = False
+        self.stats = ModelStats()
 
     @property
     def pending(self) -> int:
@@ -72,7 +81,7 @@ class Batcher(Generic[W]):
                 f"model {self.label} has {self.queue_size} requests queued (job_queue_size); retry later"
             )
         future: asyncio.Future[ResponseItem] = asyncio.get_running_loop().create_future()
-        self._queue.append((item, future))
+        self._queue.append(Pending(item, future))
         self._not_empty.set()
         return future
 
@@ -94,32 +103,41 @@ class Batcher(Generic[W]):
 
     def _take(self) -> list[Pending]:
         batch: list[Pending] = []
+        now = time.perf_counter_ns()
         while self._queue and len(batch) < self.batch_size:
-            item, future = self._queue.popleft()
-            if not future.cancelled():
-                batch.append((item, future))
+            pending = self._queue.popleft()
+            if not pending.future.cancelled():
+                self.stats.queue.add(now - pending.enqueued_ns)
+                batch.append(pending)
         return batch
 
     async def _run(self, worker: W, batch: list[Pending]) -> None:
         try:
-            results = await self.executor.execute(worker, [item for item, _ in batch])
+            outcome = await self.executor.execute(worker, [pending.item for pending in batch])
+            results = outcome.items
             if len(results) != len(batch):
                 raise InternalError(f"model {self.label}: worker answered {len(results)} of {len(batch)} requests")
         except DMSError as exc:
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
+            self._fail(batch, exc)
             return
         except Exception as exc:
             log.exception("%s: batch failed unexpectedly", self.label)
-            error = InternalError(f"model {self.label}: {type(exc).__name__}")
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(error)
+            self._fail(batch, InternalError(f"model {self.label}: {type(exc).__name__}"))
             return
-        for (_, future), result in zip(batch, results, strict=True):
-            if not future.done():
-                future.set_result(result)
+        timings = outcome.timings
+        self.stats.record_batch(len(batch), timings.input_ns, timings.infer_ns, timings.output_ns)
+        now = time.perf_counter_ns()
+        for pending, result in zip(batch, results, strict=True):
+            (self.stats.fail if result.error is not None else self.stats.success).add(now - pending.enqueued_ns)
+            if not pending.future.done():
+                pending.future.set_result(result)
+
+    def _fail(self, batch: list[Pending], error: DMSError) -> None:
+        now = time.perf_counter_ns()
+        for pending in batch:
+            self.stats.fail.add(now - pending.enqueued_ns)
+            if not pending.future.done():
+                pending.future.set_exception(error)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -128,9 +146,9 @@ class Batcher(Generic[W]):
 
     def _fail_queued(self, exc: DMSError) -> None:
         while self._queue:
-            _, future = self._queue.popleft()
-            if not future.done():
-                future.set_exception(exc)
+            pending = self._queue.popleft()
+            if not pending.future.done():
+                pending.future.set_exception(exc)
 
     async def drain(self, timeout_s: float) -> None:
         """Stop taking new requests and wait (up to ``timeout_s``) for queued ones to finish."""

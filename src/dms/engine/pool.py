@@ -21,7 +21,7 @@ from typing import Any
 
 import msgspec
 
-from dms.engine.messages import Batch, LoadModel, RequestItem, ResponseItem
+from dms.engine.messages import Batch, BatchResult, LoadModel, ModelLoaded, RequestItem
 from dms.engine.worker_process import (
     WorkerProcess,
     WorkerStartError,
@@ -61,6 +61,8 @@ class WorkerPool:
         self.workers: dict[str, WorkerProcess] = {}
         self.restarts = 0
         self.last_error: str | None = None
+        self.signature: ModelLoaded | None = None
+        """What the first worker to load reported: inputs, outputs, platform."""
         self._idle: deque[WorkerProcess] = deque()
         self._idle_event = asyncio.Event()
         self._state_changed = asyncio.Event()
@@ -135,6 +137,8 @@ class WorkerPool:
             self._on_start_failure(str(exc))
             return
         self._startup_failures = 0
+        if worker.loaded is not None:
+            self.signature = worker.loaded
         self._track(self._watch(worker))
         self._make_idle(worker)
         self._settle_state()
@@ -199,7 +203,7 @@ class WorkerPool:
             self._idle_event.clear()
             await self._idle_event.wait()
 
-    async def execute(self, worker: WorkerProcess, items: list[RequestItem]) -> list[ResponseItem]:
+    async def execute(self, worker: WorkerProcess, items: list[RequestItem]) -> BatchResult:
         batch = Batch(batch_id=next(self._batch_ids), items=items)
         try:
             result = await worker.run_batch(batch, self.settings.response_timeout_s)
@@ -213,7 +217,7 @@ class WorkerPool:
             self._track(self._stop(worker))
         else:
             self._make_idle(worker)
-        return result.items
+        return result
 
     def release(self, worker: WorkerProcess) -> None:
         self._make_idle(worker)

@@ -65,6 +65,7 @@ class WorkerProcess:
         self.pid: int | None = None
         self.retiring = False
         self.kill_reason: str | None = None
+        self.loaded: ModelLoaded | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
@@ -108,6 +109,7 @@ class WorkerProcess:
         if not isinstance(reply, ModelLoaded):
             code = await self.wait_exit()
             raise WorkerStartError(f"{self.label} {self.exit_cause(code)} while loading the model")
+        self.loaded = reply
         self.state = WorkerState.READY
 
     async def run_batch(self, batch: Batch, timeout_s: float) -> BatchResult:

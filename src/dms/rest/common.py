@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from dms.engine.messages import ResponseItem
 from dms.errors import InputError, PayloadTooLargeError
 
 
@@ -65,3 +67,17 @@ def query_bool(request: Request, key: str, default: bool) -> bool:
     if raw.lower() in ("false", "0", "no"):
         return False
     raise InputError(f"query parameter {key} must be true or false, got {raw!r}")
+
+
+async def until_answered_or_gone(request: Request, future: asyncio.Future[ResponseItem]) -> ResponseItem | None:
+    """Await the result; if the client disconnects first, cancel it so no worker runs it."""
+    watcher = asyncio.ensure_future(request.receive())
+    watcher.add_done_callback(lambda _: future.cancel())
+    try:
+        return await future
+    except asyncio.CancelledError:
+        if watcher.done() and not watcher.cancelled():
+            return None
+        raise
+    finally:
+        watcher.cancel()

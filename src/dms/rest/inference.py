@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 
 from starlette.applications import Starlette
@@ -13,11 +12,13 @@ from starlette.routing import Route
 
 from dms.auth import KeyStore
 from dms.dataplane import DataPlane
-from dms.engine.messages import RequestItem, ResponseItem
+from dms.engine.messages import RequestItem
 from dms.errors import error_from_wire
 from dms.rest.auth import TokenAuthMiddleware
-from dms.rest.common import json_response, read_body
+from dms.rest.common import json_response, read_body, until_answered_or_gone
 from dms.rest.errors import EXCEPTION_HANDLERS, error_response
+from dms.rest.kserve_v1 import v1_routes
+from dms.rest.oip import oip_routes
 from dms.rest.openapi import inference_openapi, with_bearer_auth
 
 
@@ -45,7 +46,7 @@ def build_inference_app(dataplane: DataPlane, keys: KeyStore | None = None) -> S
             headers=request.headers.items(),
             query=request.query_params.multi_items(),
         )
-        result = await _until_answered_or_gone(request, dataplane.submit(name, version, item))
+        result = await until_answered_or_gone(request, dataplane.submit(name, version, item))
         if result is None:
             return Response(status_code=499)  # the client went away; nobody reads this
         if result.error is not None:
@@ -70,22 +71,10 @@ def build_inference_app(dataplane: DataPlane, keys: KeyStore | None = None) -> S
         Route("/predictions/{model_name}/{model_version}", predict, methods=["POST", "PUT"]),
         Route("/api-description", api_description, methods=["GET"]),
         Route("/", api_description, methods=["OPTIONS"]),
+        *oip_routes(dataplane),
+        *v1_routes(dataplane),
     ]
     middleware = []
     if keys is not None and dataplane.settings.inference_token_auth:
         middleware.append(Middleware(TokenAuthMiddleware, keys=keys, kind="inference", is_open=_is_health))
     return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, middleware=middleware)
-
-
-async def _until_answered_or_gone(request: Request, future: asyncio.Future[ResponseItem]) -> ResponseItem | None:
-    """Await the result; if the client disconnects first, cancel it so no worker runs it."""
-    watcher = asyncio.ensure_future(request.receive())
-    watcher.add_done_callback(lambda _: future.cancel())
-    try:
-        return await future
-    except asyncio.CancelledError:
-        if watcher.done() and not watcher.cancelled():
-            return None
-        raise
-    finally:
-        watcher.cancel()

@@ -1,0 +1,112 @@
+"""Open Inference Protocol (KServe v2) over REST, on the inference port. Errors answer ``{"error": ...}``."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from dms import __version__
+from dms.dataplane import DataPlane
+from dms.dataplane.queries import model_metadata, model_ready, statistics
+from dms.engine.messages import PROTOCOL_V2_REST, RequestItem
+from dms.errors import DMSError, error_from_wire
+from dms.rest.common import read_body, until_answered_or_gone
+from dms.rest.compression import decode_content, encode_content
+from dms.rest.errors import HTTP_STATUS
+
+EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics", "kserve_v1"]
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def oip_error(exc: DMSError) -> Response:
+    headers = {"Retry-After": str(getattr(exc, "retry_after_s", 1))} if exc.type_name == "QueueFullError" else None
+    return Response(orjson.dumps({"error": exc.message}), HTTP_STATUS[exc.kind], headers, "application/json")
+
+
+def protocol_errors(endpoint: Endpoint) -> Endpoint:
+    async def wrapped(request: Request) -> Response:
+        try:
+            return await endpoint(request)
+        except DMSError as exc:
+            return oip_error(exc)
+
+    return wrapped
+
+
+def json_answer(data: object, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status, media_type="application/json")
+
+
+def oip_routes(dataplane: DataPlane) -> list[Route]:
+    max_bytes = dataplane.settings.max_request_size_bytes
+
+    async def live(request: Request) -> Response:
+        return json_answer({"live": True})
+
+    async def ready(request: Request) -> Response:
+        is_ready = dataplane.healthy()
+        return json_answer({"ready": is_ready}, 200 if is_ready else 400)
+
+    async def server_metadata(request: Request) -> Response:
+        return json_answer({"name": "dms", "version": __version__, "extensions": EXTENSIONS})
+
+    async def metadata(request: Request) -> Response:
+        p = request.path_params
+        return json_answer(model_metadata(dataplane, p["model_name"], p.get("model_version")))
+
+    async def model_is_ready(request: Request) -> Response:
+        p = request.path_params
+        is_ready = model_ready(dataplane, p["model_name"], p.get("model_version"))
+        return json_answer({"name": p["model_name"], "ready": is_ready}, 200 if is_ready else 400)
+
+    async def stats(request: Request) -> Response:
+        p = request.path_params
+        return json_answer({"model_stats": statistics(dataplane, p.get("model_name"), p.get("model_version"))})
+
+    async def infer(request: Request) -> Response:
+        p = request.path_params
+        body = decode_content(await read_body(request, max_bytes), request.headers.get("content-encoding"), max_bytes)
+        item = RequestItem(
+            request_id=request.headers.get("x-request-id") or uuid.uuid4().hex,
+            body=body,
+            content_type=request.headers.get("content-type", ""),
+            headers=request.headers.items(),
+            query=[],
+            protocol=PROTOCOL_V2_REST,
+        )
+        result = await until_answered_or_gone(request, dataplane.submit(p["model_name"], p.get("model_version"), item))
+        if result is None:
+            return Response(status_code=499)
+        if result.error is not None:
+            return oip_error(error_from_wire(result.error.type_name, result.error.message))
+        payload, encoding = encode_content(result.body, request.headers.get("accept-encoding"))
+        response = Response(payload, result.status, media_type=result.content_type)
+        for key, value in result.headers:
+            response.headers[key] = value
+        if encoding:
+            response.headers["Content-Encoding"] = encoding
+        response.headers["X-Request-ID"] = item.request_id
+        return response
+
+    base = "/v2/models/{model_name}"
+    versioned = base + "/versions/{model_version}"
+    return [
+        Route("/v2/health/live", protocol_errors(live), methods=["GET"]),
+        Route("/v2/health/ready", protocol_errors(ready), methods=["GET"]),
+        Route("/v2", protocol_errors(server_metadata), methods=["GET"]),
+        Route("/v2/models/stats", protocol_errors(stats), methods=["GET"]),
+        Route(base + "/stats", protocol_errors(stats), methods=["GET"]),
+        Route(versioned + "/stats", protocol_errors(stats), methods=["GET"]),
+        Route(base, protocol_errors(metadata), methods=["GET"]),
+        Route(versioned, protocol_errors(metadata), methods=["GET"]),
+        Route(base + "/ready", protocol_errors(model_is_ready), methods=["GET"]),
+        Route(versioned + "/ready", protocol_errors(model_is_ready), methods=["GET"]),
+        Route(base + "/infer", protocol_errors(infer), methods=["POST"]),
+        Route(versioned + "/infer", protocol_errors(infer), methods=["POST"]),
+    ]
