@@ -17,6 +17,7 @@ import sys
 from collections.abc import Callable, Generator
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
@@ -104,47 +105,86 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+class Listeners:
+    """The server's open ports: three HTTP servers (uvicorn) and the gRPC server."""
+
+    def __init__(self, settings: ServerSettings, dataplane: DataPlane, keys: KeyStore | None) -> None:
+        grace = settings.graceful_shutdown_s
+        self.settings = settings
+        self.http = [
+            _uvicorn_server(build_inference_app(dataplane, keys), settings.inference_address, grace),
+            _uvicorn_server(build_management_app(dataplane, keys), settings.management_address, grace),
+            _uvicorn_server(build_metrics_app(dataplane), settings.metrics_address, grace),
+        ]
+        self.tasks: list[asyncio.Task[None]] = []
+        self.grpc: Any = None
+        if settings.grpc_enabled:
+            from dms.grpc.servicer import build_grpc_server
+
+            self.grpc = build_grpc_server(dataplane, keys)
+
+    async def open(self) -> bool:
+        """Bind every port; False (after closing what opened) when one could not be bound."""
+        self.tasks = [asyncio.create_task(server.serve()) for server in self.http]
+        while not all(server.started for server in self.http):
+            if any(task.done() for task in self.tasks):
+                log.error("could not open the HTTP ports; stopping")
+                await self.close(0)
+                return False
+            await asyncio.sleep(0.01)
+        if self.grpc is not None:
+            try:
+                await self.grpc.start()
+            except RuntimeError as exc:
+                log.error("could not open the gRPC port %s: %s", self.settings.grpc_address, exc)
+                self.grpc = None
+                await self.close(0)
+                return False
+        return True
+
+    async def close(self, grace_s: float) -> None:
+        """Stop accepting; in-flight requests get up to ``grace_s`` to finish."""
+        for server in self.http:
+            server.should_exit = True
+        stopping: list[Any] = [asyncio.gather(*self.tasks, return_exceptions=True)]
+        if self.grpc is not None:
+            stopping.append(self.grpc.stop(grace_s))
+        await asyncio.gather(*stopping)
+
+    def describe(self) -> str:
+        s = self.settings
+        text = f"inference http://{s.inference_address} management http://{s.management_address} "
+        text += f"metrics http://{s.metrics_address}"
+        return text + (f" grpc {s.grpc_address}" if self.grpc is not None else "")
+
+
 async def serve_forever(settings: ServerSettings) -> int:
     _warn_about_exposure(settings)
     dataplane = DataPlane(settings)
     keys = KeyStore(settings.key_file) if settings.token_auth or settings.inference_token_auth else None
     if keys is not None:
         log.info("API keys are in %s (readable by this user only)", settings.key_file)
-    grace = settings.graceful_shutdown_s
-    servers = [
-        _uvicorn_server(build_inference_app(dataplane, keys), settings.inference_address, grace),
-        _uvicorn_server(build_management_app(dataplane, keys), settings.management_address, grace),
-        _uvicorn_server(build_metrics_app(dataplane), settings.metrics_address, grace),
-    ]
+    listeners = Listeners(settings, dataplane, keys)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    tasks = [asyncio.create_task(server.serve()) for server in servers]
-    while not all(server.started for server in servers):
-        if any(task.done() for task in tasks):
-            log.error("could not open the server ports; stopping")
-            await _stop_servers(servers, tasks)
-            return 1
-        await asyncio.sleep(0.01)
+    if not await listeners.open():
+        return 1
     try:
         await _load_startup_models(dataplane, settings)
     except DMSError as exc:
         log.error("start-up failed: %s", exc.message)
-        await _stop_servers(servers, tasks)
+        await listeners.close(0)
         await dataplane.shutdown(0)
         return 1
     _write_pid_file(settings.pid_file)
-    print(
-        f"{READY_LINE}: inference http://{settings.inference_address} "
-        f"management http://{settings.management_address} "
-        f"metrics http://{settings.metrics_address}",
-        flush=True,
-    )
+    print(f"{READY_LINE}: {listeners.describe()}", flush=True)
+    grace = settings.graceful_shutdown_s
     try:
         await stop.wait()
         log.info("stopping: no new connections; finishing accepted requests (up to %g s)", grace)
-        await _stop_servers(servers, tasks)
+        await listeners.close(grace)
         await dataplane.shutdown(grace)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -152,12 +192,6 @@ async def serve_forever(settings: ServerSettings) -> int:
                 settings.pid_file.unlink()
     log.info("stopped")
     return 0
-
-
-async def _stop_servers(servers: list[_Server], tasks: list[asyncio.Task[None]]) -> None:
-    for server in servers:
-        server.should_exit = True
-    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _load_startup_models(dataplane: DataPlane, settings: ServerSettings) -> None:

@@ -54,6 +54,12 @@ class ServerSettings(BaseSettings):
     metrics_address: str = "127.0.0.1:8082"
     """Where Prometheus metrics are served (host:port)."""
 
+    grpc_address: str = "127.0.0.1:7070"
+    """Where the Open Inference Protocol's gRPC service listens (host:port)."""
+    grpc_enabled: bool = True
+    grpc_max_message_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)
+    """Largest gRPC message received or sent."""
+
     model_store: Path | None = None
     """Folder of model archives that ``--models`` and the management API name."""
     models: list[str] = Field(default_factory=list)
@@ -124,7 +130,7 @@ class ServerSettings(BaseSettings):
     def log_file(self) -> Path:
         return self.state_dir / "dms.log"
 
-    @field_validator("inference_address", "management_address", "metrics_address")
+    @field_validator("inference_address", "management_address", "metrics_address", "grpc_address")
     @classmethod
     def _check_address(cls, value: str) -> str:
         parse_address(value)

@@ -1,0 +1,228 @@
+"""``inference.GRPCInferenceService`` over the data plane.
+
+``ModelInfer`` and ``ModelStreamInfer`` take and return raw bytes: the servicer reads only the
+routing fields of a request and forwards it untouched; workers decode tensors and encode the
+response. Repository calls need the management key when token auth is on (they change what the
+server runs); inference calls need the inference key when inference auth is on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeAlias
+
+import grpc
+
+from dms import __version__
+from dms._generated import inference_pb2 as pb
+from dms.auth import KeyKind, KeyStore
+from dms.dataplane import DataPlane
+from dms.dataplane.queries import model_metadata, model_ready, repository_index, repository_load, repository_unload
+from dms.dataplane.queries import statistics as model_statistics
+from dms.engine.messages import PROTOCOL_V2_GRPC, RequestItem
+from dms.errors import DMSError, ModelNotFoundError, error_from_wire
+from dms.grpc.errors import GRPC_STATUS
+from dms.rest.oip import EXTENSIONS
+
+Context: TypeAlias = Any  # grpc.aio.ServicerContext (grpc ships no type hints)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def stream_answer(infer_response: bytes) -> bytes:
+    """A serialized ModelStreamInferResponse around a serialized ModelInferResponse (field 2)."""
+    return b"\x12" + _varint(len(infer_response)) + infer_response
+
+
+class InferenceServicer:
+    def __init__(self, dataplane: DataPlane, keys: KeyStore | None) -> None:
+        self.dataplane = dataplane
+        self.keys = keys
+
+    # -- helpers ----------------------------------------------------------------------------------
+    async def _abort(self, context: Context, exc: DMSError) -> None:
+        await context.abort(GRPC_STATUS[exc.kind], exc.message)
+
+    def _check_key(self, context: Context, kind: KeyKind) -> None:
+        settings = self.dataplane.settings
+        required = settings.token_auth if kind == "management" else settings.inference_token_auth
+        if self.keys is None or not required:
+            return
+        metadata = dict(context.invocation_metadata() or ())
+        self.keys.check(kind, metadata.get("authorization"))
+
+    async def _infer(self, payload: bytes, metadata: dict[str, Any]) -> bytes:
+        routing = pb.ModelInferRequestRouting.FromString(payload)
+        item = RequestItem(
+            request_id=str(metadata.get("x-request-id") or routing.id or uuid.uuid4().hex),
+            body=payload,
+            content_type="application/grpc",
+            headers=[(k, v) for k, v in metadata.items() if isinstance(v, str)],
+            query=[],
+            protocol=PROTOCOL_V2_GRPC,
+        )
+        result = await self.dataplane.submit(routing.model_name, routing.model_version or None, item)
+        if result.error is not None:
+            raise error_from_wire(result.error.type_name, result.error.message)
+        return result.body
+
+    # -- health and metadata --------------------------------------------------------------------------
+    async def server_live(self, request: Any, context: Context) -> Any:
+        return pb.ServerLiveResponse(live=True)
+
+    async def server_ready(self, request: Any, context: Context) -> Any:
+        return pb.ServerReadyResponse(ready=self.dataplane.healthy())
+
+    async def model_ready(self, request: Any, context: Context) -> Any:
+        try:
+            ready = model_ready(self.dataplane, request.name, request.version or None)
+        except ModelNotFoundError:
+            ready = False
+        return pb.ModelReadyResponse(ready=ready)
+
+    async def server_metadata(self, request: Any, context: Context) -> Any:
+        return pb.ServerMetadataResponse(name="dms", version=__version__, extensions=EXTENSIONS)
+
+    async def model_metadata(self, request: Any, context: Context) -> Any:
+        try:
+            self._check_key(context, "inference")
+            described = model_metadata(self.dataplane, request.name, request.version or None)
+        except DMSError as exc:
+            await self._abort(context, exc)
+        return pb.ModelMetadataResponse(
+            name=described["name"],
+            versions=described["versions"],
+            platform=described["platform"],
+            inputs=[pb.ModelMetadataResponse.TensorMetadata(**t) for t in described["inputs"]],
+            outputs=[pb.ModelMetadataResponse.TensorMetadata(**t) for t in described["outputs"]],
+        )
+
+    # -- inference ------------------------------------------------------------------------------------
+    async def model_infer(self, payload: bytes, context: Context) -> bytes:
+        try:
+            self._check_key(context, "inference")
+            return await self._infer(payload, dict(context.invocation_metadata() or ()))
+        except DMSError as exc:
+            await self._abort(context, exc)
+            raise  # abort raises; this keeps the type checker informed
+
+    async def model_stream_infer(self, requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[bytes]:
+        try:
+            self._check_key(context, "inference")
+        except DMSError as exc:
+            await self._abort(context, exc)
+        metadata = dict(context.invocation_metadata() or ())
+        pending: asyncio.Queue[asyncio.Task[bytes] | None] = asyncio.Queue()
+
+        async def read_all() -> None:
+            async for payload in requests:
+                pending.put_nowait(asyncio.ensure_future(self._infer(payload, metadata)))
+            pending.put_nowait(None)
+
+        reader = asyncio.ensure_future(read_all())
+        try:
+            while (task := await pending.get()) is not None:
+                try:
+                    yield stream_answer(await task)
+                except DMSError as exc:
+                    yield pb.ModelStreamInferResponse(error_message=exc.message).SerializeToString()
+        finally:
+            reader.cancel()
+
+    async def model_statistics(self, request: Any, context: Context) -> Any:
+        try:
+            self._check_key(context, "inference")
+            entries = model_statistics(self.dataplane, request.name or None, request.version or None)
+        except DMSError as exc:
+            await self._abort(context, exc)
+        response = pb.ModelStatisticsResponse()
+        for entry in entries:
+            stats = response.model_stats.add(
+                name=entry["name"],
+                version=entry["version"],
+                last_inference=entry["last_inference"],
+                inference_count=entry["inference_count"],
+                execution_count=entry["execution_count"],
+            )
+            for name, duration in entry["inference_stats"].items():
+                getattr(stats.inference_stats, name).CopyFrom(pb.StatisticDuration(**duration))
+            for batch in entry["batch_stats"]:
+                stats.batch_stats.add(
+                    batch_size=batch["batch_size"],
+                    compute_input=pb.StatisticDuration(**batch["compute_input"]),
+                    compute_infer=pb.StatisticDuration(**batch["compute_infer"]),
+                    compute_output=pb.StatisticDuration(**batch["compute_output"]),
+                )
+        return response
+
+    # -- model repository (management side of the trust boundary) ------------------------------------
+    async def repository_index(self, request: Any, context: Context) -> Any:
+        try:
+            self._check_key(context, "management")
+        except DMSError as exc:
+            await self._abort(context, exc)
+        entries = repository_index(self.dataplane, request.ready)
+        return pb.RepositoryIndexResponse(models=[pb.RepositoryIndexResponse.ModelIndex(**e) for e in entries])
+
+    async def repository_model_load(self, request: Any, context: Context) -> Any:
+        try:
+            self._check_key(context, "management")
+            await repository_load(self.dataplane, request.model_name)
+        except DMSError as exc:
+            await self._abort(context, exc)
+        return pb.RepositoryModelLoadResponse()
+
+    async def repository_model_unload(self, request: Any, context: Context) -> Any:
+        try:
+            self._check_key(context, "management")
+            await repository_unload(self.dataplane, request.model_name)
+        except DMSError as exc:
+            await self._abort(context, exc)
+        return pb.RepositoryModelUnloadResponse()
+
+
+def _unary(method: Callable[..., Awaitable[Any]], request_type: Any, response_type: Any) -> grpc.RpcMethodHandler:
+    return grpc.unary_unary_rpc_method_handler(
+        method, request_deserializer=request_type.FromString, response_serializer=response_type.SerializeToString
+    )
+
+
+def build_grpc_server(dataplane: DataPlane, keys: KeyStore | None) -> grpc.aio.Server:
+    settings = dataplane.settings
+    limit = settings.grpc_max_message_bytes
+    server = grpc.aio.server(
+        options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
+    )
+    servicer = InferenceServicer(dataplane, keys)
+    handlers = {
+        "ServerLive": _unary(servicer.server_live, pb.ServerLiveRequest, pb.ServerLiveResponse),
+        "ServerReady": _unary(servicer.server_ready, pb.ServerReadyRequest, pb.ServerReadyResponse),
+        "ModelReady": _unary(servicer.model_ready, pb.ModelReadyRequest, pb.ModelReadyResponse),
+        "ServerMetadata": _unary(servicer.server_metadata, pb.ServerMetadataRequest, pb.ServerMetadataResponse),
+        "ModelMetadata": _unary(servicer.model_metadata, pb.ModelMetadataRequest, pb.ModelMetadataResponse),
+        "ModelInfer": grpc.unary_unary_rpc_method_handler(servicer.model_infer),
+        "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(servicer.model_stream_infer),
+        "ModelStatistics": _unary(servicer.model_statistics, pb.ModelStatisticsRequest, pb.ModelStatisticsResponse),
+        "RepositoryIndex": _unary(servicer.repository_index, pb.RepositoryIndexRequest, pb.RepositoryIndexResponse),
+        "RepositoryModelLoad": _unary(
+            servicer.repository_model_load, pb.RepositoryModelLoadRequest, pb.RepositoryModelLoadResponse
+        ),
+        "RepositoryModelUnload": _unary(
+            servicer.repository_model_unload, pb.RepositoryModelUnloadRequest, pb.RepositoryModelUnloadResponse
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("inference.GRPCInferenceService", handlers),))
+    server.add_insecure_port(settings.grpc_address)
+    return server
