@@ -60,7 +60,7 @@ def build_inference_app(dataplane: DataPlane, keys: KeyStore | None = None) -> S
 
     document = inference_openapi()
     if keys is not None and dataplane.settings.inference_token_auth:
-        document = with_bearer_auth(document, open_paths={"/ping"})
+        document = with_bearer_auth(document, open_paths={"/ping", "/v2/health/live", "/v2/health/ready"})
 
     async def api_description(request: Request) -> Response:
         return json_response(document)

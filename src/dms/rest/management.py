@@ -17,6 +17,7 @@ from dms.rest.auth import TokenAuthMiddleware
 from dms.rest.common import json_response, query_bool, query_float, query_int
 from dms.rest.errors import EXCEPTION_HANDLERS
 from dms.rest.openapi import management_openapi, with_bearer_auth
+from dms.rest.repository import repository_routes
 
 
 def build_management_app(dataplane: DataPlane, keys: KeyStore | None = None) -> Starlette:
@@ -113,6 +114,7 @@ def build_management_app(dataplane: DataPlane, keys: KeyStore | None = None) -> 
         Route("/models/{model_name}/{model_version}", unregister, methods=["DELETE"]),
         Route("/api-description", api_description, methods=["GET"]),
         Route("/", api_description, methods=["OPTIONS"]),
+        *repository_routes(dataplane),
     ]
     middleware = []
     if keys is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from dms import __version__
+from dms.rest.openapi_oip import oip_paths, repository_paths
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 _COMPONENTS = {
@@ -123,6 +124,7 @@ def inference_openapi() -> dict[str, Any]:
             },
             "/predictions/{model_name}": predict_ops("predictions", [model]),
             "/predictions/{model_name}/{model_version}": predict_ops("versionPredictions", [model, version]),
+            **oip_paths(),
         },
     )
 
@@ -239,4 +241,5 @@ def management_openapi(token_rotation: bool = False) -> dict[str, Any]:
                 "responses": {"200": _json({"type": "object"}, "the new key"), **_errors(400, 401, 403)},
             }
         }
+    paths.update(repository_paths())
     return _doc("DMS management API", paths)
