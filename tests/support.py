@@ -50,7 +50,8 @@ class DmsServer:
 
     def __init__(self, workdir: Path, args: list[str], env: dict[str, str] | None = None) -> None:
         self.workdir = workdir
-        inference, management, metrics = free_ports(3)
+        inference, management, metrics, grpc_port = free_ports(4)
+        self.grpc_address = f"127.0.0.1:{grpc_port}"
         self.inference_url = f"http://127.0.0.1:{inference}"
         self.management_url = f"http://127.0.0.1:{management}"
         self.metrics_url = f"http://127.0.0.1:{metrics}"
@@ -64,6 +65,8 @@ class DmsServer:
             f"127.0.0.1:{management}",
             "--metrics-address",
             f"127.0.0.1:{metrics}",
+            "--grpc-address",
+            self.grpc_address,
             "--state-dir",
             str(self.state_dir),
             *args,

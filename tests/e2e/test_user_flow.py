@@ -113,7 +113,7 @@ def test_default_model_serves_digits_with_nothing_named(tmp_path: Path):
 
 
 def test_start_runs_in_the_background_and_stop_ends_it(tmp_path: Path):
-    inference, management, metrics = free_ports(3)
+    inference, management, metrics, grpc_port = free_ports(4)
     state_dir = tmp_path / "state"
     pid_file = state_dir / "dms.pid"
     common = ["--state-dir", str(state_dir)]
@@ -125,6 +125,8 @@ def test_start_runs_in_the_background_and_stop_ends_it(tmp_path: Path):
         f"127.0.0.1:{management}",
         "--metrics-address",
         f"127.0.0.1:{metrics}",
+        "--grpc-address",
+        f"127.0.0.1:{grpc_port}",
         *common,
         cwd=tmp_path,
     )

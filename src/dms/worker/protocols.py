@@ -77,7 +77,8 @@ def _decode(model: TensorModel, index: int, item: RequestItem) -> Decoded:
     if item.protocol == PROTOCOL_V1:
         key, values = decode_v1_body(item.body)
         if model.runtime is None:
-            return Decoded(index, item, InferRequest(inputs={key: values}), key)
+            named = values if isinstance(values, dict) else {key: values}
+            return Decoded(index, item, InferRequest(inputs={k: _as_array(v) for k, v in named.items()}), key)
         if isinstance(values, dict):
             return Decoded(index, item, InferRequest(inputs=values), key)
         if len(model.inputs) != 1:
@@ -85,6 +86,14 @@ def _decode(model: TensorModel, index: int, item: RequestItem) -> Decoded:
         return Decoded(index, item, InferRequest(inputs={model.inputs[0].name: values}), key)
     header = next((value for name, value in item.headers if name.lower() == HEADER_LENGTH), None)
     return Decoded(index, item, decode_rest_request(item.body, header, model.inputs))
+
+
+def _as_array(values: Any) -> np.ndarray:
+    """KServe v1 JSON values as an array; bytes (from ``{"b64": ...}``) as an object array."""
+    array = np.asarray(values)
+    if array.dtype.kind in ("S", "U", "O"):
+        array = np.asarray(values, dtype=object)
+    return array
 
 
 def _infer(model: TensorModel, decoded: list[Decoded]) -> list[dict[str, np.ndarray] | DMSError]:

@@ -1,0 +1,68 @@
+"""Servers shared by several end-to-end modules."""
+
+from __future__ import annotations
+
+import pytest
+
+from dms.archive.writer import ArchiveSpec, write_archive
+from tests.e2e.test_tensor_handler import linear_model
+from tests.e2e.test_user_flow import SQUEEZENET_CONFIG
+from tests.support import FIXTURES, running_server, shared_path
+
+ECHO_CONFIG = """\
+initial_workers: 1
+batch_size: 4
+inputs:
+  - {name: x, datatype: FP32, shape: [-1, 3]}
+outputs:
+  - {name: out_x, datatype: FP32, shape: [-1, 3]}
+"""
+
+
+@pytest.fixture(scope="package")
+def oip_server(tmp_path_factory: pytest.TempPathFactory):
+    work = tmp_path_factory.mktemp("oip")
+    store = work / "store"
+    (work / "echo.yaml").write_text(ECHO_CONFIG)
+    write_archive(
+        ArchiveSpec(
+            model_name="echo", version="1.0", handler=str(FIXTURES / "echo_handler.py"), config_file=work / "echo.yaml"
+        ),
+        store,
+    )
+    (work / "linear.yaml").write_text("initial_workers: 1\nbatch_size: 8\n")
+    write_archive(
+        ArchiveSpec(
+            model_name="linear",
+            version="1.0",
+            handler="tensor",
+            serialized_file=linear_model(work / "linear.onnx"),
+            config_file=work / "linear.yaml",
+        ),
+        store,
+    )
+    models = ["echo=echo.mar", "linear=linear.mar"]
+    squeezenet = shared_path_or_none("models/squeezenet/squeezenet_v1.1.onnx")
+    if squeezenet is not None:
+        (work / "sq.yaml").write_text(SQUEEZENET_CONFIG)
+        write_archive(
+            ArchiveSpec(
+                model_name="squeezenet",
+                version="1.0",
+                handler="image_classifier",
+                serialized_file=squeezenet,
+                config_file=work / "sq.yaml",
+                extra_files=[squeezenet.parent / "synset.txt"],
+            ),
+            store,
+        )
+        models.append("squeezenet=squeezenet.mar")
+    with running_server(work, ["--model-store", str(store), "--models", *models]) as running:
+        yield running
+
+
+def shared_path_or_none(relative: str):
+    try:
+        return shared_path(relative)
+    except pytest.skip.Exception:
+        return None
