@@ -65,7 +65,10 @@ def _from_header(header: dict[str, Any], binary: memoryview) -> InferRequest:
         request.input_parameters[name] = parameters
     if offset != len(binary):
         raise InputError(f"{len(binary) - offset} bytes of binary data are not claimed by any input")
-    for wanted in header.get("outputs") or []:
+    requested = header.get("outputs") or []
+    if not isinstance(requested, list):
+        raise InputError('"outputs" must be a list of {"name": ...} objects')
+    for wanted in requested:
         if not isinstance(wanted, dict) or not isinstance(wanted.get("name"), str):
             raise InputError("each requested output must be an object with a name")
         request.outputs.append(RequestedOutput(wanted["name"], _dict(wanted.get("parameters"))))

@@ -83,9 +83,14 @@ def from_json(name: str, datatype: str, shape: Sequence[int], data: Any) -> np.n
             values = list(_flatten(data))
             if len(values) != count:
                 raise InputError(f"input {name!r} has {len(values)} elements; shape {list(shape)} needs {count}")
-            flat[:] = [v.encode("utf-8") if isinstance(v, str) else bytes(v) for v in values]
+            if not all(isinstance(v, str) for v in values):
+                raise InputError(f"input {name!r}: BYTES elements in JSON must be strings")
+            flat[:] = [v.encode("utf-8") for v in values]
             return flat.reshape(shape)
-        array = np.asarray(data, dtype=dtype)
+        with np.errstate(over="raise", invalid="raise"):
+            array = np.asarray(data, dtype=dtype)
+    except FloatingPointError as exc:
+        raise InputError(f"input {name!r}: a value is out of range for {datatype}") from exc
     except (ValueError, TypeError, OverflowError) as exc:
         raise InputError(f"input {name!r}: data is not {datatype}: {exc}") from exc
     if array.size != count:
