@@ -131,6 +131,8 @@ def test_a_startup_model_that_cannot_load_is_visible_as_failed(tmp_path: Path):
         assert 'dms_model_failed{model="fine",version="1.0"} 0.0' in metrics
         ping = httpx.get(f"{server.inference_url}/ping")
         assert ping.status_code == 500 and ping.json() == {"status": "Unhealthy"}
+        assert httpx.get(f"{server.inference_url}/v2/health/ready").json() == {"ready": False}
+        assert httpx.get(f"{server.inference_url}/v2/models/broken/ready").status_code == 400
         body = assert_json_error(server.predict("broken", b"x"), 503, "ModelUnavailableError")
         assert "broken on purpose" in str(body["message"])
         assert server.predict("fine", {"echo": 1}).status_code == 200

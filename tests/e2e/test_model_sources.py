@@ -67,6 +67,25 @@ def test_allowed_urls_gate_remote_archives_and_their_redirects(archive_host: str
         other = server.manage("POST", "/models", params={"url": f"{archive_host}/elsewhere.mar"})
         assert other.status_code == 403 and other.json()["type"] == "ForbiddenError"
 
+    closed_port = archive_host.rsplit(":", 1)[0] + ":9"  # discard port: nothing listens there
+    (tmp_path / "again").mkdir()
+    with running_server(
+        tmp_path / "again", ["--no-default-model", "--allowed-urls", r"http://127\.0\.0\.1:9/.*"]
+    ) as server:
+        unreachable = server.manage("POST", "/models", params={"url": f"{closed_port}/x.mar"})
+        assert unreachable.status_code == 400 and "ConnectError" in unreachable.json()["message"]
+
+
+def test_downloads_are_capped_in_size(archive_host: str, tmp_path: Path):
+    allowed = archive_host.replace(".", r"\.") + r"/probe\.mar"
+    with running_server(
+        tmp_path, ["--no-default-model", "--allowed-urls", allowed], env={"DMS_MAX_DOWNLOAD_BYTES": "1000"}
+    ) as server:
+        refused = server.manage("POST", "/models", params={"url": f"{archive_host}/probe.mar"})
+        assert refused.status_code == 400
+        assert "max_download_bytes (1000 bytes)" in refused.json()["message"]
+        assert not any((server.state_dir / "downloads").rglob("*.mar"))
+
 
 def test_no_remote_url_is_allowed_by_default(archive_host: str, tmp_path: Path):
     with running_server(tmp_path, ["--no-default-model"]) as server:

@@ -144,6 +144,17 @@ def test_arbitrary_bytes_survive_the_binary_form(server: DmsServer, transport: s
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
+def test_bf16_travels_in_binary_form_and_reaches_the_handler_as_float32(server: DmsServer, transport: str):
+    ml_dtypes = pytest.importorskip("ml_dtypes", reason="tritonclient's BF16 support needs ml_dtypes")
+    lib = module(transport)
+    values = np.array([[1.0, -2.5, 3.140625]], dtype=ml_dtypes.bfloat16)
+    tensor = lib.InferInput("x", [1, 3], "BF16")
+    tensor.set_data_from_numpy(values)
+    got = client(server, transport).infer("echo", [tensor]).as_numpy("out_x")
+    np.testing.assert_array_equal(got, np.array([[2.0, -1.5, 4.140625]], dtype=np.float32))
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
 def test_onnx_model_batches_concurrent_requests(server: DmsServer, transport: str):
     lib = module(transport)
     c = client(server, transport)

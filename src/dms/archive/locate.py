@@ -10,6 +10,7 @@ matches their ``file://`` URL.
 from __future__ import annotations
 
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -73,6 +74,18 @@ def download_archive(url: str, settings: ServerSettings) -> Path:
     downloads.mkdir(parents=True, exist_ok=True)
     target_dir = Path(tempfile.mkdtemp(prefix="download-", dir=downloads))
     target = target_dir / name
+    try:
+        try:
+            _fetch(url, target, settings)
+        except httpx.HTTPError as exc:
+            raise ArchiveError(f"downloading {url!r} failed: {type(exc).__name__}: {exc}") from exc
+    except BaseException:
+        shutil.rmtree(target_dir, ignore_errors=True)  # nothing half-downloaded stays behind
+        raise
+    return target
+
+
+def _fetch(url: str, target: Path, settings: ServerSettings) -> None:
     current = url
     with httpx.Client(timeout=settings.download_timeout_s, follow_redirects=False) as client:
         for _ in range(_MAX_REDIRECTS + 1):
@@ -85,7 +98,7 @@ def download_archive(url: str, settings: ServerSettings) -> Path:
                 if response.status_code != 200:
                     raise ArchiveError(f"downloading {url!r} failed with HTTP {response.status_code}")
                 _save_capped(response, target, settings.max_download_bytes)
-                return target
+                return
     raise ArchiveError(f"{url!r} redirected more than {_MAX_REDIRECTS} times")
 
 
