@@ -25,6 +25,7 @@ from starlette.applications import Starlette
 from dms.auth import KeyStore
 from dms.dataplane import DataPlane
 from dms.errors import DMSError, ModelAlreadyExistsError
+from dms.observability.metrics import ServerMetrics
 from dms.rest.inference import build_inference_app
 from dms.rest.management import build_management_app
 from dms.rest.metrics import build_metrics_app
@@ -108,20 +109,22 @@ def _is_loopback(host: str) -> bool:
 class Listeners:
     """The server's open ports: three HTTP servers (uvicorn) and the gRPC server."""
 
-    def __init__(self, settings: ServerSettings, dataplane: DataPlane, keys: KeyStore | None) -> None:
+    def __init__(
+        self, settings: ServerSettings, dataplane: DataPlane, metrics: ServerMetrics, keys: KeyStore | None
+    ) -> None:
         grace = settings.graceful_shutdown_s
         self.settings = settings
         self.http = [
-            _uvicorn_server(build_inference_app(dataplane, keys), settings.inference_address, grace),
+            _uvicorn_server(build_inference_app(dataplane, metrics, keys), settings.inference_address, grace),
             _uvicorn_server(build_management_app(dataplane, keys), settings.management_address, grace),
-            _uvicorn_server(build_metrics_app(dataplane), settings.metrics_address, grace),
+            _uvicorn_server(build_metrics_app(metrics), settings.metrics_address, grace),
         ]
         self.tasks: list[asyncio.Task[None]] = []
         self.grpc: Any = None
         if settings.grpc_enabled:
             from dms.grpc.servicer import build_grpc_server
 
-            self.grpc = build_grpc_server(dataplane, keys)
+            self.grpc = build_grpc_server(dataplane, metrics, keys)
 
     async def open(self) -> bool:
         """Bind every port; False (after closing what opened) when one could not be bound."""
@@ -160,11 +163,13 @@ class Listeners:
 
 async def serve_forever(settings: ServerSettings) -> int:
     _warn_about_exposure(settings)
-    dataplane = DataPlane(settings)
+    metrics = ServerMetrics()
+    dataplane = DataPlane(settings, metrics.observer_for)
+    metrics.attach(dataplane)
     keys = KeyStore(settings.key_file) if settings.token_auth or settings.inference_token_auth else None
     if keys is not None:
         log.info("API keys are in %s (readable by this user only)", settings.key_file)
-    listeners = Listeners(settings, dataplane, keys)
+    listeners = Listeners(settings, dataplane, metrics, keys)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

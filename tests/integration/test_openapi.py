@@ -13,6 +13,7 @@ from starlette.routing import Route
 
 from dms.auth import KeyStore
 from dms.dataplane import DataPlane
+from dms.observability.metrics import ServerMetrics
 from dms.rest.inference import build_inference_app
 from dms.rest.management import build_management_app
 from dms.settings import ServerSettings
@@ -40,7 +41,8 @@ def test_document_is_valid_and_complete(build, auth, tmp_path):
         archive_cache_dir=tmp_path, state_dir=tmp_path, token_auth=auth, inference_token_auth=auth
     )
     keys = KeyStore(settings.key_file) if auth else None
-    app = build(DataPlane(settings), keys)
+    dataplane = DataPlane(settings)
+    app = build(dataplane, ServerMetrics(dataplane), keys) if build is build_inference_app else build(dataplane, keys)
     headers = (
         {"Authorization": f"Bearer {keys.key('management' if build is build_management_app else 'inference')}"}
         if keys

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from dms.archive.locate import locate_archive
@@ -18,16 +19,21 @@ from dms.dataplane.snapshot import SnapshotEntry, read_snapshot, write_snapshot
 from dms.engine.batcher import Batcher
 from dms.engine.messages import LoadModel, RequestItem, RequestLimits, ResponseItem
 from dms.engine.pool import PoolSettings, PoolState, WorkerPool
+from dms.engine.stats import BatchObserver
 from dms.errors import DMSError, InputError, ModelUnavailableError
 from dms.naming import validate_model_name
 from dms.settings import ServerSettings
 
 log = logging.getLogger("dms.dataplane")
 
+ObserverFactory = Callable[[str, str], BatchObserver]
+"""(model name, version) → what the version's batcher reports to (metrics)."""
+
 
 class DataPlane:
-    def __init__(self, settings: ServerSettings) -> None:
+    def __init__(self, settings: ServerSettings, observers: ObserverFactory | None = None) -> None:
         self.settings = settings
+        self._observers = observers
         self.registry = ModelRegistry()
         self._stopping = False
         self._snapshot_paused = True  # until start-up models are in place
@@ -41,6 +47,13 @@ class DataPlane:
                 f"model {name} version {model.version} failed to start: {model.pool.last_error}"
             )
         return model.batcher.submit(item)
+
+    def version_of(self, name: str, version: str | None) -> str:
+        """The version a request for (name, version) went to, or what it asked for (for logs and metrics)."""
+        try:
+            return self.registry.get(name, version).version
+        except DMSError:
+            return version or ""
 
     def healthy(self) -> bool:
         return all(model.pool.healthy for model in self.registry)
@@ -100,7 +113,8 @@ class DataPlane:
                 memory_limit_bytes=config.worker_memory_limit_mb * 2**20 if config.worker_memory_limit_mb else None,
             ),
         )
-        batcher: Batcher[Any] = Batcher(label, pool, config.batch_size, config.job_queue_size)
+        observer = self._observers(model_name, archive.manifest.model_version) if self._observers else None
+        batcher: Batcher[Any] = Batcher(label, pool, config.batch_size, config.job_queue_size, observer)
         model = ModelVersion(
             name=model_name,
             version=archive.manifest.model_version,

@@ -18,7 +18,7 @@ from collections.abc import Coroutine
 from typing import Any, Generic, Protocol, TypeVar
 
 from dms.engine.messages import BatchResult, RequestItem, ResponseItem
-from dms.engine.stats import ModelStats
+from dms.engine.stats import BatchObserver, ModelStats
 from dms.errors import DMSError, InternalError, ModelUnavailableError, QueueFullError
 
 log = logging.getLogger("dms.batcher")
@@ -50,7 +50,14 @@ class Pending:
 
 
 class Batcher(Generic[W]):
-    def __init__(self, label: str, executor: Executor[W], batch_size: int, queue_size: int) -> None:
+    def __init__(
+        self,
+        label: str,
+        executor: Executor[W],
+        batch_size: int,
+        queue_size: int,
+        observer: BatchObserver | None = None,
+    ) -> None:
         self.label = label
         self.executor = executor
         self.batch_size = batch_size
@@ -61,6 +68,7 @@ class Batcher(Generic[W]):
         self._loop_task: asyncio.Task[None] | None = None
         self._closed = False
         self.stats = ModelStats()
+        self.observer = observer
 
     @property
     def pending(self) -> int:
@@ -108,6 +116,8 @@ class Batcher(Generic[W]):
             pending = self._queue.popleft()
             if not pending.future.cancelled():
                 self.stats.queue.add(now - pending.enqueued_ns)
+                if self.observer is not None:
+                    self.observer.queued(now - pending.enqueued_ns)
                 batch.append(pending)
         return batch
 
@@ -126,9 +136,12 @@ class Batcher(Generic[W]):
             return
         timings = outcome.timings
         self.stats.record_batch(len(batch), timings.input_ns, timings.infer_ns, timings.output_ns)
+        if self.observer is not None:
+            self.observer.batch(len(batch), timings.input_ns, timings.infer_ns, timings.output_ns)
         now = time.perf_counter_ns()
         for pending, result in zip(batch, results, strict=True):
             (self.stats.fail if result.error is not None else self.stats.success).add(now - pending.enqueued_ns)
+            result.batch_size = len(batch)
             if not pending.future.done():
                 pending.future.set_result(result)
 

@@ -88,6 +88,8 @@ class ResponseItem(msgspec.Struct, array_like=True):
     content_type: str
     headers: list[tuple[str, str]] = []
     error: ErrorInfo | None = None
+    batch_size: int = 0
+    """How many requests shared this one's batch (set by the server's batcher, for logs and metrics)."""
 
 
 class BatchTimings(msgspec.Struct, array_like=True):

@@ -7,7 +7,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
+
+
+class BatchObserver(Protocol):
+    """Told about every dispatched request and finished batch (metrics plug in here)."""
+
+    def queued(self, wait_ns: int) -> None: ...
+
+    def batch(self, size: int, input_ns: int, infer_ns: int, output_ns: int) -> None: ...
 
 
 @dataclass

@@ -24,6 +24,7 @@ from dms.dataplane.queries import statistics as model_statistics
 from dms.engine.messages import PROTOCOL_V2_GRPC, RequestItem
 from dms.errors import DMSError, ModelNotFoundError, error_from_wire
 from dms.grpc.errors import GRPC_STATUS
+from dms.observability.metrics import ServerMetrics
 from dms.rest.oip import EXTENSIONS
 
 Context: TypeAlias = Any  # grpc.aio.ServicerContext (grpc ships no type hints)
@@ -47,8 +48,9 @@ def stream_answer(infer_response: bytes) -> bytes:
 
 
 class InferenceServicer:
-    def __init__(self, dataplane: DataPlane, keys: KeyStore | None) -> None:
+    def __init__(self, dataplane: DataPlane, metrics: ServerMetrics, keys: KeyStore | None) -> None:
         self.dataplane = dataplane
+        self.metrics = metrics
         self.keys = keys
 
     # -- helpers ----------------------------------------------------------------------------------
@@ -63,10 +65,11 @@ class InferenceServicer:
         metadata = dict(context.invocation_metadata() or ())
         self.keys.check(kind, metadata.get("authorization"))
 
-    async def _infer(self, payload: bytes, metadata: dict[str, Any]) -> bytes:
-        routing = pb.ModelInferRequestRouting.FromString(payload)
+    async def _infer(
+        self, payload: bytes, routing: Any, request_id: str, metadata: dict[str, Any]
+    ) -> tuple[bytes, int]:
         item = RequestItem(
-            request_id=str(metadata.get("x-request-id") or routing.id or uuid.uuid4().hex),
+            request_id=request_id,
             body=payload,
             content_type="application/grpc",
             headers=[(k, v) for k, v in metadata.items() if isinstance(v, str)],
@@ -76,7 +79,7 @@ class InferenceServicer:
         result = await self.dataplane.submit(routing.model_name, routing.model_version or None, item)
         if result.error is not None:
             raise error_from_wire(result.error.type_name, result.error.message)
-        return result.body
+        return result.body, result.batch_size
 
     # -- health and metadata --------------------------------------------------------------------------
     async def server_live(self, request: Any, context: Context) -> Any:
@@ -111,12 +114,30 @@ class InferenceServicer:
 
     # -- inference ------------------------------------------------------------------------------------
     async def model_infer(self, payload: bytes, context: Context) -> bytes:
+        started = self.metrics.started(PROTOCOL_V2_GRPC)
+        metadata = dict(context.invocation_metadata() or ())
+        routing = pb.ModelInferRequestRouting.FromString(payload)
+        request_id = str(metadata.get("x-request-id") or routing.id or uuid.uuid4().hex)
+        code, batch_size = "OK", 0
         try:
             self._check_key(context, "inference")
-            return await self._infer(payload, dict(context.invocation_metadata() or ()))
+            answer, batch_size = await self._infer(payload, routing, request_id, metadata)
+            return answer
         except DMSError as exc:
+            code = GRPC_STATUS[exc.kind].name
             await self._abort(context, exc)
             raise  # abort raises; this keeps the type checker informed
+        finally:
+            name, version = routing.model_name, routing.model_version or None
+            self.metrics.finished(
+                transport=PROTOCOL_V2_GRPC,
+                model=name,
+                version=self.dataplane.version_of(name, version),
+                code=code,
+                started_ns=started,
+                request_id=request_id,
+                batch_size=batch_size,
+            )
 
     async def model_stream_infer(self, requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[bytes]:
         try:
@@ -124,18 +145,21 @@ class InferenceServicer:
         except DMSError as exc:
             await self._abort(context, exc)
         metadata = dict(context.invocation_metadata() or ())
-        pending: asyncio.Queue[asyncio.Task[bytes] | None] = asyncio.Queue()
+        pending: asyncio.Queue[asyncio.Task[tuple[bytes, int]] | None] = asyncio.Queue()
 
         async def read_all() -> None:
             async for payload in requests:
-                pending.put_nowait(asyncio.ensure_future(self._infer(payload, metadata)))
+                routing = pb.ModelInferRequestRouting.FromString(payload)
+                request_id = str(routing.id or uuid.uuid4().hex)
+                pending.put_nowait(asyncio.ensure_future(self._infer(payload, routing, request_id, metadata)))
             pending.put_nowait(None)
 
         reader = asyncio.ensure_future(read_all())
         try:
             while (task := await pending.get()) is not None:
                 try:
-                    yield stream_answer(await task)
+                    answer, _ = await task
+                    yield stream_answer(answer)
                 except DMSError as exc:
                     yield pb.ModelStreamInferResponse(error_message=exc.message).SerializeToString()
         finally:
@@ -199,13 +223,13 @@ def _unary(method: Callable[..., Awaitable[Any]], request_type: Any, response_ty
     )
 
 
-def build_grpc_server(dataplane: DataPlane, keys: KeyStore | None) -> grpc.aio.Server:
+def build_grpc_server(dataplane: DataPlane, metrics: ServerMetrics, keys: KeyStore | None) -> grpc.aio.Server:
     settings = dataplane.settings
     limit = settings.grpc_max_message_bytes
     server = grpc.aio.server(
         options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
     )
-    servicer = InferenceServicer(dataplane, keys)
+    servicer = InferenceServicer(dataplane, metrics, keys)
     handlers = {
         "ServerLive": _unary(servicer.server_live, pb.ServerLiveRequest, pb.ServerLiveResponse),
         "ServerReady": _unary(servicer.server_ready, pb.ServerReadyRequest, pb.ServerReadyResponse),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Awaitable, Callable
 
 import orjson
@@ -13,11 +12,11 @@ from starlette.routing import Route
 from dms import __version__
 from dms.dataplane import DataPlane
 from dms.dataplane.queries import model_metadata, model_ready, statistics
-from dms.engine.messages import PROTOCOL_V2_REST, RequestItem
-from dms.errors import DMSError, error_from_wire
-from dms.rest.common import read_body, until_answered_or_gone
-from dms.rest.compression import decode_content, encode_content
+from dms.engine.messages import PROTOCOL_V2_REST
+from dms.errors import DMSError
+from dms.observability.metrics import ServerMetrics
 from dms.rest.errors import HTTP_STATUS
+from dms.rest.forwarding import forward
 
 EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics", "kserve_v1"]
 
@@ -43,9 +42,7 @@ def json_answer(data: object, status: int = 200) -> Response:
     return Response(orjson.dumps(data), status, media_type="application/json")
 
 
-def oip_routes(dataplane: DataPlane) -> list[Route]:
-    max_bytes = dataplane.settings.max_request_size_bytes
-
+def oip_routes(dataplane: DataPlane, metrics: ServerMetrics) -> list[Route]:
     async def live(request: Request) -> Response:
         return json_answer({"live": True})
 
@@ -70,29 +67,16 @@ def oip_routes(dataplane: DataPlane) -> list[Route]:
         return json_answer({"model_stats": statistics(dataplane, p.get("model_name"), p.get("model_version"))})
 
     async def infer(request: Request) -> Response:
-        p = request.path_params
-        body = decode_content(await read_body(request, max_bytes), request.headers.get("content-encoding"), max_bytes)
-        item = RequestItem(
-            request_id=request.headers.get("x-request-id") or uuid.uuid4().hex,
-            body=body,
-            content_type=request.headers.get("content-type", ""),
-            headers=request.headers.items(),
-            query=[],
+        return await forward(
+            request,
+            dataplane,
+            metrics,
             protocol=PROTOCOL_V2_REST,
+            name=request.path_params["model_name"],
+            version=request.path_params.get("model_version"),
+            on_error=oip_error,
+            compression=True,
         )
-        result = await until_answered_or_gone(request, dataplane.submit(p["model_name"], p.get("model_version"), item))
-        if result is None:
-            return Response(status_code=499)
-        if result.error is not None:
-            return oip_error(error_from_wire(result.error.type_name, result.error.message))
-        payload, encoding = encode_content(result.body, request.headers.get("accept-encoding"))
-        response = Response(payload, result.status, media_type=result.content_type)
-        for key, value in result.headers:
-            response.headers[key] = value
-        if encoding:
-            response.headers["Content-Encoding"] = encoding
-        response.headers["X-Request-ID"] = item.request_id
-        return response
 
     base = "/v2/models/{model_name}"
     versioned = base + "/versions/{model_version}"

@@ -1,0 +1,1 @@
+"""What an operator sees: Prometheus metrics, the access log, log formats."""

@@ -1,0 +1,190 @@
+"""Prometheus metrics of one server, in a registry of its own (no global state).
+
+Request outcomes and total latency come from the transports (``finished``); queue waits and
+per-batch timings come from each model version's batcher (``observer_for``); queue depth,
+workers, restarts and worker memory are read from the data plane at scrape time. Workers do
+not write metrics themselves: their timings travel back in the batch result, so the
+multi-process mode of prometheus_client is not needed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+
+import psutil
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from dms.dataplane import DataPlane
+from dms.engine.pool import PoolState
+
+access_log = logging.getLogger("dms.access")
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+MODEL = ("model", "version")
+
+
+class _DataPlaneCollector(Collector):
+    def __init__(self, dataplane: DataPlane) -> None:
+        self.dataplane = dataplane
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        queue = GaugeMetricFamily("dms_queue_depth", "Requests waiting for a worker", labels=MODEL)
+        workers = GaugeMetricFamily("dms_workers", "Worker processes by state", labels=[*MODEL, "state"])
+        restarts = CounterMetricFamily("dms_worker_restarts", "Workers replaced after dying", labels=MODEL)
+        failed = GaugeMetricFamily("dms_model_failed", "1 while the version's workers failed to start", labels=MODEL)
+        memory = GaugeMetricFamily(
+            "dms_worker_resident_memory_bytes", "Resident memory of each worker", labels=[*MODEL, "worker"]
+        )
+        for model in self.dataplane.registry:
+            key = [model.name, model.version]
+            queue.add_metric(key, model.batcher.pending)
+            restarts.add_metric(key, model.pool.restarts)
+            failed.add_metric(key, 1 if model.pool.state == PoolState.FAILED else 0)
+            states: dict[str, int] = {}
+            for worker in model.pool.workers.values():
+                states[worker.state.value] = states.get(worker.state.value, 0) + 1
+                if worker.pid is not None:
+                    with contextlib.suppress(psutil.Error):
+                        rss = psutil.Process(worker.pid).memory_info().rss
+                        memory.add_metric([*key, worker.worker_id], rss)
+            for state, count in states.items():
+                workers.add_metric([*key, state], count)
+        yield from (queue, workers, restarts, failed, memory)
+
+
+class _VersionObserver:
+    """What one model version's batcher reports to."""
+
+    def __init__(self, metrics: ServerMetrics, name: str, version: str) -> None:
+        self.queue_wait = metrics.queue_wait.labels(name, version)
+        self.batch_size = metrics.batch_size.labels(name, version)
+        self.stages = [
+            metrics.stage_seconds.labels(name, version, stage) for stage in ("preprocess", "inference", "postprocess")
+        ]
+
+    def queued(self, wait_ns: int) -> None:
+        self.queue_wait.observe(wait_ns / 1e9)
+
+    def batch(self, size: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
+        self.batch_size.observe(size)
+        for histogram, ns in zip(self.stages, (input_ns, infer_ns, output_ns), strict=True):
+            histogram.observe(ns / 1e9)
+
+
+class ServerMetrics:
+    def __init__(self, dataplane: DataPlane | None = None) -> None:
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        registry = self.registry
+        self.requests = Counter(
+            "dms_requests",
+            "Finished requests by outcome and status code",
+            [*MODEL, "transport", "code", "outcome"],
+            registry=registry,
+        )
+        self.request_seconds = Histogram(
+            "dms_request_duration_seconds",
+            "Time from a request's arrival to its answer",
+            [*MODEL, "transport"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.queue_wait = Histogram(
+            "dms_queue_wait_seconds",
+            "Time a request waited for a worker",
+            MODEL,
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.stage_seconds = Histogram(
+            "dms_batch_stage_duration_seconds",
+            "Time a worker spent on one batch, by stage",
+            [*MODEL, "stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.batch_size = Histogram(
+            "dms_batch_size", "Requests per batch handed to a worker", MODEL, buckets=BATCH_BUCKETS, registry=registry
+        )
+        self.in_flight = Gauge(
+            "dms_in_flight_requests", "Requests being answered, by transport", ["transport"], registry=registry
+        )
+        if dataplane is not None:
+            self.attach(dataplane)
+
+    def attach(self, dataplane: DataPlane) -> None:
+        registry = self.registry
+        registry.register(_DataPlaneCollector(dataplane))
+
+    def observer_for(self, name: str, version: str) -> _VersionObserver:
+        return _VersionObserver(self, name, version)
+
+    def started(self, transport: str) -> int:
+        self.in_flight.labels(transport).inc()
+        return time.perf_counter_ns()
+
+    def finished(
+        self,
+        *,
+        transport: str,
+        model: str,
+        version: str,
+        code: str,
+        started_ns: int,
+        request_id: str,
+        batch_size: int = 0,
+    ) -> None:
+        """Count the request, observe its latency, and write its access-log line."""
+        seconds = (time.perf_counter_ns() - started_ns) / 1e9
+        self.in_flight.labels(transport).dec()
+        self.requests.labels(model, version, transport, code, _outcome(code)).inc()
+        self.request_seconds.labels(model, version, transport).observe(seconds)
+        access_log.info(
+            "%s %s %s %s %s %.2fms batch=%d",
+            request_id,
+            transport,
+            model,
+            version,
+            code,
+            seconds * 1000,
+            batch_size,
+            extra={
+                "request_id": request_id,
+                "transport": transport,
+                "model": model,
+                "model_version": version,
+                "status": code,
+                "latency_ms": round(seconds * 1000, 3),
+                "batch_size": batch_size,
+            },
+        )
+
+    def exposition(self) -> bytes:
+        data: bytes = generate_latest(self.registry)
+        return data
+
+
+def _outcome(code: str) -> str:
+    if code.isdigit():
+        status = int(code)
+        return "success" if status < 400 else "client_error" if status < 500 else "server_error"
+    return "success" if code == "OK" else "client_error" if code in _GRPC_CLIENT_ERRORS else "server_error"
+
+
+_GRPC_CLIENT_ERRORS = {
+    "INVALID_ARGUMENT",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "UNAUTHENTICATED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "OUT_OF_RANGE",
+    "CANCELLED",
+}
