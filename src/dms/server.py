@@ -231,9 +231,6 @@ def run(settings: ServerSettings) -> int:
         loop_factory = uvloop.new_event_loop
     except ImportError:  # pragma: no cover - Windows
         pass
-    if settings.log_level != "debug":
-        # uvicorn announces each of the three ports at INFO; DMS prints its own ready line.
-        logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         return runner.run(serve_forever(settings))
 

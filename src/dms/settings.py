@@ -113,6 +113,12 @@ class ServerSettings(BaseSettings):
     snapshot: bool = True
     """Write the registered models to ``snapshot.json`` on every change; restore them at start."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["plain", "json"] = "plain"
+    """Plain text lines, or one JSON object per line."""
+    logger_levels: dict[str, Literal["debug", "info", "warning", "error"]] = Field(default_factory=dict)
+    """Levels of single loggers, e.g. ``{"dms.access": "warning"}``."""
+    access_log: bool = True
+    """One ``dms.access`` line per request: time, request id, transport, model, version, status, latency, batch."""
 
     @property
     def pid_file(self) -> Path:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import subprocess
@@ -15,6 +14,7 @@ import click
 from pydantic import ValidationError
 
 from dms.auth import read_key
+from dms.observability.logs import configure_logging
 from dms.settings import ServerSettings, load_settings
 
 
@@ -35,6 +35,9 @@ def server_options(fn: Any) -> Any:
         click.option("--enable-inference-token-auth", is_flag=True, help="Require the inference key too."),
         click.option("--no-snapshot", is_flag=True, help="Start clean; do not write snapshots."),
         click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"])),
+        click.option("--log-format", type=click.Choice(["plain", "json"]), help="Plain lines or JSON lines."),
+        click.option("--logger-level", "logger_levels", multiple=True, help="LOGGER=LEVEL, e.g. dms.access=warning."),
+        click.option("--no-access-log", is_flag=True, help="Do not write a line per request."),
         click.argument("extra_models", nargs=-1),
     ]
     for option in reversed(options):
@@ -47,12 +50,14 @@ def settings_from_cli(kwargs: dict[str, Any]) -> tuple[ServerSettings, list[str]
     config_file = kwargs.pop("config_file")
     models = [*kwargs.pop("models"), *kwargs.pop("extra_models")]
     allowed = list(kwargs.pop("allowed_urls"))
+    logger_levels = dict(entry.split("=", 1) for entry in kwargs.pop("logger_levels") if "=" in entry)
     overrides: dict[str, Any] = {k: v for k, v in kwargs.items() if v is not None}
     for flag, setting, value in (
         ("no_default_model", "default_model", False),
         ("disable_token_auth", "token_auth", False),
         ("enable_inference_token_auth", "inference_token_auth", True),
         ("no_snapshot", "snapshot", False),
+        ("no_access_log", "access_log", False),
     ):
         if overrides.pop(flag, False):
             overrides[setting] = value
@@ -60,6 +65,8 @@ def settings_from_cli(kwargs: dict[str, Any]) -> tuple[ServerSettings, list[str]
         overrides["models"] = models
     if allowed:
         overrides["allowed_urls"] = allowed
+    if logger_levels:
+        overrides["logger_levels"] = logger_levels
     try:
         settings = load_settings(config_file, **overrides)
     except (ValidationError, FileNotFoundError, ValueError) as exc:
@@ -72,6 +79,9 @@ def settings_from_cli(kwargs: dict[str, Any]) -> tuple[ServerSettings, list[str]
         elif isinstance(value, list):
             for entry in value:
                 argv += [flag, str(entry)]
+        elif isinstance(value, dict):
+            for logger, level in value.items():
+                argv += ["--logger-level", f"{logger}={level}"]
         else:
             argv += [flag, str(value)]
     return settings, argv
@@ -82,6 +92,7 @@ _BOOL_FLAGS = {
     "token_auth": "--disable-token-auth",
     "inference_token_auth": "--enable-inference-token-auth",
     "snapshot": "--no-snapshot",
+    "access_log": "--no-access-log",
 }
 
 
@@ -99,14 +110,6 @@ def _running_pid(pid_file: Path) -> int | None:
     return pid
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-
-
 @click.command()
 @server_options
 @click.option("--foreground/--background", default=True, help="serve runs in the foreground (default).")
@@ -121,7 +124,7 @@ def serve(foreground: bool, **kwargs: Any) -> None:
         raise click.ClickException(
             f"a DMS server is already running with pid {pid} ({settings.pid_file}); run 'dms stop' first"
         )
-    _configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format, dict(settings.logger_levels), settings.access_log)
     from dms.server import run
 
     sys.exit(run(settings))

@@ -132,7 +132,7 @@ class ModelService:
             if len(inputs) > 1:
                 # One bad request must not fail its neighbours: retry each on its own.
                 return [self._call([data], [proc])[0] for data, proc in zip(inputs, procs, strict=True)]
-            return [self._failure(exc)]
+            return [self._failure(exc, procs[0].request_id)]
 
     def _check_count(self, outputs: Any, expected: int) -> None:
         if not isinstance(outputs, list | tuple):
@@ -145,12 +145,12 @@ class ModelService:
                 f"model {self.model_name}: handler returned {len(outputs)} results for a batch of {expected} requests"
             )
 
-    def _failure(self, exc: Exception) -> ResponseItem:
+    def _failure(self, exc: Exception, request_id: str) -> ResponseItem:
         if isinstance(exc, DMSError):
             if not isinstance(exc, InputError):
-                log.error("model %s: %s", self.model_name, exc.message)
+                log.error("model %s, request %s: %s", self.model_name, request_id, exc.message)
             return _error_item(exc)
-        log.error("model %s: handler raised\n%s", self.model_name, traceback.format_exc())
+        log.error("model %s, request %s: handler raised\n%s", self.model_name, request_id, traceback.format_exc())
         message = f"model {self.model_name}: handler raised {type(exc).__name__}: {exc}"
         return _error_item(HandlerError(message[:_MAX_MESSAGE]))
 
