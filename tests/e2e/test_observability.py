@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import httpx
 import numpy as np
@@ -148,3 +150,44 @@ def test_worker_errors_name_the_request(server: DmsServer):
         ),
         what="the worker's error line naming the request",
     )
+
+
+def dms_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "dms", *args], capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_status_and_models_tables(server: DmsServer, tmp_path):
+    for _ in range(2):
+        server.predict("probe", {"echo": 1})
+    server.predict("probe", {"boom": True})  # a 500
+    address = [
+        "--management-address",
+        server.management_url.removeprefix("http://"),
+        "--metrics-address",
+        server.metrics_url.removeprefix("http://"),
+    ]
+    status = dms_cli("status", *address, "--state-dir", str(server.state_dir))
+    assert status.returncode == 0, status.stderr
+    lines = status.stdout.splitlines()
+    assert lines[0].startswith("server: healthy")
+    assert lines[1].split() == [
+        "MODEL",
+        "VERSION",
+        "STATUS",
+        "WORKERS",
+        "QUEUE",
+        "OK",
+        "4XX",
+        "5XX",
+        "ERR/60s",
+        "RESTARTS",
+    ]
+    probe = next(line.split() for line in lines if line.startswith("probe"))
+    assert probe[:5] == ["probe", "1.0", "READY", "1/1", "0"]
+    assert int(probe[5]) >= 2 and int(probe[7]) >= 1 and probe[8].endswith("%") and float(probe[8][:-1]) > 0
+    models = dms_cli("models", *address, "--token", server.key())
+    assert models.returncode == 0, models.stderr
+    rows = [line.split() for line in models.stdout.splitlines()[1:]]
+    assert [row[:3] for row in rows] == [["linear", "1.0", "yes"], ["probe", "1.0", "yes"]]
+    refused = dms_cli("models", *address, "--token", "wrong")
+    assert refused.returncode == 1 and "refused the key" in refused.stderr

@@ -6,6 +6,7 @@ import click
 
 from dms import __version__
 from dms.cli.archiving import archive
+from dms.cli.inspecting import models, status
 from dms.cli.serving import serve, start, stop, token
 
 
@@ -20,6 +21,8 @@ cli.add_command(start)
 cli.add_command(stop)
 cli.add_command(archive)
 cli.add_command(token)
+cli.add_command(status)
+cli.add_command(models)
 
 
 def main() -> None:

@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 
 from dms.dataplane import DataPlane
 from dms.engine.pool import PoolState
+from dms.observability.recent import WINDOW_S, RecentOutcomes
 
 access_log = logging.getLogger("dms.access")
 
@@ -30,8 +31,9 @@ MODEL = ("model", "version")
 
 
 class _DataPlaneCollector(Collector):
-    def __init__(self, dataplane: DataPlane) -> None:
+    def __init__(self, dataplane: DataPlane, recent: RecentOutcomes) -> None:
         self.dataplane = dataplane
+        self.recent = recent
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         queue = GaugeMetricFamily("dms_queue_depth", "Requests waiting for a worker", labels=MODEL)
@@ -40,6 +42,11 @@ class _DataPlaneCollector(Collector):
         failed = GaugeMetricFamily("dms_model_failed", "1 while the version's workers failed to start", labels=MODEL)
         memory = GaugeMetricFamily(
             "dms_worker_resident_memory_bytes", "Resident memory of each worker", labels=[*MODEL, "worker"]
+        )
+        recent = GaugeMetricFamily(
+            "dms_recent_error_ratio",
+            f"Share of the last {WINDOW_S} s of requests that failed on the server side",
+            labels=MODEL,
         )
         for model in self.dataplane.registry:
             key = [model.name, model.version]
@@ -55,7 +62,8 @@ class _DataPlaneCollector(Collector):
                         memory.add_metric([*key, worker.worker_id], rss)
             for state, count in states.items():
                 workers.add_metric([*key, state], count)
-        yield from (queue, workers, restarts, failed, memory)
+            recent.add_metric(key, self.recent.error_ratio((model.name, model.version))[1])
+        yield from (queue, workers, restarts, failed, memory, recent)
 
 
 class _VersionObserver:
@@ -115,12 +123,13 @@ class ServerMetrics:
         self.in_flight = Gauge(
             "dms_in_flight_requests", "Requests being answered, by transport", ["transport"], registry=registry
         )
+        self.recent = RecentOutcomes()
         if dataplane is not None:
             self.attach(dataplane)
 
     def attach(self, dataplane: DataPlane) -> None:
         registry = self.registry
-        registry.register(_DataPlaneCollector(dataplane))
+        registry.register(_DataPlaneCollector(dataplane, self.recent))
 
     def observer_for(self, name: str, version: str) -> _VersionObserver:
         return _VersionObserver(self, name, version)
@@ -143,7 +152,9 @@ class ServerMetrics:
         """Count the request, observe its latency, and write its access-log line."""
         seconds = (time.perf_counter_ns() - started_ns) / 1e9
         self.in_flight.labels(transport).dec()
-        self.requests.labels(model, version, transport, code, _outcome(code)).inc()
+        outcome = _outcome(code)
+        self.requests.labels(model, version, transport, code, outcome).inc()
+        self.recent.add((model, version), outcome == "server_error")
         self.request_seconds.labels(model, version, transport).observe(seconds)
         access_log.info(
             "%s %s %s %s %s %.2fms batch=%d",
