@@ -14,6 +14,15 @@ pip=(.venv/bin/python -m pip install -q)
 [ -d .tools/torch-model-archiver ] || "${pip[@]}" --target .tools/torch-model-archiver torch-model-archiver==0.12.0
 [ -d .tools/mms-model-archiver ] || "${pip[@]}" --target .tools/mms-model-archiver model-archiver==1.0.3
 
+# Browser tests drive Debian's Chromium (Playwright's own browser download is not used).
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-dejavu-core >/dev/null
+  else
+    echo "chromium is not installed and this user cannot apt-get it: the browser tests will skip" >&2
+  fi
+fi
+
 echo "== ruff"
 .venv/bin/ruff check src tests scripts bench
 .venv/bin/ruff format --check src tests scripts bench

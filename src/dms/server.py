@@ -116,7 +116,7 @@ class Listeners:
         self.settings = settings
         self.http = [
             _uvicorn_server(build_inference_app(dataplane, metrics, keys), settings.inference_address, grace),
-            _uvicorn_server(build_management_app(dataplane, keys), settings.management_address, grace),
+            _uvicorn_server(build_management_app(dataplane, metrics, keys), settings.management_address, grace),
             _uvicorn_server(build_metrics_app(metrics), settings.metrics_address, grace),
         ]
         self.tasks: list[asyncio.Task[None]] = []

@@ -176,6 +176,24 @@ class ServerMetrics:
             },
         )
 
+    def totals(self, model: str, version: str) -> dict[str, float]:
+        """Requests answered (ok / error) and their summed latency, for the console's sparklines."""
+        totals = {"requestsOk": 0.0, "requestsFailed": 0.0, "latencySum": 0.0, "latencyCount": 0.0}
+        for family in self.requests.collect():
+            for sample in family.samples:
+                labels = sample.labels
+                if sample.name.endswith("_total") and labels["model"] == model and labels["version"] == version:
+                    totals["requestsOk" if labels["outcome"] == "success" else "requestsFailed"] += sample.value
+        for family in self.request_seconds.collect():
+            for sample in family.samples:
+                labels = sample.labels
+                if labels.get("model") == model and labels.get("version") == version:
+                    if sample.name.endswith("_sum"):
+                        totals["latencySum"] += sample.value
+                    elif sample.name.endswith("_count"):
+                        totals["latencyCount"] += sample.value
+        return totals
+
     def exposition(self) -> bytes:
         data: bytes = generate_latest(self.registry)
         return data

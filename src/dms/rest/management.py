@@ -8,22 +8,24 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from dms.auth import KeyStore
 from dms.dataplane import DataPlane
 from dms.errors import InputError
+from dms.observability.metrics import ServerMetrics
 from dms.rest.auth import TokenAuthMiddleware
 from dms.rest.common import json_response, query_bool, query_float, query_int
+from dms.rest.console import console_routes, is_console_asset
 from dms.rest.errors import EXCEPTION_HANDLERS
 from dms.rest.openapi import management_openapi, with_bearer_auth
 from dms.rest.repository import repository_routes
 
 
-def build_management_app(dataplane: DataPlane, keys: KeyStore | None = None) -> Starlette:
+def build_management_app(dataplane: DataPlane, metrics: ServerMetrics, keys: KeyStore | None = None) -> Starlette:
     document = management_openapi(token_rotation=keys is not None)
     if keys is not None and dataplane.settings.token_auth:
-        document = with_bearer_auth(document, open_paths=set())
+        document = with_bearer_auth(document, open_paths={"/console", "/console/"})
 
     async def list_models(request: Request) -> Response:
         limit = query_int(request, "limit", default=100, minimum=1) or 100
@@ -102,7 +104,7 @@ def build_management_app(dataplane: DataPlane, keys: KeyStore | None = None) -> 
         kind = request.query_params.get("type", "management")
         return json_response({"type": kind, "key": keys.rotate(kind)})
 
-    routes = [
+    routes: list[BaseRoute] = [
         Route("/models", list_models, methods=["GET"]),
         Route("/models", register, methods=["POST"]),
         Route("/models/{model_name}", describe, methods=["GET"]),
@@ -115,14 +117,11 @@ def build_management_app(dataplane: DataPlane, keys: KeyStore | None = None) -> 
         Route("/api-description", api_description, methods=["GET"]),
         Route("/", api_description, methods=["OPTIONS"]),
         *repository_routes(dataplane),
+        *console_routes(dataplane, metrics),
     ]
     middleware = []
     if keys is not None:
         routes.append(Route("/token", rotate_key, methods=["POST"]))
         if dataplane.settings.token_auth:
-            middleware.append(Middleware(TokenAuthMiddleware, keys=keys, kind="management", is_open=_nothing_open))
+            middleware.append(Middleware(TokenAuthMiddleware, keys=keys, kind="management", is_open=is_console_asset))
     return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, middleware=middleware)
-
-
-def _nothing_open(path: str) -> bool:
-    return False

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from dms import __version__
-from dms.rest.openapi_oip import oip_paths, repository_paths
+from dms.rest.openapi_oip import console_paths, oip_paths, repository_paths
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 _COMPONENTS = {
@@ -242,4 +242,5 @@ def management_openapi(token_rotation: bool = False) -> dict[str, Any]:
             }
         }
     paths.update(repository_paths())
+    paths.update(console_paths())
     return _doc("DMS management API", paths)

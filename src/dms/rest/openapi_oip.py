@@ -124,6 +124,39 @@ def oip_paths() -> dict[str, Any]:
     }
 
 
+def console_paths() -> dict[str, Any]:
+    page = {
+        "get": {
+            "operationId": "consolePage",
+            "summary": "The web console (HTML)",
+            "responses": {"200": {"description": "the page", "content": {"text/html": {"schema": {}}}}},
+        }
+    }
+    try_body = {"required": True, "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}}
+
+    def try_it(op_id: str, summary: str) -> dict[str, Any]:
+        return {
+            "post": {
+                "operationId": op_id,
+                "summary": summary,
+                "parameters": [_MODEL],
+                "requestBody": try_body,
+                "responses": {
+                    "200": {"description": "the model's answer", "content": {"*/*": {"schema": {}}}},
+                    **_errors(400, 404, 413, 500, 503, 504),
+                },
+            }
+        }
+
+    return {
+        "/console": page,
+        "/console/": {"get": {**page["get"], "operationId": "consolePageSlash"}},
+        "/console/api/summary": _get("consoleSummary", "Models, workers, queues and request totals", []),
+        "/console/api/predict/{model_name}": try_it("consolePredict", "Try a model as /predictions does"),
+        "/console/api/infer/{model_name}": try_it("consoleInfer", "Try a model with an Open Inference Protocol body"),
+    }
+
+
 def repository_paths() -> dict[str, Any]:
     def post(op_id: str, summary: str, params: list[dict[str, Any]], *errors: int) -> dict[str, Any]:
         return {

@@ -1,0 +1,87 @@
+"""The web console on the management port: its page and assets (public, no secrets in them) and a
+small JSON API behind the management key — a summary for the tables and sparklines, and "try it"
+calls that go through the data plane like any inference request.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from dms.dataplane import DataPlane
+from dms.engine.messages import PROTOCOL_RAW, PROTOCOL_V2_REST
+from dms.observability.metrics import ServerMetrics
+from dms.rest.common import json_response
+from dms.rest.errors import error_response
+from dms.rest.forwarding import forward
+from dms.rest.oip import oip_error
+
+STATIC = Path(str(resources.files("dms.console") / "static"))
+OPEN_PREFIXES = ("/console/static/",)
+OPEN_PATHS = ("/console", "/console/")
+
+
+def is_console_asset(path: str) -> bool:
+    return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
+
+
+def console_routes(dataplane: DataPlane, metrics: ServerMetrics) -> list[Route | Mount]:
+    async def page(request: Request) -> Response:
+        return FileResponse(STATIC / "index.html", media_type="text/html; charset=utf-8")
+
+    async def summary(request: Request) -> Response:
+        models = []
+        for model in dataplane.registry:
+            pool = model.pool
+            models.append(
+                {
+                    "name": model.name,
+                    "version": model.version,
+                    "isDefault": dataplane.registry.default_version(model.name) == model.version,
+                    "status": pool.state.value,
+                    "handler": model.archive.manifest.handler,
+                    "readyWorkers": pool.ready_count(),
+                    "targetWorkers": pool.target,
+                    "queue": model.batcher.pending,
+                    "batchSize": model.config.batch_size,
+                    "lastError": pool.last_error,
+                    **metrics.totals(model.name, model.version),
+                }
+            )
+        return json_response({"models": models})
+
+    async def try_predict(request: Request) -> Response:
+        return await forward(
+            request,
+            dataplane,
+            metrics,
+            protocol=PROTOCOL_RAW,
+            name=request.path_params["model_name"],
+            version=None,
+            on_error=error_response,
+        )
+
+    async def try_infer(request: Request) -> Response:
+        return await forward(
+            request,
+            dataplane,
+            metrics,
+            protocol=PROTOCOL_V2_REST,
+            name=request.path_params["model_name"],
+            version=None,
+            on_error=oip_error,
+        )
+
+    return [
+        Route("/console", page, methods=["GET"]),
+        Route("/console/", page, methods=["GET"]),
+        Route("/console/api/summary", summary, methods=["GET"]),
+        Route("/console/api/predict/{model_name}", try_predict, methods=["POST"]),
+        Route("/console/api/infer/{model_name}", try_infer, methods=["POST"]),
+        Mount("/console/static", app=StaticFiles(directory=STATIC), name="console-static"),
+    ]
