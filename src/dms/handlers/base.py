@@ -28,13 +28,17 @@ class BaseHandler:
         self.model_dir = Path(context.system_properties["model_dir"])
         self.options = dict(context.model_yaml_config.get("handler") or {})
         self.limits: dict[str, int] = dict(context.system_properties.get("limits") or {})
-        serialized = context.manifest.get("model", {}).get("serializedFile")
+        model = context.manifest.get("model", {})
+        serialized = model.get("serializedFile")
         if not serialized:
             raise ArchiveError(f"model {context.model_name}: the manifest names no serializedFile")
+        model_file = model.get("modelFile")
         self.runtime = load_runtime(
             self.model_dir / str(serialized),
             dict(context.model_yaml_config.get("runtime") or {}),
             int(context.system_properties.get("cpu_threads") or 1),
+            model_file=self.model_dir / str(model_file) if model_file else None,
+            declared=context.model_yaml_config,
         )
 
     def preprocess(self, data: list[dict[str, Any]]) -> dict[str, np.ndarray]:

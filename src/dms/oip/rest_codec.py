@@ -100,6 +100,8 @@ def _raw_body_request(body: bytes, signature: list[TensorSpec]) -> InferRequest:
         raise InputError("a raw binary body (Inference-Header-Content-Length: 0) needs a model with exactly one input")
     spec = signature[0]
     datatype = datatype_of_numpy_name(spec.dtype)
+    if spec.shape is None:
+        raise InputError(f"input {spec.name!r} has no known shape: send a JSON header with the shape")
     known = [d for d in spec.shape if d >= 0]
     itemsize = numpy_dtype(datatype).itemsize
     count = len(body) // itemsize if datatype != "BYTES" else -1

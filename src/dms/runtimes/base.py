@@ -13,11 +13,15 @@ class TensorSpec:
     name: str
     dtype: str
     """numpy dtype name, e.g. ``float32``."""
-    shape: tuple[int, ...]
-    """-1 for a variable dimension."""
+    shape: tuple[int, ...] | None
+    """-1 for a variable dimension; None when the format does not record the shape at all."""
 
     def describe(self) -> dict[str, object]:
-        return {"name": self.name, "datatype": self.dtype, "shape": list(self.shape)}
+        return {
+            "name": self.name,
+            "datatype": self.dtype,
+            "shape": list(self.shape) if self.shape is not None else [-1],
+        }
 
 
 class Runtime(Protocol):

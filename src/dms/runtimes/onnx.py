@@ -66,7 +66,7 @@ class OnnxRuntime:
         self.inputs = [_spec(arg) for arg in self.session.get_inputs()]
         self.outputs = [_spec(arg) for arg in self.session.get_outputs()]
         # Graphs exported with a batch dimension fixed at 1 get their batches one row at a time.
-        self._fixed_single_batch = any(spec.shape[:1] == (1,) for spec in self.inputs)
+        self._fixed_single_batch = any(spec.shape is not None and spec.shape[:1] == (1,) for spec in self.inputs)
 
     def run(self, feeds: dict[str, np.ndarray], output_names: list[str] | None = None) -> dict[str, np.ndarray]:
         names = output_names or [spec.name for spec in self.outputs]

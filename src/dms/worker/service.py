@@ -74,7 +74,10 @@ class ModelService:
         from dms.oip.tensors import datatype_of_numpy_name
 
         def meta(specs: list[TensorSpec]) -> list[TensorMeta]:
-            return [TensorMeta(s.name, datatype_of_numpy_name(s.dtype), list(s.shape)) for s in specs]
+            return [
+                TensorMeta(s.name, datatype_of_numpy_name(s.dtype), list(s.shape) if s.shape is not None else [-1])
+                for s in specs
+            ]
 
         return ModelLoaded(pid=pid, inputs=meta(self.inputs), outputs=meta(self.outputs), platform=self.platform)
 
@@ -164,7 +167,11 @@ def _signature(runtime: Any, config: dict[str, Any]) -> tuple[list[TensorSpec], 
     def specs(key: str) -> list[TensorSpec]:
         declared = config.get(key) or []
         return [
-            TensorSpec(str(d["name"]), numpy_dtype(str(d.get("datatype", "FP32"))).name, tuple(d.get("shape", [-1])))
+            TensorSpec(
+                str(d["name"]),
+                numpy_dtype(str(d.get("datatype", "FP32"))).name,
+                tuple(d["shape"]) if "shape" in d else None,
+            )
             for d in declared
             if isinstance(d, dict) and "name" in d
         ]

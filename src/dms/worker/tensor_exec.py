@@ -15,7 +15,7 @@ from dms.runtimes import Runtime, TensorSpec
 
 
 def expected_inputs(specs: list[TensorSpec]) -> str:
-    return ", ".join(f"{s.name}: {s.dtype}{list(s.shape)}" for s in specs)
+    return ", ".join(f"{s.name}: {s.dtype}{list(s.shape) if s.shape is not None else '[...]'}" for s in specs)
 
 
 def conform(value: Any, spec: TensorSpec, max_elements: int) -> tuple[np.ndarray, bool]:
@@ -25,14 +25,16 @@ def conform(value: Any, spec: TensorSpec, max_elements: int) -> tuple[np.ndarray
         if array.dtype == object and spec.dtype != "object":
             raise ValueError("ragged or non-numeric data")
         if spec.dtype != "object":
-            casting = "same_kind" if array.dtype.kind == "f" else "unsafe"
+            casting = "same_kind" if array.dtype.kind == "f" and array.dtype.itemsize <= 8 else "unsafe"
             array = array.astype(spec.dtype, casting=casting, copy=False)  # type: ignore[call-overload]
     except (ValueError, TypeError) as exc:
         raise InputError(f"input {spec.name!r} is not a {spec.dtype} tensor: {exc}") from exc
-    if array.size > max_elements:
+    if array.size > max_elements:  # checked before any reshaping
         raise PayloadTooLargeError(
             f"input {spec.name!r} has {array.size} elements, over max_tensor_elements ({max_elements})"
         )
+    if spec.shape is None:  # the format records no shape: pass the tensor as it came
+        return array, False
     added = False
     if array.ndim == len(spec.shape) - 1:
         array, added = array[None, ...], True
