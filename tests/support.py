@@ -73,6 +73,8 @@ class DmsServer:
         ]
         self.env = {**os.environ, "DMS_ARCHIVE_CACHE_DIR": str(self.state_dir / "cache"), **(env or {})}
         self.proc: subprocess.Popen[str] | None = None
+        # One keep-alive client per server: test runs open and close many thousands of connections.
+        self.http = httpx.Client(timeout=120, limits=httpx.Limits(max_connections=64, max_keepalive_connections=32))
         self.lines: list[str] = []
         self.log_lines: list[str] = []
         self._stdout_lines: queue.Queue[str | None] = queue.Queue()
@@ -130,16 +132,17 @@ class DmsServer:
         for stream in (self.proc.stdout, self.proc.stderr):
             if stream is not None:
                 stream.close()
+        self.http.close()
         return self.proc.returncode
 
     # -- convenience ----------------------------------------------------------------------------
     def predict(self, model: str, body: bytes | dict[str, Any] | None = None, **kwargs: Any) -> httpx.Response:
         url = f"{self.inference_url}/predictions/{model}"
         if isinstance(body, dict):
-            return httpx.post(url, json=body, timeout=60, **kwargs)
+            return self.http.post(url, json=body, **kwargs)
         if body is None and "files" in kwargs:
-            return httpx.post(url, timeout=60, **kwargs)
-        return httpx.post(url, content=body or b"", timeout=60, **kwargs)
+            return self.http.post(url, **kwargs)
+        return self.http.post(url, content=body or b"", **kwargs)
 
     def key(self, kind: str = "management") -> str:
         return str(json.loads(self.key_file.read_text())[kind]["key"])
@@ -149,7 +152,13 @@ class DmsServer:
         headers = dict(kwargs.pop("headers", {}))
         if self.key_file.exists():
             headers.setdefault("Authorization", f"Bearer {self.key()}")
-        return httpx.request(method, f"{self.management_url}{path}", timeout=120, headers=headers, **kwargs)
+        url = f"{self.management_url}{path}"
+        try:
+            return self.http.request(method, url, headers=headers, **kwargs)
+        except httpx.TransportError:
+            if method != "GET":
+                raise
+            return self.http.request(method, url, headers=headers, **kwargs)  # GET is safe to send again
 
     def describe(self, model: str, version: str | None = None) -> list[dict[str, Any]]:
         response = self.manage("GET", f"/models/{model}" + (f"/{version}" if version else ""))
