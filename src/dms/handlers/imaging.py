@@ -50,13 +50,12 @@ def decode_image(raw: bytes, mode: str, max_pixels: int = DEFAULT_MAX_PIXELS) ->
 
 
 def resize_short_side(image: Image.Image, size: int) -> Image.Image:
+    """Short side to ``size``, long side scaled and truncated, bilinear (torchvision's ``Resize(size)``)."""
     width, height = image.size
     if min(width, height) == size:
         return image
-    if width <= height:
-        new = (size, max(1, round(height * size / width)))
-    else:
-        new = (max(1, round(width * size / height)), size)
+    long_side = max(1, int(max(width, height) * size / min(width, height)))
+    new = (size, long_side) if width <= height else (long_side, size)
     return image.resize(new, Image.Resampling.BILINEAR)
 
 
@@ -64,8 +63,8 @@ def center_crop(image: Image.Image, size: int) -> Image.Image:
     width, height = image.size
     if width < size or height < size:
         raise InputError(f"image of {width}x{height} is smaller than the crop of {size}x{size}")
-    left = (width - size) // 2
-    top = (height - size) // 2
+    left = round((width - size) / 2.0)  # torchvision's CenterCrop offsets
+    top = round((height - size) / 2.0)
     return image.crop((left, top, left + size, top + size))
 
 

@@ -8,9 +8,11 @@ Accepted forms, as MMS 1.x and TorchServe accept them: a built-in name (``image_
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -51,9 +53,18 @@ def load_handler(spec: str, model_dir: str, context: Context) -> HandleFn:
     return _entry(classes[0], context)
 
 
+def provide_torchserve_paths() -> None:
+    """Make ``ts.*`` importable from DMS's stand-in, unless TorchServe itself is installed."""
+    if importlib.util.find_spec("ts") is None:
+        shims = str(Path(__file__).resolve().parent.parent / "_shims")
+        if shims not in sys.path:
+            sys.path.append(shims)
+
+
 def _import(module_part: str, model_dir: str) -> ModuleType:
     name = module_part[:-3] if module_part.endswith(".py") else module_part
     name = name.replace("/", ".")
+    provide_torchserve_paths()
     if model_dir not in sys.path:
         sys.path.insert(0, model_dir)
     try:
