@@ -92,6 +92,6 @@ def test_pickle_payloads_are_refused_not_unpickled(server: DmsServer, tmp_path: 
     assert as_npy.status_code == 400
     object_npy = io.BytesIO()
     np.save(object_npy, np.array([Exploit()], dtype=object), allow_pickle=True)
-    refused(server.predict("linear", object_npy.getvalue()), 400, "could not read the .npy body")
+    refused(server.predict("linear", object_npy.getvalue()), 400, "could not read the .npy/.npz body")
     assert not marker.exists()
     healthy(server)

@@ -82,6 +82,15 @@ def test_npy_body(server: DmsServer):
     np.testing.assert_allclose(response.json(), expected(rows), rtol=1e-5)
 
 
+def test_npz_body_with_named_arrays(server: DmsServer):
+    rows = np.random.default_rng(5).random((2, 16)).astype(np.float32)
+    buffer = io.BytesIO()
+    np.savez(buffer, x=rows)
+    response = server.predict("linear", buffer.getvalue(), headers={"Content-Type": "application/octet-stream"})
+    assert response.status_code == 200, response.text
+    np.testing.assert_allclose(response.json(), expected(rows), rtol=1e-5)
+
+
 def test_concurrent_requests_each_get_their_own_rows_back(server: DmsServer):
     rng = np.random.default_rng(2)
     requests = [rng.random((1 + i % 3, 16), dtype=np.float32) for i in range(24)]

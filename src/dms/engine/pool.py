@@ -21,6 +21,7 @@ from typing import Any
 
 import msgspec
 
+from dms.engine.devices import gpu_for_worker, visible_gpus
 from dms.engine.messages import Batch, BatchResult, LoadModel, ModelLoaded, RequestItem
 from dms.engine.worker_process import (
     WorkerProcess,
@@ -72,6 +73,7 @@ class WorkerPool:
         self._restart_delay_s = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
         self._memory_task: asyncio.Task[None] | None = None
+        self._gpus = visible_gpus()
 
     # -- sizing -----------------------------------------------------------------------------
     async def scale(self, target: int, wait: bool = True) -> None:
@@ -126,8 +128,14 @@ class WorkerPool:
             await asyncio.sleep(delay_s)
         if self.state == PoolState.STOPPED or self._live_count() >= self.target:
             return
-        worker_id = f"{next(self._ids)}"
-        load = msgspec.structs.replace(self._template, worker_id=worker_id, cpu_threads=self._cpu_threads())
+        number = next(self._ids)
+        worker_id = f"{number}"
+        load = msgspec.structs.replace(
+            self._template,
+            worker_id=worker_id,
+            cpu_threads=self._cpu_threads(),
+            gpu_id=gpu_for_worker(number, self._gpus),
+        )
         worker = WorkerProcess(worker_id, load, f"{self.label} w{worker_id}")
         self.workers[worker_id] = worker
         try:
@@ -279,7 +287,8 @@ class WorkerPool:
                     "startTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(worker.started_at)),
                     "status": worker.state.value,
                     "memoryUsage": memory,
-                    "gpu": False,
+                    "gpu": worker.load.gpu_id is not None,
+                    "gpuId": worker.load.gpu_id,
                 }
             )
         return rows

@@ -18,12 +18,27 @@ from dms.worker.context import Context
 from dms.worker.tensor_exec import expected_inputs, run_named
 
 _NPY_MAGIC = b"\x93NUMPY"
+_ZIP_MAGIC = b"PK\x03\x04"
 _PICKLE_TYPES = (
     "application/python-pickle",
     "application/x-python-pickle",
     "application/pickle",
     "application/x-pickle",
 )
+
+
+def _load_numpy_file(raw: bytes) -> Any:
+    """A ``.npy`` body as one array, a ``.npz`` body as named arrays; never unpickled."""
+    if raw[:6] != _NPY_MAGIC and raw[:4] != _ZIP_MAGIC:
+        raise InputError("a binary request body must be a .npy or .npz file (or send JSON)")
+    try:
+        loaded = np.load(io.BytesIO(raw), allow_pickle=False)
+        if isinstance(loaded, np.lib.npyio.NpzFile):
+            with loaded:
+                return {name: loaded[name] for name in loaded.files}
+        return loaded
+    except (ValueError, OSError) as exc:
+        raise InputError(f"could not read the .npy/.npz body: {exc}") from exc
 
 
 class TensorHandler(BaseHandler):
@@ -53,12 +68,9 @@ class TensorHandler(BaseHandler):
     def _named_values(self, payload: Any) -> dict[str, Any]:
         specs = self.runtime.inputs
         if isinstance(payload, bytes | bytearray):
-            if not bytes(payload[:6]) == _NPY_MAGIC:
-                raise InputError("binary request body must be a .npy file (or send JSON)")
-            try:
-                payload = np.load(io.BytesIO(payload), allow_pickle=False)
-            except ValueError as exc:
-                raise InputError(f"could not read the .npy body: {exc}") from exc
+            payload = _load_numpy_file(bytes(payload))
+            if isinstance(payload, dict):
+                return payload  # .npz: arrays by input name
         if isinstance(payload, dict):
             if "inputs" not in payload:
                 raise InputError('a JSON object body needs an "inputs" key')

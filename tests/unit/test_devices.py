@@ -1,0 +1,17 @@
+from __future__ import annotations
+
+import pytest
+
+from dms.engine.devices import gpu_for_worker, visible_gpus
+
+
+def test_workers_take_visible_gpus_in_turn_and_the_cpu_when_there_are_none(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    gpus = visible_gpus()
+    assert gpus == [0, 1]  # CUDA renumbers the visible devices from 0
+    assert [gpu_for_worker(n, gpus) for n in range(5)] == [0, 1, 0, 1, 0]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert visible_gpus() == []
+    assert gpu_for_worker(0, []) is None
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")
+    assert visible_gpus() == []
