@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -200,3 +201,36 @@ def test_a_state_dict_without_its_model_file_is_a_clear_error(setup, tmp_path: P
     refused = server.manage("POST", "/models", params={"url": "bare.mar", "initial_workers": 1})
     assert refused.status_code == 503
     assert "--model-file" in refused.json()["message"]
+
+
+def test_a_keras_model_on_the_torch_backend(tmp_path: Path):
+    os.environ.setdefault("KERAS_BACKEND", "torch")  # as the worker does: no TensorFlow needed
+    keras = pytest.importorskip("keras", reason="the [keras] extra is not installed")
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    rows = np.random.default_rng(6).random((2, 4), dtype=np.float32)
+    with warnings.catch_warnings():  # Keras's torch backend trips numpy 2's __array__ deprecation
+        warnings.simplefilter("ignore", DeprecationWarning)
+        model = keras.Sequential([keras.Input((4,), name="features"), keras.layers.Dense(3, activation="softmax")])
+        model.save(checkpoints / "epoch-1.keras")
+        model.save(checkpoints / "epoch-2.keras")  # the newest one is served
+        expected = np.asarray(keras.ops.convert_to_numpy(model(rows)))
+    (tmp_path / "keras.yaml").write_text("initial_workers: 1\n")
+    archive = write_archive(
+        ArchiveSpec(
+            model_name="keras_model",
+            version="1.0",
+            handler="tensor",
+            serialized_file=checkpoints,
+            config_file=tmp_path / "keras.yaml",
+        ),
+        tmp_path / "store",
+    )
+    with running_server(tmp_path, ["--models", f"keras_model={archive}", "--no-default-model"]) as server:
+        response = server.predict("keras_model", {"inputs": rows.tolist()})
+        assert response.status_code == 200, response.text
+        np.testing.assert_allclose(response.json(), expected, rtol=1e-5)
+        import httpx
+
+        meta = httpx.get(f"{server.inference_url}/v2/models/keras_model").json()
+        assert meta["platform"] == "keras" and meta["inputs"][0]["shape"] == [-1, 4]

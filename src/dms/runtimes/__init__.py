@@ -14,12 +14,14 @@ from dms.runtimes.base import Runtime, TensorSpec
 
 __all__ = ["KINDS", "Runtime", "TensorSpec", "detect_kind", "load_runtime"]
 
-KINDS = ("onnx", "torchscript", "torch_export", "torch_eager", "sklearn")
+KINDS = ("onnx", "torchscript", "torch_export", "torch_eager", "sklearn", "keras")
 _TORCH_SUFFIXES = (".pt", ".pth", ".ts", ".torchscript", ".bin")
 
 
 def detect_kind(path: Path, model_file: Path | None) -> str:
     suffix = path.suffix.lower()
+    if suffix == ".keras" or (path.is_dir() and any(path.glob("*.keras"))):
+        return "keras"
     if suffix == ".onnx":
         return "onnx"
     if suffix == ".pt2":
@@ -34,7 +36,7 @@ def detect_kind(path: Path, model_file: Path | None) -> str:
         return "torch_eager"
     raise ArchiveError(
         f"no runtime for serialized file {path.name!r}: supported are .onnx, .pt/.pth (TorchScript or a state_dict "
-        "with --model-file), .pt2 (torch.export), .skops and (trusted) .joblib/.pkl"
+        "with --model-file), .pt2 (torch.export), .keras (or a folder of them), .skops and (trusted) .joblib/.pkl"
     )
 
 
@@ -50,7 +52,7 @@ def load_runtime(
     ``declared`` may carry ``inputs``/``outputs`` lists (name, datatype, shape) from the model
     config, for formats that do not record their signature.
     """
-    if not path.is_file():
+    if not path.exists():
         raise ArchiveError(f"serialized file {path.name} is not in the archive")
     kind = str(options.get("kind") or detect_kind(path, model_file))
     if kind not in KINDS:
@@ -60,6 +62,10 @@ def load_runtime(
         from dms.runtimes.onnx import OnnxRuntime
 
         runtime = OnnxRuntime(path, options, cpu_threads)
+    elif kind == "keras":
+        from dms.runtimes.keras import KerasRuntime
+
+        runtime = KerasRuntime(path, options, cpu_threads)
     elif kind == "sklearn":
         from dms.runtimes.sklearn import SklearnRuntime
 
