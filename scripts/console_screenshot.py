@@ -18,8 +18,8 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from dms.archive.writer import ArchiveSpec, write_archive  # noqa: E402
 from dms.server import default_model_archive  # noqa: E402
+from tests.conftest import make_squeezenet_archive  # noqa: E402
 from tests.e2e.test_user_flow import SQUEEZENET_CONFIG  # noqa: E402
 from tests.support import SHARED, DmsServer  # noqa: E402
 
@@ -30,18 +30,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         model = SHARED / "models" / "squeezenet" / "squeezenet_v1.1.onnx"
-        (work / "sq.yaml").write_text(SQUEEZENET_CONFIG)
-        write_archive(
-            ArchiveSpec(
-                model_name="squeezenet",
-                version="1.0",
-                handler="image_classifier",
-                serialized_file=model,
-                config_file=work / "sq.yaml",
-                extra_files=[model.parent / "synset.txt"],
-            ),
-            work / "store",
-        )
+        make_squeezenet_archive(model, work / "store", SQUEEZENET_CONFIG)
         server = DmsServer(
             work,
             [

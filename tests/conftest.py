@@ -24,6 +24,22 @@ def make_probe_archive(store: Path, name: str, version: str = "1.0", config: str
     return target
 
 
+def make_squeezenet_archive(model: Path, store: Path, config: str) -> Path:
+    """The shared SqueezeNet ONNX model, its labels and ``config`` archived as ``store/squeezenet.mar``."""
+    work = store.parent / ".src-squeezenet"
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "model-config.yaml").write_text(config)
+    spec = ArchiveSpec(
+        model_name="squeezenet",
+        version="1.0",
+        handler="image_classifier",
+        serialized_file=model,
+        config_file=work / "model-config.yaml",
+        extra_files=[model.parent / "synset.txt"],
+    )
+    return write_archive(spec, store, force=True)
+
+
 @pytest.fixture
 def model_store(tmp_path: Path) -> Path:
     store = tmp_path / "model_store"

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from dms.archive.writer import ArchiveSpec, write_archive
 from dms.server import default_model_archive
+from tests.conftest import make_squeezenet_archive
 from tests.e2e.test_user_flow import SQUEEZENET_CONFIG
 from tests.support import REPO, DmsServer, running_server, shared_path, wait_for
 
@@ -34,18 +34,7 @@ CHROMIUM_ARGS = [
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DmsServer]:
     model = shared_path("models/squeezenet/squeezenet_v1.1.onnx")
     work = tmp_path_factory.mktemp("console")
-    (work / "sq.yaml").write_text(SQUEEZENET_CONFIG.replace("batch_size: 4", "batch_size: 1"))
-    write_archive(
-        ArchiveSpec(
-            model_name="squeezenet",
-            version="1.0",
-            handler="image_classifier",
-            serialized_file=model,
-            config_file=work / "sq.yaml",
-            extra_files=[model.parent / "synset.txt"],
-        ),
-        work / "store",
-    )
+    make_squeezenet_archive(model, work / "store", SQUEEZENET_CONFIG.replace("batch_size: 4", "batch_size: 1"))
     models = [f"digits={default_model_archive()}", "squeezenet=squeezenet.mar"]
     args = ["--model-store", str(work / "store"), "--models", *models, "--default-workers-per-model", "1"]
     with running_server(work, args) as running:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dms.archive.writer import ArchiveSpec, write_archive
+from tests.conftest import make_squeezenet_archive
 from tests.e2e.test_tensor_handler import linear_model
 from tests.e2e.test_user_flow import SQUEEZENET_CONFIG
 from tests.support import FIXTURES, running_server, shared_path
@@ -44,18 +45,7 @@ def oip_server(tmp_path_factory: pytest.TempPathFactory):
     models = ["echo=echo.mar", "linear=linear.mar"]
     squeezenet = shared_path_or_none("models/squeezenet/squeezenet_v1.1.onnx")
     if squeezenet is not None:
-        (work / "sq.yaml").write_text(SQUEEZENET_CONFIG)
-        write_archive(
-            ArchiveSpec(
-                model_name="squeezenet",
-                version="1.0",
-                handler="image_classifier",
-                serialized_file=squeezenet,
-                config_file=work / "sq.yaml",
-                extra_files=[squeezenet.parent / "synset.txt"],
-            ),
-            store,
-        )
+        make_squeezenet_archive(squeezenet, store, SQUEEZENET_CONFIG)
         models.append("squeezenet=squeezenet.mar")
     with running_server(work, ["--model-store", str(store), "--models", *models]) as running:
         yield running
