@@ -67,6 +67,10 @@ def default_model_archive() -> Path:
 def startup_models(settings: ServerSettings, default_allowed: bool = True) -> list[tuple[str | None, str]]:
     """``(name or None, url)`` pairs from ``--models``, TorchServe's flag syntax."""
     items = [part for entry in settings.models for part in entry.replace(",", " ").split()]
+    if settings.wrapper is not None or settings.model_dir is not None:
+        from dms.archive.wrapper import WRAPPER_MODEL_NAME, wrapper_archive
+
+        return [(WRAPPER_MODEL_NAME, str(wrapper_archive(settings)))]
     if not items:
         use_default = settings.default_model and default_allowed
         return [("digits", str(default_model_archive()))] if use_default else []
@@ -95,6 +99,8 @@ def _warn_about_exposure(settings: ServerSettings) -> None:
             log.warning("the %s listens on %s, beyond this machine: put it behind TLS and a firewall", what, address)
     if not settings.token_auth:
         log.warning("token auth is disabled: anyone who reaches the management API can register and run code")
+    if settings.allow_pickle:
+        log.warning("--allow-pickle: pickled request bodies will be unpickled; every client must be trusted")
 
 
 def _is_loopback(host: str) -> bool:
@@ -186,8 +192,13 @@ async def serve_forever(settings: ServerSettings) -> int:
     _write_pid_file(settings.pid_file)
     print(f"{READY_LINE}: {listeners.describe()}", flush=True)
     grace = settings.graceful_shutdown_s
+    idle_watch = None
+    if settings.kill_after_s is not None:
+        idle_watch = asyncio.ensure_future(_stop_when_idle(metrics, settings.kill_after_s, stop))
     try:
         await stop.wait()
+        if idle_watch is not None:
+            idle_watch.cancel()
         log.info("stopping: no new connections; finishing accepted requests (up to %g s)", grace)
         await listeners.close(grace)
         await dataplane.shutdown(grace)
@@ -197,6 +208,17 @@ async def serve_forever(settings: ServerSettings) -> int:
                 settings.pid_file.unlink()
     log.info("stopped")
     return 0
+
+
+async def _stop_when_idle(metrics: ServerMetrics, idle_s: float, stop: asyncio.Event) -> None:
+    """--killafter: stop the server once no request has come for ``idle_s`` seconds."""
+    while not stop.is_set():
+        idle = metrics.idle_seconds()
+        if idle >= idle_s:
+            log.info("no request for %g s (--killafter): stopping", idle_s)
+            stop.set()
+            return
+        await asyncio.sleep(min(1.0, idle_s - idle))
 
 
 async def _load_startup_models(dataplane: DataPlane, settings: ServerSettings) -> None:

@@ -101,6 +101,14 @@ class ServerSettings(BaseSettings):
     """Most pixels an image may decode to (decompression bombs)."""
     max_multipart_parts: int = Field(default=100, ge=1)
     """Most parts a multipart/form-data body may have."""
+    allow_pickle: bool = False
+    """Let the wrapper workflow unpickle request bodies (every client must be trusted)."""
+    wrapper: Path | None = None
+    """A Python file defining create_model(modeldir) (the Studio.ML serving workflow)."""
+    model_dir: Path | None = None
+    """The folder the wrapper's model comes from, or whose newest checkpoint is served."""
+    kill_after_s: float | None = Field(default=None, gt=0)
+    """Shut down cleanly after this long without a request."""
     graceful_shutdown_s: float = Field(default=30.0, ge=0)
     """How long shutdown waits for accepted requests before stopping workers."""
 

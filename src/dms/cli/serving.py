@@ -34,6 +34,16 @@ def server_options(fn: Any) -> Any:
         click.option("--disable-token-auth", is_flag=True, help="Let the management API answer without a key."),
         click.option("--enable-inference-token-auth", is_flag=True, help="Require the inference key too."),
         click.option("--no-snapshot", is_flag=True, help="Start clean; do not write snapshots."),
+        click.option("--wrapper", type=click.Path(path_type=Path), help="A file defining create_model(modeldir)."),
+        click.option(
+            "--model-dir",
+            type=click.Path(path_type=Path),
+            help="The wrapper's model folder (or: serve its newest checkpoint).",
+        ),
+        click.option("--host", help="Inference host (with --port; the same as --inference-address)."),
+        click.option("--port", type=int, help="Inference port."),
+        click.option("--killafter", "kill_after_s", type=float, help="Stop after this many seconds without a request."),
+        click.option("--allow-pickle", is_flag=True, help="Let the wrapper workflow unpickle request bodies."),
         click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"])),
         click.option("--log-format", type=click.Choice(["plain", "json"]), help="Plain lines or JSON lines."),
         click.option("--logger-level", "logger_levels", multiple=True, help="LOGGER=LEVEL, e.g. dms.access=warning."),
@@ -52,12 +62,16 @@ def settings_from_cli(kwargs: dict[str, Any]) -> tuple[ServerSettings, list[str]
     allowed = list(kwargs.pop("allowed_urls"))
     logger_levels = dict(entry.split("=", 1) for entry in kwargs.pop("logger_levels") if "=" in entry)
     overrides: dict[str, Any] = {k: v for k, v in kwargs.items() if v is not None}
+    host, port = overrides.pop("host", None), overrides.pop("port", None)
+    if host is not None or port is not None:
+        overrides["inference_address"] = f"{host or '127.0.0.1'}:{port or 8080}"
     for flag, setting, value in (
         ("no_default_model", "default_model", False),
         ("disable_token_auth", "token_auth", False),
         ("enable_inference_token_auth", "inference_token_auth", True),
         ("no_snapshot", "snapshot", False),
         ("no_access_log", "access_log", False),
+        ("allow_pickle", "allow_pickle", True),
     ):
         if overrides.pop(flag, False):
             overrides[setting] = value
@@ -93,6 +107,7 @@ _BOOL_FLAGS = {
     "inference_token_auth": "--enable-inference-token-auth",
     "snapshot": "--no-snapshot",
     "access_log": "--no-access-log",
+    "allow_pickle": "--allow-pickle",
 }
 
 

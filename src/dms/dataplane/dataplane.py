@@ -100,6 +100,7 @@ class DataPlane:
                 max_tensor_elements=self.settings.max_tensor_elements,
                 max_image_pixels=self.settings.max_image_pixels,
                 max_multipart_parts=self.settings.max_multipart_parts,
+                allow_pickle=self.settings.allow_pickle,
             ),
         )
         pool = WorkerPool(

@@ -26,6 +26,8 @@ class RequestLimits(msgspec.Struct, array_like=True, frozen=True):
     max_tensor_elements: int = 50_000_000
     max_image_pixels: int = 40_000_000
     max_multipart_parts: int = 100
+    allow_pickle: bool = False
+    """The operator's --allow-pickle: pickled request bodies may be unpickled (wrapper workflow)."""
 
 
 class LoadModel(msgspec.Struct, tag="load", array_like=True):

@@ -124,6 +124,7 @@ class ServerMetrics:
             "dms_in_flight_requests", "Requests being answered, by transport", ["transport"], registry=registry
         )
         self.recent = RecentOutcomes()
+        self._last_activity = time.monotonic()
         if dataplane is not None:
             self.attach(dataplane)
 
@@ -136,7 +137,14 @@ class ServerMetrics:
 
     def started(self, transport: str) -> int:
         self.in_flight.labels(transport).inc()
+        self._last_activity = time.monotonic()
         return time.perf_counter_ns()
+
+    def idle_seconds(self) -> float:
+        """Seconds since a request last arrived or finished (0 while one is in flight)."""
+        if any(sample.value > 0 for family in self.in_flight.collect() for sample in family.samples):
+            return 0.0
+        return time.monotonic() - self._last_activity
 
     def finished(
         self,
@@ -152,6 +160,7 @@ class ServerMetrics:
         """Count the request, observe its latency, and write its access-log line."""
         seconds = (time.perf_counter_ns() - started_ns) / 1e9
         self.in_flight.labels(transport).dec()
+        self._last_activity = time.monotonic()
         outcome = _outcome(code)
         self.requests.labels(model, version, transport, code, outcome).inc()
         self.recent.add((model, version), outcome == "server_error")

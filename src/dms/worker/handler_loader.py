@@ -24,6 +24,7 @@ HandleFn = Callable[[Any, Context], Any]
 BUILTIN_HANDLERS: dict[str, str] = {
     "image_classifier": "dms.handlers.image_classifier:ImageClassifierHandler",
     "tensor": "dms.handlers.tensor:TensorHandler",
+    "wrapper": "dms.handlers.wrapper:WrapperHandler",
 }
 
 
