@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
-from starlette.applications import Starlette
 
 from dms.auth import KeyStore
 from dms.dataplane import DataPlane
@@ -43,7 +42,7 @@ class _Server(uvicorn.Server):
         yield
 
 
-def _uvicorn_server(app: Starlette, address: str, grace_s: float) -> _Server:
+def _uvicorn_server(app: Any, address: str, grace_s: float) -> _Server:
     host, port = parse_address(address)
     config = uvicorn.Config(
         app,
@@ -112,6 +111,15 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _inference_app(dataplane: DataPlane, metrics: ServerMetrics, keys: KeyStore | None) -> Any:
+    app = build_inference_app(dataplane, metrics, keys)
+    if dataplane.settings.predictions_fast_path:
+        from dms.rest.fastpath import PredictionsFastPath
+
+        return PredictionsFastPath(app, dataplane, metrics, keys)
+    return app
+
+
 class Listeners:
     """The server's open ports: three HTTP servers (uvicorn) and the gRPC server."""
 
@@ -121,7 +129,7 @@ class Listeners:
         grace = settings.graceful_shutdown_s
         self.settings = settings
         self.http = [
-            _uvicorn_server(build_inference_app(dataplane, metrics, keys), settings.inference_address, grace),
+            _uvicorn_server(_inference_app(dataplane, metrics, keys), settings.inference_address, grace),
             _uvicorn_server(build_management_app(dataplane, metrics, keys), settings.management_address, grace),
             _uvicorn_server(build_metrics_app(metrics), settings.metrics_address, grace),
         ]
