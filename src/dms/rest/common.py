@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -69,9 +70,14 @@ def query_bool(request: Request, key: str, default: bool) -> bool:
     raise InputError(f"query parameter {key} must be true or false, got {raw!r}")
 
 
-async def until_answered_or_gone(request: Request, future: asyncio.Future[ResponseItem]) -> ResponseItem | None:
-    """Await the result; if the client disconnects first, cancel it so no worker runs it."""
-    watcher = asyncio.ensure_future(request.receive())
+async def until_answered_or_gone(
+    receive: Callable[[], Awaitable[Any]], future: asyncio.Future[ResponseItem]
+) -> ResponseItem | None:
+    """The answer; or None when the client disconnects first (then no worker runs the request).
+
+    Once the body is read, the next ASGI ``receive`` only returns when the client goes away.
+    """
+    watcher = asyncio.ensure_future(receive())
     watcher.add_done_callback(lambda _: future.cancel())
     try:
         return await future

@@ -7,7 +7,6 @@ the exception middlewares in between. Every other request goes to the Starlette 
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from urllib.parse import parse_qsl
 
@@ -18,6 +17,7 @@ from dms.dataplane import DataPlane
 from dms.engine.messages import PROTOCOL_RAW, RequestItem, ResponseItem
 from dms.errors import DMSError, PayloadTooLargeError, error_from_wire
 from dms.observability.metrics import ServerMetrics
+from dms.rest.common import until_answered_or_gone
 from dms.rest.errors import error_response
 
 _PREFIX = "/predictions/"
@@ -57,7 +57,7 @@ class PredictionsFastPath:
                 headers=headers,
                 query=parse_qsl(query.decode("latin-1"), keep_blank_values=True) if query else [],
             )
-            result = await _answer_unless_gone(receive, self.dataplane.submit(name, version, item))
+            result = await until_answered_or_gone(receive, self.dataplane.submit(name, version, item))
             if result is None:
                 status = 499  # the client went away; nothing is sent
             elif result.error is not None:
@@ -99,20 +99,6 @@ class PredictionsFastPath:
             if not message.get("more_body", False):
                 break
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-async def _answer_unless_gone(receive: Receive, future: asyncio.Future[ResponseItem]) -> ResponseItem | None:
-    """The answer; or None when the client disconnects first (the request is then dropped unrun)."""
-    watcher = asyncio.ensure_future(receive())
-    watcher.add_done_callback(lambda _: future.cancel())
-    try:
-        return await future
-    except asyncio.CancelledError:
-        if watcher.done() and not watcher.cancelled():
-            return None
-        raise
-    finally:
-        watcher.cancel()
 
 
 async def _send_result(result: ResponseItem, send: Send, request_id: str) -> int:

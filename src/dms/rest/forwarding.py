@@ -52,7 +52,7 @@ async def forward(
             query=query or [],
             protocol=protocol,
         )
-        result = await until_answered_or_gone(request, dataplane.submit(name, version, item))
+        result = await until_answered_or_gone(request.receive, dataplane.submit(name, version, item))
         if result is None:
             response = Response(status_code=499)  # the client went away; nobody reads this
         else:

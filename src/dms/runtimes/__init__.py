@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from dms.errors import ArchiveError
-from dms.runtimes.base import Runtime, TensorSpec
+from dms.runtimes.base import Runtime, TensorSpec, declared_specs
 
 __all__ = ["KINDS", "Runtime", "TensorSpec", "detect_kind", "load_runtime"]
 
@@ -80,21 +80,7 @@ def load_runtime(
 
 
 def _apply_declared(runtime: Any, declared: dict[str, Any]) -> None:
-    from dms.oip.tensors import numpy_dtype
-
     for key in ("inputs", "outputs"):
-        entries = declared.get(key)
-        if isinstance(entries, list) and entries:
-            setattr(
-                runtime,
-                key,
-                [
-                    TensorSpec(
-                        str(e["name"]),
-                        numpy_dtype(str(e.get("datatype", "FP32"))).name,
-                        tuple(e["shape"]) if "shape" in e else None,
-                    )
-                    for e in entries
-                    if isinstance(e, dict) and "name" in e
-                ],
-            )
+        specs = declared_specs(declared.get(key))
+        if specs:
+            setattr(runtime, key, specs)

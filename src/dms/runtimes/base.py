@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -22,6 +22,23 @@ class TensorSpec:
             "datatype": self.dtype,
             "shape": list(self.shape) if self.shape is not None else [-1],
         }
+
+
+def declared_specs(entries: Any) -> list[TensorSpec]:
+    """TensorSpecs from a model config's ``inputs``/``outputs`` list of {name, datatype, shape}."""
+    from dms.oip.tensors import numpy_dtype
+
+    if not isinstance(entries, list):
+        return []
+    return [
+        TensorSpec(
+            str(e["name"]),
+            numpy_dtype(str(e.get("datatype", "FP32"))).name,
+            tuple(e["shape"]) if "shape" in e else None,
+        )
+        for e in entries
+        if isinstance(e, dict) and "name" in e
+    ]
 
 
 class Runtime(Protocol):

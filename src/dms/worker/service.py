@@ -24,6 +24,7 @@ from dms.engine.messages import (
 )
 from dms.errors import DMSError, HandlerError, InputError
 from dms.runtimes import TensorSpec
+from dms.runtimes.base import declared_specs
 from dms.worker.context import Context, RequestProcessor
 from dms.worker.handler_loader import load_handler
 from dms.worker.inputs import build_request_data
@@ -162,21 +163,7 @@ def _signature(runtime: Any, config: dict[str, Any]) -> tuple[list[TensorSpec], 
     """The model's inputs and outputs: from its runtime, or from ``inputs``/``outputs`` in the model config."""
     if runtime is not None:
         return list(runtime.inputs), list(runtime.outputs)
-    from dms.oip.tensors import numpy_dtype
-
-    def specs(key: str) -> list[TensorSpec]:
-        declared = config.get(key) or []
-        return [
-            TensorSpec(
-                str(d["name"]),
-                numpy_dtype(str(d.get("datatype", "FP32"))).name,
-                tuple(d["shape"]) if "shape" in d else None,
-            )
-            for d in declared
-            if isinstance(d, dict) and "name" in d
-        ]
-
-    return specs("inputs"), specs("outputs")
+    return declared_specs(config.get("inputs")), declared_specs(config.get("outputs"))
 
 
 def _error_item(exc: DMSError) -> ResponseItem:
