@@ -14,17 +14,12 @@ import numpy as np
 
 from dms.errors import DMSError, InputError, UnsupportedMediaTypeError
 from dms.handlers.base import BaseHandler, request_payload
+from dms.handlers.payloads import PICKLE_TYPES
 from dms.worker.context import Context
 from dms.worker.tensor_exec import expected_inputs, run_named
 
 _NPY_MAGIC = b"\x93NUMPY"
 _ZIP_MAGIC = b"PK\x03\x04"
-_PICKLE_TYPES = (
-    "application/python-pickle",
-    "application/x-python-pickle",
-    "application/pickle",
-    "application/x-pickle",
-)
 
 
 def _load_numpy_file(raw: bytes) -> Any:
@@ -59,7 +54,7 @@ class TensorHandler(BaseHandler):
     def _refuse_pickle(self, count: int) -> None:
         for index in range(count):
             content_type = (self.context.get_request_header(index, "content-type") or "").split(";")[0].strip()
-            if content_type.lower() in _PICKLE_TYPES:
+            if content_type.lower() in PICKLE_TYPES:
                 raise UnsupportedMediaTypeError(
                     f"{content_type} bodies are refused: unpickling request data can run arbitrary code. "
                     "Send JSON or .npy instead."

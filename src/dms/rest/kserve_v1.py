@@ -10,17 +10,18 @@ from dms.dataplane import DataPlane
 from dms.dataplane.queries import model_ready
 from dms.engine.messages import PROTOCOL_V1
 from dms.observability.metrics import ServerMetrics
+from dms.rest.common import json_response
 from dms.rest.forwarding import forward
-from dms.rest.oip import json_answer, oip_error, protocol_errors
+from dms.rest.oip import oip_error, protocol_errors
 
 
 def v1_routes(dataplane: DataPlane, metrics: ServerMetrics) -> list[Route]:
     async def list_models(request: Request) -> Response:
-        return json_answer({"models": dataplane.registry.names()})
+        return json_response({"models": dataplane.registry.names()})
 
     async def describe(request: Request) -> Response:
         name = request.path_params["model_name"]
-        return json_answer({"name": name, "ready": model_ready(dataplane, name, None)})
+        return json_response({"name": name, "ready": model_ready(dataplane, name, None)})
 
     async def predict(request: Request) -> Response:
         return await forward(

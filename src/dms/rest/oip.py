@@ -15,6 +15,7 @@ from dms.dataplane.queries import model_metadata, model_ready, statistics
 from dms.engine.messages import PROTOCOL_V2_REST
 from dms.errors import DMSError
 from dms.observability.metrics import ServerMetrics
+from dms.rest.common import json_response
 from dms.rest.errors import HTTP_STATUS
 from dms.rest.forwarding import forward
 
@@ -38,33 +39,29 @@ def protocol_errors(endpoint: Endpoint) -> Endpoint:
     return wrapped
 
 
-def json_answer(data: object, status: int = 200) -> Response:
-    return Response(orjson.dumps(data), status, media_type="application/json")
-
-
 def oip_routes(dataplane: DataPlane, metrics: ServerMetrics) -> list[Route]:
     async def live(request: Request) -> Response:
-        return json_answer({"live": True})
+        return json_response({"live": True})
 
     async def ready(request: Request) -> Response:
         is_ready = dataplane.healthy()
-        return json_answer({"ready": is_ready}, 200 if is_ready else 400)
+        return json_response({"ready": is_ready}, 200 if is_ready else 400)
 
     async def server_metadata(request: Request) -> Response:
-        return json_answer({"name": "dms", "version": __version__, "extensions": EXTENSIONS})
+        return json_response({"name": "dms", "version": __version__, "extensions": EXTENSIONS})
 
     async def metadata(request: Request) -> Response:
         p = request.path_params
-        return json_answer(model_metadata(dataplane, p["model_name"], p.get("model_version")))
+        return json_response(model_metadata(dataplane, p["model_name"], p.get("model_version")))
 
     async def model_is_ready(request: Request) -> Response:
         p = request.path_params
         is_ready = model_ready(dataplane, p["model_name"], p.get("model_version"))
-        return json_answer({"name": p["model_name"], "ready": is_ready}, 200 if is_ready else 400)
+        return json_response({"name": p["model_name"], "ready": is_ready}, 200 if is_ready else 400)
 
     async def stats(request: Request) -> Response:
         p = request.path_params
-        return json_answer({"model_stats": statistics(dataplane, p.get("model_name"), p.get("model_version"))})
+        return json_response({"model_stats": statistics(dataplane, p.get("model_name"), p.get("model_version"))})
 
     async def infer(request: Request) -> Response:
         return await forward(

@@ -10,7 +10,8 @@ from starlette.routing import Route
 from dms.dataplane import DataPlane
 from dms.dataplane.queries import repository_index, repository_load, repository_unload
 from dms.errors import InputError
-from dms.rest.oip import json_answer, protocol_errors
+from dms.rest.common import json_response
+from dms.rest.oip import protocol_errors
 
 
 def repository_routes(dataplane: DataPlane) -> list[Route]:
@@ -21,15 +22,15 @@ def repository_routes(dataplane: DataPlane) -> list[Route]:
         except orjson.JSONDecodeError as exc:
             raise InputError(f"the index request is not valid JSON: {exc}") from exc
         ready_only = bool(options.get("ready", False)) if isinstance(options, dict) else False
-        return json_answer(repository_index(dataplane, ready_only))
+        return json_response(repository_index(dataplane, ready_only))
 
     async def load(request: Request) -> Response:
         await repository_load(dataplane, request.path_params["model_name"])
-        return json_answer({})
+        return json_response({})
 
     async def unload(request: Request) -> Response:
         await repository_unload(dataplane, request.path_params["model_name"])
-        return json_answer({})
+        return json_response({})
 
     return [
         Route("/v2/repository/index", protocol_errors(index), methods=["POST"]),
