@@ -72,6 +72,7 @@ class DmsServer:
             *args,
         ]
         self.env = {**os.environ, "DMS_ARCHIVE_CACHE_DIR": str(self.state_dir / "cache"), **(env or {})}
+        self.command = [sys.executable, "-m", "dms", "serve"]
         self.proc: subprocess.Popen[str] | None = None
         # One keep-alive client per server: test runs open and close many thousands of connections.
         self.http = httpx.Client(timeout=120, limits=httpx.Limits(max_connections=64, max_keepalive_connections=32))
@@ -81,7 +82,7 @@ class DmsServer:
 
     def start(self, timeout_s: float = 120.0) -> DmsServer:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dms", "serve", *self.args],
+            [*self.command, *self.args],
             cwd=self.workdir,
             env=self.env,
             stdin=subprocess.DEVNULL,

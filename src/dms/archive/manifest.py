@@ -26,10 +26,10 @@ class Manifest:
     serialized_file: str | None
     config_file: str | None
     origin: str
-    """``dms``, ``torchserve`` or ``mms``: which archiver wrote it."""
+    """``dms``, ``torchserve``, ``mms`` or ``legacy`` (a DMS 0.x ``.model``): which archiver wrote it."""
 
 
-def parse_manifest(raw: Any) -> Manifest:
+def parse_manifest(raw: Any, origin: str | None = None) -> Manifest:
     if not isinstance(raw, dict) or not isinstance(raw.get("model"), dict):
         raise ArchiveError("the archive's MANIFEST.json has no 'model' section")
     model = raw["model"]
@@ -38,12 +38,13 @@ def parse_manifest(raw: Any) -> Manifest:
         raise ArchiveError("the archive's MANIFEST.json has no model.modelName")
     version = str(model.get("modelVersion") or DEFAULT_VERSION)
     archiver = str(raw.get("archiverVersion", ""))
-    if "specificationVersion" in raw or "engine" in raw:
-        origin = "mms"
-    elif archiver.startswith("dms"):
-        origin = "dms"
-    else:
-        origin = "torchserve"
+    if origin is None:
+        if "specificationVersion" in raw or "engine" in raw:
+            origin = "mms"
+        elif archiver.startswith("dms"):
+            origin = "dms"
+        else:
+            origin = "torchserve"
     return Manifest(
         raw=raw,
         model_name=validate_model_name(name),

@@ -21,6 +21,7 @@ from typing import IO
 
 from dms.archive.manifest import MANIFEST_PATH, Manifest, parse_manifest
 from dms.errors import ArchiveError
+from dms.legacy.archive import LEGACY_MANIFEST, is_legacy_archive, translate_manifest
 from dms.model_config import ModelConfig, parse_model_config
 
 _COMPLETE_MARKER = ".dms-extracted"
@@ -66,13 +67,16 @@ def _model_root(extracted: Path) -> Path:
 
 
 def _read_manifest(model_dir: Path) -> Manifest:
-    manifest_file = model_dir / MANIFEST_PATH
+    legacy = is_legacy_archive(model_dir)
+    manifest_file = model_dir / (LEGACY_MANIFEST if legacy else MANIFEST_PATH)
     if not manifest_file.is_file():
         raise ArchiveError(f"not a model archive: {MANIFEST_PATH} is missing")
     try:
         raw = json.loads(manifest_file.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ArchiveError(f"{MANIFEST_PATH} is not valid JSON: {exc}") from exc
+        raise ArchiveError(f"{manifest_file.name} is not valid JSON: {exc}") from exc
+    if legacy:
+        return parse_manifest(translate_manifest(raw, model_dir), origin="legacy")
     return parse_manifest(raw)
 
 

@@ -16,9 +16,10 @@ from dms import __version__
 from dms.archive.manifest import MANIFEST_PATH
 from dms.errors import ArchiveError
 from dms.naming import validate_model_name, validate_model_version
+from dms.worker.handler_loader import BUILTIN_HANDLERS
 
 ArchiveFormat = Literal["default", "zip-store", "tgz", "no-archive"]
-BUILTIN_HANDLER_NAMES = {"image_classifier", "tensor", "object_detector", "image_segmenter", "text_classifier"}
+BUILTIN_HANDLER_NAMES = frozenset(BUILTIN_HANDLERS)
 
 
 @dataclass

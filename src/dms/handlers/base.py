@@ -41,13 +41,16 @@ class BaseHandler:
             declared=context.model_yaml_config,
         )
 
-    def preprocess(self, data: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    # Subclasses choose what flows between the steps (named arrays for most, one call per image for
+    # detectors), so the step types here are deliberately open.
+    def preprocess(self, data: list[dict[str, Any]]) -> Any:
         raise NotImplementedError
 
-    def inference(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self.runtime.run(feeds)
+    def inference(self, feeds: Any) -> Any:
+        result: dict[str, np.ndarray] = self.runtime.run(feeds)
+        return result
 
-    def postprocess(self, outputs: dict[str, np.ndarray]) -> list[Any]:
+    def postprocess(self, outputs: Any) -> list[Any]:
         raise NotImplementedError
 
     def handle(self, data: list[dict[str, Any]] | None, context: Context) -> list[Any] | None:

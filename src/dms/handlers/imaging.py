@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from dms.errors import InputError, PayloadTooLargeError
+from dms.errors import ArchiveError, InputError, PayloadTooLargeError
 
 DEFAULT_MAX_PIXELS = 40_000_000
 
@@ -83,3 +83,48 @@ def to_chw(
     scaled = array * np.float32(scale)
     normalised = (scaled - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
     return np.ascontiguousarray(normalised.transpose(2, 0, 1), dtype=np.float32)
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ImageRecipe:
+    """Decode → (resize → crop) → CHW float array, configured by a model config's ``handler:`` options.
+
+    Options: ``channel_order`` RGB/BGR/L, ``scale``, ``mean`` and ``std`` (one value or one per channel),
+    ``resize`` (short side; 0 keeps the size), ``input_size`` (centre crop; 0 keeps the size),
+    ``max_image_pixels`` (at most the server's cap). Each built-in handler passes its own defaults.
+    """
+
+    def __init__(self, options: dict[str, Any], server_max_pixels: int, **defaults: Any) -> None:
+        def option(name: str) -> Any:
+            return options.get(name, defaults.get(name))
+
+        self.channel_order = str(option("channel_order") or "RGB").upper()
+        if self.channel_order not in {"RGB", "BGR", "L"}:
+            raise ArchiveError("handler option channel_order must be RGB, BGR or L")
+        channels = 1 if self.channel_order == "L" else 3
+        self.scale = float(option("scale") if option("scale") is not None else 1 / 255)
+        self.mean = per_channel(option("mean") if option("mean") is not None else 0.0, channels, "mean")
+        self.std = per_channel(option("std") if option("std") is not None else 1.0, channels, "std")
+        self.resize = int(option("resize") or 0)
+        self.crop = int(option("input_size") or 0)
+        self.max_pixels = min(int(options.get("max_image_pixels", server_max_pixels)), server_max_pixels)
+
+    def array(self, payload: Any) -> np.ndarray:
+        image = decode_image(payload_bytes(payload), self.channel_order, self.max_pixels)
+        if self.resize:
+            image = resize_short_side(image, self.resize)
+        if self.crop:
+            image = center_crop(image, self.crop)
+        return to_chw(image, self.channel_order, self.scale, self.mean, self.std)
+
+
+def per_channel(value: Any, channels: int, name: str) -> list[float]:
+    values = [float(v) for v in value] if isinstance(value, list | tuple) else [float(value)]
+    if len(values) == 1:
+        values = values * channels
+    if len(values) != channels:
+        raise ArchiveError(f"handler option {name} needs {channels} values, got {len(values)}")
+    return values

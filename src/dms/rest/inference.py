@@ -1,4 +1,5 @@
-"""The inference API (port 8080): ``/ping``, ``/predictions/{model}[/{version}]``, its OpenAPI."""
+"""The inference API (port 8080): ``/ping``, ``/predictions/{model}[/{version}]``, its OpenAPI, the Open
+Inference Protocol and KServe v1 routes, and the original DMS ``/{model}/predict``."""
 
 from __future__ import annotations
 
@@ -58,6 +59,8 @@ def build_inference_app(dataplane: DataPlane, metrics: ServerMetrics, keys: KeyS
         Route("/", api_description, methods=["OPTIONS"]),
         *oip_routes(dataplane, metrics),
         *v1_routes(dataplane, metrics),
+        # The original DMS interface: multipart fields named by the archive's signature.json.
+        Route("/{model_name}/predict", predict, methods=["POST"]),
     ]
     middleware = []
     if keys is not None and dataplane.settings.inference_token_auth:

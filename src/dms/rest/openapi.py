@@ -124,6 +124,27 @@ def inference_openapi() -> dict[str, Any]:
             },
             "/predictions/{model_name}": predict_ops("predictions", [model]),
             "/predictions/{model_name}/{model_version}": predict_ops("versionPredictions", [model, version]),
+            "/{model_name}/predict": {
+                "post": {
+                    "operationId": "legacyPredict",
+                    "summary": "Run a prediction the original DMS way: multipart fields named by signature.json",
+                    "parameters": [model],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "multipart/form-data": {"schema": {"type": "object"}},
+                            "*/*": {"schema": {"type": "string", "format": "binary"}},
+                        },
+                    },
+                    "responses": {
+                        "200": _json(
+                            {"type": "object", "properties": {"prediction": {"type": "array"}}},
+                            "The model's prediction, e.g. top-5 classes and probabilities",
+                        ),
+                        **_errors(400, 404, 413, 500, 503, 504),
+                    },
+                }
+            },
             **oip_paths(),
         },
     )

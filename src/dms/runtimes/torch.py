@@ -42,6 +42,8 @@ class TorchRuntime:
 
 
 def _named(result: Any, names: list[str]) -> dict[str, np.ndarray]:
+    if isinstance(result, list | tuple) and len(result) == 1 and isinstance(result[0], dict):
+        result = result[0]  # a detector's one dict per image (torchvision style), for one image
     if isinstance(result, dict):
         return {str(k): v.detach().cpu().numpy() for k, v in result.items()}
     values = list(result) if isinstance(result, list | tuple) else [result]
@@ -72,11 +74,22 @@ def load_torch(
         platform = "pytorch_export"
     else:
         module = _eager_module(path, model_file)
-        inputs = _default_specs(1, "input")
+        inputs = _forward_inputs(module)
         platform = "pytorch"
     if options.get("compile"):
         module = torch.compile(module)
     return TorchRuntime(module, inputs, _default_specs(1, "output"), platform)
+
+
+def _forward_inputs(module: Any) -> list[TensorSpec]:
+    """One input per required positional parameter of ``forward`` (``input0`` when it takes ``*args``)."""
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    names = [
+        p.name
+        for p in inspect.signature(module.forward).parameters.values()
+        if p.kind in positional and p.default is inspect.Parameter.empty
+    ]
+    return [TensorSpec(name, "float32", None) for name in names] or _default_specs(1, "input")
 
 
 def _export_inputs(program: Any) -> list[TensorSpec]:

@@ -1,7 +1,8 @@
 """Resolve a manifest's ``handler`` into a callable ``handle(data, context)``.
 
 Accepted forms, as MMS 1.x and TorchServe accept them: a built-in name (``image_classifier``,
-``tensor``), a module file in the archive (``my_handler.py`` or ``my_handler``) that defines a
+``object_detector``, ``image_segmenter``, ``text_classifier``, ``tensor``, ``wrapper``,
+``legacy_vision``), a module file in the archive (``my_handler.py`` or ``my_handler``) that defines a
 ``handle`` function or exactly one handler class, or ``module:function`` / ``module:Class``.
 """
 
@@ -23,8 +24,12 @@ HandleFn = Callable[[Any, Context], Any]
 
 BUILTIN_HANDLERS: dict[str, str] = {
     "image_classifier": "dms.handlers.image_classifier:ImageClassifierHandler",
+    "object_detector": "dms.handlers.object_detector:ObjectDetectorHandler",
+    "image_segmenter": "dms.handlers.image_segmenter:ImageSegmenterHandler",
+    "text_classifier": "dms.handlers.text_classifier:TextClassifierHandler",
     "tensor": "dms.handlers.tensor:TensorHandler",
     "wrapper": "dms.handlers.wrapper:WrapperHandler",
+    "legacy_vision": "dms.handlers.legacy_vision:LegacyVisionHandler",
 }
 
 

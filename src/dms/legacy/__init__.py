@@ -1,0 +1,2 @@
+"""The original DMS interface: ``.model`` archives, ``deep-model-export``, ``deep-model-server``,
+``POST /{model}/predict``."""
