@@ -245,7 +245,7 @@ async def _load_startup_models(dataplane: DataPlane, settings: ServerSettings) -
 
     wanted = startup_models(settings, default_allowed=restored == 0)
     await asyncio.gather(*(load(name, url) for name, url in wanted))
-    dataplane.resume_snapshots()
+    dataplane.startup_complete()
 
 
 def _write_pid_file(pid_file: Path) -> None:

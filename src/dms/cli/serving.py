@@ -87,7 +87,7 @@ def settings_from_cli(kwargs: dict[str, Any]) -> tuple[ServerSettings, list[str]
         raise click.ClickException(f"invalid settings: {exc}") from exc
     argv = ["--config", str(config_file)] if config_file else []
     for key, value in overrides.items():
-        flag = "--" + key.replace("_", "-")
+        flag = _FLAG_NAMES.get(key, "--" + key.replace("_", "-"))
         if isinstance(value, bool):
             argv.append(_BOOL_FLAGS[key])
         elif isinstance(value, list):
@@ -100,6 +100,9 @@ def settings_from_cli(kwargs: dict[str, Any]) -> tuple[ServerSettings, list[str]
             argv += [flag, str(value)]
     return settings, argv
 
+
+_FLAG_NAMES = {"kill_after_s": "--killafter"}
+"""Settings whose command-line flag is not their name with dashes."""
 
 _BOOL_FLAGS = {
     "default_model": "--no-default-model",

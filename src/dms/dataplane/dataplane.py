@@ -36,7 +36,7 @@ class DataPlane:
         self._observers = observers
         self.registry = ModelRegistry()
         self._stopping = False
-        self._snapshot_paused = True  # until start-up models are in place
+        self._starting = True  # until start-up models are in place: not healthy, no snapshots
 
     # -- inference ----------------------------------------------------------------------------
     def submit(self, name: str, version: str | None, item: RequestItem) -> asyncio.Future[ResponseItem]:
@@ -56,7 +56,8 @@ class DataPlane:
             return version or ""
 
     def healthy(self) -> bool:
-        return all(model.pool.healthy for model in self.registry)
+        """Start-up models are registered and every model version has its workers."""
+        return not self._starting and all(model.pool.healthy for model in self.registry)
 
     # -- management ---------------------------------------------------------------------------
     async def register(
@@ -167,7 +168,7 @@ class DataPlane:
 
     # -- snapshots ----------------------------------------------------------------------------
     def _changed(self) -> None:
-        if self.settings.snapshot and not self._snapshot_paused and not self._stopping:
+        if self.settings.snapshot and not self._starting and not self._stopping:
             write_snapshot(self.settings.snapshot_file, self.snapshot_entries())
 
     def snapshot_entries(self) -> list[SnapshotEntry]:
@@ -211,9 +212,9 @@ class DataPlane:
                     self.registry.set_default(entry.name, entry.version)
         return restored
 
-    def resume_snapshots(self) -> None:
-        """Start writing snapshots (once start-up models are registered) and write one now."""
-        self._snapshot_paused = False
+    def startup_complete(self) -> None:
+        """Start-up models are registered: report healthy from now on, start writing snapshots, write one now."""
+        self._starting = False
         self._changed()
 
     async def _stop_model(self, model: ModelVersion, drain: bool) -> None:
