@@ -8,18 +8,22 @@ pip=(.venv/bin/python -m pip install -q)
 "${pip[@]}" --upgrade pip
 # torch first and pinned: installed later as a dependency it could pull a CUDA build.
 "${pip[@]}" torch==2.13.0
-"${pip[@]}" -e '.[all,test]'
+"${pip[@]}" -e '.[all,bench,test]'
 # The two peer archivers both ship a top-level `model_archiver` package, so each gets its own
 # folder; tests run them with PYTHONPATH pointing there.
 [ -d .tools/torch-model-archiver ] || "${pip[@]}" --target .tools/torch-model-archiver torch-model-archiver==0.12.0
 [ -d .tools/mms-model-archiver ] || "${pip[@]}" --target .tools/mms-model-archiver model-archiver==1.0.3
 
-# Browser tests drive Debian's Chromium (Playwright's own browser download is not used).
-if ! command -v chromium >/dev/null 2>&1; then
+# Debian tools the tests use for real: Chromium for the browser tests (Playwright's own browser
+# download is not used), curl and jq for the tutorials (run as written), wrk for the benchmark smoke run.
+missing=()
+for tool in chromium curl jq wrk; do command -v "$tool" >/dev/null 2>&1 || missing+=("$tool"); done
+if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-dejavu-core >/dev/null
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" fonts-dejavu-core >/dev/null
   else
-    echo "chromium is not installed and this user cannot apt-get it: the browser tests will skip" >&2
+    echo "missing ${missing[*]} and this user cannot apt-get them: the tests that need them will skip" >&2
   fi
 fi
 

@@ -1,0 +1,1 @@
+"""The benchmark harness: servers, load, peers' installs, report. Entry point: ``python -m bench.run``."""

@@ -1,0 +1,123 @@
+"""The results file: a Markdown table per scenario (median over rounds) and a PNG chart beside it."""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.harness.load import LoadResult
+
+
+@dataclass(frozen=True)
+class Row:
+    scenario: str
+    label: str
+    concurrency: int
+    result: LoadResult
+    cpu_us_per_request: float
+
+
+def medians(rows: list[Row], scenario: str) -> dict[str, dict[int, dict[str, float]]]:
+    grouped: dict[str, dict[int, list[Row]]] = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        if row.scenario == scenario:
+            grouped[row.label][row.concurrency].append(row)
+    return {
+        label: {
+            c: {
+                "rps": statistics.median(r.result.rps for r in runs),
+                "p50": statistics.median(r.result.p50_ms for r in runs),
+                "p99": statistics.median(r.result.p99_ms for r in runs),
+                "cpu": statistics.median(r.cpu_us_per_request for r in runs),
+                "min_rps": min(r.result.rps for r in runs),
+                "max_rps": max(r.result.rps for r in runs),
+            }
+            for c, runs in by_c.items()
+        }
+        for label, by_c in grouped.items()
+    }
+
+
+def _table(stats: dict[str, dict[int, dict[str, float]]]) -> list[str]:
+    concurrencies = sorted({c for by_c in stats.values() for c in by_c})
+    head = "| server | " + " | ".join(f"c={c} req/s (p50 / p99 ms) [CPU µs/req]" for c in concurrencies) + " |"
+    lines = [head, "|---|" + "---|" * len(concurrencies)]
+    for label, by_c in stats.items():
+        cells = []
+        for c in concurrencies:
+            s = by_c.get(c)
+            cells.append(f"{s['rps']:,.0f} ({s['p50']:.2f} / {s['p99']:.1f}) [{s['cpu']:.0f}]" if s else "-")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def write_report(out: Path, rows: list[Row], extras: dict[str, Any], machine: str, window: float, rounds: int) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lines = [
+        f"# Benchmark run of {out.stem}",
+        "",
+        f"Machine: {machine}. wrk pinned to core 1, one thread, {window:g} s windows after warm-up, "
+        f"{rounds} interleaved rounds (servers measured in turn each round; medians shown). Every answer was "
+        "checked (exact bytes for the tiny model, the top-1 label for SqueezeNet); a single wrong or non-2xx "
+        "answer fails the run. CPU µs/req: the server's processes' CPU time (all of them, workers and JVM "
+        "included) over the window, per request.",
+        "",
+    ]
+    for scenario, title in (
+        ("tiny", "Tiny model (16→4 float matmul, one JSON row per request)"),
+        ("squeezenet", "SqueezeNet ONNX on JPEGs (kitten.jpg, dog.jpg in turn), c=16"),
+        ("sweep", "Batching sweep, DMS, same tiny handler (batch size / max delay)"),
+    ):
+        stats = medians(rows, scenario)
+        if stats:
+            lines += [f"## {title}", "", *_table(stats), ""]
+    loops = extras.get("in_process_images_per_s")
+    if loops:
+        lines += [
+            f"In-process loop (same preprocessing + ONNX Runtime, 2 processes x 1 thread): "
+            f"{statistics.median(loops):,.1f} images/s (rounds: {', '.join(f'{v:,.1f}' for v in loops)}).",
+            "",
+        ]
+    startup = extras.get("startup") or {}
+    if startup:
+        lines += [
+            "## Cold start and idle memory (tiny model, 2 workers)",
+            "",
+            "| server | cold start s | idle RSS MiB |",
+            "|---|---|---|",
+        ]
+        for name, (cold, rss) in startup.items():
+            lines.append(f"| {name} | {cold:.2f} | {rss:,.0f} |")
+        lines.append("")
+    lines.append(f"Chart: `{out.with_suffix('.png').name}`.")
+    out.write_text("\n".join(lines) + "\n")
+    chart(out.with_suffix(".png"), rows)
+
+
+def chart(path: Path, rows: list[Row]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stats = medians(rows, "tiny")
+    if not stats:
+        return
+    concurrencies = sorted({c for by_c in stats.values() for c in by_c})
+    figure, (throughput, latency) = plt.subplots(1, 2, figsize=(13, 5))
+    width = 0.8 / max(1, len(stats))
+    for index, (label, by_c) in enumerate(stats.items()):
+        xs = [i + index * width for i in range(len(concurrencies))]
+        throughput.bar(xs, [by_c.get(c, {}).get("rps", 0) for c in concurrencies], width, label=label)
+        latency.bar(xs, [by_c.get(c, {}).get("p99", 0) for c in concurrencies], width, label=label)
+    for axis, title in ((throughput, "requests/s (higher is better)"), (latency, "p99 latency ms (lower is better)")):
+        axis.set_xticks([i + 0.4 - width / 2 for i in range(len(concurrencies))], [f"c={c}" for c in concurrencies])
+        axis.set_title(title)
+    throughput.legend(fontsize=7)
+    figure.suptitle("Tiny model: DMS, peers and the bare ceiling, side by side")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

@@ -1,0 +1,231 @@
+"""The servers of each scenario, with the same model logic in each: archives, configs, command lines."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from bench.handlers.tiny_handler import ROW, WEIGHTS
+from bench.harness.servers import Server
+
+HANDLERS = Path(__file__).resolve().parent.parent / "handlers"
+SQUEEZENET_OPTIONS = {
+    "channel_order": "BGR",
+    "resize": 256,
+    "input_size": 224,
+    "scale": 1.0,
+    "mean": [103.939, 116.779, 123.68],
+    "std": [1.0, 1.0, 1.0],
+    "apply_softmax": False,
+}
+TINY_BODY = json.dumps([ROW]).encode()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def write_tiny_onnx(path: Path) -> Path:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["y"])],
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        [numpy_helper.from_array(WEIGHTS, "W")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def dms_server(work: Path, models: dict[str, tuple[str, Path | None, dict[str, object]]], probe: str) -> Server:
+    """One DMS server; ``models`` maps a name to (handler, serialized file, model config)."""
+    import yaml
+
+    from dms.archive.writer import ArchiveSpec, write_archive
+
+    folder = work / "dms"
+    store = folder / "store"
+    store.mkdir(parents=True, exist_ok=True)
+    names = []
+    for name, (handler, serialized, config) in models.items():
+        config_file = folder / f"{name}.yaml"
+        config_file.write_text(yaml.safe_dump(config))
+        extra = (
+            [serialized.parent / "synset.txt"] if serialized and (serialized.parent / "synset.txt").is_file() else []
+        )
+        spec = ArchiveSpec(
+            model_name=name,
+            version="1.0",
+            handler=handler,
+            serialized_file=serialized,
+            config_file=config_file,
+            extra_files=extra,
+        )
+        write_archive(spec, store, force=True)
+        names.append(f"{name}={name}.mar")
+    port = free_port()
+    addresses = [f"127.0.0.1:{free_port()}" for _ in range(3)]
+    start = [
+        sys.executable,
+        "-m",
+        "dms",
+        "serve",
+        *("--model-store", str(store), "--models", *names),
+        *("--inference-address", f"127.0.0.1:{port}", "--management-address", addresses[0]),
+        *("--metrics-address", addresses[1], "--grpc-address", addresses[2]),
+        *("--state-dir", str(folder / "state"), "--no-default-model", "--no-snapshot", "--no-access-log"),
+    ]
+    return Server(
+        name="DMS",
+        start=start,
+        probe_url=f"http://127.0.0.1:{port}/predictions/{probe}",
+        probe_body=TINY_BODY,
+        probe_type="application/json",
+        marker=str(folder),
+        cwd=folder,
+        env={"DMS_ARCHIVE_CACHE_DIR": str(folder / "cache")},
+    )
+
+
+def bare_server(work: Path) -> Server:
+    folder = work / "bare"
+    folder.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    repo = HANDLERS.parent.parent
+    start = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "bench.handlers.bare_app:app",
+        *("--host", "127.0.0.1", "--port", str(port), "--workers", "2"),
+        *("--http", "httptools", "--loop", "uvloop", "--no-access-log", "--log-level", "warning"),
+        *("--app-dir", str(repo)),
+    ]
+    return Server(
+        name="bare ceiling",
+        start=start,
+        probe_url=f"http://127.0.0.1:{port}/predictions/tiny",
+        probe_body=TINY_BODY,
+        probe_type="application/json",
+        marker=f"--port {port}",
+        cwd=folder,
+        env={"PYTHONPATH": str(repo)},
+    )
+
+
+def torchserve_server(
+    work: Path,
+    bin_dir: Path,
+    name: str,
+    handler: Path,
+    extra: list[Path],
+    config: dict[str, object],
+    probe: bytes,
+    probe_type: str,
+) -> Server:
+    import yaml
+
+    folder = work / f"torchserve-{name}"
+    store = folder / "store"
+    store.mkdir(parents=True, exist_ok=True)
+    shutil.copy(handler, folder / handler.name)
+    (folder / "model-config.yaml").write_text(yaml.safe_dump(config))
+    archive = [
+        str(bin_dir / "torch-model-archiver"),
+        *("--model-name", name, "--version", "1.0", "--handler", handler.name),
+        *("--config-file", "model-config.yaml", "--export-path", str(store), "--force"),
+    ]
+    if extra:
+        archive += ["--extra-files", ",".join(str(p) for p in extra)]
+    import subprocess
+
+    subprocess.run(archive, cwd=folder, check=True, capture_output=True, timeout=300)
+    ports = [free_port() for _ in range(3)]
+    (folder / "config.properties").write_text(
+        "\n".join(
+            [
+                f"inference_address=http://127.0.0.1:{ports[0]}",
+                f"management_address=http://127.0.0.1:{ports[1]}",
+                f"metrics_address=http://127.0.0.1:{ports[2]}",
+                f"model_store={store}",
+                f"load_models={name}={name}.mar",
+                "async_logging=true",
+                "disable_token_authorization=true",
+                "",
+            ]
+        )
+    )
+    start = [
+        str(bin_dir / "torchserve"),
+        *("--start", "--foreground", "--ncs", "--disable-token-auth"),
+        *("--ts-config", str(folder / "config.properties"), "--model-store", str(store)),
+    ]
+    return Server(
+        name="TorchServe 0.12",
+        start=start,
+        probe_url=f"http://127.0.0.1:{ports[0]}/predictions/{name}",
+        probe_body=probe,
+        probe_type=probe_type,
+        marker=str(folder),
+        cwd=folder,
+        env={"PATH": f"{bin_dir}:/usr/bin:/bin", "LOG_LOCATION": str(folder / "logs")},
+    )
+
+
+def mms_server(work: Path, bin_dir: Path) -> Server:
+    import subprocess
+
+    folder = work / "mms"
+    source = folder / "model"
+    store = folder / "store"
+    source.mkdir(parents=True, exist_ok=True)
+    store.mkdir(parents=True, exist_ok=True)
+    shutil.copy(HANDLERS / "tiny_handler.py", source / "tiny_handler.py")
+    subprocess.run(
+        [
+            str(bin_dir / "model-archiver"),
+            *("--model-name", "tiny", "--model-path", str(source), "--handler", "tiny_handler:handle"),
+            *("--runtime", "python3", "--export-path", str(store), "--force"),
+        ],
+        cwd=folder,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    ports = [free_port() for _ in range(2)]
+    (folder / "config.properties").write_text(
+        f"inference_address=http://127.0.0.1:{ports[0]}\nmanagement_address=http://127.0.0.1:{ports[1]}\n"
+        "default_workers_per_model=2\n"
+    )
+    start = [
+        str(bin_dir / "multi-model-server"),
+        *("--start", "--foreground", "--mms-config", str(folder / "config.properties")),
+        *("--model-store", str(store), "--models", "tiny=tiny.mar"),
+    ]
+    return Server(
+        name="MMS 1.1",
+        start=start,
+        probe_url=f"http://127.0.0.1:{ports[0]}/predictions/tiny",
+        probe_body=TINY_BODY,
+        probe_type="application/json",
+        marker=str(folder),
+        cwd=folder,
+        env={"PATH": f"{bin_dir}:/usr/bin:/bin", "LOG_LOCATION": str(folder / "logs")},
+    )
+
+
+def tiny_reference() -> np.ndarray:
+    return np.asarray([ROW], dtype=np.float32) @ WEIGHTS

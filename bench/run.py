@@ -1,0 +1,318 @@
+"""Benchmark DMS against TorchServe 0.12, MMS 1.1, the bare HTTP ceiling and an in-process loop, side by side.
+
+    python -m bench.run                 # the full run (installs peers into throw-away venvs; ~20 min)
+    python -m bench.run --smoke         # seconds per scenario, correctness only (CI runs this)
+    python -m bench.run --no-peers      # DMS, the bare ceiling and the in-process loop only
+
+Results go to bench/results/<date>.md and a PNG chart beside it (unless --smoke).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import multiprocessing
+import platform
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+from bench.harness import load, peers, setups
+from bench.harness.report import Row, write_report
+from bench.harness.servers import Server
+
+ROOT = Path(__file__).resolve().parent
+SHARED = ROOT.parent.parent / "shared"
+
+
+@dataclass
+class Plan:
+    window_s: float
+    warmup_s: float
+    concurrencies: list[int]
+    rounds: int
+    peers: bool
+    sweep: list[tuple[int, int]]
+
+
+def plan_from(args: argparse.Namespace) -> Plan:
+    if args.smoke:
+        return Plan(1.0, 0.5, [1, 16], 1, args.peers, [(8, 5)])
+    return Plan(args.window, 5.0, [1, 16, 64], args.rounds, args.peers, [(b, d) for b in (1, 4, 8, 16) for d in (1, 5)])
+
+
+def tiny_target(server: Server, url: str, body: bytes, content_type: str, headers=()) -> load.Target:
+    """Probe once, check the answer against numpy, and accept exactly that body from then on."""
+    import httpx
+
+    answer = httpx.post(url, content=body, headers={"Content-Type": content_type, **dict(headers)}, timeout=30)
+    assert answer.status_code == 200, f"{server.name} {url}: {answer.status_code} {answer.text[:300]}"
+    parsed = json.loads(answer.content)
+    values = parsed["outputs"][0]["data"] if isinstance(parsed, dict) else parsed
+    np.testing.assert_array_equal(np.asarray(values, dtype=np.float32).reshape(1, 4), setups.tiny_reference())
+    return load.Target(url, [body], content_type, [answer.content], True, tuple(headers))
+
+
+def measure(server: Server, target: load.Target, label: str, plan: Plan, work: Path, rows: list[Row], scenario: str):
+    script = load.write_script(target, work / f"{abs(hash((label, target.url)))}.lua")
+    for concurrency in plan.concurrencies:
+        cpu_before = server.cpu_seconds()
+        result = load.run_wrk(script, target.url, concurrency, plan.window_s, cpu=1)
+        cpu = server.cpu_seconds() - cpu_before
+        if result.bad or result.socket_errors:
+            raise AssertionError(
+                f"{label} c={concurrency}: {result.bad} wrong or non-2xx answers, {result.socket_errors} socket errors"
+            )
+        rows.append(Row(scenario, label, concurrency, result, cpu / max(1, result.requests) * 1e6))
+        print(
+            f"  {label:<38} c={concurrency:<3} {result.rps:>9,.0f} req/s  p50 {result.p50_ms:6.2f} ms  "
+            f"p99 {result.p99_ms:7.2f} ms  {rows[-1].cpu_us_per_request:7.0f} µs CPU/req",
+            flush=True,
+        )
+
+
+def warm(target: load.Target, seconds: float, work: Path) -> None:
+    script = load.write_script(target, work / "warm.lua")
+    load.run_wrk(script, target.url, 16, seconds, cpu=1)
+
+
+def tiny_scenario(plan: Plan, work: Path, rows: list[Row], extras: dict[str, object]) -> None:
+    onnx_file = setups.write_tiny_onnx(work / "tiny.onnx")
+    batching = {"initial_workers": 2, "batch_size": 8, "max_batch_delay_ms": 5}
+    handler = str(setups.HANDLERS / "tiny_handler.py")
+    dms = setups.dms_server(
+        work, {"tiny": (handler, None, batching), "lin": ("tensor", onnx_file, batching)}, probe="tiny"
+    )
+    servers: list[tuple[Server, list[tuple[str, load.Target]]]] = []
+    startups: dict[str, tuple[float, float]] = {}
+    try:
+        cold = dms.launch()
+        startups["DMS"] = (cold, dms.rss_mib())
+        base = dms.probe_url.rsplit("/predictions/", 1)[0]
+        header = json.dumps(
+            {"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32", "parameters": {"binary_data_size": 64}}]}
+        ).encode()
+        binary = header + np.asarray([setups.ROW], dtype=np.float32).tobytes()
+        oip_json = json.dumps({"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32", "data": setups.ROW}]})
+        servers.append(
+            (
+                dms,
+                [
+                    (
+                        "DMS /predictions (same handler)",
+                        tiny_target(dms, dms.probe_url, setups.TINY_BODY, "application/json"),
+                    ),
+                    (
+                        "DMS /predictions (ONNX, tensor)",
+                        tiny_target(dms, f"{base}/predictions/lin", setups.TINY_BODY, "application/json"),
+                    ),
+                    (
+                        "DMS OIP REST JSON (ONNX)",
+                        tiny_target(dms, f"{base}/v2/models/lin/infer", oip_json.encode(), "application/json"),
+                    ),
+                    (
+                        "DMS OIP REST binary (ONNX)",
+                        tiny_target(
+                            dms,
+                            f"{base}/v2/models/lin/infer",
+                            binary,
+                            "application/octet-stream",
+                            (("Inference-Header-Content-Length", str(len(header))),),
+                        ),
+                    ),
+                ],
+            )
+        )
+        bare = setups.bare_server(work)
+        bare.launch()
+        servers.append(
+            (
+                bare,
+                [
+                    (
+                        "bare ceiling (uvicorn, 2 processes)",
+                        tiny_target(bare, bare.probe_url, setups.TINY_BODY, "application/json"),
+                    )
+                ],
+            )
+        )
+        if plan.peers:
+            ts_bin = peers.torchserve_env(work.parent / "peer-venvs")
+            ts_config = {"minWorkers": 2, "maxWorkers": 2, "batchSize": 8, "maxBatchDelay": 5}
+            ts = setups.torchserve_server(
+                work,
+                ts_bin,
+                "tiny",
+                setups.HANDLERS / "tiny_handler.py",
+                [],
+                ts_config,
+                setups.TINY_BODY,
+                "application/json",
+            )
+            startups["TorchServe 0.12"] = (ts.launch(), ts.rss_mib())
+            ts_target = tiny_target(ts, ts.probe_url, setups.TINY_BODY, "application/json")
+            warm(ts_target, 30 if plan.window_s > 2 else 1, work)  # the JVM's JIT settles first
+            servers.append((ts, [("TorchServe 0.12 (batch 8 / 5 ms)", ts_target)]))
+            mms_bin = peers.mms_env(work.parent / "peer-venvs")
+            mms = setups.mms_server(work, mms_bin)
+            startups["MMS 1.1"] = (mms.launch(), mms.rss_mib())
+            mms_target = tiny_target(mms, mms.probe_url, setups.TINY_BODY, "application/json")
+            warm(mms_target, 15 if plan.window_s > 2 else 1, work)
+            servers.append((mms, [("MMS 1.1 (no batching)", mms_target)]))
+        extras["startup"] = startups
+        for _, targets in servers:
+            for _, target in targets:
+                warm(target, plan.warmup_s, work)
+        for round_index in range(plan.rounds):
+            print(f"tiny model, round {round_index + 1}", flush=True)
+            for server, targets in servers:
+                for label, target in targets:
+                    measure(server, target, label, plan, work, rows, "tiny")
+    finally:
+        for server, _ in servers:
+            server.stop()
+        dms.stop()
+
+
+def sweep_scenario(plan: Plan, work: Path, rows: list[Row]) -> None:
+    handler = str(setups.HANDLERS / "tiny_handler.py")
+    for batch, delay in plan.sweep:
+        folder = work / f"sweep-{batch}-{delay}"
+        folder.mkdir()
+        config = {"initial_workers": 2, "batch_size": batch, "max_batch_delay_ms": delay}
+        server = setups.dms_server(folder, {"tiny": (handler, None, config)}, probe="tiny")
+        try:
+            server.launch()
+            target = tiny_target(server, server.probe_url, setups.TINY_BODY, "application/json")
+            warm(target, plan.warmup_s, folder)
+            measure(server, target, f"DMS batch {batch} / {delay} ms", plan, folder, rows, "sweep")
+        finally:
+            server.stop()
+
+
+def _loop_worker(images: list[bytes], seconds: float, model: str, counter) -> None:
+    import onnxruntime
+
+    from dms.handlers.imaging import ImageRecipe
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    session = onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    recipe = ImageRecipe(setups.SQUEEZENET_OPTIONS, 40_000_000)
+    name = session.get_inputs()[0].name
+    done, index = 0, 0
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        array = recipe.array(images[index % len(images)])[None]
+        scores = session.run(None, {name: array})[0].reshape(-1)
+        np.argsort(-scores)[:5]
+        done += 1
+        index += 1
+    with counter.get_lock():
+        counter.value += done
+
+
+def in_process_loop(images: list[bytes], seconds: float, model: Path, processes: int = 2) -> float:
+    counter = multiprocessing.Value("i", 0)
+    workers = [
+        multiprocessing.Process(target=_loop_worker, args=(images, seconds, str(model), counter))
+        for _ in range(processes)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return counter.value / seconds
+
+
+def squeezenet_scenario(plan: Plan, work: Path, rows: list[Row], extras: dict[str, object]) -> None:
+    model = SHARED / "models" / "squeezenet" / "squeezenet_v1.1.onnx"
+    photos = [SHARED / "images" / "kitten.jpg", SHARED / "images" / "dog.jpg"]
+    if not model.is_file() or not all(p.is_file() for p in photos):
+        print(f"SqueezeNet scenario skipped: {model} or the photos are missing", flush=True)
+        return
+    images = [p.read_bytes() for p in photos]
+    markers = [b"Egyptian cat", b"Great Pyrenees"]
+    folder = work / "squeezenet"
+    folder.mkdir()
+    config = {"initial_workers": 2, "batch_size": 4, "max_batch_delay_ms": 5, "handler": setups.SQUEEZENET_OPTIONS}
+    dms = setups.dms_server(folder, {"squeezenet": ("image_classifier", model, config)}, probe="squeezenet")
+    dms.probe_body, dms.probe_type = images[0], "image/jpeg"
+    servers = []
+    plan_c16 = Plan(plan.window_s, plan.warmup_s, [16], plan.rounds, plan.peers, [])
+    try:
+        dms.launch()
+        servers.append((dms, "DMS image_classifier"))
+        if plan.peers:
+            ts_bin = peers.torchserve_env(work.parent / "peer-venvs")
+            ts = setups.torchserve_server(
+                folder,
+                ts_bin,
+                "squeezenet",
+                setups.HANDLERS / "squeezenet_ts_handler.py",
+                [model, model.parent / "synset.txt"],
+                {"minWorkers": 2, "maxWorkers": 2},
+                images[0],
+                "image/jpeg",
+            )
+            ts.launch()
+            servers.append((ts, "TorchServe 0.12 (same preprocessing)"))
+        targets = [
+            (s, label, load.Target(s.probe_url, images, "image/jpeg", markers, whole=False)) for s, label in servers
+        ]
+        for _, _, target in targets:
+            warm(target, max(plan.warmup_s, 2 if plan.window_s < 2 else 15), folder)
+        loops = []
+        for round_index in range(plan.rounds):
+            print(f"SqueezeNet, round {round_index + 1}", flush=True)
+            loops.append(in_process_loop(images, plan.window_s, model))
+            print(f"  in-process loop (2 processes)          {loops[-1]:>9,.1f} images/s", flush=True)
+            for server, label, target in targets:
+                measure(server, target, label, plan_c16, folder, rows, "squeezenet")
+        extras["in_process_images_per_s"] = loops
+    finally:
+        for server, _ in servers:
+            server.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="a few seconds per scenario; correctness only")
+    parser.add_argument("--no-peers", dest="peers", action="store_false", help="skip TorchServe and MMS")
+    parser.add_argument("--window", type=float, default=15.0, help="seconds per measurement [15]")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds [2]")
+    parser.add_argument("--scenarios", default="tiny,squeezenet,sweep", help="comma-separated [all three]")
+    parser.add_argument("--out", type=Path, help="report path [bench/results/<date>.md]")
+    args = parser.parse_args()
+    plan = plan_from(args)
+    peers.ensure_tools(java=plan.peers)
+    rows: list[Row] = []
+    extras: dict[str, object] = {}
+    wanted = args.scenarios.split(",")
+    with tempfile.TemporaryDirectory(prefix="dms-bench-") as temp:
+        work = Path(temp) / "run"
+        work.mkdir()
+        if "tiny" in wanted:
+            tiny_scenario(plan, work, rows, extras)
+        if "squeezenet" in wanted:
+            squeezenet_scenario(plan, work, rows, extras)
+        if "sweep" in wanted:
+            sweep_scenario(plan, work, rows)
+    memory = psutil.virtual_memory().total / 2**30
+    machine = f"{platform.machine()}, {psutil.cpu_count()} cores, {memory:.0f} GiB, {platform.platform()}"
+    if args.smoke:
+        print(f"smoke run passed: {len(rows)} measurements, every answer checked", flush=True)
+        return
+    out = args.out or ROOT / "results" / f"{datetime.date.today().isoformat()}.md"
+    write_report(out, rows, extras, machine, plan.window_s, plan.rounds)
+    print(f"wrote {out} and {out.with_suffix('.png')}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
