@@ -142,7 +142,7 @@ def tiny_scenario(plan: Plan, work: Path, rows: list[Row], extras: dict[str, obj
             )
         )
         if plan.peers:
-            ts_bin = peers.torchserve_env(work.parent / "peer-venvs")
+            ts_bin = peers.torchserve_env(peers.VENVS)
             ts_config = {"minWorkers": 2, "maxWorkers": 2, "batchSize": 8, "maxBatchDelay": 5}
             ts = setups.torchserve_server(
                 work,
@@ -158,7 +158,7 @@ def tiny_scenario(plan: Plan, work: Path, rows: list[Row], extras: dict[str, obj
             ts_target = tiny_target(ts, ts.probe_url, setups.TINY_BODY, "application/json")
             warm(ts_target, 30 if plan.window_s > 2 else 1, work)  # the JVM's JIT settles first
             servers.append((ts, [("TorchServe 0.12 (batch 8 / 5 ms)", ts_target)]))
-            mms_bin = peers.mms_env(work.parent / "peer-venvs")
+            mms_bin = peers.mms_env(peers.VENVS)
             mms = setups.mms_server(work, mms_bin)
             startups["MMS 1.1"] = (mms.launch(), mms.rss_mib())
             mms_target = tiny_target(mms, mms.probe_url, setups.TINY_BODY, "application/json")
@@ -250,7 +250,7 @@ def squeezenet_scenario(plan: Plan, work: Path, rows: list[Row], extras: dict[st
         dms.launch()
         servers.append((dms, "DMS image_classifier"))
         if plan.peers:
-            ts_bin = peers.torchserve_env(work.parent / "peer-venvs")
+            ts_bin = peers.torchserve_env(peers.VENVS)
             ts = setups.torchserve_server(
                 folder,
                 ts_bin,
@@ -289,6 +289,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds [2]")
     parser.add_argument("--scenarios", default="tiny,squeezenet,sweep", help="comma-separated [all three]")
     parser.add_argument("--out", type=Path, help="report path [bench/results/<date>.md]")
+    parser.add_argument("--workdir", type=Path, help="keep archives and server logs here [a temp folder]")
     args = parser.parse_args()
     plan = plan_from(args)
     peers.ensure_tools(java=plan.peers)
@@ -296,8 +297,8 @@ def main() -> None:
     extras: dict[str, object] = {}
     wanted = args.scenarios.split(",")
     with tempfile.TemporaryDirectory(prefix="dms-bench-") as temp:
-        work = Path(temp) / "run"
-        work.mkdir()
+        work = (args.workdir or Path(temp)) / "run"
+        work.mkdir(parents=True)
         if "tiny" in wanted:
             tiny_scenario(plan, work, rows, extras)
         if "squeezenet" in wanted:

@@ -6,9 +6,12 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 TORCH = "torch==2.13.0"
+VENVS = Path(tempfile.gettempdir()) / "dms-bench-peers"
+"""Throw-away venvs, kept between runs under the temp folder (delete it to reinstall)."""
 TORCHSERVE = ["torchserve==0.12.0", "torch-model-archiver==0.12.0", "pyyaml", "numpy", "onnxruntime", "pillow"]
 MMS = ["multi-model-server==1.1.11", "model-archiver==1.0.3", "numpy", "onnxruntime", "pillow"]
 

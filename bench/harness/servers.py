@@ -37,7 +37,7 @@ class Server:
 
     def launch(self, timeout_s: float = 300.0) -> float:
         """Start it and return the seconds until the first successful answer (the cold start)."""
-        log = (self.log or self.cwd / f"{self.name}.log").open("ab")
+        log = (self.log or self.cwd / "server.log").open("ab")
         began = time.perf_counter()
         self.process = subprocess.Popen(
             self.start,

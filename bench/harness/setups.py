@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import socket
 import sys
@@ -27,10 +28,16 @@ TINY_BODY = json.dumps([ROW]).encode()
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+    """A free port below the ephemeral range: MMS refuses ports it considers invalid, such as 42513."""
+    for _ in range(1000):
+        port = random.randint(20000, 30000)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port between 20000 and 30000")
 
 
 def write_tiny_onnx(path: Path) -> Path:
@@ -181,8 +188,14 @@ def torchserve_server(
         probe_type=probe_type,
         marker=str(folder),
         cwd=folder,
-        env={"PATH": f"{bin_dir}:/usr/bin:/bin", "LOG_LOCATION": str(folder / "logs")},
+        env=_peer_env(bin_dir, folder),
     )
+
+
+def _peer_env(bin_dir: Path, folder: Path) -> dict[str, str]:
+    """TorchServe and MMS both keep a pid file in the temp folder: one each, so they can run side by side."""
+    (folder / "tmp").mkdir(exist_ok=True)
+    return {"PATH": f"{bin_dir}:/usr/bin:/bin", "LOG_LOCATION": str(folder / "logs"), "TMPDIR": str(folder / "tmp")}
 
 
 def mms_server(work: Path, bin_dir: Path) -> Server:
@@ -223,7 +236,7 @@ def mms_server(work: Path, bin_dir: Path) -> Server:
         probe_type="application/json",
         marker=str(folder),
         cwd=folder,
-        env={"PATH": f"{bin_dir}:/usr/bin:/bin", "LOG_LOCATION": str(folder / "logs")},
+        env=_peer_env(bin_dir, folder),
     )
 
 
