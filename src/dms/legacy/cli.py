@@ -44,6 +44,11 @@ def export_command(
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve /{model}/predict on.")
 @click.option("--port", type=int, default=8080, show_default=True)
 @click.option("--state-dir", type=click.Path(path_type=Path), help="Pid, key and log files [~/.dms].")
+@click.option(
+    "--allowed-urls",
+    multiple=True,
+    help="Regex a remote .model URL must match (repeatable); none are fetched otherwise.",
+)
 @click.pass_context
 def server_command(
     ctx: click.Context, /, models: tuple[str, ...], extra_models: tuple[str, ...], **kwargs: Any
@@ -56,6 +61,7 @@ def server_command(
         host=kwargs["host"],
         port=kwargs["port"],
         state_dir=kwargs["state_dir"],
+        allowed_urls=kwargs["allowed_urls"],
         no_default_model=True,
         no_snapshot=True,
     )
