@@ -9,7 +9,7 @@ the server's metrics and access log.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -22,6 +22,34 @@ from dms.rest.common import read_body, until_answered_or_gone
 from dms.rest.compression import decode_content, encode_content
 
 ErrorFormat = Callable[[DMSError], Response]
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def forwarding_endpoint(
+    dataplane: DataPlane,
+    metrics: ServerMetrics,
+    *,
+    protocol: str,
+    on_error: ErrorFormat,
+    compression: bool = False,
+    pass_query: bool = False,
+) -> Endpoint:
+    """A route handler forwarding to the path's ``model_name`` (and ``model_version``, when the path has one)."""
+
+    async def endpoint(request: Request) -> Response:
+        return await forward(
+            request,
+            dataplane,
+            metrics,
+            protocol=protocol,
+            name=request.path_params["model_name"],
+            version=request.path_params.get("model_version"),
+            on_error=on_error,
+            query=request.query_params.multi_items() if pass_query else None,
+            compression=compression,
+        )
+
+    return endpoint
 
 
 async def forward(

@@ -16,7 +16,7 @@ from dms.observability.metrics import ServerMetrics
 from dms.rest.auth import TokenAuthMiddleware
 from dms.rest.common import json_response
 from dms.rest.errors import EXCEPTION_HANDLERS, error_response
-from dms.rest.forwarding import forward
+from dms.rest.forwarding import forwarding_endpoint
 from dms.rest.kserve_v1 import v1_routes
 from dms.rest.oip import oip_routes
 from dms.rest.openapi import inference_openapi, with_bearer_auth
@@ -32,17 +32,7 @@ def build_inference_app(dataplane: DataPlane, metrics: ServerMetrics, keys: KeyS
             return json_response({"status": "Healthy"})
         return json_response({"status": "Unhealthy"}, status=500)
 
-    async def predict(request: Request) -> Response:
-        return await forward(
-            request,
-            dataplane,
-            metrics,
-            protocol=PROTOCOL_RAW,
-            name=request.path_params["model_name"],
-            version=request.path_params.get("model_version"),
-            on_error=error_response,
-            query=request.query_params.multi_items(),
-        )
+    predict = forwarding_endpoint(dataplane, metrics, protocol=PROTOCOL_RAW, on_error=error_response, pass_query=True)
 
     document = inference_openapi()
     if keys is not None and dataplane.settings.inference_token_auth:

@@ -11,7 +11,7 @@ from dms.dataplane.queries import model_ready
 from dms.engine.messages import PROTOCOL_V1
 from dms.observability.metrics import ServerMetrics
 from dms.rest.common import json_response
-from dms.rest.forwarding import forward
+from dms.rest.forwarding import forwarding_endpoint
 from dms.rest.oip import oip_error, protocol_errors
 
 
@@ -23,16 +23,7 @@ def v1_routes(dataplane: DataPlane, metrics: ServerMetrics) -> list[Route]:
         name = request.path_params["model_name"]
         return json_response({"name": name, "ready": model_ready(dataplane, name, None)})
 
-    async def predict(request: Request) -> Response:
-        return await forward(
-            request,
-            dataplane,
-            metrics,
-            protocol=PROTOCOL_V1,
-            name=request.path_params["model_name"],
-            version=None,
-            on_error=oip_error,
-        )
+    predict = forwarding_endpoint(dataplane, metrics, protocol=PROTOCOL_V1, on_error=oip_error)
 
     return [
         Route("/v1/models", protocol_errors(list_models), methods=["GET"]),

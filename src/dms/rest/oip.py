@@ -17,7 +17,7 @@ from dms.errors import DMSError
 from dms.observability.metrics import ServerMetrics
 from dms.rest.common import json_response
 from dms.rest.errors import HTTP_STATUS
-from dms.rest.forwarding import forward
+from dms.rest.forwarding import forwarding_endpoint
 
 EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics", "kserve_v1"]
 
@@ -63,17 +63,7 @@ def oip_routes(dataplane: DataPlane, metrics: ServerMetrics) -> list[Route]:
         p = request.path_params
         return json_response({"model_stats": statistics(dataplane, p.get("model_name"), p.get("model_version"))})
 
-    async def infer(request: Request) -> Response:
-        return await forward(
-            request,
-            dataplane,
-            metrics,
-            protocol=PROTOCOL_V2_REST,
-            name=request.path_params["model_name"],
-            version=request.path_params.get("model_version"),
-            on_error=oip_error,
-            compression=True,
-        )
+    infer = forwarding_endpoint(dataplane, metrics, protocol=PROTOCOL_V2_REST, on_error=oip_error, compression=True)
 
     base = "/v2/models/{model_name}"
     versioned = base + "/versions/{model_version}"
