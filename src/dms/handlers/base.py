@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from dms.errors import ArchiveError, InputError
+from dms.handlers.imaging import DEFAULT_MAX_PIXELS, ImageRecipe
 from dms.runtimes import Runtime, load_runtime
 from dms.worker.context import Context
 
@@ -40,6 +41,10 @@ class BaseHandler:
             model_file=self.model_dir / str(model_file) if model_file else None,
             declared=context.model_yaml_config,
         )
+
+    def image_recipe(self, **defaults: Any) -> ImageRecipe:
+        """The model config's image options over ``defaults``, capped by the server's ``max_image_pixels``."""
+        return ImageRecipe(self.options, int(self.limits.get("max_image_pixels", DEFAULT_MAX_PIXELS)), **defaults)
 
     # Subclasses choose what flows between the steps (named arrays for most, one call per image for
     # detectors), so the step types here are deliberately open.

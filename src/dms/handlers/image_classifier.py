@@ -17,7 +17,8 @@ import numpy as np
 
 from dms.errors import ArchiveError
 from dms.handlers.base import BaseHandler, request_payload
-from dms.handlers.imaging import DEFAULT_MAX_PIXELS, IMAGENET_MEAN, IMAGENET_STD, ImageRecipe
+from dms.handlers.imaging import IMAGENET_MEAN, IMAGENET_STD
+from dms.handlers.scores import ranked
 from dms.worker.context import Context
 
 _WNID = re.compile(r"^n\d{8}\s+")
@@ -45,10 +46,8 @@ class ImageClassifierHandler(BaseHandler):
     def initialize(self, context: Context) -> None:
         super().initialize(context)
         opts = self.options
-        self.recipe = ImageRecipe(
-            opts,
-            int(self.limits.get("max_image_pixels", DEFAULT_MAX_PIXELS)),
-            **{"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), **self.recipe_defaults},
+        self.recipe = self.image_recipe(
+            **{"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), **self.recipe_defaults}
         )
         self.apply_softmax = bool(opts.get("apply_softmax", True))
         self.topk = int(opts.get("topk", 5))
@@ -68,19 +67,4 @@ class ImageClassifierHandler(BaseHandler):
 
     def top_classes(self, outputs: dict[str, np.ndarray]) -> list[list[tuple[int, float]]]:
         """Per request, the top-k (class index, probability) pairs, best first."""
-        scores = next(iter(outputs.values()))
-        scores = scores.reshape(scores.shape[0], -1).astype(np.float64)
-        if self.apply_softmax:
-            scores = softmax(scores, axis=1)
-        k = min(self.topk, scores.shape[1])
-        results = []
-        for row in scores:
-            top = np.argsort(-row, kind="stable")[:k]
-            results.append([(int(i), float(row[i])) for i in top])
-        return results
-
-
-def softmax(scores: np.ndarray, axis: int) -> np.ndarray:
-    shifted = np.exp(scores - scores.max(axis=axis, keepdims=True))
-    normalised: np.ndarray = shifted / shifted.sum(axis=axis, keepdims=True)
-    return normalised
+        return ranked(next(iter(outputs.values())), self.topk, self.apply_softmax)

@@ -17,8 +17,8 @@ import numpy as np
 
 from dms.errors import HandlerError
 from dms.handlers.base import BaseHandler, request_payload
-from dms.handlers.image_classifier import softmax
-from dms.handlers.imaging import DEFAULT_MAX_PIXELS, IMAGENET_MEAN, IMAGENET_STD, ImageRecipe
+from dms.handlers.imaging import IMAGENET_MEAN, IMAGENET_STD
+from dms.handlers.scores import softmax
 from dms.worker.context import Context
 
 
@@ -26,12 +26,7 @@ class ImageSegmenterHandler(BaseHandler):
     def initialize(self, context: Context) -> None:
         super().initialize(context)
         opts = self.options
-        self.recipe = ImageRecipe(
-            opts,
-            int(self.limits.get("max_image_pixels", DEFAULT_MAX_PIXELS)),
-            mean=list(IMAGENET_MEAN),
-            std=list(IMAGENET_STD),
-        )
+        self.recipe = self.image_recipe(mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD))
         self.output = str(opts.get("output", "out"))
         self.apply_softmax = bool(opts.get("apply_softmax", True))
         spec = self.runtime.inputs[0]

@@ -20,7 +20,6 @@ import numpy as np
 from dms.errors import HandlerError
 from dms.handlers.base import BaseHandler, request_payload
 from dms.handlers.image_classifier import load_labels
-from dms.handlers.imaging import DEFAULT_MAX_PIXELS, ImageRecipe
 from dms.worker.context import Context
 
 
@@ -28,7 +27,7 @@ class ObjectDetectorHandler(BaseHandler):
     def initialize(self, context: Context) -> None:
         super().initialize(context)
         opts = self.options
-        self.recipe = ImageRecipe(opts, int(self.limits.get("max_image_pixels", DEFAULT_MAX_PIXELS)))
+        self.recipe = self.image_recipe()
         self.threshold = float(opts.get("threshold", 0.5))
         self.output_names = [
             str(opts.get("boxes_output", "boxes")),

@@ -26,7 +26,8 @@ import numpy as np
 
 from dms.errors import ArchiveError, InputError
 from dms.handlers.base import BaseHandler, request_payload
-from dms.handlers.image_classifier import load_labels, softmax
+from dms.handlers.image_classifier import load_labels
+from dms.handlers.scores import ranked
 from dms.worker.context import Context
 
 _TAG = re.compile(r"<[^>]*>")
@@ -115,16 +116,10 @@ class TextClassifierHandler(BaseHandler):
         return {self.input_names[0]: padded}
 
     def postprocess(self, outputs: dict[str, np.ndarray]) -> list[Any]:
-        scores = next(iter(outputs.values())).astype(np.float64)
-        scores = scores.reshape(scores.shape[0], -1)
-        if self.apply_softmax:
-            scores = softmax(scores, axis=1)
-        k = self.topk or scores.shape[1]
-        results = []
-        for row in scores:
-            top = np.argsort(-row, kind="stable")[:k]
-            results.append({self.labels.get(int(i), str(int(i))): float(row[i]) for i in top})
-        return results
+        return [
+            {self.labels.get(index, str(index)): probability for index, probability in row}
+            for row in ranked(next(iter(outputs.values())), self.topk or None, self.apply_softmax)
+        ]
 
 
 def _text(payload: Any) -> str:
