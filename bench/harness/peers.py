@@ -3,6 +3,7 @@ each in a throw-away venv (torch from its pinned local wheel first, so nothing p
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -25,8 +26,6 @@ def apt_install(*packages: str) -> None:
 
 
 def _is_root() -> bool:
-    import os
-
     return os.geteuid() == 0
 
 

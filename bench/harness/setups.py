@@ -6,10 +6,12 @@ import json
 import random
 import shutil
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from bench.handlers.tiny_handler import ROW, WEIGHTS
 from bench.harness.servers import Server
@@ -59,8 +61,6 @@ def write_tiny_onnx(path: Path) -> Path:
 
 def dms_server(work: Path, models: dict[str, tuple[str, Path | None, dict[str, object]]], probe: str) -> Server:
     """One DMS server; ``models`` maps a name to (handler, serialized file, model config)."""
-    import yaml
-
     from dms.archive.writer import ArchiveSpec, write_archive
 
     folder = work / "dms"
@@ -143,8 +143,6 @@ def torchserve_server(
     probe: bytes,
     probe_type: str,
 ) -> Server:
-    import yaml
-
     folder = work / f"torchserve-{name}"
     store = folder / "store"
     store.mkdir(parents=True, exist_ok=True)
@@ -157,8 +155,6 @@ def torchserve_server(
     ]
     if extra:
         archive += ["--extra-files", ",".join(str(p) for p in extra)]
-    import subprocess
-
     subprocess.run(archive, cwd=folder, check=True, capture_output=True, timeout=300)
     ports = [free_port() for _ in range(3)]
     (folder / "config.properties").write_text(
@@ -199,8 +195,6 @@ def _peer_env(bin_dir: Path, folder: Path) -> dict[str, str]:
 
 
 def mms_server(work: Path, bin_dir: Path) -> Server:
-    import subprocess
-
     folder = work / "mms"
     source = folder / "model"
     store = folder / "store"

@@ -7,7 +7,7 @@ import io
 import json
 import shutil
 import sys
-import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -77,17 +77,8 @@ def server(tmp_path_factory: pytest.TempPathFactory):
 
 def concurrently(server, model: str, bodies: list[bytes]) -> list:
     """Send the bodies at once, so that the batcher groups them; answers in the bodies' order."""
-    answers: list = [None] * len(bodies)
-
-    def send(index: int) -> None:
-        answers[index] = server.predict(model, bodies[index])
-
-    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(bodies))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return answers
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        return list(pool.map(lambda body: server.predict(model, body), bodies))
 
 
 def test_object_detector_answers_labelled_boxes_above_the_threshold(server):

@@ -20,10 +20,16 @@ from tests.support import FIXTURES, REPO, DmsServer, running_server
 TOOLS = Path(os.environ.get("DMS_TEST_TOOLS", REPO / ".tools"))
 
 
-def archiver(tool: str, *args: str, cwd: Path) -> None:
+def tool_folder(tool: str) -> Path:
+    """Where scripts/test.sh installed a peer archiver, or skip the test naming the missing folder."""
     folder = TOOLS / tool
     if not folder.is_dir():
         pytest.skip(f"needs {folder} (installed by scripts/test.sh), which is missing")
+    return folder
+
+
+def archiver(tool: str, *args: str, cwd: Path) -> None:
+    folder = tool_folder(tool)
     command = folder / "bin" / ("torch-model-archiver" if tool == "torch-model-archiver" else "model-archiver")
     env = {**os.environ, "PYTHONPATH": str(folder)}
     done = subprocess.run(

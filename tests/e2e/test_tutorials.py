@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_peer_archives import TOOLS
+from tests.e2e.test_peer_archives import tool_folder
 from tests.support import REPO, SHARED
 from tests.tutorials import run_tutorial
 
@@ -37,9 +37,7 @@ def port_in_use(port: int) -> bool:
 
 def tools_bin(tmp_path: Path) -> Path:
     """``torch-model-archiver`` on PATH, from the folder scripts/test.sh installs it into."""
-    folder = TOOLS / "torch-model-archiver"
-    if not folder.is_dir():
-        pytest.skip(f"needs {folder} (installed by scripts/test.sh), which is missing")
+    folder = tool_folder("torch-model-archiver")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     shim = bin_dir / "torch-model-archiver"

@@ -79,7 +79,7 @@ def export_legacy_archive(
     names = {p.name for p in files}
     if SIGNATURE not in names:
         raise ArchiveError(f"{model_path} has no {SIGNATURE} describing the model's inputs and outputs")
-    _check_signature(model_path / SIGNATURE)
+    read_signature(model_path)
     mxnet = [n for n in names if n.endswith(("-symbol.json", ".params"))]
     if mxnet:
         raise ArchiveError(MXNET_RETIRED.format(detail=", ".join(sorted(mxnet))))
@@ -123,10 +123,8 @@ def export_legacy_archive(
 
 
 def read_signature(model_dir: Path) -> dict[str, Any]:
-    return _check_signature(model_dir / SIGNATURE)
-
-
-def _check_signature(path: Path) -> dict[str, Any]:
+    """``signature.json`` of a model folder, checked to name at least one input's ``data_name``."""
+    path = model_dir / SIGNATURE
     try:
         signature = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:

@@ -38,7 +38,7 @@ def export_command(
     click.echo(f"wrote {target}")
 
 
-@click.command("deep-model-server", context_settings={"ignore_unknown_options": False})
+@click.command("deep-model-server")
 @click.option("--models", multiple=True, required=True, help="NAME=PATH-OR-URL of a .model archive (repeatable).")
 @click.argument("extra_models", nargs=-1)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve /{model}/predict on.")
