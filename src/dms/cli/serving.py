@@ -86,23 +86,21 @@ def settings_from_cli(kwargs: dict[str, Any]) -> tuple[ServerSettings, list[str]
     except (ValidationError, FileNotFoundError, ValueError) as exc:
         raise click.ClickException(f"invalid settings: {exc}") from exc
     argv = ["--config", str(config_file)] if config_file else []
+    # Each value goes back under the flag it came from: the options' own first spelling.
+    flags = {param.name: param.opts[0] for param in serve.params if isinstance(param, click.Option)}
     for key, value in overrides.items():
-        flag = _FLAG_NAMES.get(key, "--" + key.replace("_", "-"))
         if isinstance(value, bool):
             argv.append(_BOOL_FLAGS[key])
         elif isinstance(value, list):
             for entry in value:
-                argv += [flag, str(entry)]
+                argv += [flags[key], str(entry)]
         elif isinstance(value, dict):
             for logger, level in value.items():
                 argv += ["--logger-level", f"{logger}={level}"]
         else:
-            argv += [flag, str(value)]
+            argv += [flags[key], str(value)]
     return settings, argv
 
-
-_FLAG_NAMES = {"kill_after_s": "--killafter"}
-"""Settings whose command-line flag is not their name with dashes."""
 
 _BOOL_FLAGS = {
     "default_model": "--no-default-model",
