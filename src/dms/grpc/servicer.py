@@ -9,7 +9,6 @@ server runs); inference calls need the inference key when inference auth is on.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeAlias
 
@@ -25,6 +24,7 @@ from dms.engine.messages import PROTOCOL_V2_GRPC, RequestItem
 from dms.errors import DMSError, ModelNotFoundError, error_from_wire
 from dms.grpc.errors import GRPC_STATUS
 from dms.observability.metrics import ServerMetrics
+from dms.observability.request_ids import new_request_id
 from dms.rest.oip import EXTENSIONS
 
 Context: TypeAlias = Any  # grpc.aio.ServicerContext (grpc ships no type hints)
@@ -117,7 +117,7 @@ class InferenceServicer:
         started = self.metrics.started(PROTOCOL_V2_GRPC)
         metadata = dict(context.invocation_metadata() or ())
         routing = pb.ModelInferRequestRouting.FromString(payload)
-        request_id = str(metadata.get("x-request-id") or routing.id or uuid.uuid4().hex)
+        request_id = str(metadata.get("x-request-id") or routing.id or new_request_id())
         code, batch_size = "OK", 0
         try:
             self._check_key(context, "inference")
@@ -150,7 +150,7 @@ class InferenceServicer:
         async def read_all() -> None:
             async for payload in requests:
                 routing = pb.ModelInferRequestRouting.FromString(payload)
-                request_id = str(routing.id or uuid.uuid4().hex)
+                request_id = str(routing.id or new_request_id())
                 pending.put_nowait(asyncio.ensure_future(self._infer(payload, routing, request_id, metadata)))
             pending.put_nowait(None)
 

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import psutil
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
@@ -85,6 +86,16 @@ class _VersionObserver:
             histogram.observe(ns / 1e9)
 
 
+@dataclass(frozen=True, slots=True)
+class _Series:
+    """The metric children of one (model, version, transport, status code)."""
+
+    model: tuple[str, str]
+    server_error: bool
+    count: Counter
+    latency: Histogram
+
+
 class ServerMetrics:
     def __init__(self, dataplane: DataPlane | None = None) -> None:
         self.registry = CollectorRegistry()
@@ -125,6 +136,9 @@ class ServerMetrics:
         )
         self.recent = RecentOutcomes()
         self._last_activity = time.monotonic()
+        # Labelled children looked up once per label set, not per request (labels() is a hot-path cost).
+        self._in_flight_by_transport: dict[str, Gauge] = {}
+        self._series: dict[tuple[str, str, str, str], _Series] = {}
         if dataplane is not None:
             self.attach(dataplane)
 
@@ -136,7 +150,7 @@ class ServerMetrics:
         return _VersionObserver(self, name, version)
 
     def started(self, transport: str) -> int:
-        self.in_flight.labels(transport).inc()
+        self._in_flight_of(transport).inc()
         self._last_activity = time.monotonic()
         return time.perf_counter_ns()
 
@@ -159,12 +173,17 @@ class ServerMetrics:
     ) -> None:
         """Count the request, observe its latency, and write its access-log line."""
         seconds = (time.perf_counter_ns() - started_ns) / 1e9
-        self.in_flight.labels(transport).dec()
+        self._in_flight_of(transport).dec()
         self._last_activity = time.monotonic()
-        outcome = _outcome(code)
-        self.requests.labels(model, version, transport, code, outcome).inc()
-        self.recent.add((model, version), outcome == "server_error")
-        self.request_seconds.labels(model, version, transport).observe(seconds)
+        key = (model, version, transport, code)
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = self._new_series(model, version, transport, code)
+        series.count.inc()
+        series.latency.observe(seconds)
+        self.recent.add(series.model, series.server_error)
+        if not access_log.isEnabledFor(logging.INFO):
+            return
         access_log.info(
             "%s %s %s %s %s %.2fms batch=%d",
             request_id,
@@ -183,6 +202,21 @@ class ServerMetrics:
                 "latency_ms": round(seconds * 1000, 3),
                 "batch_size": batch_size,
             },
+        )
+
+    def _in_flight_of(self, transport: str) -> Gauge:
+        gauge = self._in_flight_by_transport.get(transport)
+        if gauge is None:
+            gauge = self._in_flight_by_transport[transport] = self.in_flight.labels(transport)
+        return gauge
+
+    def _new_series(self, model: str, version: str, transport: str, code: str) -> _Series:
+        outcome = _outcome(code)
+        return _Series(
+            model=(model, version),
+            server_error=outcome == "server_error",
+            count=self.requests.labels(model, version, transport, code, outcome),
+            latency=self.request_seconds.labels(model, version, transport),
         )
 
     def totals(self, model: str, version: str) -> dict[str, float]:

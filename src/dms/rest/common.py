@@ -70,6 +70,14 @@ def query_bool(request: Request, key: str, default: bool) -> bool:
     raise InputError(f"query parameter {key} must be true or false, got {raw!r}")
 
 
+WATCH_FOR_DISCONNECT_AFTER_S = 0.02
+"""How long an answer may take before the client's connection is watched for it going away.
+
+Watching costs a task per request (an ASGI ``receive`` waiting on the socket); most answers come
+sooner than this, and a request whose client left within it at worst runs once for nobody.
+"""
+
+
 async def until_answered_or_gone(
     receive: Callable[[], Awaitable[Any]], future: asyncio.Future[ResponseItem]
 ) -> ResponseItem | None:
@@ -77,13 +85,21 @@ async def until_answered_or_gone(
 
     Once the body is read, the next ASGI ``receive`` only returns when the client goes away.
     """
-    watcher = asyncio.ensure_future(receive())
-    watcher.add_done_callback(lambda _: future.cancel())
+    watchers: list[asyncio.Future[Any]] = []
+
+    def watch() -> None:
+        watcher = asyncio.ensure_future(receive())
+        watcher.add_done_callback(lambda _: future.cancel())
+        watchers.append(watcher)
+
+    timer = asyncio.get_running_loop().call_later(WATCH_FOR_DISCONNECT_AFTER_S, watch)
     try:
         return await future
     except asyncio.CancelledError:
-        if watcher.done() and not watcher.cancelled():
+        if watchers and watchers[0].done() and not watchers[0].cancelled():
             return None
         raise
     finally:
-        watcher.cancel()
+        timer.cancel()
+        for watcher in watchers:
+            watcher.cancel()

@@ -7,7 +7,6 @@ the exception middlewares in between. Every other request goes to the Starlette 
 
 from __future__ import annotations
 
-import uuid
 from urllib.parse import parse_qsl
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -17,6 +16,7 @@ from dms.dataplane import DataPlane
 from dms.engine.messages import PROTOCOL_RAW, RequestItem, ResponseItem
 from dms.errors import DMSError, PayloadTooLargeError, error_from_wire
 from dms.observability.metrics import ServerMetrics
+from dms.observability.request_ids import new_request_id
 from dms.rest.common import until_answered_or_gone
 from dms.rest.errors import error_response
 
@@ -43,7 +43,7 @@ class PredictionsFastPath:
         started = self.metrics.started(PROTOCOL_RAW)
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
         lookup = dict(headers)
-        request_id = lookup.get("x-request-id") or uuid.uuid4().hex
+        request_id = lookup.get("x-request-id") or new_request_id()
         status, batch_size = 500, 0
         try:
             if self.keys is not None:

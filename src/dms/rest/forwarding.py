@@ -8,7 +8,6 @@ the server's metrics and access log.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Awaitable, Callable
 
 from starlette.requests import Request
@@ -18,6 +17,7 @@ from dms.dataplane import DataPlane
 from dms.engine.messages import RequestItem, ResponseItem
 from dms.errors import DMSError, error_from_wire
 from dms.observability.metrics import ServerMetrics
+from dms.observability.request_ids import new_request_id
 from dms.rest.common import read_body, until_answered_or_gone
 from dms.rest.compression import decode_content, encode_content
 
@@ -65,7 +65,7 @@ async def forward(
     compression: bool = False,
 ) -> Response:
     started = metrics.started(protocol)
-    request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+    request_id = request.headers.get("x-request-id") or new_request_id()
     batch_size = 0
     try:
         max_bytes = dataplane.settings.max_request_size_bytes

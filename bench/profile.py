@@ -1,0 +1,193 @@
+"""Where the CPU of a tiny request goes: per-process CPU split and py-spy profiles under wrk load.
+
+    python -m bench.profile                       # /predictions and OIP REST JSON, c=16, 8 s each
+    python -m bench.profile --paths predictions --seconds 15 --concurrency 64
+    python -m bench.profile --no-py-spy           # CPU split only (py-spy slows what it samples a little)
+
+It starts one DMS server with the tiny ONNX model (tensor handler, 2 workers, batch 8 / 5 ms), puts
+wrk on core 1, and for each path reports CPU µs per request for the frontend process and for the
+workers together, then (unless --no-py-spy) samples the frontend and one worker with py-spy and
+prints the functions with the most own time and the most time including callees. Collapsed stacks
+are kept under --out for flame graphs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+from bench.harness import load, setups
+from bench.harness.servers import Server
+
+PATHS = ("predictions", "oip-json", "oip-binary")
+
+
+def targets(server: Server) -> dict[str, load.Target]:
+    base = server.probe_url.rsplit("/predictions/", 1)[0]
+    reference = setups.tiny_reference()
+    header = json.dumps(
+        {"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32", "parameters": {"binary_data_size": 64}}]}
+    ).encode()
+    oip_json = json.dumps({"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32", "data": setups.ROW}]})
+    found = {
+        "predictions": (f"{base}/predictions/lin", setups.TINY_BODY, "application/json", ()),
+        "oip-json": (f"{base}/v2/models/lin/infer", oip_json.encode(), "application/json", ()),
+        "oip-binary": (
+            f"{base}/v2/models/lin/infer",
+            header + np.asarray([setups.ROW], dtype=np.float32).tobytes(),
+            "application/octet-stream",
+            (("Inference-Header-Content-Length", str(len(header))),),
+        ),
+    }
+    import httpx
+
+    out = {}
+    for name, (url, body, content_type, headers) in found.items():
+        answer = httpx.post(url, content=body, headers={"Content-Type": content_type, **dict(headers)}, timeout=30)
+        assert answer.status_code == 200, f"{name}: {answer.status_code} {answer.text[:300]}"
+        parsed = answer.json()
+        values = parsed["outputs"][0]["data"] if isinstance(parsed, dict) else parsed
+        np.testing.assert_array_equal(np.asarray(values, dtype=np.float32).reshape(1, 4), reference)
+        out[name] = load.Target(url, [body], content_type, [answer.content], True, headers)
+    return out
+
+
+def batches(server: Server) -> tuple[float, float]:
+    """(requests, batches) the server's batchers have handed to workers so far, from its /metrics."""
+    import httpx
+
+    address = server.start[server.start.index("--metrics-address") + 1]
+    text = httpx.get(f"http://{address}/metrics", timeout=10).text
+    found = {"sum": 0.0, "count": 0.0}
+    for line in text.splitlines():
+        for kind in found:
+            if line.startswith(f"dms_batch_size_{kind}{{"):
+                found[kind] += float(line.rsplit(" ", 1)[1])
+    return found["sum"], found["count"]
+
+
+def cpu_of(procs: list[psutil.Process]) -> float:
+    total = 0.0
+    for proc in procs:
+        try:
+            times = proc.cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:
+            continue
+    return total
+
+
+def top_functions(collapsed: Path, count: int) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
+    """(own share, inclusive share) of samples per function, from py-spy's collapsed stacks."""
+    own: collections.Counter[str] = collections.Counter()
+    inclusive: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in collapsed.read_text().splitlines():
+        stack, _, samples_text = line.rpartition(" ")
+        if not stack:
+            continue
+        samples = int(samples_text)
+        total += samples
+        frames = [_short(frame) for frame in stack.split(";")]
+        own[frames[-1]] += samples
+        for frame in set(frames):
+            inclusive[frame] += samples
+    if not total:
+        return [], []
+    return (
+        [(name, n / total) for name, n in own.most_common(count)],
+        [(name, n / total) for name, n in inclusive.most_common(count)],
+    )
+
+
+def _short(frame: str) -> str:
+    """``func (path/to/module.py:12)`` → ``func (module.py)``: lines differ per call site, files do not."""
+    name, _, where = frame.partition(" (")
+    file = where.rstrip(")").rsplit(":", 1)[0]
+    parts = Path(file).parts
+    return f"{name} ({'/'.join(parts[-2:])})" if parts else name
+
+
+def profile(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    return subprocess.Popen(
+        [py_spy, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "250"]
+        + ["--format", "raw", "--output", str(out), "--nonblocking"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--paths", default=",".join(PATHS), help=f"comma-separated, of {', '.join(PATHS)}")
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--no-py-spy", dest="py_spy", action="store_false")
+    parser.add_argument("--out", type=Path, default=None, help="keep collapsed stacks here")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="dms-profile-"))
+    out = args.out or work
+    out.mkdir(parents=True, exist_ok=True)
+    onnx_file = setups.write_tiny_onnx(work / "tiny.onnx")
+    config = {"initial_workers": 2, "batch_size": 8, "max_batch_delay_ms": 5}
+    server = setups.dms_server(work, {"lin": ("tensor", onnx_file, config)}, probe="lin")
+    try:
+        server.launch()
+        assert server.process is not None
+        frontend = psutil.Process(server.process.pid)
+        workers = frontend.children(recursive=True)
+        for path, target in targets(server).items():
+            if path not in args.paths.split(","):
+                continue
+            script = load.write_script(target, work / f"{path}.lua")
+            load.run_wrk(script, target.url, args.concurrency, 3, cpu=1)
+            spies = []
+            if args.py_spy:
+                spies = [
+                    profile(frontend.pid, args.seconds, out / f"{path}-frontend.txt"),
+                    profile(workers[0].pid, args.seconds, out / f"{path}-worker.txt"),
+                ]
+            front_before, workers_before, batches_before = cpu_of([frontend]), cpu_of(workers), batches(server)
+            result = load.run_wrk(script, target.url, args.concurrency, args.seconds, cpu=1)
+            front_s, workers_s = cpu_of([frontend]) - front_before, cpu_of(workers) - workers_before
+            batched, batch_count = (after - before for after, before in zip(batches(server), batches_before))
+            for spy in spies:
+                spy.wait(timeout=args.seconds + 60)
+            assert result.bad == 0 and result.socket_errors == 0, f"{path}: {result}"
+            per = 1e6 / max(1, result.requests)
+            print(
+                f"\n== {path}, c={args.concurrency}: {result.rps:,.0f} req/s, p50 {result.p50_ms:.2f} ms, "
+                f"p99 {result.p99_ms:.2f} ms; CPU µs/request: frontend {front_s * per:.0f}, "
+                f"workers {workers_s * per:.0f}; mean batch {batched / max(1, batch_count):.1f}",
+                flush=True,
+            )
+            for role in ("frontend", "worker") if args.py_spy else ():
+                collapsed = out / f"{path}-{role}.txt"
+                if not collapsed.is_file():
+                    print(f"   (no py-spy output for the {role})")
+                    continue
+                own, inclusive = top_functions(collapsed, args.top)
+                print(f"-- {role}: own time (share of samples, idle included)")
+                for name, share in own:
+                    print(f"   {share:6.1%}  {name}")
+                print(f"-- {role}: including callees")
+                for name, share in inclusive:
+                    print(f"   {share:6.1%}  {name}")
+        print(f"\ncollapsed stacks: {out}")
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
