@@ -120,8 +120,10 @@ def _short(frame: str) -> str:
 def profile(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     return subprocess.Popen(
-        [py_spy, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "250"]
-        + ["--format", "raw", "--output", str(out), "--nonblocking"],
+        [
+            *(py_spy, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "250"),
+            *("--format", "raw", "--output", str(out), "--nonblocking"),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -161,7 +163,8 @@ def main() -> None:
             front_before, workers_before, batches_before = cpu_of([frontend]), cpu_of(workers), batches(server)
             result = load.run_wrk(script, target.url, args.concurrency, args.seconds, cpu=1)
             front_s, workers_s = cpu_of([frontend]) - front_before, cpu_of(workers) - workers_before
-            batched, batch_count = (after - before for after, before in zip(batches(server), batches_before))
+            (batched_after, count_after), (batched_before, count_before) = batches(server), batches_before
+            batched, batch_count = batched_after - batched_before, count_after - count_before
             for spy in spies:
                 spy.wait(timeout=args.seconds + 60)
             assert result.bad == 0 and result.socket_errors == 0, f"{path}: {result}"
