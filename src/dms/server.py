@@ -113,10 +113,12 @@ def _is_loopback(host: str) -> bool:
 
 def _inference_app(dataplane: DataPlane, metrics: ServerMetrics, keys: KeyStore | None) -> Any:
     app = build_inference_app(dataplane, metrics, keys)
-    if dataplane.settings.predictions_fast_path:
-        from dms.rest.fastpath import PredictionsFastPath
+    if dataplane.settings.inference_fast_path:
+        from dms.rest.fastpath import InferenceFastPath
+        from dms.rest.inference import fast_routes
 
-        return PredictionsFastPath(app, dataplane, metrics, keys)
+        auth = keys if dataplane.settings.inference_token_auth else None
+        return InferenceFastPath(app, fast_routes(dataplane, metrics), auth)
     return app
 
 

@@ -125,8 +125,9 @@ class ServerSettings(BaseSettings):
     """Plain text lines, or one JSON object per line."""
     logger_levels: dict[str, Literal["debug", "info", "warning", "error"]] = Field(default_factory=dict)
     """Levels of single loggers, e.g. ``{"dms.access": "warning"}``."""
-    predictions_fast_path: bool = True
-    """Serve /predictions through a lean ASGI path instead of the Starlette router (same behaviour, less CPU)."""
+    inference_fast_path: bool = True
+    """Serve /predictions, OIP REST infer and KServe v1 predict through a lean ASGI path instead of the
+    Starlette router (same behaviour, less CPU per request)."""
     access_log: bool = True
     """One ``dms.access`` line per request: time, request id, transport, model, version, status, latency, batch."""
 

@@ -1,31 +1,102 @@
-"""/predictions answers the same with the lean ASGI path (default) and through the Starlette route."""
+"""The forwarding routes answer the same through the lean ASGI path (default) and through the Starlette routes.
+
+One server runs with the fast path, one without; every request below goes to both, and the status,
+content type, body and request id must match (the request id where the client sent one).
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
+import gzip
+import json
+from typing import Any
 
+import httpx
 import pytest
 
+from dms.archive.writer import ArchiveSpec, write_archive
 from dms.server import default_model_archive
+from tests.e2e.test_tensor_handler import linear_model
 from tests.support import running_server
 
 SAMPLE = (default_model_archive().parent / "samples" / "digit_7.png").read_bytes()
+ROW = [float(i) for i in range(16)]
+OIP = json.dumps({"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32", "data": ROW}]}).encode()
+JSON = {"Content-Type": "application/json"}
+
+REQUESTS: list[tuple[str, str, dict[str, Any]]] = [
+    ("POST", "/predictions/digits", {"content": SAMPLE, "headers": {"X-Request-ID": "parity-1"}}),
+    ("PUT", "/predictions/digits/1.0", {"content": SAMPLE, "params": {"topk": "1"}}),
+    ("POST", "/predictions/nope", {"content": SAMPLE}),
+    ("POST", "/predictions/digits/9.9", {"content": SAMPLE}),
+    ("POST", "/predictions/digits", {"content": b"garbage"}),
+    ("POST", "/predictions/digits", {"content": b"x" * 6000}),
+    ("GET", "/predictions/digits", {}),
+    ("POST", "/predictions/linear", {"content": json.dumps([ROW]).encode(), "headers": JSON}),
+    ("POST", "/v2/models/linear/infer", {"content": OIP, "headers": {**JSON, "X-Request-ID": "parity-2"}}),
+    ("POST", "/v2/models/linear/versions/1.0/infer", {"content": OIP, "headers": JSON}),
+    (
+        "POST",
+        "/v2/models/linear/infer",
+        {"content": gzip.compress(OIP), "headers": {**JSON, "Content-Encoding": "gzip"}},
+    ),
+    ("POST", "/v2/models/linear/infer", {"content": OIP.replace(b"FP32", b"FP99"), "headers": JSON}),
+    ("POST", "/v2/models/linear/infer", {"content": b"{not json", "headers": JSON}),
+    ("POST", "/v2/models/nope/infer", {"content": OIP, "headers": JSON}),
+    ("POST", "/v2/models/linear/versions/2.0/infer", {"content": OIP, "headers": JSON}),
+    ("POST", "/v2/models/linear/infer", {"content": OIP + b" " * 6000, "headers": JSON}),
+    ("GET", "/v2/models/linear/infer", {}),
+    ("POST", "/v1/models/linear:predict", {"content": json.dumps({"instances": [ROW]}).encode(), "headers": JSON}),
+    ("POST", "/v1/models/nope:predict", {"content": b"{}", "headers": JSON}),
+]
 
 
-@pytest.mark.parametrize("fast", ["true", "false"])
-def test_same_answers_either_way(tmp_path: Path, fast: str):
-    env = {"DMS_PREDICTIONS_FAST_PATH": fast, "DMS_MAX_REQUEST_SIZE_BYTES": "5000"}
-    with running_server(tmp_path, ["--default-workers-per-model", "1"], env=env) as server:
-        ok = server.predict("digits", SAMPLE, headers={"X-Request-ID": "parity-1"})
-        assert ok.status_code == 200 and next(iter(ok.json())) == "7"
-        assert ok.headers["x-request-id"] == "parity-1" and ok.headers["content-type"] == "application/json"
-        versioned = server.predict("digits/1.0", SAMPLE, params={"topk": "1"})
-        assert versioned.status_code == 200
-        missing = server.predict("nope", SAMPLE)
-        assert missing.status_code == 404 and missing.json()["type"] == "ModelNotFoundError"
-        assert missing.headers["x-request-id"]
-        garbage = server.predict("digits", b"garbage")
-        assert garbage.status_code == 400 and garbage.json()["type"] == "InputError"
-        too_big = server.predict("digits", b"x" * 6000)
-        assert too_big.status_code == 413 and "5000" in too_big.json()["message"]
-        assert server.http.get(f"{server.inference_url}/predictions/digits").status_code == 405
+def _answer(response: httpx.Response, sent: dict[str, Any]) -> tuple[object, ...]:
+    sent_id = sent.get("headers", {}).get("X-Request-ID")
+    assert response.headers.get("x-request-id") or response.status_code == 405
+    return (
+        response.status_code,
+        response.headers.get("content-type"),
+        response.content,
+        response.headers.get("x-request-id") if sent_id else None,
+    )
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory):
+    work = tmp_path_factory.mktemp("parity")
+    (work / "fast").mkdir()
+    (work / "slow").mkdir()
+    store = work / "store"
+    (work / "linear.yaml").write_text("initial_workers: 1\nbatch_size: 4\n")
+    write_archive(
+        ArchiveSpec(
+            model_name="linear",
+            version="1.0",
+            handler="tensor",
+            serialized_file=linear_model(work / "linear.onnx"),
+            config_file=work / "linear.yaml",
+        ),
+        store,
+    )
+    digits = f"digits={default_model_archive()}"
+    args = ["--default-workers-per-model", "1", "--model-store", str(store), "--models", "linear=linear.mar", digits]
+    env = {"DMS_MAX_REQUEST_SIZE_BYTES": "5000"}
+    with (
+        running_server(work / "fast", args, {**env, "DMS_INFERENCE_FAST_PATH": "true"}) as fast,
+        running_server(work / "slow", args, {**env, "DMS_INFERENCE_FAST_PATH": "false"}) as slow,
+    ):
+        yield fast, slow
+
+
+@pytest.mark.parametrize(("method", "path", "options"), REQUESTS, ids=[f"{m} {p}" for m, p, _ in REQUESTS])
+def test_same_answer_either_way(servers, method: str, path: str, options: dict[str, Any]):
+    fast, slow = servers
+    answers = [
+        _answer(server.http.request(method, f"{server.inference_url}{path}", **options), options)
+        for server in (fast, slow)
+    ]
+    assert answers[0] == answers[1]
+    status = answers[0][0]
+    assert isinstance(status, int)
+    if method != "GET" and "nope" not in path and "9.9" not in path and "2.0" not in path:
+        assert status in (200, 400, 413), answers[0]

@@ -1,121 +1,107 @@
-"""A lean ASGI path for ``POST|PUT /predictions/{model}[/{version}]``, the hottest route.
+"""A lean ASGI path for the routes that forward to a model, the hottest ones.
 
-It does what the Starlette route does — key check when inference auth is on, body cap, request id,
-submit, wait unless the client leaves, JSON errors, metrics and access log — without the router and
-the exception middlewares in between. Every other request goes to the Starlette app underneath.
+``POST|PUT /predictions/{model}[/{version}]``, ``POST /v2/models/{model}[/versions/{version}]/infer``
+and ``POST /v1/models/{model}:predict`` are matched by plain string checks and handed to the same
+``Forwarder`` their Starlette routes use (same answers, errors, metrics and logs), without the
+router's regular expressions, the exception middlewares and the request objects in between. The
+key check, when inference auth is on, is the token middleware's. Every other request goes to the
+Starlette app underneath.
 """
 
 from __future__ import annotations
 
-from urllib.parse import parse_qsl
+from dataclasses import dataclass
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dms.auth import KeyStore
-from dms.dataplane import DataPlane
-from dms.engine.messages import PROTOCOL_RAW, RequestItem, ResponseItem
-from dms.errors import DMSError, PayloadTooLargeError, error_from_wire
-from dms.observability.metrics import ServerMetrics
-from dms.observability.request_ids import new_request_id
-from dms.rest.common import until_answered_or_gone
+from dms.errors import DMSError, PayloadTooLargeError
 from dms.rest.errors import error_response
+from dms.rest.forwarding import Forwarder
 
-_PREFIX = "/predictions/"
+
+@dataclass(frozen=True)
+class FastRoutes:
+    predictions: Forwarder
+    """``/predictions/{model}[/{version}]``"""
+    infer: Forwarder
+    """``/v2/models/{model}[/versions/{version}]/infer``"""
+    v1_predict: Forwarder
+    """``/v1/models/{model}:predict``"""
 
 
-class PredictionsFastPath:
-    def __init__(self, app: ASGIApp, dataplane: DataPlane, metrics: ServerMetrics, keys: KeyStore | None) -> None:
+class InferenceFastPath:
+    def __init__(self, app: ASGIApp, routes: FastRoutes, keys: KeyStore | None) -> None:
         self.app = app
-        self.dataplane = dataplane
-        self.metrics = metrics
-        self.keys = keys if dataplane.settings.inference_token_auth else None
-        self.max_bytes = dataplane.settings.max_request_size_bytes
+        self.routes = routes
+        self.keys = keys
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] in ("POST", "PUT") and scope["path"].startswith(_PREFIX):
-            parts = scope["path"][len(_PREFIX) :].split("/")
-            if 1 <= len(parts) <= 2 and all(parts):
-                await self._predict(scope, receive, send, parts[0], parts[1] if len(parts) == 2 else None)
+        if scope["type"] == "http":
+            found = self.match(scope["method"], scope["path"])
+            if found is not None:
+                await self._forward(scope, receive, send, *found)
                 return
         await self.app(scope, receive, send)
 
-    async def _predict(self, scope: Scope, receive: Receive, send: Send, name: str, version: str | None) -> None:
-        started = self.metrics.started(PROTOCOL_RAW)
+    def match(self, method: str, path: str) -> tuple[Forwarder, str, str | None] | None:
+        """The forwarder, model and version of a path, matching exactly what the Starlette routes match."""
+        if path.startswith("/predictions/"):
+            if method not in ("POST", "PUT"):
+                return None
+            parts = path[13:].split("/")
+            if 1 <= len(parts) <= 2 and all(parts):
+                return self.routes.predictions, parts[0], parts[1] if len(parts) == 2 else None
+            return None
+        if method != "POST":
+            return None
+        if path.startswith("/v2/models/") and path.endswith("/infer"):
+            parts = path[11:-6].split("/")
+            if len(parts) == 1 and parts[0]:
+                return self.routes.infer, parts[0], None
+            if len(parts) == 3 and parts[0] and parts[1] == "versions" and parts[2]:
+                return self.routes.infer, parts[0], parts[2]
+            return None
+        if path.startswith("/v1/models/") and path.endswith(":predict"):
+            name = path[11:-8]
+            if name and "/" not in name:
+                return self.routes.v1_predict, name, None
+        return None
+
+    async def _forward(
+        self, scope: Scope, receive: Receive, send: Send, forwarder: Forwarder, name: str, version: str | None
+    ) -> None:
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
-        lookup = dict(headers)
-        request_id = lookup.get("x-request-id") or new_request_id()
-        status, batch_size = 500, 0
-        try:
-            if self.keys is not None:
-                self.keys.check("inference", lookup.get("authorization"))
-            body = await self._body(receive, lookup.get("content-length"))
-            query = scope["query_string"]
-            item = RequestItem(
-                request_id=request_id,
-                body=body,
-                content_type=lookup.get("content-type", ""),
-                headers=headers,
-                query=parse_qsl(query.decode("latin-1"), keep_blank_values=True) if query else [],
-            )
-            result = await until_answered_or_gone(receive, self.dataplane.submit(name, version, item))
-            if result is None:
-                status = 499  # the client went away; nothing is sent
-            elif result.error is not None:
-                batch_size = result.batch_size
-                status = await _send_error(
-                    error_from_wire(result.error.type_name, result.error.message), scope, receive, send, request_id
-                )
-            else:
-                batch_size = result.batch_size
-                status = await _send_result(result, send, request_id)
-        except DMSError as exc:
-            status = await _send_error(exc, scope, receive, send, request_id)
-        self.metrics.finished(
-            transport=PROTOCOL_RAW,
-            model=name,
-            version=self.dataplane.version_of(name, version),
-            code=str(status),
-            started_ns=started,
-            request_id=request_id,
-            batch_size=batch_size,
-        )
+        if self.keys is not None:
+            authorization = next((v for k, v in headers if k == "authorization"), None)
+            try:
+                self.keys.check("inference", authorization)
+            except DMSError as exc:
+                await error_response(exc)(scope, receive, send)
+                return
 
-    async def _body(self, receive: Receive, declared: str | None) -> bytes:
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            raise PayloadTooLargeError(
-                f"request body of {declared} bytes is over max_request_size_bytes ({self.max_bytes})"
-            )
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                break
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_bytes:
-                raise PayloadTooLargeError(f"request body is over max_request_size_bytes ({self.max_bytes})")
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        async def read(max_bytes: int) -> bytes:
+            return await _read_body(receive, headers, max_bytes)
+
+        response = await forwarder.forward(name, version, headers, scope["query_string"], read, receive)
+        await response(scope, receive, send)
 
 
-async def _send_result(result: ResponseItem, send: Send, request_id: str) -> int:
-    headers = [
-        (b"content-type", result.content_type.encode("latin-1")),
-        (b"content-length", str(len(result.body)).encode()),
-        (b"x-request-id", request_id.encode("latin-1")),
-        *((k.encode("latin-1"), v.encode("latin-1")) for k, v in result.headers),
-    ]
-    start: Message = {"type": "http.response.start", "status": result.status, "headers": headers}
-    await send(start)
-    await send({"type": "http.response.body", "body": result.body})
-    return result.status
-
-
-async def _send_error(exc: DMSError, scope: Scope, receive: Receive, send: Send, request_id: str) -> int:
-    response = error_response(exc)
-    response.headers["X-Request-ID"] = request_id
-    await response(scope, receive, send)
-    return response.status_code
+async def _read_body(receive: Receive, headers: list[tuple[str, str]], max_bytes: int) -> bytes:
+    declared = next((v for k, v in headers if k == "content-length"), None)
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise PayloadTooLargeError(f"request body of {declared} bytes is over max_request_size_bytes ({max_bytes})")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > max_bytes:
+            raise PayloadTooLargeError(f"request body is over max_request_size_bytes ({max_bytes})")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)

@@ -16,14 +16,28 @@ from dms.observability.metrics import ServerMetrics
 from dms.rest.auth import TokenAuthMiddleware
 from dms.rest.common import json_response
 from dms.rest.errors import EXCEPTION_HANDLERS, error_response
-from dms.rest.forwarding import forwarding_endpoint
-from dms.rest.kserve_v1 import v1_routes
-from dms.rest.oip import oip_routes
+from dms.rest.fastpath import FastRoutes
+from dms.rest.forwarding import Forwarder
+from dms.rest.kserve_v1 import predict_forwarder, v1_routes
+from dms.rest.oip import infer_forwarder, oip_routes
 from dms.rest.openapi import inference_openapi, with_bearer_auth
 
 
 def _is_health(path: str) -> bool:
     return path == "/ping" or path.startswith("/v2/health/")
+
+
+def predictions_forwarder(dataplane: DataPlane, metrics: ServerMetrics) -> Forwarder:
+    """TorchServe's ``/predictions/{model}[/{version}]``: query parameters reach the handler, TorchServe's errors."""
+    return Forwarder(dataplane, metrics, protocol=PROTOCOL_RAW, on_error=error_response, pass_query=True)
+
+
+def fast_routes(dataplane: DataPlane, metrics: ServerMetrics) -> FastRoutes:
+    return FastRoutes(
+        predictions=predictions_forwarder(dataplane, metrics),
+        infer=infer_forwarder(dataplane, metrics),
+        v1_predict=predict_forwarder(dataplane, metrics),
+    )
 
 
 def build_inference_app(dataplane: DataPlane, metrics: ServerMetrics, keys: KeyStore | None = None) -> Starlette:
@@ -32,7 +46,7 @@ def build_inference_app(dataplane: DataPlane, metrics: ServerMetrics, keys: KeyS
             return json_response({"status": "Healthy"})
         return json_response({"status": "Unhealthy"}, status=500)
 
-    predict = forwarding_endpoint(dataplane, metrics, protocol=PROTOCOL_RAW, on_error=error_response, pass_query=True)
+    predict = predictions_forwarder(dataplane, metrics).endpoint()
 
     document = inference_openapi()
     if keys is not None and dataplane.settings.inference_token_auth:

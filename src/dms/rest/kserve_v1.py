@@ -11,8 +11,13 @@ from dms.dataplane.queries import model_ready
 from dms.engine.messages import PROTOCOL_V1
 from dms.observability.metrics import ServerMetrics
 from dms.rest.common import json_response
-from dms.rest.forwarding import forwarding_endpoint
+from dms.rest.forwarding import Forwarder
 from dms.rest.oip import oip_error, protocol_errors
+
+
+def predict_forwarder(dataplane: DataPlane, metrics: ServerMetrics) -> Forwarder:
+    """``POST /v1/models/{model}:predict``"""
+    return Forwarder(dataplane, metrics, protocol=PROTOCOL_V1, on_error=oip_error)
 
 
 def v1_routes(dataplane: DataPlane, metrics: ServerMetrics) -> list[Route]:
@@ -23,7 +28,7 @@ def v1_routes(dataplane: DataPlane, metrics: ServerMetrics) -> list[Route]:
         name = request.path_params["model_name"]
         return json_response({"name": name, "ready": model_ready(dataplane, name, None)})
 
-    predict = forwarding_endpoint(dataplane, metrics, protocol=PROTOCOL_V1, on_error=oip_error)
+    predict = predict_forwarder(dataplane, metrics).endpoint()
 
     return [
         Route("/v1/models", protocol_errors(list_models), methods=["GET"]),

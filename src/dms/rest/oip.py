@@ -17,7 +17,7 @@ from dms.errors import DMSError
 from dms.observability.metrics import ServerMetrics
 from dms.rest.common import json_response
 from dms.rest.errors import HTTP_STATUS
-from dms.rest.forwarding import forwarding_endpoint
+from dms.rest.forwarding import Forwarder
 
 EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics", "kserve_v1"]
 
@@ -37,6 +37,11 @@ def protocol_errors(endpoint: Endpoint) -> Endpoint:
             return oip_error(exc)
 
     return wrapped
+
+
+def infer_forwarder(dataplane: DataPlane, metrics: ServerMetrics) -> Forwarder:
+    """``POST /v2/models/{model}[/versions/{version}]/infer``: gzip/deflate bodies, OIP error bodies."""
+    return Forwarder(dataplane, metrics, protocol=PROTOCOL_V2_REST, on_error=oip_error, compression=True)
 
 
 def oip_routes(dataplane: DataPlane, metrics: ServerMetrics) -> list[Route]:
@@ -63,7 +68,7 @@ def oip_routes(dataplane: DataPlane, metrics: ServerMetrics) -> list[Route]:
         p = request.path_params
         return json_response({"model_stats": statistics(dataplane, p.get("model_name"), p.get("model_version"))})
 
-    infer = forwarding_endpoint(dataplane, metrics, protocol=PROTOCOL_V2_REST, on_error=oip_error, compression=True)
+    infer = infer_forwarder(dataplane, metrics).endpoint()
 
     base = "/v2/models/{model_name}"
     versioned = base + "/versions/{model_version}"
