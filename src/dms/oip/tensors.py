@@ -48,14 +48,24 @@ def numpy_dtype(datatype: str) -> np.dtype[Any]:
 
 def datatype_of(array: np.ndarray) -> str:
     """The protocol datatype of a numpy array (strings and bytes are BYTES)."""
-    if array.dtype.kind in ("O", "S", "U"):
+    dtype = array.dtype
+    known = _DATATYPE_OF_DTYPE.get(dtype)
+    if known is not None:
+        return known
+    if dtype.kind in ("O", "S", "U"):
         return "BYTES"
-    if array.dtype.name == "bfloat16":
-        return "BF16"
-    name = _DATATYPE_OF_KIND.get(array.dtype.newbyteorder("<").str if array.dtype.itemsize > 1 else array.dtype.str)
+    if dtype.name == "bfloat16":
+        name: str | None = "BF16"
+    else:
+        name = _DATATYPE_OF_KIND.get(dtype.newbyteorder("<").str if dtype.itemsize > 1 else dtype.str)
     if name is None:
-        raise InputError(f"arrays of dtype {array.dtype} have no protocol datatype")
+        raise InputError(f"arrays of dtype {dtype} have no protocol datatype")
+    _DATATYPE_OF_DTYPE[dtype] = name  # a handful of numeric dtypes at most
     return name
+
+
+_DATATYPE_OF_DTYPE: dict[np.dtype[Any], str] = {}
+"""Numeric dtypes already looked up: the lookup above costs microseconds (``dtype.name`` is Python code)."""
 
 
 def datatype_of_numpy_name(name: str) -> str:
@@ -144,25 +154,27 @@ def _bytes_elements(name: str, raw: bytes | memoryview, count: int) -> np.ndarra
 
 def to_raw(array: np.ndarray) -> bytes:
     """The binary form of an output tensor."""
-    if datatype_of(array) == "BYTES":
+    datatype = datatype_of(array)
+    if datatype == "BYTES":
         parts = []
         for element in array.ravel():
             data = element if isinstance(element, bytes) else str(element).encode("utf-8")
             parts.append(_LENGTH.pack(len(data)))
             parts.append(data)
         return b"".join(parts)
-    if array.dtype.name == "bfloat16":
+    if datatype == "BF16":
         return array.tobytes()
     return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
 
 
 def to_json_data(array: np.ndarray) -> list[Any]:
     """The flat, row-major JSON form of an output tensor (BYTES as UTF-8 strings)."""
-    if datatype_of(array) == "BYTES":
+    datatype = datatype_of(array)
+    if datatype == "BYTES":
         return [
             e.decode("utf-8", "backslashreplace") if isinstance(e, bytes) else str(e) for e in array.ravel().tolist()
         ]
-    if array.dtype.name == "bfloat16":
+    if datatype == "BF16":
         return array.astype(np.float32).ravel().tolist()
     flat: list[Any] = array.ravel().tolist()
     return flat

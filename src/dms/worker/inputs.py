@@ -41,14 +41,15 @@ def build_request_data(item: RequestItem, limits: RequestLimits = _DEFAULT_LIMIT
     data: dict[str, Any] = {}
     for key, text in item.query:
         data[key] = text
-    media, params = parse_options_header(item.content_type)
-    if media == b"multipart/form-data":
+    media = item.content_type.split(";", 1)[0].strip().lower()
+    if media == "multipart/form-data":
+        _, params = parse_options_header(item.content_type)
         boundary = params.get(b"boundary")
         if not boundary:
             raise InputError("multipart/form-data request has no boundary")
         for name, content_type, value in parse_multipart(item.body, boundary, limits.max_multipart_parts):
             data[name] = decode_value(value, content_type, limits) if content_type else value
-    elif media == b"application/x-www-form-urlencoded":
+    elif media == "application/x-www-form-urlencoded":
         from urllib.parse import parse_qsl
 
         try:

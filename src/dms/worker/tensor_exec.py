@@ -18,15 +18,26 @@ def expected_inputs(specs: list[TensorSpec]) -> str:
     return ", ".join(f"{s.name}: {s.dtype}{list(s.shape) if s.shape is not None else '[...]'}" for s in specs)
 
 
+_DTYPES: dict[str, np.dtype[Any]] = {}
+
+
+def _dtype(name: str) -> np.dtype[Any]:
+    """``np.dtype(name)``, parsed once per name."""
+    found = _DTYPES.get(name)
+    if found is None:
+        found = _DTYPES[name] = np.dtype(name)
+    return found
+
+
 def conform(value: Any, spec: TensorSpec, max_elements: int) -> tuple[np.ndarray, bool]:
     """``value`` as an array of the input's dtype with a batch dimension; also whether one was added."""
     try:
         array = np.asarray(value)
-        if array.dtype == object and spec.dtype != "object":
-            raise ValueError("ragged or non-numeric data")
         if spec.dtype != "object":
+            if array.dtype.kind == "O":
+                raise ValueError("ragged or non-numeric data")
             casting = "same_kind" if array.dtype.kind == "f" and array.dtype.itemsize <= 8 else "unsafe"
-            array = array.astype(spec.dtype, casting=casting, copy=False)  # type: ignore[call-overload]
+            array = array.astype(_dtype(spec.dtype), casting=casting, copy=False)  # type: ignore[call-overload]
     except (ValueError, TypeError) as exc:
         raise InputError(f"input {spec.name!r} is not a {spec.dtype} tensor: {exc}") from exc
     if array.size > max_elements:  # checked before any reshaping
@@ -52,8 +63,8 @@ def prepare(named: dict[str, Any], specs: list[TensorSpec], max_elements: int) -
     for spec in specs:
         if spec.name not in named:
             raise InputError(f"input {spec.name!r} is missing; the model expects {expected_inputs(specs)}")
-    unknown = set(named) - {s.name for s in specs}
-    if unknown:
+    if len(named) > len(specs):  # every spec's name is in it, so some other name is too
+        unknown = set(named) - {s.name for s in specs}
         raise InputError(f"unknown input {sorted(unknown)[0]!r}; the model expects {expected_inputs(specs)}")
     feeds: dict[str, np.ndarray] = {}
     added_any = False
