@@ -15,20 +15,24 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import json
 import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import psutil
 
-from bench.harness import load, setups
+from bench.harness import grpc_load, load, setups
 from bench.harness.servers import Server
 
-PATHS = ("predictions", "oip-json", "oip-binary")
+PATHS = ("predictions", "oip-json", "oip-binary", "oip-grpc")
+Load = Callable[[int, float], load.LoadResult]
+"""Runs the load generator at a concurrency for some seconds."""
 
 
 def targets(server: Server) -> dict[str, load.Target]:
@@ -61,18 +65,27 @@ def targets(server: Server) -> dict[str, load.Target]:
     return out
 
 
+def loads(server: Server, work: Path) -> dict[str, Load]:
+    """Each path's load generator, after checking one answer of each against numpy."""
+    found: dict[str, Load] = {}
+    for path, target in targets(server).items():
+        script = load.write_script(target, work / f"{path}.lua")
+        found[path] = functools.partial(_wrk, script, target.url)
+    found["oip-grpc"] = functools.partial(_h2load, setups.dms_grpc_target(server, "lin", "x"))
+    return found
+
+
+def _wrk(script: Path, url: str, concurrency: int, seconds: float) -> load.LoadResult:
+    return load.run_wrk(script, url, concurrency, seconds, cpu=1)
+
+
+def _h2load(target: grpc_load.GrpcTarget, concurrency: int, seconds: float) -> load.LoadResult:
+    return grpc_load.run_checked(target, concurrency, seconds, cpu=1)
+
+
 def batches(server: Server) -> tuple[float, float]:
     """(requests, batches) the server's batchers have handed to workers so far, from its /metrics."""
-    import httpx
-
-    address = server.start[server.start.index("--metrics-address") + 1]
-    text = httpx.get(f"http://{address}/metrics", timeout=10).text
-    found = {"sum": 0.0, "count": 0.0}
-    for line in text.splitlines():
-        for kind in found:
-            if line.startswith(f"dms_batch_size_{kind}{{"):
-                found[kind] += float(line.rsplit(" ", 1)[1])
-    return found["sum"], found["count"]
+    return setups.dms_metric(server, "dms_batch_size_sum"), setups.dms_metric(server, "dms_batch_size_count")
 
 
 def cpu_of(procs: list[psutil.Process]) -> float:
@@ -149,11 +162,10 @@ def main() -> None:
         assert server.process is not None
         frontend = psutil.Process(server.process.pid)
         workers = frontend.children(recursive=True)
-        for path, target in targets(server).items():
+        for path, run in loads(server, work).items():
             if path not in args.paths.split(","):
                 continue
-            script = load.write_script(target, work / f"{path}.lua")
-            load.run_wrk(script, target.url, args.concurrency, 3, cpu=1)
+            run(args.concurrency, 3)
             spies = []
             if args.py_spy:
                 spies = [
@@ -161,7 +173,7 @@ def main() -> None:
                     profile(workers[0].pid, args.seconds, out / f"{path}-worker.txt"),
                 ]
             front_before, workers_before, batches_before = cpu_of([frontend]), cpu_of(workers), batches(server)
-            result = load.run_wrk(script, target.url, args.concurrency, args.seconds, cpu=1)
+            result = run(args.concurrency, args.seconds)
             front_s, workers_s = cpu_of([frontend]) - front_before, cpu_of(workers) - workers_before
             (batched_after, count_after), (batched_before, count_before) = batches(server), batches_before
             batched, batch_count = batched_after - batched_before, count_after - count_before

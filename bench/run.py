@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from bench.harness import load, peers, setups
+from bench.harness import grpc_load, load, peers, setups
 from bench.harness.report import Row, write_report
 from bench.harness.servers import Server
 
@@ -58,11 +58,21 @@ def tiny_target(server: Server, url: str, body: bytes, content_type: str, header
     return load.Target(url, [body], content_type, [answer.content], True, tuple(headers))
 
 
-def measure(server: Server, target: load.Target, label: str, plan: Plan, work: Path, rows: list[Row], scenario: str):
-    script = load.write_script(target, work / f"{abs(hash((label, target.url)))}.lua")
+AnyTarget = load.Target | grpc_load.GrpcTarget
+
+
+def run_load(target: AnyTarget, concurrency: int, seconds: float, work: Path) -> load.LoadResult:
+    """wrk for HTTP targets, h2load for gRPC ones; wrk's script checks every answer, the server counts gRPC's."""
+    if isinstance(target, grpc_load.GrpcTarget):
+        return grpc_load.run_checked(target, concurrency, seconds, cpu=1)
+    script = load.write_script(target, work / f"{abs(hash(target.url + target.content_type))}.lua")
+    return load.run_wrk(script, target.url, concurrency, seconds, cpu=1)
+
+
+def measure(server: Server, target: AnyTarget, label: str, plan: Plan, work: Path, rows: list[Row], scenario: str):
     for concurrency in plan.concurrencies:
         cpu_before = server.cpu_seconds()
-        result = load.run_wrk(script, target.url, concurrency, plan.window_s, cpu=1)
+        result = run_load(target, concurrency, plan.window_s, work)
         cpu = server.cpu_seconds() - cpu_before
         if result.bad or result.socket_errors:
             raise AssertionError(
@@ -76,9 +86,8 @@ def measure(server: Server, target: load.Target, label: str, plan: Plan, work: P
         )
 
 
-def warm(target: load.Target, seconds: float, work: Path) -> None:
-    script = load.write_script(target, work / "warm.lua")
-    load.run_wrk(script, target.url, 16, seconds, cpu=1)
+def warm(target: AnyTarget, seconds: float, work: Path) -> None:
+    run_load(target, 16, seconds, work)
 
 
 def tiny_scenario(plan: Plan, work: Path, rows: list[Row], extras: dict[str, object]) -> None:
@@ -88,7 +97,7 @@ def tiny_scenario(plan: Plan, work: Path, rows: list[Row], extras: dict[str, obj
     dms = setups.dms_server(
         work, {"tiny": (handler, None, batching), "lin": ("tensor", onnx_file, batching)}, probe="tiny"
     )
-    servers: list[tuple[Server, list[tuple[str, load.Target]]]] = []
+    servers: list[tuple[Server, list[tuple[str, AnyTarget]]]] = []
     startups: dict[str, tuple[float, float]] = {}
     try:
         cold = dms.launch()
@@ -115,6 +124,7 @@ def tiny_scenario(plan: Plan, work: Path, rows: list[Row], extras: dict[str, obj
                         "DMS OIP REST JSON (ONNX)",
                         tiny_target(dms, f"{base}/v2/models/lin/infer", oip_json.encode(), "application/json"),
                     ),
+                    ("DMS OIP gRPC (ONNX)", setups.dms_grpc_target(dms, "lin", "x")),
                     (
                         "DMS OIP REST binary (ONNX)",
                         tiny_target(

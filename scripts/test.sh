@@ -15,9 +15,12 @@ pip=(.venv/bin/python -m pip install -q)
 [ -d .tools/mms-model-archiver ] || "${pip[@]}" --target .tools/mms-model-archiver model-archiver==1.0.3
 
 # Debian tools the tests use for real: Chromium for the browser tests (Playwright's own browser
-# download is not used), curl and jq for the tutorials (run as written), wrk for the benchmark smoke run.
+# download is not used), curl and jq for the tutorials (run as written), wrk and h2load (nghttp2-client)
+# for the benchmark smoke run.
 missing=()
-for tool in chromium curl jq wrk; do command -v "$tool" >/dev/null 2>&1 || missing+=("$tool"); done
+for tool in chromium curl jq wrk h2load; do
+  command -v "$tool" >/dev/null 2>&1 || missing+=("$([ "$tool" = h2load ] && echo nghttp2-client || echo "$tool")")
+done
 if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq

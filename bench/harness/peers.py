@@ -1,4 +1,4 @@
-"""Install what the benchmark needs: Debian's wrk and Java where missing, TorchServe 0.12 and MMS 1.1
+"""Install what the benchmark needs: Debian's wrk, h2load and Java where missing, TorchServe 0.12 and MMS 1.1
 each in a throw-away venv (torch from its pinned local wheel first, so nothing pulls a CUDA build)."""
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def _is_root() -> bool:
 
 
 def ensure_tools(java: bool) -> None:
-    missing = [] if shutil.which("wrk") else ["wrk"]
+    missing = [package for tool, package in (("wrk", "wrk"), ("h2load", "nghttp2-client")) if not shutil.which(tool)]
     if java and not shutil.which("java"):
         missing.append("openjdk-17-jre-headless")
     if missing:

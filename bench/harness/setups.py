@@ -14,6 +14,8 @@ import numpy as np
 import yaml
 
 from bench.handlers.tiny_handler import ROW, WEIGHTS
+from bench.harness import grpc_load
+from bench.harness.grpc_load import GrpcTarget
 from bench.harness.servers import Server
 
 HANDLERS = Path(__file__).resolve().parent.parent / "handlers"
@@ -105,6 +107,35 @@ def dms_server(work: Path, models: dict[str, tuple[str, Path | None, dict[str, o
         cwd=folder,
         env={"DMS_ARCHIVE_CACHE_DIR": str(folder / "cache")},
     )
+
+
+def dms_metric(server: Server, name: str, *label_parts: str) -> float:
+    """The sum of a DMS server's ``name`` samples whose labels contain every one of ``label_parts``."""
+    import httpx
+
+    address = server.start[server.start.index("--metrics-address") + 1]
+    total = 0.0
+    for line in httpx.get(f"http://{address}/metrics", timeout=10).text.splitlines():
+        if line.startswith(name + "{") and all(part in line for part in label_parts):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def dms_grpc_address(server: Server) -> str:
+    return server.start[server.start.index("--grpc-address") + 1]
+
+
+def dms_grpc_target(server: Server, model: str, input_name: str) -> GrpcTarget:
+    """ModelInfer on the tiny model's row, checked once against numpy through grpcio."""
+    address = dms_grpc_address(server)
+    message = grpc_load.infer_message(model, input_name, [ROW])
+    np.testing.assert_array_equal(grpc_load.probe(address, message), tiny_reference())
+
+    def failed_calls() -> float:
+        calls = dms_metric(server, "dms_requests_total", 'transport="v2-grpc"')
+        return calls - dms_metric(server, "dms_requests_total", 'transport="v2-grpc"', 'outcome="success"')
+
+    return GrpcTarget(f"http://{address}", message, failed_calls)
 
 
 def bare_server(work: Path) -> Server:

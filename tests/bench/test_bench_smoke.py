@@ -13,8 +13,9 @@ from tests.support import REPO
 
 
 def test_the_benchmark_runs_and_every_answer_is_right():
-    if shutil.which("wrk") is None:
-        pytest.skip("needs wrk (Debian's package, installed by scripts/test.sh), which is missing")
+    for tool, package in (("wrk", "wrk"), ("h2load", "nghttp2-client")):
+        if shutil.which(tool) is None:
+            pytest.skip(f"needs {tool} (Debian's {package}, installed by scripts/test.sh), which is missing")
     peers = os.environ.get("DMS_BENCH_SMOKE_PEERS") == "1"
     done = subprocess.run(
         [sys.executable, "-m", "bench.run", "--smoke", *([] if peers else ["--no-peers"])],
@@ -29,6 +30,7 @@ def test_the_benchmark_runs_and_every_answer_is_right():
     for label in (
         "DMS /predictions (same handler)",
         "DMS OIP REST binary (ONNX)",
+        "DMS OIP gRPC (ONNX)",
         "bare ceiling",
         "DMS batch 8 / 5 ms",
     ):

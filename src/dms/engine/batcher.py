@@ -98,6 +98,7 @@ class Batcher(Generic[W]):
             if not self._queue:
                 self._not_empty.clear()
                 await self._not_empty.wait()
+                await asyncio.sleep(0)  # let requests that arrived in the same instant join the batch
             try:
                 worker = await self.executor.acquire()
             except DMSError as exc:
