@@ -14,6 +14,7 @@ import datetime
 import json
 import multiprocessing
 import platform
+import statistics
 import tempfile
 import time
 from dataclasses import dataclass
@@ -98,10 +99,8 @@ def tiny_scenario(plan: Plan, work: Path, rows: list[Row], extras: dict[str, obj
         work, {"tiny": (handler, None, batching), "lin": ("tensor", onnx_file, batching)}, probe="tiny"
     )
     servers: list[tuple[Server, list[tuple[str, AnyTarget]]]] = []
-    startups: dict[str, tuple[float, float]] = {}
     try:
-        cold = dms.launch()
-        startups["DMS"] = (cold, dms.rss_mib())
+        dms.launch()
         base = dms.probe_url.rsplit("/predictions/", 1)[0]
         header = json.dumps(
             {"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32", "parameters": {"binary_data_size": 64}}]}
@@ -153,28 +152,26 @@ def tiny_scenario(plan: Plan, work: Path, rows: list[Row], extras: dict[str, obj
         )
         if plan.peers:
             ts_bin = peers.torchserve_env(peers.VENVS)
-            ts_config = {"minWorkers": 2, "maxWorkers": 2, "batchSize": 8, "maxBatchDelay": 5}
             ts = setups.torchserve_server(
                 work,
                 ts_bin,
                 "tiny",
                 setups.HANDLERS / "tiny_handler.py",
                 [],
-                ts_config,
+                TS_TINY_CONFIG,
                 setups.TINY_BODY,
                 "application/json",
             )
-            startups["TorchServe 0.12"] = (ts.launch(), ts.rss_mib())
+            ts.launch()
             ts_target = tiny_target(ts, ts.probe_url, setups.TINY_BODY, "application/json")
             warm(ts_target, 30 if plan.window_s > 2 else 1, work)  # the JVM's JIT settles first
             servers.append((ts, [("TorchServe 0.12 (batch 8 / 5 ms)", ts_target)]))
             mms_bin = peers.mms_env(peers.VENVS)
             mms = setups.mms_server(work, mms_bin)
-            startups["MMS 1.1"] = (mms.launch(), mms.rss_mib())
+            mms.launch()
             mms_target = tiny_target(mms, mms.probe_url, setups.TINY_BODY, "application/json")
             warm(mms_target, 15 if plan.window_s > 2 else 1, work)
             servers.append((mms, [("MMS 1.1 (no batching)", mms_target)]))
-        extras["startup"] = startups
         for _, targets in servers:
             for _, target in targets:
                 warm(target, plan.warmup_s, work)
@@ -187,6 +184,41 @@ def tiny_scenario(plan: Plan, work: Path, rows: list[Row], extras: dict[str, obj
         for server, _ in servers:
             server.stop()
         dms.stop()
+
+
+TS_TINY_CONFIG = {"minWorkers": 2, "maxWorkers": 2, "batchSize": 8, "maxBatchDelay": 5}
+
+
+def startup_scenario(plan: Plan, work: Path, extras: dict[str, object]) -> None:
+    """Cold start (launch to first correct answer) and idle RSS, each server with exactly one 2-worker tiny model."""
+    handler = setups.HANDLERS / "tiny_handler.py"
+    config = {"initial_workers": 2, "batch_size": 8, "max_batch_delay_ms": 5}
+    makers = {"DMS": lambda folder: setups.dms_server(folder, {"tiny": (str(handler), None, config)}, probe="tiny")}
+    if plan.peers:
+        ts_bin, mms_bin = peers.torchserve_env(peers.VENVS), peers.mms_env(peers.VENVS)
+        makers["TorchServe 0.12"] = lambda folder: setups.torchserve_server(
+            folder, ts_bin, "tiny", handler, [], TS_TINY_CONFIG, setups.TINY_BODY, "application/json"
+        )
+        makers["MMS 1.1"] = lambda folder: setups.mms_server(folder, mms_bin)
+    launches = 1 if plan.window_s < 2 else 3
+    measured: dict[str, list[tuple[float, float]]] = {name: [] for name in makers}
+    for attempt in range(launches):
+        for name, make in makers.items():
+            folder = work / f"startup-{attempt}-{name.split()[0]}"
+            folder.mkdir(parents=True)
+            server = make(folder)
+            try:
+                cold = server.launch()
+                time.sleep(3)  # let every worker settle before reading memory
+                measured[name].append((cold, server.rss_mib()))
+            finally:
+                server.stop()
+            print(f"  {name:<38} cold start {cold:5.2f} s  idle RSS {measured[name][-1][1]:6.0f} MiB", flush=True)
+    extras["startup"] = {
+        name: (statistics.median(c for c, _ in values), statistics.median(r for _, r in values))
+        for name, values in measured.items()
+    }
+    extras["startup_launches"] = launches
 
 
 def sweep_scenario(plan: Plan, work: Path, rows: list[Row]) -> None:
@@ -297,7 +329,7 @@ def main() -> None:
     parser.add_argument("--no-peers", dest="peers", action="store_false", help="skip TorchServe and MMS")
     parser.add_argument("--window", type=float, default=15.0, help="seconds per measurement [15]")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds [2]")
-    parser.add_argument("--scenarios", default="tiny,squeezenet,sweep", help="comma-separated [all three]")
+    parser.add_argument("--scenarios", default="tiny,startup,squeezenet,sweep", help="comma-separated [all four]")
     parser.add_argument("--out", type=Path, help="report path [bench/results/<date>.md]")
     parser.add_argument("--workdir", type=Path, help="keep archives and server logs here [a temp folder]")
     args = parser.parse_args()
@@ -311,6 +343,9 @@ def main() -> None:
         work.mkdir(parents=True)
         if "tiny" in wanted:
             tiny_scenario(plan, work, rows, extras)
+        if "startup" in wanted:
+            print("cold start and idle memory", flush=True)
+            startup_scenario(plan, work, extras)
         if "squeezenet" in wanted:
             squeezenet_scenario(plan, work, rows, extras)
         if "sweep" in wanted:

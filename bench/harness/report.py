@@ -84,7 +84,10 @@ def write_report(out: Path, rows: list[Row], extras: dict[str, Any], machine: st
     startup = extras.get("startup") or {}
     if startup:
         lines += [
-            "## Cold start and idle memory (tiny model, 2 workers)",
+            "## Cold start and idle memory (one model, the tiny one, 2 workers)",
+            "",
+            f"Median of {extras.get('startup_launches', 1)} launches each: cold start is launch to the first correct "
+            "answer; idle RSS is every process of the server (JVM, frontend and workers) 3 s later.",
             "",
             "| server | cold start s | idle RSS MiB |",
             "|---|---|---|",

@@ -33,5 +33,6 @@ def test_the_benchmark_runs_and_every_answer_is_right():
         "DMS OIP gRPC (ONNX)",
         "bare ceiling",
         "DMS batch 8 / 5 ms",
+        "cold start",
     ):
         assert label in done.stdout, f"{label} was not measured:\n{done.stdout}"

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from dms.auth import read_key
@@ -38,6 +37,8 @@ class ServerView:
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
 
     def get(self, path: str) -> Any:
+        import httpx  # here, not at the top: `dms serve` shares this CLI and need not pay for the import
+
         try:
             response = httpx.get(f"{self.management}{path}", headers=self.headers, timeout=10)
         except httpx.HTTPError as exc:
@@ -52,6 +53,8 @@ class ServerView:
         return [version for name in names for version in self.get(f"/models/{name}/all")]
 
     def samples(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        import httpx
+
         try:
             text = httpx.get(f"{self.metrics}/metrics", timeout=10).text
         except httpx.HTTPError:
