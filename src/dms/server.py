@@ -54,6 +54,8 @@ def _uvicorn_server(app: Any, address: str, grace_s: float) -> _Server:
         access_log=False,
         log_config=None,
         server_header=False,
+        # Nothing reads the client address, so X-Forwarded-* need not be parsed on every request.
+        proxy_headers=False,
         timeout_graceful_shutdown=int(grace_s) or None,
     )
     return _Server(config)
