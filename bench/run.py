@@ -30,6 +30,10 @@ from bench.harness.servers import Server
 ROOT = Path(__file__).resolve().parent
 SHARED = ROOT.parent.parent / "shared"
 
+TS_TINY_CONFIG = {"minWorkers": 2, "maxWorkers": 2, "batchSize": 8, "maxBatchDelay": 5}
+DMS_TINY_BATCHING = {"initial_workers": 2, "batch_size": 16, "max_batch_delay_ms": 5}
+"""DMS's best setting in the batching sweep on this machine (TorchServe is measured at 8 and 16)."""
+
 
 @dataclass
 class Plan:
@@ -93,7 +97,7 @@ def warm(target: AnyTarget, seconds: float, work: Path) -> None:
 
 def tiny_scenario(plan: Plan, work: Path, rows: list[Row], extras: dict[str, object]) -> None:
     onnx_file = setups.write_tiny_onnx(work / "tiny.onnx")
-    batching = {"initial_workers": 2, "batch_size": 8, "max_batch_delay_ms": 5}
+    batching = DMS_TINY_BATCHING
     handler = str(setups.HANDLERS / "tiny_handler.py")
     dms = setups.dms_server(
         work, {"tiny": (handler, None, batching), "lin": ("tensor", onnx_file, batching)}, probe="tiny"
@@ -112,7 +116,7 @@ def tiny_scenario(plan: Plan, work: Path, rows: list[Row], extras: dict[str, obj
                 dms,
                 [
                     (
-                        "DMS /predictions (same handler)",
+                        "DMS /predictions, same handler (batch 16 / 5 ms)",
                         tiny_target(dms, dms.probe_url, setups.TINY_BODY, "application/json"),
                     ),
                     (
@@ -152,20 +156,24 @@ def tiny_scenario(plan: Plan, work: Path, rows: list[Row], extras: dict[str, obj
         )
         if plan.peers:
             ts_bin = peers.torchserve_env(peers.VENVS)
-            ts = setups.torchserve_server(
-                work,
-                ts_bin,
-                "tiny",
-                setups.HANDLERS / "tiny_handler.py",
-                [],
-                TS_TINY_CONFIG,
-                setups.TINY_BODY,
-                "application/json",
-            )
-            ts.launch()
-            ts_target = tiny_target(ts, ts.probe_url, setups.TINY_BODY, "application/json")
-            warm(ts_target, 30 if plan.window_s > 2 else 1, work)  # the JVM's JIT settles first
-            servers.append((ts, [("TorchServe 0.12 (batch 8 / 5 ms)", ts_target)]))
+            for batch in (8, 16):  # TorchServe at the issue's best setting and at DMS's
+                ts_work = work / f"ts-batch-{batch}"
+                ts_work.mkdir()
+                ts = setups.torchserve_server(
+                    ts_work,
+                    ts_bin,
+                    "tiny",
+                    setups.HANDLERS / "tiny_handler.py",
+                    [],
+                    {**TS_TINY_CONFIG, "batchSize": batch},
+                    setups.TINY_BODY,
+                    "application/json",
+                )
+                servers.append((ts, []))
+                ts.launch()
+                ts_target = tiny_target(ts, ts.probe_url, setups.TINY_BODY, "application/json")
+                warm(ts_target, 30 if plan.window_s > 2 else 1, work)  # the JVM's JIT settles first
+                servers[-1][1].append((f"TorchServe 0.12 (batch {batch} / 5 ms)", ts_target))
             mms_bin = peers.mms_env(peers.VENVS)
             mms = setups.mms_server(work, mms_bin)
             mms.launch()
@@ -186,14 +194,12 @@ def tiny_scenario(plan: Plan, work: Path, rows: list[Row], extras: dict[str, obj
         dms.stop()
 
 
-TS_TINY_CONFIG = {"minWorkers": 2, "maxWorkers": 2, "batchSize": 8, "maxBatchDelay": 5}
-
-
 def startup_scenario(plan: Plan, work: Path, extras: dict[str, object]) -> None:
     """Cold start (launch to first correct answer) and idle RSS, each server with exactly one 2-worker tiny model."""
     handler = setups.HANDLERS / "tiny_handler.py"
-    config = {"initial_workers": 2, "batch_size": 8, "max_batch_delay_ms": 5}
-    makers = {"DMS": lambda folder: setups.dms_server(folder, {"tiny": (str(handler), None, config)}, probe="tiny")}
+    makers = {
+        "DMS": lambda folder: setups.dms_server(folder, {"tiny": (str(handler), None, DMS_TINY_BATCHING)}, probe="tiny")
+    }
     if plan.peers:
         ts_bin, mms_bin = peers.torchserve_env(peers.VENVS), peers.mms_env(peers.VENVS)
         makers["TorchServe 0.12"] = lambda folder: setups.torchserve_server(

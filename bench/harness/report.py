@@ -67,7 +67,10 @@ def write_report(out: Path, rows: list[Row], extras: dict[str, Any], machine: st
         "",
     ]
     for scenario, title in (
-        ("tiny", "Tiny model (16→4 float matmul, one JSON row per request)"),
+        (
+            "tiny",
+            "Tiny model (16→4 float matmul, one JSON row per request; every DMS model: 2 workers, batch 16 / 5 ms)",
+        ),
         ("squeezenet", "SqueezeNet ONNX on JPEGs (kitten.jpg, dog.jpg in turn), c=16"),
         ("sweep", "Batching sweep, DMS, same tiny handler (batch size / max delay)"),
     ):

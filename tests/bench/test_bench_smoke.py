@@ -28,7 +28,7 @@ def test_the_benchmark_runs_and_every_answer_is_right():
     assert done.returncode == 0, f"{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
     assert "smoke run passed" in done.stdout
     for label in (
-        "DMS /predictions (same handler)",
+        "DMS /predictions, same handler (batch 16 / 5 ms)",
         "DMS OIP REST binary (ONNX)",
         "DMS OIP gRPC (ONNX)",
         "bare ceiling",
