@@ -154,6 +154,9 @@ def tiny_scenario(plan: Plan, work: Path, rows: list[Row], extras: dict[str, obj
                 ],
             )
         )
+        grpc_ceiling, grpc_ceiling_target = setups.grpc_ceiling_server(work)
+        grpc_ceiling.launch()
+        servers.append((grpc_ceiling, [("gRPC ceiling (grpcio aio, 2 processes)", grpc_ceiling_target)]))
         if plan.peers:
             ts_bin = peers.torchserve_env(peers.VENVS)
             for batch in (8, 16):  # TorchServe at the best setting and at DMS's

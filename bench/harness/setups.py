@@ -138,6 +138,40 @@ def dms_grpc_target(server: Server, model: str, input_name: str) -> GrpcTarget:
     return GrpcTarget(f"http://{address}", message, failed_calls)
 
 
+def grpc_ceiling_server(work: Path) -> tuple[Server, GrpcTarget]:
+    """The gRPC ceiling (bench/handlers/grpc_ceiling.py, 2 processes) and its ModelInfer target.
+
+    It has no metrics to count failed calls, so its answers are checked by the probe only; it has no
+    error path either (the matmul of a fixed row).
+    """
+    import grpc
+
+    folder = work / "grpc-ceiling"
+    folder.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    message = grpc_load.infer_message("tiny", "x", [ROW])
+
+    def answers() -> bool:
+        try:
+            return bool(np.array_equal(grpc_load.probe(address, message), tiny_reference()))
+        except grpc.RpcError:
+            return False
+
+    server = Server(
+        name="gRPC ceiling",
+        start=[sys.executable, "-m", "bench.handlers.grpc_ceiling", str(port), "2"],
+        probe_url=f"grpc://{address}",
+        probe_body=b"",
+        probe_type="",
+        marker=f"grpc_ceiling {port}",
+        cwd=folder,
+        env={"PYTHONPATH": str(HANDLERS.parent.parent)},
+        answers=answers,
+    )
+    return server, GrpcTarget(f"http://{address}", message, lambda: 0.0)
+
+
 def bare_server(work: Path) -> Server:
     folder = work / "bare"
     folder.mkdir(parents=True, exist_ok=True)

@@ -32,6 +32,7 @@ def test_the_benchmark_runs_and_every_answer_is_right():
         "DMS OIP REST binary (ONNX)",
         "DMS OIP gRPC (ONNX)",
         "bare ceiling",
+        "gRPC ceiling",
         "DMS batch 8 / 5 ms",
         "cold start",
     ):
