@@ -122,6 +122,38 @@ def top_functions(collapsed: Path, count: int) -> tuple[list[tuple[str, float]],
     )
 
 
+STAGES: list[tuple[str, tuple[str, ...]]] = [
+    # (stage, substrings of the sampled frame's own function and file); first match wins
+    ("HTTP response write (uvicorn send: headers, 2 socket writes)", ("RequestResponseCycle.send ",)),
+    ("HTTP parse and ASGI plumbing (uvicorn + httptools)", ("uvicorn/",)),
+    ("event loop (uvloop: epoll, socket reads, callbacks)", ("Runner.run ",)),
+    ("IPC to workers (msgpack frames on a socket pair)", ("worker_process.py", "asyncio/streams.py", "messages.py")),
+    ("metrics, access log, request ids", ("prometheus_client/", "observability/", "logging/")),
+    ("queue and batching", ("engine/batcher.py", "engine/pool.py", "engine/stats.py", "dataplane/", "asyncio/")),
+    ("routing, forwarding, response object", ("rest/", "starlette/", "_weakrefset.py")),
+    ("worker: waiting for a batch (not CPU)", ("Channel._read ",)),
+    ("worker: IPC (socket, msgpack)", ("worker/__main__.py", "engine/messages.py")),
+    ("worker: model runtime (ONNX Runtime)", ("onnxruntime/", "runtimes/")),
+    ("worker: decode JSON, conform tensors", ("worker/inputs.py", "json_depth.py", "tensor_exec.py", "oip/")),
+    ("worker: handler and encode", ("handlers/", "worker/", "numpy/")),
+]
+
+
+def stage_shares(collapsed: Path) -> list[tuple[str, float]]:
+    """Share of samples per stage of the data path, by the file of each sample's innermost frame."""
+    counts: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in collapsed.read_text().splitlines():
+        stack, _, samples_text = line.rpartition(" ")
+        if not stack:
+            continue
+        samples = int(samples_text)
+        total += samples
+        frame = stack.split(";")[-1]
+        counts[next((stage for stage, marks in STAGES if any(m in frame for m in marks)), "other")] += samples
+    return [(stage, n / total) for stage, n in counts.most_common()] if total else []
+
+
 def _short(frame: str) -> str:
     """``func (path/to/module.py:12)`` → ``func (module.py)``: lines differ per call site, files do not."""
     name, _, where = frame.partition(" (")
@@ -192,6 +224,16 @@ def main() -> None:
                 if not collapsed.is_file():
                     print(f"   (no py-spy output for the {role})")
                     continue
+                cpu_us = (front_s if role == "frontend" else workers_s) * per
+                shares = stage_shares(collapsed)
+                waiting = sum(share for stage, share in shares if "not CPU" in stage)
+                print(
+                    f"-- {role}: by stage (share of samples; the {cpu_us:.0f} µs CPU per request spread over "
+                    "the samples that were not waiting, so kernel time lands in proportion)"
+                )
+                for stage, share in shares:
+                    busy = 0.0 if "not CPU" in stage else share / max(1e-9, 1 - waiting)
+                    print(f"   {share:6.1%}  {busy * cpu_us:5.0f} µs  {stage}")
                 own, inclusive = top_functions(collapsed, args.top)
                 print(f"-- {role}: own time (share of samples, idle included)")
                 for name, share in own:
