@@ -221,13 +221,18 @@ def torchserve_server(
     if extra:
         archive += ["--extra-files", ",".join(str(p) for p in extra)]
     subprocess.run(archive, cwd=folder, check=True, capture_output=True, timeout=300)
-    ports = [free_port() for _ in range(3)]
+    ports = [free_port() for _ in range(6)]
     (folder / "config.properties").write_text(
         "\n".join(
             [
                 f"inference_address=http://127.0.0.1:{ports[0]}",
                 f"management_address=http://127.0.0.1:{ports[1]}",
                 f"metrics_address=http://127.0.0.1:{ports[2]}",
+                # Its own gRPC ports and worker socket names (/tmp/.ts.sock.<port>), so that two
+                # TorchServes (batch 8 and batch 16) can run side by side.
+                f"grpc_inference_port={ports[3]}",
+                f"grpc_management_port={ports[4]}",
+                f"initial_worker_port={ports[5]}",
                 f"model_store={store}",
                 f"load_models={name}={name}.mar",
                 "async_logging=true",
