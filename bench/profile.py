@@ -21,14 +21,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import psutil
 
 from bench.harness import grpc_load, load, setups
-from bench.harness.servers import Server
+from bench.harness.servers import Server, cpu_seconds_of
 
 PATHS = ("predictions", "oip-json", "oip-binary", "oip-grpc")
 Load = Callable[[int, float], load.LoadResult]
@@ -88,15 +88,12 @@ def batches(server: Server) -> tuple[float, float]:
     return setups.dms_metric(server, "dms_batch_size_sum"), setups.dms_metric(server, "dms_batch_size_count")
 
 
-def cpu_of(procs: list[psutil.Process]) -> float:
-    total = 0.0
-    for proc in procs:
-        try:
-            times = proc.cpu_times()
-            total += times.user + times.system
-        except psutil.NoSuchProcess:
-            continue
-    return total
+def _stacks(collapsed: Path) -> Iterator[tuple[list[str], int]]:
+    """(frames, outermost first; samples) of each line of py-spy's collapsed (raw) output."""
+    for line in collapsed.read_text().splitlines():
+        stack, _, samples_text = line.rpartition(" ")
+        if stack:
+            yield stack.split(";"), int(samples_text)
 
 
 def top_functions(collapsed: Path, count: int) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
@@ -104,13 +101,9 @@ def top_functions(collapsed: Path, count: int) -> tuple[list[tuple[str, float]],
     own: collections.Counter[str] = collections.Counter()
     inclusive: collections.Counter[str] = collections.Counter()
     total = 0
-    for line in collapsed.read_text().splitlines():
-        stack, _, samples_text = line.rpartition(" ")
-        if not stack:
-            continue
-        samples = int(samples_text)
+    for stack, samples in _stacks(collapsed):
         total += samples
-        frames = [_short(frame) for frame in stack.split(";")]
+        frames = [_short(frame) for frame in stack]
         own[frames[-1]] += samples
         for frame in set(frames):
             inclusive[frame] += samples
@@ -143,13 +136,9 @@ def stage_shares(collapsed: Path) -> list[tuple[str, float]]:
     """Share of samples per stage of the data path, by the file of each sample's innermost frame."""
     counts: collections.Counter[str] = collections.Counter()
     total = 0
-    for line in collapsed.read_text().splitlines():
-        stack, _, samples_text = line.rpartition(" ")
-        if not stack:
-            continue
-        samples = int(samples_text)
+    for stack, samples in _stacks(collapsed):
         total += samples
-        frame = stack.split(";")[-1]
+        frame = stack[-1]
         counts[next((stage for stage, marks in STAGES if any(m in frame for m in marks)), "other")] += samples
     return [(stage, n / total) for stage, n in counts.most_common()] if total else []
 
@@ -204,9 +193,13 @@ def main() -> None:
                     profile(frontend.pid, args.seconds, out / f"{path}-frontend.txt"),
                     profile(workers[0].pid, args.seconds, out / f"{path}-worker.txt"),
                 ]
-            front_before, workers_before, batches_before = cpu_of([frontend]), cpu_of(workers), batches(server)
+            front_before, workers_before, batches_before = (
+                cpu_seconds_of([frontend]),
+                cpu_seconds_of(workers),
+                batches(server),
+            )
             result = run(args.concurrency, args.seconds)
-            front_s, workers_s = cpu_of([frontend]) - front_before, cpu_of(workers) - workers_before
+            front_s, workers_s = cpu_seconds_of([frontend]) - front_before, cpu_seconds_of(workers) - workers_before
             (batched_after, count_after), (batched_before, count_before) = batches(server), batches_before
             batched, batch_count = batched_after - batched_before, count_after - count_before
             for spy in spies:

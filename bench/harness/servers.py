@@ -93,14 +93,7 @@ class Server:
         return list(found.values())
 
     def cpu_seconds(self) -> float:
-        total = 0.0
-        for proc in self.processes():
-            try:
-                times = proc.cpu_times()
-                total += times.user + times.system
-            except psutil.NoSuchProcess:
-                continue
-        return total
+        return cpu_seconds_of(self.processes())
 
     def rss_mib(self) -> float:
         total = 0
@@ -137,3 +130,15 @@ class Server:
                 self.process.wait(10)
             except subprocess.TimeoutExpired:
                 self.process.kill()
+
+
+def cpu_seconds_of(processes: list[psutil.Process]) -> float:
+    """User plus system CPU seconds of these processes so far (ones that have ended count 0)."""
+    total = 0.0
+    for proc in processes:
+        try:
+            times = proc.cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:
+            continue
+    return total

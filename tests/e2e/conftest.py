@@ -6,7 +6,7 @@ import pytest
 
 from dms.archive.writer import ArchiveSpec, write_archive
 from tests.conftest import make_squeezenet_archive
-from tests.e2e.test_tensor_handler import linear_model
+from tests.e2e.test_tensor_handler import write_linear_archive
 from tests.e2e.test_user_flow import SQUEEZENET_CONFIG
 from tests.support import FIXTURES, running_server, shared_path
 
@@ -31,17 +31,7 @@ def oip_server(tmp_path_factory: pytest.TempPathFactory):
         ),
         store,
     )
-    (work / "linear.yaml").write_text("initial_workers: 1\nbatch_size: 8\n")
-    write_archive(
-        ArchiveSpec(
-            model_name="linear",
-            version="1.0",
-            handler="tensor",
-            serialized_file=linear_model(work / "linear.onnx"),
-            config_file=work / "linear.yaml",
-        ),
-        store,
-    )
+    write_linear_archive(work, store, "initial_workers: 1\nbatch_size: 8\n")
     models = ["echo=echo.mar", "linear=linear.mar"]
     squeezenet = shared_path_or_none("models/squeezenet/squeezenet_v1.1.onnx")
     if squeezenet is not None:

@@ -13,9 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from dms.archive.writer import ArchiveSpec, write_archive
 from dms.server import default_model_archive
-from tests.e2e.test_tensor_handler import linear_model
+from tests.e2e.test_tensor_handler import write_linear_archive
 from tests.support import running_server
 
 SAMPLE = (default_model_archive().parent / "samples" / "digit_7.png").read_bytes()
@@ -67,17 +66,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory):
     (work / "fast").mkdir()
     (work / "slow").mkdir()
     store = work / "store"
-    (work / "linear.yaml").write_text("initial_workers: 1\nbatch_size: 4\n")
-    write_archive(
-        ArchiveSpec(
-            model_name="linear",
-            version="1.0",
-            handler="tensor",
-            serialized_file=linear_model(work / "linear.onnx"),
-            config_file=work / "linear.yaml",
-        ),
-        store,
-    )
+    write_linear_archive(work, store, "initial_workers: 1\nbatch_size: 4\n")
     digits = f"digits={default_model_archive()}"
     args = ["--default-workers-per-model", "1", "--model-store", str(store), "--models", "linear=linear.mar", digits]
     env = {"DMS_MAX_REQUEST_SIZE_BYTES": "5000"}

@@ -35,19 +35,23 @@ def linear_model(path: Path) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
-    work = tmp_path_factory.mktemp("tensor")
-    config = work / "model-config.yaml"
-    config.write_text("initial_workers: 1\nbatch_size: 16\n")
+def write_linear_archive(work: Path, store: Path, config: str) -> Path:
+    """``linear`` 1.0 in ``store``: the Gemm model above behind the built-in tensor handler."""
+    (work / "linear.yaml").write_text(config)
     spec = ArchiveSpec(
         model_name="linear",
         version="1.0",
         handler="tensor",
         serialized_file=linear_model(work / "linear.onnx"),
-        config_file=config,
+        config_file=work / "linear.yaml",
     )
-    archive = write_archive(spec, work / "store")
+    return write_archive(spec, store)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    work = tmp_path_factory.mktemp("tensor")
+    archive = write_linear_archive(work, work / "store", "initial_workers: 1\nbatch_size: 16\n")
     with running_server(work, ["--models", f"linear={archive}", "--no-default-model"]) as running:
         yield running
 

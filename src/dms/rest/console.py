@@ -18,7 +18,7 @@ from dms.engine.messages import PROTOCOL_RAW, PROTOCOL_V2_REST
 from dms.observability.metrics import ServerMetrics
 from dms.rest.common import json_response
 from dms.rest.errors import error_response
-from dms.rest.forwarding import forwarding_endpoint
+from dms.rest.forwarding import Forwarder
 from dms.rest.oip import oip_error
 
 STATIC = Path(str(resources.files("dms.console") / "static"))
@@ -55,8 +55,8 @@ def console_routes(dataplane: DataPlane, metrics: ServerMetrics) -> list[Route |
             )
         return json_response({"models": models})
 
-    try_predict = forwarding_endpoint(dataplane, metrics, protocol=PROTOCOL_RAW, on_error=error_response)
-    try_infer = forwarding_endpoint(dataplane, metrics, protocol=PROTOCOL_V2_REST, on_error=oip_error)
+    try_predict = Forwarder(dataplane, metrics, protocol=PROTOCOL_RAW, on_error=error_response).endpoint()
+    try_infer = Forwarder(dataplane, metrics, protocol=PROTOCOL_V2_REST, on_error=oip_error).endpoint()
 
     return [
         Route("/console", page, methods=["GET"]),

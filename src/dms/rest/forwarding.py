@@ -125,19 +125,3 @@ class Forwarder:
         if encoding:
             response.headers["Content-Encoding"] = encoding
         return response
-
-
-def forwarding_endpoint(
-    dataplane: DataPlane,
-    metrics: ServerMetrics,
-    *,
-    protocol: str,
-    on_error: ErrorFormat,
-    compression: bool = False,
-    pass_query: bool = False,
-) -> Endpoint:
-    """A route handler forwarding to the path's ``model_name`` (and ``model_version``, when the path has one)."""
-    forwarder = Forwarder(
-        dataplane, metrics, protocol=protocol, on_error=on_error, compression=compression, pass_query=pass_query
-    )
-    return forwarder.endpoint()
