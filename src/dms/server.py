@@ -25,7 +25,7 @@ from dms.auth import KeyStore
 from dms.dataplane import DataPlane
 from dms.errors import DMSError, ModelAlreadyExistsError
 from dms.observability.metrics import ServerMetrics
-from dms.rest.inference import build_inference_app
+from dms.rest.inference import build_inference_app, inference_forwarders
 from dms.rest.management import build_management_app
 from dms.rest.metrics import build_metrics_app
 from dms.settings import ServerSettings, parse_address
@@ -114,13 +114,13 @@ def _is_loopback(host: str) -> bool:
 
 
 def _inference_app(dataplane: DataPlane, metrics: ServerMetrics, keys: KeyStore | None) -> Any:
-    app = build_inference_app(dataplane, metrics, keys)
+    forwarders = inference_forwarders(dataplane, metrics)
+    app = build_inference_app(dataplane, metrics, keys, forwarders)
     if dataplane.settings.inference_fast_path:
         from dms.rest.fastpath import InferenceFastPath
-        from dms.rest.inference import fast_routes
 
         auth = keys if dataplane.settings.inference_token_auth else None
-        return InferenceFastPath(app, fast_routes(dataplane, metrics), auth)
+        return InferenceFastPath(app, forwarders, auth)
     return app
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from dms.rest.fastpath import FastRoutes, InferenceFastPath
+from dms.rest.fastpath import InferenceFastPath
+from dms.rest.inference import InferenceForwarders
 
 PREDICTIONS, INFER, V1 = object(), object(), object()
-FAST = InferenceFastPath(app=None, routes=FastRoutes(PREDICTIONS, INFER, V1), keys=None)  # type: ignore[arg-type]
+FAST = InferenceFastPath(app=None, routes=InferenceForwarders(PREDICTIONS, INFER, V1), keys=None)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

@@ -10,28 +10,25 @@ Starlette app underneath.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dms.auth import KeyStore
 from dms.errors import DMSError, PayloadTooLargeError
 from dms.rest.errors import error_response
 from dms.rest.forwarding import Forwarder
+from dms.rest.inference import InferenceForwarders
 
-
-@dataclass(frozen=True)
-class FastRoutes:
-    predictions: Forwarder
-    """``/predictions/{model}[/{version}]``"""
-    infer: Forwarder
-    """``/v2/models/{model}[/versions/{version}]/infer``"""
-    v1_predict: Forwarder
-    """``/v1/models/{model}:predict``"""
+_PREDICTIONS, _V2_MODELS, _INFER, _V1_MODELS, _V1_PREDICT = (
+    "/predictions/",
+    "/v2/models/",
+    "/infer",
+    "/v1/models/",
+    ":predict",
+)
 
 
 class InferenceFastPath:
-    def __init__(self, app: ASGIApp, routes: FastRoutes, keys: KeyStore | None) -> None:
+    def __init__(self, app: ASGIApp, routes: InferenceForwarders, keys: KeyStore | None) -> None:
         self.app = app
         self.routes = routes
         self.keys = keys
@@ -46,24 +43,24 @@ class InferenceFastPath:
 
     def match(self, method: str, path: str) -> tuple[Forwarder, str, str | None] | None:
         """The forwarder, model and version of a path, matching exactly what the Starlette routes match."""
-        if path.startswith("/predictions/"):
+        if path.startswith(_PREDICTIONS):
             if method not in ("POST", "PUT"):
                 return None
-            parts = path[13:].split("/")
+            parts = path[len(_PREDICTIONS) :].split("/")
             if 1 <= len(parts) <= 2 and all(parts):
                 return self.routes.predictions, parts[0], parts[1] if len(parts) == 2 else None
             return None
         if method != "POST":
             return None
-        if path.startswith("/v2/models/") and path.endswith("/infer"):
-            parts = path[11:-6].split("/")
+        if path.startswith(_V2_MODELS) and path.endswith(_INFER):
+            parts = path[len(_V2_MODELS) : -len(_INFER)].split("/")
             if len(parts) == 1 and parts[0]:
                 return self.routes.infer, parts[0], None
             if len(parts) == 3 and parts[0] and parts[1] == "versions" and parts[2]:
                 return self.routes.infer, parts[0], parts[2]
             return None
-        if path.startswith("/v1/models/") and path.endswith(":predict"):
-            name = path[11:-8]
+        if path.startswith(_V1_MODELS) and path.endswith(_V1_PREDICT):
+            name = path[len(_V1_MODELS) : -len(_V1_PREDICT)]
             if name and "/" not in name:
                 return self.routes.v1_predict, name, None
         return None

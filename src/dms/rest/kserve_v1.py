@@ -20,7 +20,9 @@ def predict_forwarder(dataplane: DataPlane, metrics: ServerMetrics) -> Forwarder
     return Forwarder(dataplane, metrics, protocol=PROTOCOL_V1, on_error=oip_error)
 
 
-def v1_routes(dataplane: DataPlane, metrics: ServerMetrics) -> list[Route]:
+def v1_routes(dataplane: DataPlane, forwarder: Forwarder) -> list[Route]:
+    """KServe v1's routes; ``forwarder`` (from ``predict_forwarder``) answers ``:predict``."""
+
     async def list_models(request: Request) -> Response:
         return json_response({"models": dataplane.registry.names()})
 
@@ -28,7 +30,7 @@ def v1_routes(dataplane: DataPlane, metrics: ServerMetrics) -> list[Route]:
         name = request.path_params["model_name"]
         return json_response({"name": name, "ready": model_ready(dataplane, name, None)})
 
-    predict = predict_forwarder(dataplane, metrics).endpoint()
+    predict = forwarder.endpoint()
 
     return [
         Route("/v1/models", protocol_errors(list_models), methods=["GET"]),

@@ -44,7 +44,9 @@ def infer_forwarder(dataplane: DataPlane, metrics: ServerMetrics) -> Forwarder:
     return Forwarder(dataplane, metrics, protocol=PROTOCOL_V2_REST, on_error=oip_error, compression=True)
 
 
-def oip_routes(dataplane: DataPlane, metrics: ServerMetrics) -> list[Route]:
+def oip_routes(dataplane: DataPlane, forwarder: Forwarder) -> list[Route]:
+    """The protocol's routes; ``forwarder`` (from ``infer_forwarder``) answers the infer ones."""
+
     async def live(request: Request) -> Response:
         return json_response({"live": True})
 
@@ -68,7 +70,7 @@ def oip_routes(dataplane: DataPlane, metrics: ServerMetrics) -> list[Route]:
         p = request.path_params
         return json_response({"model_stats": statistics(dataplane, p.get("model_name"), p.get("model_version"))})
 
-    infer = infer_forwarder(dataplane, metrics).endpoint()
+    infer = forwarder.endpoint()
 
     base = "/v2/models/{model_name}"
     versioned = base + "/versions/{model_version}"
