@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import signal
+import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -35,6 +38,38 @@ def test_a_request_whose_client_went_away_never_reaches_a_worker(tmp_path: Path)
             httpx.post(f"{server.inference_url}/predictions/probe", json={"touch": str(marker)}, timeout=0.3)
         assert busy.result().status_code == 200
         assert server.predict("probe", {"echo": "next"}).status_code == 200  # the queue has moved past it
+    finally:
+        server.stop()
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("fast_path", ["true", "false"])
+def test_a_client_that_leaves_before_its_body_is_complete_sends_nothing_to_a_worker(tmp_path: Path, fast_path: str):
+    marker = tmp_path / "ran.txt"
+    store = tmp_path / "store"
+    store.mkdir()
+    make_probe_archive(store, "probe", config="initial_workers: 1\n")
+    args = ["--model-store", str(store), "--models", "probe=probe-1.0.mar"]
+    server = DmsServer(tmp_path, args, {"DMS_INFERENCE_FAST_PATH": fast_path}).start()
+    try:
+        body = json.dumps({"touch": str(marker)}).encode()  # whole and valid, but less than announced
+        host, port = server.inference_url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port))) as client:
+            client.sendall(
+                b"POST /predictions/probe HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                + f"Content-Length: {len(body) + 100}\r\n\r\n".encode()
+                + body
+            )
+            time.sleep(0.3)
+        assert server.predict("probe", {"echo": "next"}).status_code == 200
+
+        def in_flight() -> float:
+            for line in httpx.get(f"{server.metrics_url}/metrics").text.splitlines():
+                if line.startswith('dms_in_flight_requests{transport="raw"}'):
+                    return float(line.rsplit(" ", 1)[1])
+            return -1.0
+
+        wait_for(lambda: in_flight() == 0.0, what="no request left in flight")
     finally:
         server.stop()
     assert not marker.exists()

@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Receive
 
 from dms.engine.messages import ResponseItem
 from dms.errors import InputError, PayloadTooLargeError
@@ -18,19 +19,24 @@ def json_response(data: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(data), status_code=status, media_type="application/json")
 
 
-async def read_body(request: Request, max_bytes: int) -> bytes:
-    """The whole body, refusing (413) anything over ``max_bytes`` before or while reading it."""
-    declared = request.headers.get("content-length")
+async def read_body(receive: Receive, declared: str | None, max_bytes: int) -> bytes | None:
+    """The whole body from ASGI ``receive``, refusing (413) anything over ``max_bytes`` before reading
+    (``declared``: the Content-Length header) or while reading it; None if the client disconnects first."""
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise PayloadTooLargeError(f"request body of {declared} bytes is over max_request_size_bytes ({max_bytes})")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None  # http.disconnect
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > max_bytes:
             raise PayloadTooLargeError(f"request body is over max_request_size_bytes ({max_bytes})")
         chunks.append(chunk)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def query_int(request: Request, key: str, default: int | None = None, minimum: int = 0) -> int | None:

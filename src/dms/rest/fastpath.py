@@ -13,7 +13,7 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dms.auth import KeyStore
-from dms.errors import DMSError, PayloadTooLargeError
+from dms.errors import DMSError
 from dms.rest.errors import error_response
 from dms.rest.forwarding import Forwarder
 from dms.rest.inference import InferenceForwarders
@@ -77,28 +77,5 @@ class InferenceFastPath:
                 await error_response(exc)(scope, receive, send)
                 return
 
-        async def read(max_bytes: int) -> bytes:
-            return await _read_body(receive, headers, max_bytes)
-
-        response = await forwarder.forward(name, version, headers, scope["query_string"], read, receive)
+        response = await forwarder.forward(name, version, headers, scope["query_string"], receive)
         await response(scope, receive, send)
-
-
-async def _read_body(receive: Receive, headers: list[tuple[str, str]], max_bytes: int) -> bytes:
-    declared = next((v for k, v in headers if k == "content-length"), None)
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-        raise PayloadTooLargeError(f"request body of {declared} bytes is over max_request_size_bytes ({max_bytes})")
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            break
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > max_bytes:
-            raise PayloadTooLargeError(f"request body is over max_request_size_bytes ({max_bytes})")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)

@@ -26,8 +26,6 @@ from dms.rest.compression import decode_content, encode_content
 
 ErrorFormat = Callable[[DMSError], Response]
 Endpoint = Callable[[Request], Awaitable[Response]]
-BodyReader = Callable[[int], Awaitable[bytes]]
-"""Reads the whole request body, refusing (413) more than the given number of bytes."""
 
 
 class Forwarder:
@@ -59,7 +57,6 @@ class Forwarder:
                 request.path_params.get("model_version"),
                 request.headers.items(),
                 request.scope["query_string"],
-                lambda max_bytes: read_body(request, max_bytes),
                 request.receive,
             )
 
@@ -71,7 +68,6 @@ class Forwarder:
         version: str | None,
         headers: list[tuple[str, str]],
         query_string: bytes,
-        read: BodyReader,
         receive: Receive,
     ) -> Response:
         """The response to one request; ``headers`` have lower-case names, as ASGI servers give them."""
@@ -81,20 +77,7 @@ class Forwarder:
         request_id = lookup.get("x-request-id") or new_request_id()
         batch_size = 0
         try:
-            max_bytes = dataplane.settings.max_request_size_bytes
-            body = await read(max_bytes)
-            if self.compression:
-                body = decode_content(body, lookup.get("content-encoding"), max_bytes)
-            query = self.pass_query and query_string
-            item = RequestItem(
-                request_id=request_id,
-                body=body,
-                content_type=lookup.get("content-type", ""),
-                headers=headers,
-                query=parse_qsl(query_string.decode("latin-1"), keep_blank_values=True) if query else [],
-                protocol=self.protocol,
-            )
-            result = await until_answered_or_gone(receive, dataplane.submit(name, version, item))
+            result = await self._submit(name, version, headers, lookup, query_string, request_id, receive)
             if result is None:
                 response = Response(status_code=499)  # the client went away; nobody reads this
             else:
@@ -113,6 +96,34 @@ class Forwarder:
             batch_size=batch_size,
         )
         return response
+
+    async def _submit(
+        self,
+        name: str,
+        version: str | None,
+        headers: list[tuple[str, str]],
+        lookup: dict[str, str],
+        query_string: bytes,
+        request_id: str,
+        receive: Receive,
+    ) -> ResponseItem | None:
+        """Read the body, hand the request to the model, and await its answer (None: the client left)."""
+        max_bytes = self.dataplane.settings.max_request_size_bytes
+        body = await read_body(receive, lookup.get("content-length"), max_bytes)
+        if body is None:
+            return None
+        if self.compression:
+            body = decode_content(body, lookup.get("content-encoding"), max_bytes)
+        query = self.pass_query and query_string
+        item = RequestItem(
+            request_id=request_id,
+            body=body,
+            content_type=lookup.get("content-type", ""),
+            headers=headers,
+            query=parse_qsl(query_string.decode("latin-1"), keep_blank_values=True) if query else [],
+            protocol=self.protocol,
+        )
+        return await until_answered_or_gone(receive, self.dataplane.submit(name, version, item))
 
     def _answer(self, result: ResponseItem, accept_encoding: str | None) -> Response:
         if result.error is not None:
