@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
+from dms.engine import batcher as batcher_module
 from dms.engine.batcher import Batcher
 from dms.engine.messages import BatchResult, BatchTimings, RequestItem, ResponseItem
 from dms.errors import InternalError, ModelUnavailableError, QueueFullError, WorkerDiedError
@@ -193,3 +195,96 @@ def test_statistics_count_queue_compute_and_outcomes():
     assert inference["queue"]["count"] == 3 and inference["queue"]["ns"] > 0
     assert inference["compute_infer"] == {"count": 3, "ns": 2 * 2}  # each batch reported 2 ns
     assert [b["batch_size"] for b in stats["batch_stats"]] == [1, 2]
+
+
+# -- gathering: a batch waits while the frontend is still busy bringing requests, never longer -----------------
+
+
+def busy_turn() -> None:
+    """One turn of the event loop that does real work (blocks the loop for well over QUIET_TURN_NS)."""
+    time.sleep(batcher_module.QUIET_TURN_NS * 10 / 1e9)
+
+
+def gathering(scenario, max_delay_ms: float, cap_ms: float, monkeypatch, workers: int = 2):
+    monkeypatch.setattr(batcher_module, "GATHER_CAP_MS", cap_ms)
+
+    async def main():
+        executor = FakeExecutor(workers)
+        batcher = Batcher("m", executor, batch_size=8, queue_size=100, max_delay_ms=max_delay_ms)
+        batcher.start()
+        await asyncio.sleep(0)  # the batcher now waits for its first request, as in a running server
+        try:
+            return await scenario(batcher, executor)
+        finally:
+            await batcher.close()
+
+    return asyncio.run(main())
+
+
+def test_requests_arriving_while_the_loop_is_busy_share_one_batch(monkeypatch):
+    async def scenario(batcher, executor):
+        futures = []
+        for name in "abcde":
+            futures.append(batcher.submit(item(name)))
+            for _ in range(batcher_module.QUIET_TURNS + 1):  # turns with no new request, but busy ones
+                busy_turn()
+                await asyncio.sleep(0)
+        await asyncio.wait_for(asyncio.gather(*futures), 5.0)
+        return executor.batches
+
+    # two idle workers, yet one batch: nothing left while the loop was still busy bringing requests
+    assert gathering(scenario, max_delay_ms=60_000, cap_ms=60_000, monkeypatch=monkeypatch) == [list("abcde")]
+
+
+def test_a_lone_request_on_a_quiet_loop_is_not_held_for_the_delay(monkeypatch):
+    async def scenario(batcher, executor):
+        turns = 0
+
+        async def count_turns():
+            nonlocal turns
+            while True:
+                turns += 1
+                await asyncio.sleep(0)
+
+        counter = asyncio.ensure_future(count_turns())
+        result = await asyncio.wait_for(batcher.submit(item("a")), 5.0)  # the cap (60 s) would time out
+        counter.cancel()
+        return executor.batches, result.body, turns
+
+    batches, body, turns = gathering(scenario, max_delay_ms=60_000, cap_ms=60_000, monkeypatch=monkeypatch)
+    assert batches == [["a"]] and body == b"A"
+    # wake-up, a yield, the quiet turns, dispatch and answer: a handful of turns, where a hold would be thousands
+    assert turns <= batcher_module.QUIET_TURNS + 8, turns
+
+
+def test_a_loop_that_stays_busy_holds_a_batch_no_longer_than_the_cap(monkeypatch):
+    async def scenario(batcher, executor):
+        async def keep_busy():
+            while True:
+                busy_turn()
+                await asyncio.sleep(0)
+
+        spinner = asyncio.ensure_future(keep_busy())
+        try:
+            result = await asyncio.wait_for(batcher.submit(item("a")), 5.0)
+        finally:
+            spinner.cancel()
+        return executor.batches, result.body
+
+    # the loop never goes quiet and no other request comes: the 2 ms cap lets "a" go
+    assert gathering(scenario, max_delay_ms=5, cap_ms=2.0, monkeypatch=monkeypatch) == ([["a"]], b"A")
+
+
+def test_without_a_batch_delay_nothing_is_held(monkeypatch):
+    async def scenario(batcher, executor):
+        first = batcher.submit(item("a"))
+        busy_turn()
+        await asyncio.sleep(0)
+        busy_turn()
+        await asyncio.sleep(0)
+        second = batcher.submit(item("b"))
+        await asyncio.wait_for(asyncio.gather(first, second), 5.0)
+        return executor.batches
+
+    # max_batch_delay_ms 0: "a" leaves on the next turn although the loop is busy
+    assert gathering(scenario, max_delay_ms=0, cap_ms=60_000, monkeypatch=monkeypatch) == [["a"], ["b"]]

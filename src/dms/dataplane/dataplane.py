@@ -116,7 +116,9 @@ class DataPlane:
             ),
         )
         observer = self._observers(model_name, archive.manifest.model_version) if self._observers else None
-        batcher: Batcher[Any] = Batcher(label, pool, config.batch_size, config.job_queue_size, observer)
+        batcher: Batcher[Any] = Batcher(
+            label, pool, config.batch_size, config.job_queue_size, observer, max_delay_ms=config.max_batch_delay_ms
+        )
         model = ModelVersion(
             name=model_name,
             version=archive.manifest.model_version,

@@ -1,10 +1,14 @@
 """Dynamic batching for one model version, testable without processes.
 
-Requests wait in a bounded queue. Whenever a worker is idle, the batcher hands it everything
-queued, up to ``batch_size``: batches form from what piles up while workers are busy, and a lone
-request never waits for companions while a worker sits idle. So the wait that batching adds is
-zero, within the ``max_batch_delay_ms`` upper bound that TorchServe users set. Requests whose
-callers gave up (cancelled futures) are dropped before they reach a worker.
+Requests wait in a bounded queue. Batches form from what piles up while workers are busy, and
+from what the frontend is still reading: when a request arrives to an empty queue, the batcher
+lets the event loop run until the loop goes quiet (a few turns in a row that bring no new request
+and do little else), the batch is full, or a short cap passes (``GATHER_CAP_MS``, never more than
+the model's ``max_batch_delay_ms``). A lone request on an idle server (c=1) therefore waits a few
+idle turns of the loop, some microseconds, never the delay; under load, requests that the frontend
+is parsing in the same instant - which grpcio hands over one loop turn at a time - share one
+batch instead of each paying a worker round trip. Requests whose callers gave up (cancelled
+futures) are dropped before they reach a worker.
 """
 
 from __future__ import annotations
@@ -24,6 +28,13 @@ from dms.errors import DMSError, InternalError, ModelUnavailableError, QueueFull
 log = logging.getLogger("dms.batcher")
 
 W = TypeVar("W")
+
+GATHER_CAP_MS = 2.0
+"""The longest a batch that is not full waits for the frontend to go quiet (capped by max_batch_delay_ms)."""
+QUIET_TURN_NS = 20_000
+"""A turn of the event loop shorter than this did nothing else of note."""
+QUIET_TURNS = 3
+"""Turns in a row without a new request, each of them quiet, after which the frontend counts as idle."""
 
 
 class Executor(Protocol[W]):
@@ -57,8 +68,10 @@ class Batcher(Generic[W]):
         batch_size: int,
         queue_size: int,
         observer: BatchObserver | None = None,
+        max_delay_ms: float = 0.0,
     ) -> None:
         self.label = label
+        self.gather_cap_ns = int(min(max_delay_ms, GATHER_CAP_MS) * 1e6)
         self.executor = executor
         self.batch_size = batch_size
         self.queue_size = queue_size
@@ -98,7 +111,7 @@ class Batcher(Generic[W]):
             if not self._queue:
                 self._not_empty.clear()
                 await self._not_empty.wait()
-                await asyncio.sleep(0)  # let requests that arrived in the same instant join the batch
+                await self._gather()
             try:
                 worker = await self.executor.acquire()
             except DMSError as exc:
@@ -109,6 +122,17 @@ class Batcher(Generic[W]):
                 self.executor.release(worker)  # everything queued had been cancelled
                 continue
             self._spawn(self._run(worker, batch))
+
+    async def _gather(self) -> None:
+        """Let the event loop run while it is still busy bringing requests (see the module's docstring)."""
+        await asyncio.sleep(0)  # requests that arrived in the same instant
+        started = last = time.perf_counter_ns()
+        queued, quiet = len(self._queue), 0
+        while quiet < QUIET_TURNS and queued < self.batch_size and last - started < self.gather_cap_ns:
+            await asyncio.sleep(0)
+            now = time.perf_counter_ns()
+            quiet = 0 if len(self._queue) > queued or now - last >= QUIET_TURN_NS else quiet + 1
+            queued, last = len(self._queue), now
 
     def _take(self) -> list[Pending]:
         batch: list[Pending] = []
