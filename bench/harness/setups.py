@@ -31,16 +31,23 @@ SQUEEZENET_OPTIONS = {
 TINY_BODY = json.dumps([ROW]).encode()
 
 
+_HANDED_OUT: set[int] = set()
+"""Ports given to a server in this run: never given again, even once free (a server may still be letting go)."""
+
+
 def free_port() -> int:
     """A free port below the ephemeral range: MMS refuses ports it considers invalid, such as 42513."""
     for _ in range(1000):
         port = random.randint(20000, 30000)
+        if port in _HANDED_OUT:
+            continue
         with socket.socket() as probe:
             try:
                 probe.bind(("127.0.0.1", port))
             except OSError:
                 continue
-            return port
+        _HANDED_OUT.add(port)
+        return port
     raise RuntimeError("no free port between 20000 and 30000")
 
 

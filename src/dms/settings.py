@@ -84,6 +84,8 @@ class ServerSettings(BaseSettings):
     """Ceiling on a model version's batch size."""
     batch_size: int = Field(default=1, ge=1)
     max_batch_delay_ms: float = Field(default=100.0, ge=0)
+    """Upper bound on the wait of a batch that is not full. DMS waits at most 2 ms of it, and only while the
+    frontend is still busy bringing requests; a lone request on a quiet server leaves at once (0: never wait)."""
     response_timeout_s: float = Field(default=120.0, gt=0)
     startup_timeout_s: float = Field(default=120.0, gt=0)
     job_queue_size: int = Field(default=100, ge=1)
