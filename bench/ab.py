@@ -16,55 +16,30 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import psutil
-
-from bench.harness import setups
-from bench.harness.servers import Server, cpu_seconds_of
-from bench.profile import PATHS, Load, batches, loads
+from bench.harness.servers import Server
+from bench.profile import PATHS, Window, loads, measure, tiny_server
 
 
-@dataclass
-class Sample:
-    rps: list[float] = field(default_factory=list)
-    p50_ms: list[float] = field(default_factory=list)
-    p99_ms: list[float] = field(default_factory=list)
-    cpu_us: list[float] = field(default_factory=list)
-    batch: list[float] = field(default_factory=list)
+def summary(windows: list[Window]) -> str:
+    """Medians of one build's windows at one path and concurrency."""
 
-    def line(self) -> str:
-        med = statistics.median
-        return (
-            f"{med(self.rps):8,.0f} req/s  p50 {med(self.p50_ms):6.2f}  p99 {med(self.p99_ms):6.2f} ms  "
-            f"CPU {med(self.cpu_us):5.0f} µs/req  batch {med(self.batch):4.1f}"
-        )
+    med = statistics.median
+    return (
+        f"{med(w.result.rps for w in windows):8,.0f} req/s  p50 {med(w.result.p50_ms for w in windows):6.2f}  "
+        f"p99 {med(w.result.p99_ms for w in windows):6.2f} ms  "
+        f"CPU {med(w.frontend_us + w.workers_us for w in windows):5.0f} µs/req  "
+        f"batch {med(w.mean_batch for w in windows):4.1f}"
+    )
 
 
 def start(name: str, work: Path, env: dict[str, str]) -> Server:
-    onnx_file = setups.write_tiny_onnx(work / "tiny.onnx")
-    config = {"initial_workers": 2, "batch_size": 8, "max_batch_delay_ms": 5}
-    server = setups.dms_server(work, {"lin": ("tensor", onnx_file, config)}, probe="lin")
+    server = tiny_server(work)
     server.name = name
     server.env.update(env)
     server.launch()
     return server
-
-
-def measure(server: Server, run: Load, concurrency: int, seconds: float, sample: Sample) -> None:
-    assert server.process is not None
-    processes = [psutil.Process(server.process.pid), *psutil.Process(server.process.pid).children(recursive=True)]
-    cpu_before, (batched_before, count_before) = cpu_seconds_of(processes), batches(server)
-    result = run(concurrency, seconds)
-    cpu_s = cpu_seconds_of(processes) - cpu_before
-    batched_after, count_after = batches(server)
-    assert result.bad == 0 and result.socket_errors == 0, f"{server.name}: {result}"
-    sample.rps.append(result.rps)
-    sample.p50_ms.append(result.p50_ms)
-    sample.p99_ms.append(result.p99_ms)
-    sample.cpu_us.append(cpu_s * 1e6 / max(1, result.requests))
-    sample.batch.append((batched_after - batched_before) / max(1.0, count_after - count_before))
 
 
 def main() -> None:
@@ -87,7 +62,9 @@ def main() -> None:
         runs = [loads(server, work / server.name) for server in servers]
         paths = [path for path in args.paths.split(",") if path]
         levels = [int(level) for level in args.concurrency.split(",")]
-        samples = {(s.name, p, c): Sample() for s in servers for p in paths for c in levels}
+        samples: dict[tuple[str, str, int], list[Window]] = {
+            (s.name, p, c): [] for s in servers for p in paths for c in levels
+        }
         for path in paths:
             for run in runs:
                 run[path](16, 2)  # warm-up
@@ -98,15 +75,17 @@ def main() -> None:
             for path in paths:
                 for concurrency in levels:
                     for run, server in order:
-                        measure(server, run[path], concurrency, args.seconds, samples[server.name, path, concurrency])
+                        window = measure(server, run[path], concurrency, args.seconds)
+                        samples[server.name, path, concurrency].append(window)
             print(f"round {round_number + 1} of {args.rounds} done", flush=True)
         for path in paths:
             for concurrency in levels:
                 a, b = samples["A", path, concurrency], samples["B", path, concurrency]
-                ratio = statistics.median(a.rps) / max(1e-9, statistics.median(b.rps))
+                a_rps, b_rps = (statistics.median(w.result.rps for w in windows) for windows in (a, b))
+                ratio = a_rps / max(1e-9, b_rps)
                 print(f"\n{path}, c={concurrency}: A/B = {ratio:.2f}")
-                print(f"  A (this tree)  {a.line()}")
-                print(f"  B ({b_src})  {b.line()}")
+                print(f"  A (this tree)  {summary(a)}")
+                print(f"  B ({b_src})  {summary(b)}")
     finally:
         for server in servers:
             server.stop()

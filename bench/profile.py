@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +87,41 @@ def _h2load(target: grpc_load.GrpcTarget, concurrency: int, seconds: float) -> l
 def batches(server: Server) -> tuple[float, float]:
     """(requests, batches) the server's batchers have handed to workers so far, from its /metrics."""
     return setups.dms_metric(server, "dms_batch_size_sum"), setups.dms_metric(server, "dms_batch_size_count")
+
+
+def tiny_server(work: Path) -> Server:
+    """A DMS server, not launched, with the tiny ONNX model as ``lin`` (tensor handler, 2 workers, batch 8 / 5 ms)."""
+    onnx_file = setups.write_tiny_onnx(work / "tiny.onnx")
+    config: dict[str, object] = {"initial_workers": 2, "batch_size": 8, "max_batch_delay_ms": 5}
+    return setups.dms_server(work, {"lin": ("tensor", onnx_file, config)}, probe="lin")
+
+
+@dataclass(frozen=True)
+class Window:
+    """One load window against a DMS server, every answer checked."""
+
+    result: load.LoadResult
+    frontend_us: float
+    """CPU of the frontend process per request."""
+    workers_us: float
+    """CPU of all worker processes together per request."""
+    mean_batch: float
+
+
+def measure(server: Server, run: Load, concurrency: int, seconds: float) -> Window:
+    assert server.process is not None
+    frontend = psutil.Process(server.process.pid)
+    workers = frontend.children(recursive=True)
+    front_before, workers_before = cpu_seconds_of([frontend]), cpu_seconds_of(workers)
+    batched_before, count_before = batches(server)
+    result = run(concurrency, seconds)
+    front_s, workers_s = cpu_seconds_of([frontend]) - front_before, cpu_seconds_of(workers) - workers_before
+    batched_after, count_after = batches(server)
+    assert result.bad == 0 and result.socket_errors == 0, f"{server.name}: {result}"
+    per = 1e6 / max(1, result.requests)
+    return Window(
+        result, front_s * per, workers_s * per, (batched_after - batched_before) / max(1.0, count_after - count_before)
+    )
 
 
 def _stacks(collapsed: Path) -> Iterator[tuple[list[str], int]]:
@@ -175,9 +211,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="dms-profile-"))
     out = args.out or work
     out.mkdir(parents=True, exist_ok=True)
-    onnx_file = setups.write_tiny_onnx(work / "tiny.onnx")
-    config = {"initial_workers": 2, "batch_size": 8, "max_batch_delay_ms": 5}
-    server = setups.dms_server(work, {"lin": ("tensor", onnx_file, config)}, probe="lin")
+    server = tiny_server(work)
     try:
         server.launch()
         assert server.process is not None
@@ -193,23 +227,14 @@ def main() -> None:
                     profile(frontend.pid, args.seconds, out / f"{path}-frontend.txt"),
                     profile(workers[0].pid, args.seconds, out / f"{path}-worker.txt"),
                 ]
-            front_before, workers_before, batches_before = (
-                cpu_seconds_of([frontend]),
-                cpu_seconds_of(workers),
-                batches(server),
-            )
-            result = run(args.concurrency, args.seconds)
-            front_s, workers_s = cpu_seconds_of([frontend]) - front_before, cpu_seconds_of(workers) - workers_before
-            (batched_after, count_after), (batched_before, count_before) = batches(server), batches_before
-            batched, batch_count = batched_after - batched_before, count_after - count_before
+            window = measure(server, run, args.concurrency, args.seconds)
             for spy in spies:
                 spy.wait(timeout=args.seconds + 60)
-            assert result.bad == 0 and result.socket_errors == 0, f"{path}: {result}"
-            per = 1e6 / max(1, result.requests)
+            result = window.result
             print(
                 f"\n== {path}, c={args.concurrency}: {result.rps:,.0f} req/s, p50 {result.p50_ms:.2f} ms, "
-                f"p99 {result.p99_ms:.2f} ms; CPU µs/request: frontend {front_s * per:.0f}, "
-                f"workers {workers_s * per:.0f}; mean batch {batched / max(1, batch_count):.1f}",
+                f"p99 {result.p99_ms:.2f} ms; CPU µs/request: frontend {window.frontend_us:.0f}, "
+                f"workers {window.workers_us:.0f}; mean batch {window.mean_batch:.1f}",
                 flush=True,
             )
             for role in ("frontend", "worker") if args.py_spy else ():
@@ -217,7 +242,7 @@ def main() -> None:
                 if not collapsed.is_file():
                     print(f"   (no py-spy output for the {role})")
                     continue
-                cpu_us = (front_s if role == "frontend" else workers_s) * per
+                cpu_us = window.frontend_us if role == "frontend" else window.workers_us
                 shares = stage_shares(collapsed)
                 waiting = sum(share for stage, share in shares if "not CPU" in stage)
                 print(
