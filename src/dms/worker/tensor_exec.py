@@ -6,6 +6,7 @@ a request that fails the checks gets its own error while the rest still run.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -18,15 +19,10 @@ def expected_inputs(specs: list[TensorSpec]) -> str:
     return ", ".join(f"{s.name}: {s.dtype}{list(s.shape) if s.shape is not None else '[...]'}" for s in specs)
 
 
-_DTYPES: dict[str, np.dtype[Any]] = {}
-
-
+@functools.cache
 def _dtype(name: str) -> np.dtype[Any]:
-    """``np.dtype(name)``, parsed once per name."""
-    found = _DTYPES.get(name)
-    if found is None:
-        found = _DTYPES[name] = np.dtype(name)
-    return found
+    """``np.dtype(name)``, parsed once per name (the names of a model's input signature)."""
+    return np.dtype(name)
 
 
 def conform(value: Any, spec: TensorSpec, max_elements: int) -> tuple[np.ndarray, bool]:
