@@ -1,8 +1,9 @@
-"""Two builds of DMS side by side: is a change faster, on a host whose speed drifts by ±30 %?
+"""Two builds (or two settings) of DMS side by side: is a change faster, on a host whose speed drifts by ±30 %?
 
     git worktree add /tmp/dms-base HEAD            # the build to compare against
     python -m bench.ab --b-src /tmp/dms-base/src   # A: this tree, B: that one
     python -m bench.ab --b-src /tmp/dms-base/src --paths oip-grpc --concurrency 1,16 --rounds 5
+    python -m bench.ab --b-args "--grpc-server uvicorn" --paths oip-grpc   # one tree, two settings
 
 Both servers run at once with the tiny ONNX model (tensor handler, 2 workers, batch 8 / 5 ms) and
 take turns under wrk or h2load (pinned to core 1), in short windows, A first in odd rounds and B first
@@ -14,6 +15,7 @@ Every answer is checked, as in ``bench.profile``.
 from __future__ import annotations
 
 import argparse
+import shlex
 import statistics
 import tempfile
 from pathlib import Path
@@ -34,31 +36,36 @@ def summary(windows: list[Window]) -> str:
     )
 
 
-def start(name: str, work: Path, env: dict[str, str]) -> Server:
+def start(name: str, work: Path, env: dict[str, str], serve_args: list[str]) -> Server:
     server = tiny_server(work)
     server.name = name
     server.env.update(env)
+    server.start += serve_args
     server.launch()
     return server
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--b-src", type=Path, required=True, help="the src/ folder of build B (put first on its path)")
+    parser.add_argument("--b-src", type=Path, help="the src/ folder of build B (put first on its path) [this tree]")
+    parser.add_argument("--a-args", default="", help="extra `dms serve` arguments for A")
+    parser.add_argument("--b-args", default="", help="extra `dms serve` arguments for B")
     parser.add_argument("--paths", default="predictions,oip-grpc", help=f"comma-separated, of {', '.join(PATHS)}")
     parser.add_argument("--concurrency", default="1,16,64")
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    b_src = args.b_src.resolve()
+    b_src = (args.b_src or Path(__file__).resolve().parent.parent / "src").resolve()
     if not (b_src / "dms" / "__init__.py").is_file():
         parser.error(f"{b_src} holds no dms package")
+    if args.b_src is None and args.a_args == args.b_args:
+        parser.error("A and B would be the same: give --b-src, or different --a-args / --b-args")
     work = Path(tempfile.mkdtemp(prefix="dms-ab-"))
     servers: list[Server] = []
     try:
-        for name, env in (("A", {}), ("B", {"PYTHONPATH": str(b_src)})):
+        for name, env, serve_args in (("A", {}, args.a_args), ("B", {"PYTHONPATH": str(b_src)}, args.b_args)):
             (work / name).mkdir()
-            servers.append(start(name, work / name, env))
+            servers.append(start(name, work / name, env, shlex.split(serve_args)))
         runs = [loads(server, work / server.name) for server in servers]
         paths = [path for path in args.paths.split(",") if path]
         levels = [int(level) for level in args.concurrency.split(",")]
@@ -84,8 +91,8 @@ def main() -> None:
                 a_rps, b_rps = (statistics.median(w.result.rps for w in windows) for windows in (a, b))
                 ratio = a_rps / max(1e-9, b_rps)
                 print(f"\n{path}, c={concurrency}: A/B = {ratio:.2f}")
-                print(f"  A (this tree)  {summary(a)}")
-                print(f"  B ({b_src})  {summary(b)}")
+                print(f"  A (this tree {args.a_args})  {summary(a)}")
+                print(f"  B ({b_src} {args.b_args})  {summary(b)}")
     finally:
         for server in servers:
             server.stop()

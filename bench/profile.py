@@ -17,6 +17,7 @@ import argparse
 import collections
 import functools
 import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -207,11 +208,13 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--no-py-spy", dest="py_spy", action="store_false")
     parser.add_argument("--out", type=Path, default=None, help="keep collapsed stacks here")
+    parser.add_argument("--serve-args", default="", help='extra `dms serve` arguments, e.g. "--grpc-server uvicorn"')
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="dms-profile-"))
     out = args.out or work
     out.mkdir(parents=True, exist_ok=True)
     server = tiny_server(work)
+    server.start += shlex.split(args.serve_args)
     try:
         server.launch()
         assert server.process is not None

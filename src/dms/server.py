@@ -32,6 +32,7 @@ from dms.settings import ServerSettings, parse_address
 
 log = logging.getLogger("dms.server")
 READY_LINE = "DMS is ready"
+GRPC_IDLE_CONNECTION_S = 600
 
 
 class _Server(uvicorn.Server):
@@ -42,14 +43,14 @@ class _Server(uvicorn.Server):
         yield
 
 
-def _uvicorn_server(app: Any, address: str, grace_s: float) -> _Server:
+def _uvicorn_server(app: Any, address: str, grace_s: float, **options: Any) -> _Server:
     host, port = parse_address(address)
     config = uvicorn.Config(
         app,
         host=host,
         port=port,
         lifespan="off",
-        http="httptools",
+        http=options.pop("http", "httptools"),
         ws="none",
         access_log=False,
         log_config=None,
@@ -57,8 +58,27 @@ def _uvicorn_server(app: Any, address: str, grace_s: float) -> _Server:
         # Nothing reads the client address, so X-Forwarded-* need not be parsed on every request.
         proxy_headers=False,
         timeout_graceful_shutdown=int(grace_s) or None,
+        **options,
     )
     return _Server(config)
+
+
+def _grpc_h2_server(dataplane: DataPlane, metrics: ServerMetrics, keys: KeyStore | None) -> _Server:
+    """The gRPC service on uvicorn's HTTP/2 (``grpc_server = "uvicorn"``)."""
+    from dms.grpc.h2 import GrpcApp, GrpcH2Protocol
+    from dms.grpc.servicer import InferenceServicer, rpc_methods
+
+    settings = dataplane.settings
+    app = GrpcApp(rpc_methods(InferenceServicer(dataplane, metrics, keys)), settings.grpc_max_message_bytes)
+    # gRPC channels stay open between calls; uvicorn's 5 s idle limit would make clients reconnect often.
+    return _uvicorn_server(
+        app,
+        settings.grpc_address,
+        settings.graceful_shutdown_s,
+        http=GrpcH2Protocol,
+        date_header=False,
+        timeout_keep_alive=GRPC_IDLE_CONNECTION_S,
+    )
 
 
 def default_model_archive() -> Path:
@@ -139,7 +159,11 @@ class Listeners:
         ]
         self.tasks: list[asyncio.Task[None]] = []
         self.grpc: Any = None
-        if settings.grpc_enabled:
+        self.grpc_h2: _Server | None = None
+        if settings.grpc_enabled and settings.grpc_server == "uvicorn":
+            self.grpc_h2 = _grpc_h2_server(dataplane, metrics, keys)
+            self.http.append(self.grpc_h2)
+        elif settings.grpc_enabled:
             from dms.grpc.servicer import build_grpc_server
 
             self.grpc = build_grpc_server(dataplane, metrics, keys)
@@ -149,7 +173,7 @@ class Listeners:
         self.tasks = [asyncio.create_task(server.serve()) for server in self.http]
         while not all(server.started for server in self.http):
             if any(task.done() for task in self.tasks):
-                log.error("could not open the HTTP ports; stopping")
+                log.error("could not open the HTTP%s ports; stopping", "" if self.grpc_h2 is None else " and gRPC")
                 await self.close(0)
                 return False
             await asyncio.sleep(0.01)
@@ -176,7 +200,8 @@ class Listeners:
         s = self.settings
         text = f"inference http://{s.inference_address} management http://{s.management_address} "
         text += f"metrics http://{s.metrics_address}"
-        return text + (f" grpc {s.grpc_address}" if self.grpc is not None else "")
+        serving_grpc = self.grpc is not None or self.grpc_h2 is not None
+        return text + (f" grpc {s.grpc_address}" if serving_grpc else "")
 
 
 async def serve_forever(settings: ServerSettings) -> int:

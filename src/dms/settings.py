@@ -57,6 +57,9 @@ class ServerSettings(BaseSettings):
     grpc_address: str = "127.0.0.1:7070"
     """Where the Open Inference Protocol's gRPC service listens (host:port)."""
     grpc_enabled: bool = True
+    grpc_server: Literal["grpcio", "uvicorn"] = "grpcio"
+    """What serves gRPC: grpcio's asyncio server, or uvicorn's HTTP/2 (zttp), which spends about a third of
+    the CPU per call (docs/performance.md) and is newer."""
     grpc_max_message_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)
     """Largest gRPC message received or sent."""
 

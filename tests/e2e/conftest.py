@@ -22,6 +22,16 @@ outputs:
 
 @pytest.fixture(scope="package")
 def oip_server(tmp_path_factory: pytest.TempPathFactory):
+    yield from _protocol_server(tmp_path_factory, [])
+
+
+@pytest.fixture(scope="package")
+def oip_server_grpc_uvicorn(tmp_path_factory: pytest.TempPathFactory):
+    """The same models, with gRPC served by uvicorn's HTTP/2 instead of grpcio."""
+    yield from _protocol_server(tmp_path_factory, ["--grpc-server", "uvicorn"])
+
+
+def _protocol_server(tmp_path_factory: pytest.TempPathFactory, extra: list[str]):
     work = tmp_path_factory.mktemp("oip")
     store = work / "store"
     (work / "echo.yaml").write_text(ECHO_CONFIG)
@@ -37,7 +47,7 @@ def oip_server(tmp_path_factory: pytest.TempPathFactory):
     if squeezenet is not None:
         make_squeezenet_archive(squeezenet, store, SQUEEZENET_CONFIG)
         models.append("squeezenet=squeezenet.mar")
-    with running_server(work, ["--model-store", str(store), "--models", *models]) as running:
+    with running_server(work, ["--model-store", str(store), "--models", *models, *extra]) as running:
         yield running
 
 

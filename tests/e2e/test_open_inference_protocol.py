@@ -15,8 +15,13 @@ from tritonclient.utils import InferenceServerException  # noqa: E402
 
 
 @pytest.fixture
-def server(oip_server: DmsServer) -> DmsServer:
-    """The package's shared protocol server (tests/e2e/conftest.py)."""
+def server(request: pytest.FixtureRequest, oip_server: DmsServer) -> DmsServer:
+    """The package's shared protocol server (tests/e2e/conftest.py); for "grpc-uvicorn", its twin serving
+    gRPC on uvicorn's HTTP/2 instead of grpcio."""
+    params = getattr(request.node, "callspec", None)
+    if params is not None and params.params.get("transport") == "grpc-uvicorn":
+        twin: DmsServer = request.getfixturevalue("oip_server_grpc_uvicorn")
+        return twin
     return oip_server
 
 
@@ -30,12 +35,13 @@ def module(transport: str):
     return httpclient if transport == "http" else grpcclient
 
 
-TRANSPORTS = ["http", "grpc"]
+TRANSPORTS = ["http", "grpc", "grpc-uvicorn"]
+GRPC_SERVERS = ["grpc", "grpc-uvicorn"]
 
 
 def as_json(c, transport: str, method: str, *args, **kwargs):
     """Call a client method and get JSON-like dicts from either client."""
-    if transport == "grpc":
+    if transport != "http":
         kwargs["as_json"] = True
     return getattr(c, method)(*args, **kwargs)
 
@@ -78,7 +84,7 @@ def expected_echo(array: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize(("datatype", "array"), DTYPE_CASES, ids=[c[0] for c in DTYPE_CASES])
 def test_infer_every_tested_datatype(server: DmsServer, transport: str, binary: bool, datatype: str, array):
     """HTTP: binary data extension on and off. gRPC: raw_input_contents (tritonclient) and typed contents."""
-    if transport == "grpc" and not binary:
+    if transport != "http" and not binary:
         got, request_id = typed_grpc_infer(server, datatype, array)
     else:
         lib = module(transport)
@@ -91,7 +97,7 @@ def test_infer_every_tested_datatype(server: DmsServer, transport: str, binary: 
             outputs = [lib.InferRequestedOutput("out_x")]
         result = client(server, transport).infer("echo", [tensor], outputs=outputs, request_id="req-7")
         got = result.as_numpy("out_x")
-        response = result.get_response(as_json=True) if transport == "grpc" else result.get_response()
+        response = result.get_response(as_json=True) if transport != "http" else result.get_response()
         request_id = response["id"]
     want = expected_echo(array)
     assert got.shape == want.shape and request_id == "req-7"
@@ -195,7 +201,8 @@ def test_squeezenet_kitten_matches_the_predictions_path(server: DmsServer, trans
     assert labels[top5[0]] == "Egyptian cat"
 
 
-def test_grpc_stream_infer_answers_in_order(server: DmsServer):
+@pytest.mark.parametrize("transport", GRPC_SERVERS)
+def test_grpc_stream_infer_answers_in_order(server: DmsServer, transport: str):
     answers: list = []
     c = grpcclient.InferenceServerClient(server.grpc_address)
     c.start_stream(callback=lambda result, error: answers.append((result, error)))
@@ -263,7 +270,7 @@ def test_http_compression_both_ways(server: DmsServer):
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_repository_extension_needs_the_management_key(server: DmsServer, transport: str):
-    key = {"authorization" if transport == "grpc" else "Authorization": f"Bearer {server.key()}"}
+    key = {"authorization" if transport != "http" else "Authorization": f"Bearer {server.key()}"}
     if transport == "http":
         c = httpclient.InferenceServerClient(server.management_url.removeprefix("http://"))
     else:

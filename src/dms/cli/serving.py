@@ -27,6 +27,11 @@ def server_options(fn: Any) -> Any:
         click.option("--management-address", help="host:port of the management API [127.0.0.1:8081]."),
         click.option("--metrics-address", help="host:port of the metrics endpoint [127.0.0.1:8082]."),
         click.option("--grpc-address", help="host:port of the Open Inference Protocol gRPC service [127.0.0.1:7070]."),
+        click.option(
+            "--grpc-server",
+            type=click.Choice(["grpcio", "uvicorn"]),
+            help="What serves gRPC: grpcio, or uvicorn's HTTP/2 (less CPU per call) [grpcio].",
+        ),
         click.option("--default-workers-per-model", type=int, help="Workers per model version."),
         click.option("--allowed-urls", multiple=True, help="Regex a remote archive URL must match (repeatable)."),
         click.option("--no-default-model", is_flag=True, help="Do not serve the bundled digits model."),

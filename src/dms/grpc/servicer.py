@@ -9,7 +9,8 @@ server runs); inference calls need the inference key when inference auth is on.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 import grpc
@@ -217,36 +218,69 @@ class InferenceServicer:
         return pb.RepositoryModelUnloadResponse()
 
 
-def _unary(method: Callable[..., Awaitable[Any]], request_type: Any, response_type: Any) -> grpc.RpcMethodHandler:
-    return grpc.unary_unary_rpc_method_handler(
-        method, request_deserializer=request_type.FromString, response_serializer=response_type.SerializeToString
-    )
+@dataclass(frozen=True)
+class RpcMethod:
+    """One method of ``inference.GRPCInferenceService`` as both gRPC servers register it."""
+
+    name: str
+    handler: Callable[..., Any]
+    request_type: Any
+    """The protobuf class of the request, or None: the handler takes the serialized bytes."""
+    response_type: Any
+    """The protobuf class of the answer, or None: the handler returns serialized bytes."""
+    streaming: bool = False
+    """Requests and answers are both streams (``ModelStreamInfer``)."""
+
+
+SERVICE = "inference.GRPCInferenceService"
+
+
+def rpc_methods(servicer: InferenceServicer) -> dict[str, RpcMethod]:
+    """The service's methods by name."""
+    s = servicer
+    methods = [
+        RpcMethod("ServerLive", s.server_live, pb.ServerLiveRequest, pb.ServerLiveResponse),
+        RpcMethod("ServerReady", s.server_ready, pb.ServerReadyRequest, pb.ServerReadyResponse),
+        RpcMethod("ModelReady", s.model_ready, pb.ModelReadyRequest, pb.ModelReadyResponse),
+        RpcMethod("ServerMetadata", s.server_metadata, pb.ServerMetadataRequest, pb.ServerMetadataResponse),
+        RpcMethod("ModelMetadata", s.model_metadata, pb.ModelMetadataRequest, pb.ModelMetadataResponse),
+        RpcMethod("ModelInfer", s.model_infer, None, None),
+        RpcMethod("ModelStreamInfer", s.model_stream_infer, None, None, streaming=True),
+        RpcMethod("ModelStatistics", s.model_statistics, pb.ModelStatisticsRequest, pb.ModelStatisticsResponse),
+        RpcMethod("RepositoryIndex", s.repository_index, pb.RepositoryIndexRequest, pb.RepositoryIndexResponse),
+        RpcMethod(
+            "RepositoryModelLoad",
+            s.repository_model_load,
+            pb.RepositoryModelLoadRequest,
+            pb.RepositoryModelLoadResponse,
+        ),
+        RpcMethod(
+            "RepositoryModelUnload",
+            s.repository_model_unload,
+            pb.RepositoryModelUnloadRequest,
+            pb.RepositoryModelUnloadResponse,
+        ),
+    ]
+    return {method.name: method for method in methods}
+
+
+def _grpcio_handler(method: RpcMethod) -> grpc.RpcMethodHandler:
+    decode = method.request_type.FromString if method.request_type is not None else None
+    encode = method.response_type.SerializeToString if method.response_type is not None else None
+    if method.streaming:
+        return grpc.stream_stream_rpc_method_handler(method.handler, decode, encode)
+    return grpc.unary_unary_rpc_method_handler(method.handler, decode, encode)
 
 
 def build_grpc_server(dataplane: DataPlane, metrics: ServerMetrics, keys: KeyStore | None) -> grpc.aio.Server:
+    """The service on grpcio's asyncio server (``grpc_server = "grpcio"``, the default)."""
     settings = dataplane.settings
     limit = settings.grpc_max_message_bytes
     server = grpc.aio.server(
         options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
     )
-    servicer = InferenceServicer(dataplane, metrics, keys)
-    handlers = {
-        "ServerLive": _unary(servicer.server_live, pb.ServerLiveRequest, pb.ServerLiveResponse),
-        "ServerReady": _unary(servicer.server_ready, pb.ServerReadyRequest, pb.ServerReadyResponse),
-        "ModelReady": _unary(servicer.model_ready, pb.ModelReadyRequest, pb.ModelReadyResponse),
-        "ServerMetadata": _unary(servicer.server_metadata, pb.ServerMetadataRequest, pb.ServerMetadataResponse),
-        "ModelMetadata": _unary(servicer.model_metadata, pb.ModelMetadataRequest, pb.ModelMetadataResponse),
-        "ModelInfer": grpc.unary_unary_rpc_method_handler(servicer.model_infer),
-        "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(servicer.model_stream_infer),
-        "ModelStatistics": _unary(servicer.model_statistics, pb.ModelStatisticsRequest, pb.ModelStatisticsResponse),
-        "RepositoryIndex": _unary(servicer.repository_index, pb.RepositoryIndexRequest, pb.RepositoryIndexResponse),
-        "RepositoryModelLoad": _unary(
-            servicer.repository_model_load, pb.RepositoryModelLoadRequest, pb.RepositoryModelLoadResponse
-        ),
-        "RepositoryModelUnload": _unary(
-            servicer.repository_model_unload, pb.RepositoryModelUnloadRequest, pb.RepositoryModelUnloadResponse
-        ),
-    }
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("inference.GRPCInferenceService", handlers),))
+    methods = rpc_methods(InferenceServicer(dataplane, metrics, keys))
+    handlers = {name: _grpcio_handler(method) for name, method in methods.items()}
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     server.add_insecure_port(settings.grpc_address)
     return server

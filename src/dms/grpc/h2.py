@@ -1,0 +1,299 @@
+"""The gRPC service on uvicorn's HTTP/2 (``grpc_server = "uvicorn"``): the same servicer, a lighter server.
+
+gRPC is a convention over HTTP/2: a call is a POST to ``/<package>.<Service>/<Method>`` with
+``content-type: application/grpc``; each message in either direction is a flag byte (1: compressed
+with the call's ``grpc-encoding``), a 4-byte big-endian length and the protobuf bytes; the answer's
+status travels in the trailers (``grpc-status``, and ``grpc-message`` percent-encoded). uvicorn (0.54+)
+speaks HTTP/2 with trailers through zttp, a sans-IO HTTP parser with a compiled core, and on this
+project's benchmark it answers a unary call for about a third of the CPU grpcio's asyncio server spends
+(``docs/performance.md``). This module is the ASGI application that turns those requests into calls of
+``InferenceServicer``, and the connection protocol that keeps long-lived client connections clear of
+zttp's lifetime caps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import zlib
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import quote
+
+import grpc
+from google.protobuf.message import DecodeError
+from starlette.types import Message, Receive, Scope, Send
+from uvicorn.protocols.http.zttp_h2_impl import ZttpH2Protocol
+
+from dms.errors import DMSError
+from dms.grpc.errors import GRPC_STATUS
+from dms.grpc.servicer import SERVICE, RpcMethod
+
+log = logging.getLogger("dms.grpc")
+
+_PREFIX = f"/{SERVICE}/"
+_HEADERS = [(b"content-type", b"application/grpc"), (b"grpc-accept-encoding", b"identity,deflate,gzip")]
+_NOT_METADATA = {"content-type", "te", "grpc-timeout", "grpc-encoding", "grpc-accept-encoding"}
+_TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+_ZLIB_WINDOW = {"gzip": 31, "deflate": 15}
+
+
+class CallAborted(Exception):
+    """Ends a call with a gRPC status (what ``context.abort`` raises)."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+class _ClientGone(Exception):
+    """The client reset the stream or closed the connection."""
+
+
+class CallContext:
+    """The part of ``grpc.aio.ServicerContext`` the servicer uses: request metadata and ``abort``."""
+
+    __slots__ = ("_metadata",)
+
+    def __init__(self, metadata: tuple[tuple[str, str | bytes], ...]) -> None:
+        self._metadata = metadata
+
+    def invocation_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
+        return self._metadata
+
+    async def abort(self, code: grpc.StatusCode, details: str) -> None:
+        raise CallAborted(code, details)
+
+
+def call_metadata(headers: list[tuple[bytes, bytes]]) -> tuple[tuple[str, str | bytes], ...]:
+    """Custom metadata from request headers: no pseudo-headers, no transport headers; ``-bin`` values decoded."""
+    items: list[tuple[str, str | bytes]] = []
+    for raw_name, raw_value in headers:
+        name = raw_name.decode("latin-1")
+        if name.startswith(":") or name in _NOT_METADATA:
+            continue
+        if name.endswith("-bin"):
+            items.append((name, base64.b64decode(raw_value + b"=" * (-len(raw_value) % 4))))
+        else:
+            items.append((name, raw_value.decode("latin-1")))
+    return tuple(items)
+
+
+def parse_timeout(value: str) -> float:
+    """Seconds from a ``grpc-timeout`` header (1 to 8 digits and a unit: H, M, S, m, u, n)."""
+    digits, unit = value[:-1], value[-1:]
+    if not digits.isdigit() or len(digits) > 8 or unit not in _TIMEOUT_UNITS:
+        raise CallAborted(grpc.StatusCode.INTERNAL, f"malformed grpc-timeout {value!r}")
+    return int(digits) * _TIMEOUT_UNITS[unit]
+
+
+def frame(message: bytes) -> bytes:
+    """One uncompressed length-prefixed message."""
+    return b"\x00" + len(message).to_bytes(4, "big") + message
+
+
+class MessageReader:
+    """Length-prefixed messages out of a request body that arrives in ASGI chunks."""
+
+    def __init__(self, receive: Receive, max_bytes: int, encoding: str | None) -> None:
+        self._receive = receive
+        self._max_bytes = max_bytes
+        self._encoding = encoding
+        self._buffer = bytearray()
+        self._ended = False
+
+    async def next(self) -> bytes | None:
+        """The next message, or None once the client has sent them all."""
+        while True:
+            if len(self._buffer) >= 5:
+                length = int.from_bytes(self._buffer[1:5], "big")
+                if length > self._max_bytes:
+                    raise CallAborted(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"received a message of {length} bytes, over grpc_max_message_bytes ({self._max_bytes})",
+                    )
+                if len(self._buffer) >= 5 + length:
+                    compressed = self._buffer[0] == 1
+                    message = bytes(self._buffer[5 : 5 + length])
+                    del self._buffer[: 5 + length]
+                    return self._decompress(message) if compressed else message
+            if self._ended:
+                if self._buffer:
+                    raise CallAborted(grpc.StatusCode.INTERNAL, "the request ended inside a message")
+                return None
+            await self._fill()
+
+    async def _fill(self) -> None:
+        event: Message = await self._receive()
+        if event["type"] != "http.request":
+            raise _ClientGone
+        self._buffer += event.get("body", b"")
+        self._ended = not event.get("more_body", False)
+
+    def _decompress(self, message: bytes) -> bytes:
+        window = _ZLIB_WINDOW.get(self._encoding or "")
+        if window is None:
+            raise CallAborted(
+                grpc.StatusCode.UNIMPLEMENTED, f"compressed message with unsupported grpc-encoding {self._encoding!r}"
+            )
+        decompressor = zlib.decompressobj(wbits=window)
+        try:
+            data = decompressor.decompress(message, self._max_bytes + 1)
+        except zlib.error as exc:
+            raise CallAborted(grpc.StatusCode.INTERNAL, f"the {self._encoding} message cannot be decompressed") from exc
+        if len(data) > self._max_bytes or decompressor.unconsumed_tail:
+            raise CallAborted(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"decompressed message is over grpc_max_message_bytes ({self._max_bytes})",
+            )
+        return data
+
+
+class GrpcApp:
+    """ASGI application serving ``inference.GRPCInferenceService`` calls over HTTP/2."""
+
+    def __init__(self, methods: dict[str, RpcMethod], max_message_bytes: int) -> None:
+        self.methods = methods
+        self.max_message_bytes = max_message_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        headers = dict(scope["headers"])
+        if scope["method"] != "POST" or not headers.get(b"content-type", b"").startswith(b"application/grpc"):
+            await _plain(send, 415, b"this port speaks gRPC: POST with content-type application/grpc\n")
+            return
+        responder = _Responder(send)
+        try:
+            path = scope["path"]
+            method = self.methods.get(path[len(_PREFIX) :]) if path.startswith(_PREFIX) else None
+            if method is None:
+                raise CallAborted(grpc.StatusCode.UNIMPLEMENTED, f"method {path} is not served here")
+            timeout = headers.get(b"grpc-timeout")
+            encoding = headers.get(b"grpc-encoding", b"identity").decode("latin-1")
+            reader = MessageReader(receive, self.max_message_bytes, encoding)
+            context = CallContext(call_metadata(scope["headers"]))
+            async with asyncio.timeout(parse_timeout(timeout.decode("latin-1")) if timeout else None):
+                if method.streaming:
+                    await self._stream(method, reader, context, responder)
+                else:
+                    await self._unary(method, reader, context, responder)
+        except _ClientGone:
+            return
+        except TimeoutError:
+            await responder.finish(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
+        except CallAborted as exc:
+            await responder.finish(exc.code, exc.details)
+        except DMSError as exc:
+            await responder.finish(GRPC_STATUS[exc.kind], exc.message)
+        except Exception as exc:
+            log.exception("gRPC call %s failed", scope["path"])
+            await responder.finish(grpc.StatusCode.UNKNOWN, f"{type(exc).__name__}: {exc}")
+        else:
+            await responder.finish(grpc.StatusCode.OK, "")
+
+    async def _unary(self, method: RpcMethod, reader: MessageReader, context: CallContext, out: _Responder) -> None:
+        payload = await reader.next()
+        if payload is None or await reader.next() is not None:
+            raise CallAborted(grpc.StatusCode.INTERNAL, f"{method.name} takes exactly one request message")
+        answer = await method.handler(_decode(method, payload), context)
+        await out.message(answer if method.response_type is None else answer.SerializeToString())
+
+    async def _stream(self, method: RpcMethod, reader: MessageReader, context: CallContext, out: _Responder) -> None:
+        async def requests() -> AsyncIterator[Any]:
+            while (payload := await reader.next()) is not None:
+                yield _decode(method, payload)
+
+        answers = method.handler(requests(), context)
+        async for answer in answers:
+            await out.message(answer if method.response_type is None else answer.SerializeToString())
+
+
+def _decode(method: RpcMethod, payload: bytes) -> Any:
+    if method.request_type is None:
+        return payload
+    try:
+        return method.request_type.FromString(payload)
+    except DecodeError:
+        raise CallAborted(
+            grpc.StatusCode.INTERNAL, f"the request is not a valid {method.request_type.__name__}"
+        ) from None
+
+
+class _Responder:
+    """Writes one call's answer: headers once, then messages, then the status in the trailers."""
+
+    __slots__ = ("_send", "_started")
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self._started = False
+
+    async def message(self, data: bytes) -> None:
+        await self._start()
+        await self._send({"type": "http.response.body", "body": frame(data), "more_body": True})
+
+    async def finish(self, code: grpc.StatusCode, details: str) -> None:
+        await self._start()
+        await self._send({"type": "http.response.body", "body": b"", "more_body": False})
+        trailers = [(b"grpc-status", str(code.value[0]).encode())]
+        if details:
+            trailers.append((b"grpc-message", quote(details, safe=" !\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~").encode()))
+        await self._send({"type": "http.response.trailers", "headers": trailers, "more_trailers": False})
+
+    async def _start(self) -> None:
+        if not self._started:
+            self._started = True
+            await self._send({"type": "http.response.start", "status": 200, "headers": _HEADERS, "trailers": True})
+
+
+async def _plain(send: Send, status: int, body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+STREAMS_PER_CONNECTION = 3840
+"""New streams a connection takes before it is asked to close; zttp ends a connection with an error
+(GOAWAY ENHANCE_YOUR_CALM, failing the calls in flight) once a client opened 4096 streams on it."""
+RESETS_PER_CONNECTION = 192
+"""Likewise for streams the client reset (zttp's cap: 256)."""
+
+
+class GrpcH2Protocol(ZttpH2Protocol):
+    """uvicorn's HTTP/2 protocol, asking a client to move to a new connection before zttp's lifetime caps.
+
+    zttp bounds the streams one connection may ever open, and the resets its client may send, against
+    rapid-reset floods; a gRPC channel lives for many thousands of calls. Before a cap is reached this
+    sends a graceful GOAWAY (NO_ERROR, naming the last stream it will answer): the client opens a new
+    connection for its next calls while the calls in flight finish here, and the connection closes.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._streams = 0
+        self._resets = 0
+        self._last_stream_id = 0
+
+    def handle_request(self, event: Any) -> None:
+        super().handle_request(event)
+        self._streams += 1
+        self._last_stream_id = max(self._last_stream_id, event.stream_id)
+        if self._streams >= STREAMS_PER_CONNECTION:
+            self._retire()
+
+    def handle_rst_stream(self, event: Any) -> None:
+        super().handle_rst_stream(event)
+        self._resets += 1
+        if self._resets >= RESETS_PER_CONNECTION:
+            self._retire()
+
+    def _retire(self) -> None:
+        if self.shutdown_requested or self.transport.is_closing():
+            return
+        self.shutdown_requested = True
+        self.conn.close(0, self._last_stream_id)
+        self.flush()
+        if not self.cycles:
+            self._close_connection()

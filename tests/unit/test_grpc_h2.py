@@ -1,0 +1,217 @@
+"""The gRPC-over-ASGI application of ``grpc_server = "uvicorn"``, driven with ASGI messages as uvicorn sends them."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import pytest
+
+from dms._generated import inference_pb2 as pb
+from dms.errors import ModelNotFoundError
+from dms.grpc.h2 import CallAborted, GrpcApp, call_metadata, frame, parse_timeout
+from dms.grpc.servicer import RpcMethod
+
+PATH = "/inference.GRPCInferenceService/"
+
+
+async def echo_bytes(payload: bytes, context: Any) -> bytes:
+    return payload[::-1]
+
+
+async def live(request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
+    return pb.ServerLiveResponse(live=True)
+
+
+async def slow(payload: bytes, context: Any) -> bytes:
+    await asyncio.sleep(5)
+    return payload
+
+
+async def missing(payload: bytes, context: Any) -> bytes:
+    raise ModelNotFoundError("model nope is not registered")
+
+
+async def broken(payload: bytes, context: Any) -> bytes:
+    raise ValueError("boom")
+
+
+async def aborting(payload: bytes, context: Any) -> bytes:
+    await context.abort(grpc.StatusCode.PERMISSION_DENIED, "100% refusé")
+    raise AssertionError("abort returned")
+
+
+async def who(payload: bytes, context: Any) -> bytes:
+    return repr(sorted(context.invocation_metadata())).encode()
+
+
+async def doubled(requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
+    async for payload in requests:
+        yield payload * 2
+
+
+METHODS = {
+    m.name: m
+    for m in [
+        RpcMethod("Echo", echo_bytes, None, None),
+        RpcMethod("ServerLive", live, pb.ServerLiveRequest, pb.ServerLiveResponse),
+        RpcMethod("Slow", slow, None, None),
+        RpcMethod("Missing", missing, None, None),
+        RpcMethod("Broken", broken, None, None),
+        RpcMethod("Abort", aborting, None, None),
+        RpcMethod("Who", who, None, None),
+        RpcMethod("Doubled", doubled, None, None, streaming=True),
+    ]
+}
+
+
+class Call:
+    """One request through the app: what it sent back, parsed into status, messages and trailers."""
+
+    def __init__(self, sent: list[dict[str, Any]]) -> None:
+        self.sent = sent
+        self.status = sent[0]["status"] if sent else None
+        body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+        self.text = body if self.status != 200 else b""
+        self.messages: list[bytes] = []
+        while body and self.status == 200:
+            assert body[0] == 0
+            length = int.from_bytes(body[1:5], "big")
+            self.messages.append(body[5 : 5 + length])
+            body = body[5 + length :]
+        trailers = [m for m in sent if m["type"] == "http.response.trailers"]
+        self.trailers = dict(trailers[0]["headers"]) if trailers else {}
+
+    @property
+    def code(self) -> int:
+        return int(self.trailers[b"grpc-status"])
+
+    @property
+    def details(self) -> str:
+        return self.trailers.get(b"grpc-message", b"").decode()
+
+
+def run(
+    method: str,
+    chunks: list[bytes],
+    headers: list[tuple[bytes, bytes]] = (),  # type: ignore[assignment]
+    http_method: str = "POST",
+    max_bytes: int = 1 << 20,
+    disconnect: bool = False,
+) -> Call:
+    events: list[dict[str, Any]] = [
+        {"type": "http.request", "body": chunk, "more_body": i < len(chunks) - 1} for i, chunk in enumerate(chunks)
+    ]
+    if disconnect:
+        events = [{"type": "http.request", "body": chunks[0], "more_body": True}, {"type": "http.disconnect"}]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        if events:
+            return events.pop(0)
+        await asyncio.sleep(3600)  # uvicorn's receive waits until the client goes away
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": http_method,
+        "path": PATH + method,
+        "headers": [(b"content-type", b"application/grpc"), (b"te", b"trailers"), *headers],
+    }
+    asyncio.run(GrpcApp(METHODS, max_bytes)(scope, receive, send))
+    return Call(sent)
+
+
+def test_a_unary_call_gets_its_answer_and_an_ok_status():
+    call = run("Echo", [frame(b"abc")])
+    assert call.status == 200 and call.messages == [b"cba"] and call.code == 0
+    assert call.sent[0]["headers"][0] == (b"content-type", b"application/grpc")
+
+
+def test_messages_split_anywhere_across_body_chunks_are_put_back_together():
+    body = frame(b"hello world")
+    for cut in range(1, len(body)):
+        assert run("Echo", [body[:cut], b"", body[cut:]]).messages == [b"dlrow olleh"]
+
+
+def test_protobuf_requests_and_answers_are_decoded_and_encoded():
+    call = run("ServerLive", [frame(pb.ServerLiveRequest().SerializeToString())])
+    assert pb.ServerLiveResponse.FromString(call.messages[0]).live is True
+    garbage = run("ServerLive", [frame(b"\xff\xff\xff")])
+    assert garbage.code == grpc.StatusCode.INTERNAL.value[0] and "ServerLiveRequest" in garbage.details
+
+
+def test_compressed_messages_are_decompressed_with_the_calls_encoding():
+    payload = gzip.compress(b"abc")
+    call = run("Echo", [b"\x01" + len(payload).to_bytes(4, "big") + payload], [(b"grpc-encoding", b"gzip")])
+    assert call.messages == [b"cba"]
+    unknown = run("Echo", [b"\x01\x00\x00\x00\x01x"], [(b"grpc-encoding", b"snappy")])
+    assert unknown.code == grpc.StatusCode.UNIMPLEMENTED.value[0] and "snappy" in unknown.details
+
+
+def test_a_message_over_the_limit_is_refused_before_it_is_read():
+    call = run("Echo", [b"\x00" + (10_000).to_bytes(4, "big")], max_bytes=1024, disconnect=False)
+    assert call.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0] and "1024" in call.details
+    bomb = gzip.compress(b"\x00" * 100_000)
+    inflated = run(
+        "Echo", [b"\x01" + len(bomb).to_bytes(4, "big") + bomb], [(b"grpc-encoding", b"gzip")], max_bytes=1024
+    )
+    assert inflated.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+
+
+def test_truncated_or_extra_messages_end_a_unary_call_with_internal():
+    truncated = run("Echo", [frame(b"abcdef")[:-2]])
+    assert truncated.code == grpc.StatusCode.INTERNAL.value[0] and "inside a message" in truncated.details
+    two = run("Echo", [frame(b"a") + frame(b"b")])
+    assert two.code == grpc.StatusCode.INTERNAL.value[0] and "exactly one" in two.details
+    none = run("Echo", [b""])
+    assert none.code == grpc.StatusCode.INTERNAL.value[0]
+
+
+def test_unknown_methods_and_non_grpc_requests_are_refused():
+    assert run("NoSuchMethod", [frame(b"")]).code == grpc.StatusCode.UNIMPLEMENTED.value[0]
+    plain = run("Echo", [b""], http_method="GET")
+    assert plain.status == 415 and not plain.trailers and b"gRPC" in plain.text
+
+
+def test_errors_map_to_grpc_status_codes_with_percent_encoded_messages():
+    assert run("Missing", [frame(b"")]).code == grpc.StatusCode.NOT_FOUND.value[0]
+    broken = run("Broken", [frame(b"")])
+    assert broken.code == grpc.StatusCode.UNKNOWN.value[0] and broken.details == "ValueError: boom"
+    aborted = run("Abort", [frame(b"")])
+    assert aborted.code == grpc.StatusCode.PERMISSION_DENIED.value[0]
+    assert aborted.details == "100%25 refus%C3%A9"  # '%' and non-ASCII bytes are percent-encoded
+    assert aborted.messages == []
+
+
+def test_the_calls_deadline_is_enforced_on_the_server():
+    started = time.monotonic()
+    call = run("Slow", [frame(b"x")], [(b"grpc-timeout", b"50m")])
+    assert call.code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0] and time.monotonic() - started < 3
+    assert parse_timeout("3S") == 3 and parse_timeout("250m") == 0.25 and parse_timeout("2H") == 7200
+    for bad in ("", "S", "12", "123456789S", "5x"):
+        with pytest.raises(CallAborted):
+            parse_timeout(bad)
+    assert run("Echo", [frame(b"x")], [(b"grpc-timeout", b"soon")]).code == grpc.StatusCode.INTERNAL.value[0]
+
+
+def test_metadata_is_the_custom_headers_with_binary_values_decoded():
+    headers = [(b"authorization", b"Bearer k"), (b"trace-bin", b"AAEC"), (b":authority", b"x"), (b"te", b"trailers")]
+    assert call_metadata(headers) == (("authorization", "Bearer k"), ("trace-bin", b"\x00\x01\x02"))
+    assert b"authorization" in run("Who", [frame(b"")], [(b"authorization", b"Bearer k")]).messages[0]
+
+
+def test_a_client_that_leaves_mid_request_gets_nothing_sent():
+    assert run("Echo", [frame(b"abc")[:3]], disconnect=True).sent == []
+
+
+def test_a_streaming_call_answers_each_request_then_ends_ok():
+    call = run("Doubled", [frame(b"a") + frame(b"bc"), frame(b"d")])
+    assert call.messages == [b"aa", b"bcbc", b"dd"] and call.code == 0
