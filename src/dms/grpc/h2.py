@@ -18,7 +18,7 @@ import base64
 import logging
 import zlib
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote
 
 import grpc
@@ -29,6 +29,7 @@ from uvicorn.protocols.http.zttp_h2_impl import ZttpH2Protocol
 from dms.errors import DMSError
 from dms.grpc.errors import GRPC_STATUS
 from dms.grpc.servicer import SERVICE, RpcMethod
+from dms.grpc.write_coalescing import CoalescedWrites
 
 log = logging.getLogger("dms.grpc")
 
@@ -275,6 +276,11 @@ class GrpcH2Protocol(ZttpH2Protocol):
         self._streams = 0
         self._resets = 0
         self._last_stream_id = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # An answer is three writes (headers, data, trailers): one socket write instead (write_coalescing).
+        # uvloop's transports are not asyncio.Transport subclasses; they have its methods.
+        super().connection_made(CoalescedWrites(cast(asyncio.Transport, transport), self.loop))
 
     def handle_request(self, event: Any) -> None:
         super().handle_request(event)

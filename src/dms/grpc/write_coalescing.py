@@ -1,0 +1,100 @@
+"""One socket write per event-loop turn for each gRPC connection.
+
+uvicorn writes an HTTP/2 answer in three pieces, each straight to the socket: headers, data and
+trailers. For a small gRPC answer each piece is a system call and, on loopback or a fast network, a
+packet that may wake the client on its own. ``GrpcH2Protocol`` hands uvicorn a transport that keeps what
+one loop turn writes to a connection and sends it as one buffer in the next turn (microseconds later),
+or at once when it grows past ``FLUSH_BYTES``; everything else is the real transport's. Measured with
+``bench.ab``: gRPC 1.2x at c=16 and c=64. (For HTTP/1.1, two writes per answer, it measured no better.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+FLUSH_BYTES = 64 * 1024
+"""Pending bytes that are written at once rather than at the end of the turn (big bodies are not copied)."""
+
+
+class CoalescedWrites(asyncio.Transport):
+    """Wraps a connection's transport: writes made in one loop turn leave in one socket write."""
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes | bytearray | memoryview] | None = None
+        self._pending_bytes = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not data:
+            return
+        if len(data) >= FLUSH_BYTES:
+            self.flush()
+            self._transport.write(data)
+            return
+        if self._pending is None:
+            self._pending = [data]
+            self._pending_bytes = len(data)
+            self._loop.call_soon(self.flush)
+            return
+        self._pending.append(data)
+        self._pending_bytes += len(data)
+        if self._pending_bytes >= FLUSH_BYTES:
+            self.flush()
+
+    def writelines(self, list_of_data: Any) -> None:
+        for data in list_of_data:
+            self.write(data)
+
+    def flush(self) -> None:
+        """Write what is pending now."""
+        pending, self._pending = self._pending, None
+        if pending and not self._transport.is_closing():
+            self._transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._pending = None
+        self._transport.abort()
+
+    def write_eof(self) -> None:
+        self.flush()
+        self._transport.write_eof()
+
+    def can_write_eof(self) -> bool:
+        return self._transport.can_write_eof()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._transport.get_extra_info(name, default)
+
+    def pause_reading(self) -> None:
+        self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._transport.resume_reading()
+
+    def is_reading(self) -> bool:
+        return self._transport.is_reading()
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._transport.set_protocol(protocol)
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._transport.get_protocol()
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() + self._pending_bytes * (self._pending is not None)
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._transport.set_write_buffer_limits(high, low)
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._transport.get_write_buffer_limits()
