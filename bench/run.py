@@ -141,6 +141,13 @@ def tiny_scenario(plan: Plan, work: Path, rows: list[Row], extras: dict[str, obj
                 ],
             )
         )
+        h2_work = work / "grpc-uvicorn"
+        h2_work.mkdir()
+        dms_h2 = setups.dms_server(h2_work, {"lin": ("tensor", onnx_file, batching)}, probe="lin")
+        dms_h2.start += ["--grpc-server", "uvicorn"]
+        servers.append((dms_h2, []))
+        dms_h2.launch()
+        servers[-1][1].append(("DMS OIP gRPC on uvicorn HTTP/2 (ONNX)", setups.dms_grpc_target(dms_h2, "lin", "x")))
         bare = setups.bare_server(work)
         bare.launch()
         servers.append(

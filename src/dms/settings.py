@@ -58,8 +58,8 @@ class ServerSettings(BaseSettings):
     """Where the Open Inference Protocol's gRPC service listens (host:port)."""
     grpc_enabled: bool = True
     grpc_server: Literal["grpcio", "uvicorn"] = "grpcio"
-    """What serves gRPC: grpcio's asyncio server, or uvicorn's HTTP/2 (zttp), which spends about a third of
-    the CPU per call (docs/performance.md) and is newer."""
+    """What serves gRPC: grpcio's asyncio server, or uvicorn's HTTP/2 (zttp), which spends about half the
+    CPU per inference call (docs/performance.md) and is younger."""
     grpc_max_message_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)
     """Largest gRPC message received or sent."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import time
+import zlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -149,9 +150,9 @@ def test_protobuf_requests_and_answers_are_decoded_and_encoded():
 
 
 def test_compressed_messages_are_decompressed_with_the_calls_encoding():
-    payload = gzip.compress(b"abc")
-    call = run("Echo", [b"\x01" + len(payload).to_bytes(4, "big") + payload], [(b"grpc-encoding", b"gzip")])
-    assert call.messages == [b"cba"]
+    for encoding, payload in ((b"gzip", gzip.compress(b"abc")), (b"deflate", zlib.compress(b"abc"))):
+        call = run("Echo", [b"\x01" + len(payload).to_bytes(4, "big") + payload], [(b"grpc-encoding", encoding)])
+        assert call.messages == [b"cba"], encoding
     unknown = run("Echo", [b"\x01\x00\x00\x00\x01x"], [(b"grpc-encoding", b"snappy")])
     assert unknown.code == grpc.StatusCode.UNIMPLEMENTED.value[0] and "snappy" in unknown.details
 

@@ -5,8 +5,8 @@ gRPC is a convention over HTTP/2: a call is a POST to ``/<package>.<Service>/<Me
 with the call's ``grpc-encoding``), a 4-byte big-endian length and the protobuf bytes; the answer's
 status travels in the trailers (``grpc-status``, and ``grpc-message`` percent-encoded). uvicorn (0.54+)
 speaks HTTP/2 with trailers through zttp, a sans-IO HTTP parser with a compiled core, and on this
-project's benchmark it answers a unary call for about a third of the CPU grpcio's asyncio server spends
-(``docs/performance.md``). This module is the ASGI application that turns those requests into calls of
+project's benchmark a bare unary call costs about a third of the CPU it costs on grpcio's asyncio
+server, and a DMS inference call about half (``docs/performance.md``). This module is the ASGI application that turns those requests into calls of
 ``InferenceServicer``, and the connection protocol that keeps long-lived client connections clear of
 zttp's lifetime caps.
 """
