@@ -6,9 +6,9 @@ with the call's ``grpc-encoding``), a 4-byte big-endian length and the protobuf 
 status travels in the trailers (``grpc-status``, and ``grpc-message`` percent-encoded). uvicorn (0.54+)
 speaks HTTP/2 with trailers through zttp, a sans-IO HTTP parser with a compiled core, and on this
 project's benchmark a bare unary call costs about a third of the CPU it costs on grpcio's asyncio
-server, and a DMS inference call about half (``docs/performance.md``). This module is the ASGI application that turns those requests into calls of
-``InferenceServicer``, and the connection protocol that keeps long-lived client connections clear of
-zttp's lifetime caps.
+server, and a DMS inference call about half (``docs/performance.md``). This module is the ASGI
+application that turns those requests into calls of ``InferenceServicer``, and the connection protocol
+that keeps long-lived client connections clear of zttp's lifetime caps.
 """
 
 from __future__ import annotations
