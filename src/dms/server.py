@@ -43,14 +43,14 @@ class _Server(uvicorn.Server):
         yield
 
 
-def _uvicorn_server(app: Any, address: str, grace_s: float, **options: Any) -> _Server:
+def _uvicorn_server(app: Any, address: str, grace_s: float, http: Any = "httptools", **options: Any) -> _Server:
     host, port = parse_address(address)
     config = uvicorn.Config(
         app,
         host=host,
         port=port,
         lifespan="off",
-        http=options.pop("http", "httptools"),
+        http=http,
         ws="none",
         access_log=False,
         log_config=None,

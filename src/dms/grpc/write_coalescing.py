@@ -50,7 +50,7 @@ class CoalescedWrites(asyncio.Transport):
 
     def flush(self) -> None:
         """Write what is pending now."""
-        pending, self._pending = self._pending, None
+        pending, self._pending, self._pending_bytes = self._pending, None, 0
         if pending and not self._transport.is_closing():
             self._transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
 
@@ -59,7 +59,7 @@ class CoalescedWrites(asyncio.Transport):
         self._transport.close()
 
     def abort(self) -> None:
-        self._pending = None
+        self._pending, self._pending_bytes = None, 0
         self._transport.abort()
 
     def write_eof(self) -> None:
@@ -91,7 +91,7 @@ class CoalescedWrites(asyncio.Transport):
         return self._transport.get_protocol()
 
     def get_write_buffer_size(self) -> int:
-        return self._transport.get_write_buffer_size() + self._pending_bytes * (self._pending is not None)
+        return self._transport.get_write_buffer_size() + self._pending_bytes
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         self._transport.set_write_buffer_limits(high, low)

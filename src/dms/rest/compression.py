@@ -10,22 +10,33 @@ from dms.errors import InputError, PayloadTooLargeError, UnsupportedMediaTypeErr
 _MIN_COMPRESSED_BYTES = 1024
 
 
+def inflate(data: bytes, wbits: int, max_bytes: int) -> bytes | None:
+    """``data`` decompressed by zlib with ``wbits`` (31: gzip, 15: zlib, -15: raw deflate), never past
+    ``max_bytes``: None when the result would be over it (a compression bomb). Raises ``zlib.error`` on
+    corrupt data. The one bounded decompression of request bodies (here) and gRPC messages (``dms.grpc.h2``)."""
+    decompressor = zlib.decompressobj(wbits=wbits)
+    out = decompressor.decompress(data, max_bytes + 1)
+    if len(out) > max_bytes or decompressor.unconsumed_tail:
+        return None
+    return out
+
+
 def decode_content(body: bytes, encoding: str | None, max_bytes: int) -> bytes:
     """The body decompressed (never past ``max_bytes``: a compression bomb is a 413)."""
     if not encoding or encoding.strip().lower() == "identity":
         return body
     kind = encoding.strip().lower()
     if kind == "gzip":
-        decompressor = zlib.decompressobj(wbits=31)
+        wbits = 31
     elif kind == "deflate":
-        decompressor = zlib.decompressobj(wbits=15 if body[:1] == b"\x78" else -15)
+        wbits = 15 if body[:1] == b"\x78" else -15
     else:
         raise UnsupportedMediaTypeError(f"Content-Encoding {encoding!r} is not supported (use gzip or deflate)")
     try:
-        data = decompressor.decompress(body, max_bytes + 1)
+        data = inflate(body, wbits, max_bytes)
     except zlib.error as exc:
         raise InputError(f"the {kind} body cannot be decompressed: {exc}") from exc
-    if len(data) > max_bytes or decompressor.unconsumed_tail:
+    if data is None:
         raise PayloadTooLargeError(f"the decompressed body is over max_request_size_bytes ({max_bytes})")
     return data
 
