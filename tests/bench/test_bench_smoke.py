@@ -58,3 +58,11 @@ def test_the_profiler_runs_and_accounts_for_the_cpu():
     out = run_module("bench.profile", "--paths", "predictions,oip-grpc", "--seconds", "1", "--no-py-spy")
     for path in ("predictions", "oip-grpc"):
         assert f"== {path}, c=16: " in out and "CPU µs/request: frontend" in out, out
+
+
+def test_the_in_process_grpc_transport_measure_runs():
+    out = run_module(
+        *("bench.grpc_transport", "--b-src", str(REPO / "src")),
+        *("--rounds", "1", "--calls", "160", "--concurrency", "16"),
+    )
+    assert "A (this tree): " in out and "µs CPU per call" in out and "A/B CPU per call = " in out, out

@@ -202,7 +202,7 @@ class GrpcApp:
         if payload is None or await reader.next() is not None:
             raise CallAborted(grpc.StatusCode.INTERNAL, f"{method.name} takes exactly one request message")
         answer = await method.handler(_decode(method, payload), context)
-        await out.message(answer if method.response_type is None else answer.SerializeToString())
+        await out.message(answer if method.response_type is None else answer.SerializeToString(), last=True)
 
     async def _stream(self, method: RpcMethod, reader: MessageReader, context: CallContext, out: _Responder) -> None:
         async def requests() -> AsyncIterator[Any]:
@@ -228,19 +228,24 @@ def _decode(method: RpcMethod, payload: bytes) -> Any:
 class _Responder:
     """Writes one call's answer: headers once, then messages, then the status in the trailers."""
 
-    __slots__ = ("_send", "_started")
+    __slots__ = ("_body_ended", "_send", "_started")
 
     def __init__(self, send: Send) -> None:
         self._send = send
         self._started = False
+        self._body_ended = False
 
-    async def message(self, data: bytes) -> None:
+    async def message(self, data: bytes, last: bool = False) -> None:
+        """One message; ``last`` ends the body with it (a unary answer: one ASGI send fewer)."""
         await self._start()
-        await self._send({"type": "http.response.body", "body": frame(data), "more_body": True})
+        self._body_ended = last
+        await self._send({"type": "http.response.body", "body": frame(data), "more_body": not last})
 
     async def finish(self, code: grpc.StatusCode, details: str) -> None:
         await self._start()
-        await self._send({"type": "http.response.body", "body": b"", "more_body": False})
+        if not self._body_ended:
+            self._body_ended = True
+            await self._send({"type": "http.response.body", "body": b"", "more_body": False})
         trailers = [(b"grpc-status", str(code.value[0]).encode())]
         if details:
             trailers.append((b"grpc-message", quote(details, safe=" !\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~").encode()))

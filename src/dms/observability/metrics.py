@@ -136,8 +136,9 @@ class ServerMetrics:
         )
         self.recent = RecentOutcomes()
         self._last_activity = time.monotonic()
+        # Requests in flight are plain counts read at scrape time: a gauge's inc/dec takes a lock each.
+        self._in_flight: dict[str, int] = {}
         # Labelled children looked up once per label set, not per request (labels() is a hot-path cost).
-        self._in_flight_by_transport: dict[str, Gauge] = {}
         self._series: dict[tuple[str, str, str, str], _Series] = {}
         if dataplane is not None:
             self.attach(dataplane)
@@ -150,13 +151,16 @@ class ServerMetrics:
         return _VersionObserver(self, name, version)
 
     def started(self, transport: str) -> int:
-        self._in_flight_of(transport).inc()
+        in_flight = self._in_flight
+        if transport not in in_flight:
+            self._count_in_flight(transport)
+        in_flight[transport] += 1
         self._last_activity = time.monotonic()
         return time.perf_counter_ns()
 
     def idle_seconds(self) -> float:
         """Seconds since a request last arrived or finished (0 while one is in flight)."""
-        if any(sample.value > 0 for family in self.in_flight.collect() for sample in family.samples):
+        if any(self._in_flight.values()):
             return 0.0
         return time.monotonic() - self._last_activity
 
@@ -173,7 +177,7 @@ class ServerMetrics:
     ) -> None:
         """Count the request, observe its latency, and write its access-log line."""
         seconds = (time.perf_counter_ns() - started_ns) / 1e9
-        self._in_flight_of(transport).dec()
+        self._in_flight[transport] -= 1
         self._last_activity = time.monotonic()
         key = (model, version, transport, code)
         series = self._series.get(key)
@@ -204,11 +208,9 @@ class ServerMetrics:
             },
         )
 
-    def _in_flight_of(self, transport: str) -> Gauge:
-        gauge = self._in_flight_by_transport.get(transport)
-        if gauge is None:
-            gauge = self._in_flight_by_transport[transport] = self.in_flight.labels(transport)
-        return gauge
+    def _count_in_flight(self, transport: str) -> None:
+        self._in_flight[transport] = 0
+        self.in_flight.labels(transport).set_function(lambda: self._in_flight[transport])
 
     def _new_series(self, model: str, version: str, transport: str, code: str) -> _Series:
         outcome = _outcome(code)

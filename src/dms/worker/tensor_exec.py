@@ -7,6 +7,7 @@ a request that fails the checks gets its own error while the rest still run.
 from __future__ import annotations
 
 import functools
+import itertools
 from typing import Any
 
 import numpy as np
@@ -108,7 +109,7 @@ def _run_together(
         if len(prepared) == 1:
             return [(prepared[0][0], exc)]
         return [pair for item in prepared for pair in _run_together(runtime, [item])]
-    bounds = np.cumsum([0, *rows])
+    bounds = list(itertools.accumulate(rows, initial=0))
     split: list[tuple[int, dict[str, np.ndarray] | DMSError]] = []
     for position, (index, _, added) in enumerate(prepared):
         part = {name: value[bounds[position] : bounds[position + 1]] for name, value in outputs.items()}
