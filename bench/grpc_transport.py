@@ -75,7 +75,7 @@ async def measure(concurrency: int, calls: int) -> float:
     import zttp
     from uvicorn.server import ServerState
 
-    from dms.grpc.h2 import STREAMS_PER_CONNECTION, GrpcApp, GrpcH2Protocol
+    from dms.grpc.h2 import STREAMS_PER_CONNECTION, GrpcApp, GrpcH2Protocol, frame
     from dms.grpc.servicer import RpcMethod
 
     if calls + concurrency >= STREAMS_PER_CONNECTION:
@@ -94,7 +94,7 @@ async def measure(concurrency: int, calls: int) -> float:
     server.connection_made(transport)  # type: ignore[arg-type]
     client = zttp.Connection(zttp.CLIENT, protocol=zttp.HTTP2)
     client.initiate_connection()
-    message = b"\x00" + len(REQUEST).to_bytes(4, "big") + REQUEST
+    message = frame(REQUEST)
 
     def to_server() -> None:
         if data := client.data_to_send():
