@@ -74,8 +74,14 @@ class DmsServer:
         self.env = {**os.environ, "DMS_ARCHIVE_CACHE_DIR": str(self.state_dir / "cache"), **(env or {})}
         self.command = [sys.executable, "-m", "dms", "serve"]
         self.proc: subprocess.Popen[str] | None = None
-        # One keep-alive client per server: test runs open and close many thousands of connections.
-        self.http = httpx.Client(timeout=120, limits=httpx.Limits(max_connections=64, max_keepalive_connections=32))
+        # One keep-alive client per server: test runs open and close many thousands of connections. Idle
+        # connections are dropped after 2 s, before the server's 5 s keep-alive timeout closes them: with
+        # both at 5 s (httpx's default), a request sent on a connection the server was closing that instant
+        # came back as "connection reset by peer".
+        self.http = httpx.Client(
+            timeout=120,
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32, keepalive_expiry=2.0),
+        )
         self.lines: list[str] = []
         self.log_lines: list[str] = []
         self._stdout_lines: queue.Queue[str | None] = queue.Queue()
