@@ -16,13 +16,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import psutil
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
+from prometheus_client import CollectorRegistry, Gauge, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from dms.dataplane import DataPlane
 from dms.engine.pool import PoolState
 from dms.observability.recent import WINDOW_S, RecentOutcomes
+from dms.observability.tallies import Buckets, Count, CounterTally, HistogramTally, TallyCollector
 
 access_log = logging.getLogger("dms.access")
 
@@ -92,8 +93,8 @@ class _Series:
 
     model: tuple[str, str]
     server_error: bool
-    count: Counter
-    latency: Histogram
+    count: Count
+    latency: Buckets
 
 
 class ServerMetrics:
@@ -101,35 +102,30 @@ class ServerMetrics:
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
         registry = self.registry
-        self.requests = Counter(
-            "dms_requests",
-            "Finished requests by outcome and status code",
-            [*MODEL, "transport", "code", "outcome"],
-            registry=registry,
+        # Updated per request, so lock-free tallies rather than prometheus_client's own metrics (tallies.py).
+        self.requests = CounterTally(
+            "dms_requests", "Finished requests by outcome and status code", [*MODEL, "transport", "code", "outcome"]
         )
-        self.request_seconds = Histogram(
+        self.request_seconds = HistogramTally(
             "dms_request_duration_seconds",
             "Time from a request's arrival to its answer",
             [*MODEL, "transport"],
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
+            LATENCY_BUCKETS,
         )
-        self.queue_wait = Histogram(
-            "dms_queue_wait_seconds",
-            "Time a request waited for a worker",
-            MODEL,
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
+        self.queue_wait = HistogramTally(
+            "dms_queue_wait_seconds", "Time a request waited for a worker", MODEL, LATENCY_BUCKETS
         )
-        self.stage_seconds = Histogram(
+        self.stage_seconds = HistogramTally(
             "dms_batch_stage_duration_seconds",
             "Time a worker spent on one batch, by stage",
             [*MODEL, "stage"],
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
+            LATENCY_BUCKETS,
         )
-        self.batch_size = Histogram(
-            "dms_batch_size", "Requests per batch handed to a worker", MODEL, buckets=BATCH_BUCKETS, registry=registry
+        self.batch_size = HistogramTally(
+            "dms_batch_size", "Requests per batch handed to a worker", MODEL, BATCH_BUCKETS
+        )
+        registry.register(
+            TallyCollector([self.requests, self.request_seconds, self.queue_wait, self.stage_seconds, self.batch_size])
         )
         self.in_flight = Gauge(
             "dms_in_flight_requests", "Requests being answered, by transport", ["transport"], registry=registry
@@ -178,14 +174,14 @@ class ServerMetrics:
         """Count the request, observe its latency, and write its access-log line."""
         seconds = (time.perf_counter_ns() - started_ns) / 1e9
         self._in_flight[transport] -= 1
-        self._last_activity = time.monotonic()
+        self._last_activity = now = time.monotonic()
         key = (model, version, transport, code)
         series = self._series.get(key)
         if series is None:
             series = self._series[key] = self._new_series(model, version, transport, code)
         series.count.inc()
         series.latency.observe(seconds)
-        self.recent.add(series.model, series.server_error)
+        self.recent.add(series.model, series.server_error, now)
         if not access_log.isEnabledFor(logging.INFO):
             return
         access_log.info(
@@ -224,19 +220,13 @@ class ServerMetrics:
     def totals(self, model: str, version: str) -> dict[str, float]:
         """Requests answered (ok / error) and their summed latency, for the console's sparklines."""
         totals = {"requestsOk": 0.0, "requestsFailed": 0.0, "latencySum": 0.0, "latencyCount": 0.0}
-        for family in self.requests.collect():
-            for sample in family.samples:
-                labels = sample.labels
-                if sample.name.endswith("_total") and labels["model"] == model and labels["version"] == version:
-                    totals["requestsOk" if labels["outcome"] == "success" else "requestsFailed"] += sample.value
-        for family in self.request_seconds.collect():
-            for sample in family.samples:
-                labels = sample.labels
-                if labels.get("model") == model and labels.get("version") == version:
-                    if sample.name.endswith("_sum"):
-                        totals["latencySum"] += sample.value
-                    elif sample.name.endswith("_count"):
-                        totals["latencyCount"] += sample.value
+        for labels, count in self.requests.samples():
+            if labels["model"] == model and labels["version"] == version:
+                totals["requestsOk" if labels["outcome"] == "success" else "requestsFailed"] += count
+        for labels, buckets in self.request_seconds.samples():
+            if labels["model"] == model and labels["version"] == version:
+                totals["latencySum"] += buckets.sum
+                totals["latencyCount"] += sum(buckets.counts)
         return totals
 
     def exposition(self) -> bytes:

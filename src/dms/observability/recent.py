@@ -12,12 +12,15 @@ class RecentOutcomes:
     def __init__(self) -> None:
         self._buckets: dict[tuple[str, str], deque[list[int]]] = {}
 
-    def add(self, key: tuple[str, str], error: bool) -> None:
-        now = int(time.monotonic())
-        buckets = self._buckets.setdefault(key, deque())
-        if not buckets or buckets[-1][0] != now:
-            buckets.append([now, 0, 0])
-            while buckets[0][0] <= now - WINDOW_S:
+    def add(self, key: tuple[str, str], error: bool, now: float | None = None) -> None:
+        """Count one outcome; ``now`` is ``time.monotonic()`` when the caller has just read it."""
+        second = int(time.monotonic() if now is None else now)
+        buckets = self._buckets.get(key)
+        if buckets is None:
+            buckets = self._buckets[key] = deque()
+        if not buckets or buckets[-1][0] != second:
+            buckets.append([second, 0, 0])
+            while buckets[0][0] <= second - WINDOW_S:
                 buckets.popleft()
         buckets[-1][2 if error else 1] += 1
 
