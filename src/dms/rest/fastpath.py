@@ -77,5 +77,5 @@ class InferenceFastPath:
                 await error_response(exc)(scope, receive, send)
                 return
 
-        response = await forwarder.forward(name, version, headers, scope["query_string"], receive)
-        await response(scope, receive, send)
+        reply = await forwarder.forward(name, version, headers, scope["query_string"], receive)
+        await reply.send(send)

@@ -4,17 +4,19 @@ A ``Forwarder`` reads the body (capped), wraps it untouched in a ``RequestItem``
 submits it to the data plane, waits for the answer unless the client leaves, turns the answer or
 any error into a response (in the protocol's own error format), and reports the request to the
 server's metrics and access log. Starlette routes use it through ``endpoint()``; the lean ASGI
-path of the hottest routes (``dms.rest.fastpath``) calls ``forward`` directly, so both answer alike.
+path of the hottest routes (``dms.rest.fastpath``) calls ``forward`` directly and sends its
+``Reply`` itself, so both answer alike.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import Receive
+from starlette.types import Receive, Send
 
 from dms.dataplane import DataPlane
 from dms.engine.messages import RequestItem, ResponseItem
@@ -26,6 +28,54 @@ from dms.rest.compression import decode_content, encode_content
 
 ErrorFormat = Callable[[DMSError], Response]
 Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+@dataclass(slots=True)
+class Reply:
+    """An answer ready to send: status, raw headers (lower-case names), body.
+
+    A model's answers are built here directly, with the headers a Starlette ``Response`` would
+    have (``content-length``, ``content-type`` with a UTF-8 charset added to text types): building
+    and sending a ``Response`` costs ~5 µs more per request. Error answers come from the
+    protocol's error format as a ``Response`` and are taken over as they are.
+    """
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+    @classmethod
+    def of(cls, response: Response) -> Reply:
+        return cls(response.status_code, list(response.raw_headers), bytes(response.body))
+
+    @classmethod
+    def content(cls, status: int, body: bytes, content_type: str) -> Reply:
+        headers = [] if status < 200 or status in (204, 304) else [(b"content-length", str(len(body)).encode())]
+        if content_type.startswith("text/") and "charset=" not in content_type.lower():
+            content_type += "; charset=utf-8"
+        headers.append((b"content-type", content_type.encode("latin-1")))
+        return cls(status, headers, body)
+
+    def set_header(self, name: str, value: str) -> None:
+        """Set a header, replacing any of the same name (in place, as Starlette's ``MutableHeaders`` does)."""
+        key, encoded = name.lower().encode("latin-1"), value.encode("latin-1")
+        found = [index for index, (existing, _) in enumerate(self.headers) if existing == key]
+        for index in reversed(found[1:]):
+            del self.headers[index]
+        if found:
+            self.headers[found[0]] = (key, encoded)
+        else:
+            self.headers.append((key, encoded))
+
+    def response(self) -> Response:
+        """The same answer as a Starlette ``Response`` (for Starlette routes)."""
+        response = Response(self.body, status_code=self.status)
+        response.raw_headers = self.headers
+        return response
+
+    async def send(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
+        await send({"type": "http.response.body", "body": self.body})
 
 
 class Forwarder:
@@ -52,13 +102,14 @@ class Forwarder:
         """A Starlette route handler for paths with ``model_name`` (and optionally ``model_version``)."""
 
         async def endpoint(request: Request) -> Response:
-            return await self.forward(
+            reply = await self.forward(
                 request.path_params["model_name"],
                 request.path_params.get("model_version"),
                 request.headers.items(),
                 request.scope["query_string"],
                 request.receive,
             )
+            return reply.response()
 
         return endpoint
 
@@ -69,8 +120,8 @@ class Forwarder:
         headers: list[tuple[str, str]],
         query_string: bytes,
         receive: Receive,
-    ) -> Response:
-        """The response to one request; ``headers`` have lower-case names, as ASGI servers give them."""
+    ) -> Reply:
+        """The answer to one request; ``headers`` have lower-case names, as ASGI servers give them."""
         metrics, dataplane = self.metrics, self.dataplane
         started = metrics.started(self.protocol)
         lookup = dict(headers)
@@ -79,23 +130,23 @@ class Forwarder:
         try:
             result = await self._submit(name, version, headers, lookup, query_string, request_id, receive)
             if result is None:
-                response = Response(status_code=499)  # the client went away; nobody reads this
+                reply = Reply(499, [(b"content-length", b"0")], b"")  # the client went away; nobody reads this
             else:
                 batch_size = result.batch_size
-                response = self._answer(result, lookup.get("accept-encoding") if self.compression else None)
+                reply = self._answer(result, lookup.get("accept-encoding") if self.compression else None)
         except DMSError as exc:
-            response = self.on_error(exc)
-        response.headers["X-Request-ID"] = request_id
+            reply = Reply.of(self.on_error(exc))
+        reply.set_header("x-request-id", request_id)
         metrics.finished(
             transport=self.protocol,
             model=name,
             version=dataplane.version_of(name, version),
-            code=str(response.status_code),
+            code=str(reply.status),
             started_ns=started,
             request_id=request_id,
             batch_size=batch_size,
         )
-        return response
+        return reply
 
     async def _submit(
         self,
@@ -125,14 +176,13 @@ class Forwarder:
         )
         return await until_answered_or_gone(receive, self.dataplane.submit(name, version, item))
 
-    def _answer(self, result: ResponseItem, accept_encoding: str | None) -> Response:
+    def _answer(self, result: ResponseItem, accept_encoding: str | None) -> Reply:
         if result.error is not None:
-            return self.on_error(error_from_wire(result.error.type_name, result.error.message))
+            return Reply.of(self.on_error(error_from_wire(result.error.type_name, result.error.message)))
         payload, encoding = encode_content(result.body, accept_encoding)
-        response = Response(payload, status_code=result.status, media_type=result.content_type)
-        if result.headers:
-            for key, value in result.headers:
-                response.headers[key] = value
+        reply = Reply.content(result.status, payload, result.content_type)
+        for key, value in result.headers:
+            reply.set_header(key, value)
         if encoding:
-            response.headers["Content-Encoding"] = encoding
-        return response
+            reply.set_header("content-encoding", encoding)
+        return reply
