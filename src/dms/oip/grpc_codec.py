@@ -43,19 +43,27 @@ def decode_grpc_request(payload: bytes) -> InferRequest:
         message = pb.ModelInferRequest.FromString(payload)
     except DecodeError as exc:
         raise InputError(f"ModelInferRequest could not be decoded: {exc}") from exc
-    raw = message.raw_input_contents
-    if raw and len(raw) != len(message.inputs):
-        raise InputError(f"raw_input_contents has {len(raw)} entries for {len(message.inputs)} inputs")
-    request = InferRequest(inputs={}, id=message.id, parameters=parameters_to_dict(message.parameters))
-    for index, tensor in enumerate(message.inputs):
-        shape = list(tensor.shape)
-        array = from_raw(tensor.name, tensor.datatype, shape, raw[index]) if raw else _typed(tensor, shape)
-        if tensor.name in request.inputs:
-            raise InputError(f"input {tensor.name!r} appears twice")
-        request.inputs[tensor.name] = array
-        request.input_parameters[tensor.name] = parameters_to_dict(tensor.parameters)
-    request.outputs = [RequestedOutput(o.name, parameters_to_dict(o.parameters)) for o in message.outputs]
-    return request
+    # Each read of a message's field builds a Python object (~0.1-1 µs with upb): read each once.
+    raw, tensors = message.raw_input_contents, message.inputs
+    if raw and len(raw) != len(tensors):
+        raise InputError(f"raw_input_contents has {len(raw)} entries for {len(tensors)} inputs")
+    inputs: dict[str, np.ndarray] = {}
+    input_parameters: dict[str, dict[str, Any]] = {}
+    for index, tensor in enumerate(tensors):
+        name, shape = tensor.name, tensor.shape[:]  # a slice is a list, and cheaper than list(...)
+        array = from_raw(name, tensor.datatype, shape, raw[index]) if raw else _typed(tensor, shape)
+        if name in inputs:
+            raise InputError(f"input {name!r} appears twice")
+        inputs[name] = array
+        input_parameters[name] = parameters_to_dict(tensor.parameters)
+    outputs = message.outputs
+    return InferRequest(
+        inputs=inputs,
+        id=message.id,
+        parameters=parameters_to_dict(message.parameters),
+        input_parameters=input_parameters,
+        outputs=[RequestedOutput(o.name, parameters_to_dict(o.parameters)) for o in outputs] if outputs else [],
+    )
 
 
 def _typed(tensor: Any, shape: list[int]) -> np.ndarray:

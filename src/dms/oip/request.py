@@ -7,14 +7,16 @@ from typing import Any
 
 import numpy as np
 
+from dms.errors import InputError
 
-@dataclass
+
+@dataclass(slots=True)
 class RequestedOutput:
     name: str
     parameters: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(slots=True)
 class InferRequest:
     inputs: dict[str, np.ndarray]
     id: str = ""
@@ -24,8 +26,6 @@ class InferRequest:
 
     def select(self, produced: dict[str, np.ndarray]) -> list[tuple[RequestedOutput, np.ndarray]]:
         """The outputs to return: the requested ones, in order, or all when none was named."""
-        from dms.errors import InputError
-
         if not self.outputs:
             return [(RequestedOutput(name), value) for name, value in produced.items()]
         chosen = []

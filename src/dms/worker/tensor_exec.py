@@ -28,15 +28,8 @@ def _dtype(name: str) -> np.dtype[Any]:
 
 def conform(value: Any, spec: TensorSpec, max_elements: int) -> tuple[np.ndarray, bool]:
     """``value`` as an array of the input's dtype with a batch dimension; also whether one was added."""
-    try:
-        array = np.asarray(value)
-        if spec.dtype != "object":
-            if array.dtype.kind == "O":
-                raise ValueError("ragged or non-numeric data")
-            casting = "same_kind" if array.dtype.kind == "f" and array.dtype.itemsize <= 8 else "unsafe"
-            array = array.astype(_dtype(spec.dtype), casting=casting, copy=False)  # type: ignore[call-overload]
-    except (ValueError, TypeError) as exc:
-        raise InputError(f"input {spec.name!r} is not a {spec.dtype} tensor: {exc}") from exc
+    # Usually the protocol's decoder already made an array of the right dtype.
+    array = value if type(value) is np.ndarray and value.dtype == _dtype(spec.dtype) else _converted(value, spec)
     if array.size > max_elements:  # checked before any reshaping
         raise PayloadTooLargeError(
             f"input {spec.name!r} has {array.size} elements, over max_tensor_elements ({max_elements})"
@@ -46,13 +39,30 @@ def conform(value: Any, spec: TensorSpec, max_elements: int) -> tuple[np.ndarray
     added = False
     if array.ndim == len(spec.shape) - 1:
         array, added = array[None, ...], True
-    if array.ndim != len(spec.shape) or any(
-        want not in (-1, got) for want, got in zip(spec.shape[1:], array.shape[1:], strict=True)
+    if (
+        array.ndim != len(spec.shape)
+        or (
+            array.shape[1:] != spec.shape[1:]  # equal (no -1 past the batch dimension) is the usual case
+            and any(want not in (-1, got) for want, got in zip(spec.shape[1:], array.shape[1:], strict=True))
+        )
     ):
         raise InputError(
             f"input {spec.name!r} has shape {list(array.shape)}; the model expects {list(spec.shape)} (-1: any size)"
         )
     return array, added
+
+
+def _converted(value: Any, spec: TensorSpec) -> np.ndarray:
+    try:
+        array = np.asarray(value)
+        if spec.dtype != "object":
+            if array.dtype.kind == "O":
+                raise ValueError("ragged or non-numeric data")
+            casting = "same_kind" if array.dtype.kind == "f" and array.dtype.itemsize <= 8 else "unsafe"
+            array = array.astype(_dtype(spec.dtype), casting=casting, copy=False)  # type: ignore[call-overload]
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"input {spec.name!r} is not a {spec.dtype} tensor: {exc}") from exc
+    return array
 
 
 def prepare(named: dict[str, Any], specs: list[TensorSpec], max_elements: int) -> tuple[dict[str, np.ndarray], bool]:
@@ -63,6 +73,10 @@ def prepare(named: dict[str, Any], specs: list[TensorSpec], max_elements: int) -
     if len(named) > len(specs):  # every spec's name is in it, so some other name is too
         unknown = set(named) - {s.name for s in specs}
         raise InputError(f"unknown input {sorted(unknown)[0]!r}; the model expects {expected_inputs(specs)}")
+    if len(specs) == 1:  # the usual case, without the loops below
+        spec = specs[0]
+        array, added = conform(named[spec.name], spec, max_elements)
+        return {spec.name: array}, added
     feeds: dict[str, np.ndarray] = {}
     added_any = False
     for spec in specs:
