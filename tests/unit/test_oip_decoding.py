@@ -11,6 +11,7 @@ from dms._generated import inference_pb2 as pb
 from dms.errors import InputError
 from dms.oip.grpc_codec import decode_grpc_request
 from dms.oip.rest_codec import decode_rest_request
+from dms.oip.tensors import to_raw
 from dms.runtimes import TensorSpec
 from dms.worker.tensor_exec import conform, prepare
 
@@ -111,3 +112,18 @@ def test_prepare_checks_names_and_batch_dimensions():
         prepare({"a": np.zeros((1, 1)), "b": np.zeros((2, 1))}, two, 100)
     feeds, added = prepare({"x": np.ones(2, np.float32)}, SIGNATURE, 100)
     assert feeds["x"].shape == (1, 2) and added
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.arange(6, dtype=">i4").reshape(2, 3),  # big-endian: swapped to little-endian
+        np.arange(6, dtype="<f8").reshape(2, 3).T,  # not contiguous: written row-major
+        np.arange(6, dtype=">f2").reshape(3, 2)[::2],
+        np.asarray([True, False]),
+    ],
+)
+def test_binary_outputs_are_little_endian_and_row_major(array: np.ndarray):
+    expected = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+    assert to_raw(array) == expected
+    assert np.array_equal(np.frombuffer(to_raw(array), dtype=array.dtype.newbyteorder("<")).reshape(array.shape), array)

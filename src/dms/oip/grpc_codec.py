@@ -89,9 +89,10 @@ def encode_grpc_response(
     model_name: str, model_version: str, request: InferRequest, produced: dict[str, np.ndarray]
 ) -> bytes:
     response = pb.ModelInferResponse(model_name=model_name, model_version=model_version, id=request.id)
+    outputs, contents = response.outputs, response.raw_output_contents  # each field read builds an object
     for wanted, value in request.select(produced):
         array = np.asarray(value)
-        response.outputs.add(name=wanted.name, datatype=datatype_of(array), shape=list(array.shape))
-        response.raw_output_contents.append(to_raw(array))
+        outputs.add(name=wanted.name, datatype=datatype_of(array), shape=array.shape)
+        contents.append(to_raw(array))
     encoded: bytes = response.SerializeToString()
     return encoded

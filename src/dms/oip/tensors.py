@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import struct
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,6 +35,7 @@ _NUMPY: dict[str, np.dtype[Any]] = {
 _DATATYPE_OF_KIND = {np.dtype(v).str if k != "BYTES" else "|O": k for k, v in _NUMPY.items()}
 DATATYPES = (*_NUMPY, "BF16")
 _LENGTH = struct.Struct("<I")
+_LITTLE_ENDIAN_HOST = sys.byteorder == "little"
 
 
 def numpy_dtype(datatype: str) -> np.dtype[Any]:
@@ -167,8 +169,8 @@ def to_raw(array: np.ndarray) -> bytes:
             parts.append(_LENGTH.pack(len(data)))
             parts.append(data)
         return b"".join(parts)
-    if datatype == "BF16":
-        return array.tobytes()
+    if datatype == "BF16" or (_LITTLE_ENDIAN_HOST and array.dtype.isnative):
+        return array.tobytes()  # row-major whatever the array's layout
     return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
 
 
