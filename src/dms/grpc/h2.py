@@ -202,7 +202,7 @@ class GrpcApp:
         if payload is None or await reader.next() is not None:
             raise CallAborted(grpc.StatusCode.INTERNAL, f"{method.name} takes exactly one request message")
         answer = await method.handler(_decode(method, payload), context)
-        await out.message(answer if method.response_type is None else answer.SerializeToString(), last=True)
+        await out.message(_encode(method, answer), last=True)
 
     async def _stream(self, method: RpcMethod, reader: MessageReader, context: CallContext, out: _Responder) -> None:
         async def requests() -> AsyncIterator[Any]:
@@ -211,7 +211,15 @@ class GrpcApp:
 
         answers = method.handler(requests(), context)
         async for answer in answers:
-            await out.message(answer if method.response_type is None else answer.SerializeToString())
+            await out.message(_encode(method, answer))
+
+
+def _encode(method: RpcMethod, answer: Any) -> bytes:
+    """A handler's answer on the wire: raw methods answer bytes already."""
+    if method.response_type is None:
+        return bytes(answer)
+    encoded: bytes = answer.SerializeToString()
+    return encoded
 
 
 def _decode(method: RpcMethod, payload: bytes) -> Any:
