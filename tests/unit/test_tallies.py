@@ -59,7 +59,7 @@ def test_samples_read_back_what_was_counted():
     counter.labels("m").inc(2)
     for value in (0.5, 2, 3):
         histogram.labels("m").observe(value)
-    assert list(counter.samples()) == [({"model": "m"}, 3.0)]
+    assert [(labels, count.value) for labels, count in counter.samples()] == [({"model": "m"}, 3.0)]
     ((labels, buckets),) = histogram.samples()
     assert labels == {"model": "m"} and buckets.counts == [1, 1, 1] and buckets.sum == 5.5
 

@@ -222,7 +222,7 @@ class ServerMetrics:
         totals = {"requestsOk": 0.0, "requestsFailed": 0.0, "latencySum": 0.0, "latencyCount": 0.0}
         for labels, count in self.requests.samples():
             if labels["model"] == model and labels["version"] == version:
-                totals["requestsOk" if labels["outcome"] == "success" else "requestsFailed"] += count
+                totals["requestsOk" if labels["outcome"] == "success" else "requestsFailed"] += count.value
         for labels, buckets in self.request_seconds.samples():
             if labels["model"] == model and labels["version"] == version:
                 totals["latencySum"] += buckets.sum

@@ -12,9 +12,9 @@ class RecentOutcomes:
     def __init__(self) -> None:
         self._buckets: dict[tuple[str, str], deque[list[int]]] = {}
 
-    def add(self, key: tuple[str, str], error: bool, now: float | None = None) -> None:
-        """Count one outcome; ``now`` is ``time.monotonic()`` when the caller has just read it."""
-        second = int(time.monotonic() if now is None else now)
+    def add(self, key: tuple[str, str], error: bool, now: float) -> None:
+        """Count one outcome; ``now`` is ``time.monotonic()``, which the caller has just read."""
+        second = int(now)
         buckets = self._buckets.get(key)
         if buckets is None:
             buckets = self._buckets[key] = deque()

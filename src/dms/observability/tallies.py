@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import itertools
 from bisect import bisect_left
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Generic, TypeVar
 
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
@@ -51,23 +52,39 @@ class Buckets:
         return list(zip(le, itertools.accumulate(self.counts), strict=True))
 
 
-class CounterTally:
-    """A labelled counter family."""
+Child = TypeVar("Child", Count, Buckets)
 
-    def __init__(self, name: str, documentation: str, labelnames: Sequence[str]) -> None:
+
+class _Family(Generic[Child]):
+    """A labelled family: one child per set of label values, made on first use."""
+
+    def __init__(
+        self, name: str, documentation: str, labelnames: Sequence[str], new_child: Callable[[], Child]
+    ) -> None:
         self.name, self.documentation, self.labelnames = name, documentation, list(labelnames)
-        self._children: dict[tuple[str, ...], Count] = {}
+        self._new_child: Callable[[], Child] = new_child
+        self._children: dict[tuple[str, ...], Child] = {}
 
-    def labels(self, *values: str) -> Count:
+    def labels(self, *values: str) -> Child:
         """The child for these label values (look it up once, then update it directly)."""
         if len(values) != len(self.labelnames):
             raise ValueError(f"{self.name} takes {len(self.labelnames)} label values, got {len(values)}")
-        return self._children.setdefault(tuple(values), Count())
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._new_child()
+        return child
 
-    def samples(self) -> Iterator[tuple[dict[str, str], float]]:
-        """(labels, value) of every child."""
+    def samples(self) -> Iterator[tuple[dict[str, str], Child]]:
+        """(labels, child) of every child."""
         for values, child in list(self._children.items()):
-            yield dict(zip(self.labelnames, values, strict=True)), child.value
+            yield dict(zip(self.labelnames, values, strict=True)), child
+
+
+class CounterTally(_Family[Count]):
+    """A labelled counter family."""
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str]) -> None:
+        super().__init__(name, documentation, labelnames, Count)
 
     def family(self) -> CounterMetricFamily:
         family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
@@ -76,26 +93,15 @@ class CounterTally:
         return family
 
 
-class HistogramTally:
+class HistogramTally(_Family[Buckets]):
     """A labelled histogram family with fixed bucket bounds."""
 
     def __init__(self, name: str, documentation: str, labelnames: Sequence[str], buckets: Sequence[float]) -> None:
         bounds = tuple(float(b) for b in buckets if b != float("inf"))
         if list(bounds) != sorted(set(bounds)):
             raise ValueError(f"{name}: bucket bounds must be increasing, got {list(buckets)}")
-        self.name, self.documentation, self.labelnames = name, documentation, list(labelnames)
-        self.bounds = bounds
+        super().__init__(name, documentation, labelnames, lambda: Buckets(bounds))
         self._le: list[str] = [*(floatToGoString(b) for b in bounds), "+Inf"]  # type: ignore[no-untyped-call]
-        self._children: dict[tuple[str, ...], Buckets] = {}
-
-    def labels(self, *values: str) -> Buckets:
-        if len(values) != len(self.labelnames):
-            raise ValueError(f"{self.name} takes {len(self.labelnames)} label values, got {len(values)}")
-        return self._children.setdefault(tuple(values), Buckets(self.bounds))
-
-    def samples(self) -> Iterator[tuple[dict[str, str], Buckets]]:
-        for values, child in list(self._children.items()):
-            yield dict(zip(self.labelnames, values, strict=True)), child
 
     def family(self) -> HistogramMetricFamily:
         family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)

@@ -73,18 +73,15 @@ def prepare(named: dict[str, Any], specs: list[TensorSpec], max_elements: int) -
     if len(named) > len(specs):  # every spec's name is in it, so some other name is too
         unknown = set(named) - {s.name for s in specs}
         raise InputError(f"unknown input {sorted(unknown)[0]!r}; the model expects {expected_inputs(specs)}")
-    if len(specs) == 1:  # the usual case, without the loops below
-        spec = specs[0]
-        array, added = conform(named[spec.name], spec, max_elements)
-        return {spec.name: array}, added
     feeds: dict[str, np.ndarray] = {}
     added_any = False
     for spec in specs:
         feeds[spec.name], added = conform(named[spec.name], spec, max_elements)
         added_any = added_any or added
-    rows = {array.shape[0] for array in feeds.values()}
-    if len(rows) > 1:
-        raise InputError(f"inputs disagree on the batch dimension: {sorted(rows)}")
+    if len(feeds) > 1:  # one input cannot disagree with itself
+        rows = {array.shape[0] for array in feeds.values()}
+        if len(rows) > 1:
+            raise InputError(f"inputs disagree on the batch dimension: {sorted(rows)}")
     return feeds, added_any
 
 
