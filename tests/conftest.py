@@ -5,7 +5,17 @@ from pathlib import Path
 import pytest
 
 from dms.archive.writer import ArchiveSpec, write_archive
-from tests.support import FIXTURES
+from tests.support import FIXTURES, RUNNING
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
+    """A failing test's report ends with the log of every server still running, for what it said then."""
+    report = yield
+    if report.failed:
+        for server in list(RUNNING):
+            report.sections.append((f"dms server log ({server.inference_url}, last 200 lines)", server.log()))
+    return report
 
 
 def make_probe_archive(store: Path, name: str, version: str = "1.0", config: str = "") -> Path:

@@ -23,6 +23,8 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 READY_LINE = "DMS is ready"
+RUNNING: set[DmsServer] = set()
+"""Servers started and not yet stopped: a failing test's report ends with their logs (conftest)."""
 
 
 def shared_path(relative: str) -> Path:
@@ -96,6 +98,7 @@ class DmsServer:
             stderr=subprocess.PIPE,
             text=True,
         )
+        RUNNING.add(self)
         threading.Thread(target=self._pump, args=(self.proc.stdout, self._stdout_lines), daemon=True).start()
         threading.Thread(target=self._collect_log, daemon=True).start()
         deadline = time.monotonic() + timeout_s
@@ -129,6 +132,7 @@ class DmsServer:
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 60.0) -> int | None:
         if self.proc is None:
             return None
+        RUNNING.discard(self)
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:

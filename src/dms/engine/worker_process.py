@@ -91,17 +91,28 @@ class WorkerProcess:
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,
             )
+        except BaseException:
+            parent.close()
+            raise
         finally:
             child.close()
         self.pid = self._proc.pid
         self._log_task = asyncio.create_task(self._pump_logs())
+        try:
+            await self._handshake(parent, timeout_s)
+        except BaseException:
+            self.kill()
+            self._close_channel()
+            raise
+        self.state = WorkerState.READY
+
+    async def _handshake(self, parent: socket.socket, timeout_s: float) -> None:
         self._reader, self._writer = await asyncio.open_unix_connection(sock=parent)
         self._writer.write(encode_frame(self.load))
         try:
             async with asyncio.timeout(timeout_s):
                 reply = await self._receive()
         except TimeoutError:
-            self.kill()
             raise WorkerStartError(f"{self.label} did not load within {timeout_s:g} s") from None
         if isinstance(reply, LoadFailed):
             await self.wait_exit()
@@ -110,31 +121,36 @@ class WorkerProcess:
             code = await self.wait_exit()
             raise WorkerStartError(f"{self.label} {self.exit_cause(code)} while loading the model")
         self.loaded = reply
-        self.state = WorkerState.READY
 
     async def run_batch(self, batch: Batch, timeout_s: float) -> BatchResult:
         assert self._writer is not None
         self.state = WorkerState.BUSY
         self._writer.write(encode_frame(batch))
         try:
-            async with asyncio.timeout(timeout_s):
-                reply = await self._receive()
-        except TimeoutError:
-            self.kill()
-            self.state = WorkerState.DEAD
-            raise RequestTimeoutError(
-                f"model {self.load.model_name} did not answer within {timeout_s:g} s "
-                f"(response_timeout_s); its worker was restarted"
-            ) from None
-        if not isinstance(reply, BatchResult):
-            self.state = WorkerState.DEAD
-            code = await self.wait_exit()
-            raise WorkerDiedError(
-                f"the worker of model {self.load.model_name} (pid {self.pid}) {self.exit_cause(code)} "
-                "while handling this request; it is being replaced"
-            )
-        self.state = WorkerState.READY
-        return reply
+            try:
+                async with asyncio.timeout(timeout_s):
+                    reply = await self._receive()
+            except TimeoutError:
+                self.kill()
+                self.state = WorkerState.DEAD
+                raise RequestTimeoutError(
+                    f"model {self.load.model_name} did not answer within {timeout_s:g} s "
+                    f"(response_timeout_s); its worker was restarted"
+                ) from None
+            if not isinstance(reply, BatchResult):
+                self.state = WorkerState.DEAD
+                code = await self.wait_exit()
+                raise WorkerDiedError(
+                    f"the worker of model {self.load.model_name} (pid {self.pid}) {self.exit_cause(code)} "
+                    "while handling this request; it is being replaced"
+                )
+            self.state = WorkerState.READY
+            return reply
+        finally:
+            if self.state == WorkerState.BUSY:  # cancelled while reading: the stream is out of step for good
+                self.state = WorkerState.DEAD
+                self.kill()
+            self._close_channel_if_ended()
 
     async def _receive(self) -> FromWorker | None:
         assert self._reader is not None
@@ -156,6 +172,7 @@ class WorkerProcess:
         except TimeoutError:
             self.kill()
             await self._proc.wait()
+        self._close_channel_if_ended()
         if self._log_task is not None:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._log_task, 1.0)
@@ -165,15 +182,31 @@ class WorkerProcess:
         """Wait (without a limit) until the process ends, however it ends."""
         if self._proc is None:
             return None
-        return await self._proc.wait()
+        code = await self._proc.wait()
+        self._close_channel_if_ended()
+        return code
 
     async def stop(self) -> None:
         """Close the socket (the worker exits on EOF); kill it if it lingers."""
         self.state = WorkerState.STOPPING
-        if self._writer is not None:
-            self._writer.close()
+        self._close_channel()
         await self.wait_exit()
         self.state = WorkerState.DEAD
+
+    def _close_channel_if_ended(self) -> None:
+        """Close the socket to a process that has ended, unless a batch is still reading what it sent."""
+        if self._proc is not None and self._proc.returncode is not None and self.state != WorkerState.BUSY:
+            self._close_channel()
+
+    def _close_channel(self) -> None:
+        """Close the server's end of the socket pair now, not when the garbage collector gets to it.
+
+        Under uvloop a transport collected while open closes its descriptor but leaves the socket object it
+        was made from holding the same number, which that object closes again when it is collected. A client
+        connection accepted in between gets that number, and the second close cut it off unanswered.
+        """
+        if self._writer is not None and not self._writer.is_closing():
+            self._writer.close()
 
     def exit_cause(self, returncode: int | None) -> str:
         return f"was killed: {self.kill_reason}" if self.kill_reason else describe_exit(returncode)
