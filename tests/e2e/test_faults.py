@@ -43,6 +43,15 @@ def test_a_dying_worker_fails_its_request_clearly_and_is_replaced(
     assert server.predict("steady", {"echo": 2}).status_code == 200
 
 
+def test_a_worker_that_dies_leaving_a_program_it_started_is_seen_dying_at_once(server: DmsServer):
+    # The program inherits what it can; if that included the worker's socket, the server would see no
+    # end of file and the request would wait for response_timeout_s (120 s).
+    response = server.predict("fragile", {"orphan": 40, "exit": True}, timeout=30)
+    assert response.status_code == 500
+    assert "exited with code 3" in response.json()["message"]
+    assert server.predict("fragile", {"echo": 1}).status_code == 200
+
+
 def test_a_worker_over_its_memory_limit_is_replaced_with_the_cause_named(server: DmsServer):
     [before] = server.worker_pids("greedy")
     response = server.predict("greedy", {"hog_mb": 600, "hold": 20})

@@ -68,7 +68,14 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    channel = Channel(socket.socket(fileno=args.fd))
+    with socket.socket(fileno=args.fd) as sock:
+        # A program the handler starts must not hold the socket open: the server sees a death by its EOF.
+        sock.set_inheritable(False)
+        return serve(Channel(sock))
+
+
+def serve(channel: Channel) -> int:
+    """Load the model named by the first frame, then answer batches until the server closes the socket."""
     load = channel.recv()
     if not isinstance(load, LoadModel):
         return 2
