@@ -43,10 +43,13 @@ def test_a_dying_worker_fails_its_request_clearly_and_is_replaced(
     assert server.predict("steady", {"echo": 2}).status_code == 200
 
 
-def test_a_worker_that_dies_leaving_a_program_it_started_is_seen_dying_at_once(server: DmsServer):
-    # The program inherits what it can; if that included the worker's socket, the server would see no
-    # end of file and the request would wait for response_timeout_s (120 s).
-    response = server.predict("fragile", {"orphan": 40, "exit": True}, timeout=30)
+@pytest.mark.parametrize("leaves", [{"orphan": 40}, {"fork": 40}], ids=["a program it started", "a fork"])
+def test_a_worker_that_dies_leaving_a_process_behind_is_seen_dying_at_once(
+    server: DmsServer, leaves: dict[str, int]
+):
+    # What it leaves holds what it inherited; if that includes the worker's socket, the server sees no
+    # end of file, and the request must not wait for response_timeout_s (120 s) all the same.
+    response = server.predict("fragile", {**leaves, "exit": True}, timeout=30)
     assert response.status_code == 500
     assert "exited with code 3" in response.json()["message"]
     assert server.predict("fragile", {"echo": 1}).status_code == 200

@@ -30,6 +30,8 @@ from dms.errors import DMSError, ModelUnavailableError, RequestTimeoutError, Wor
 
 log = logging.getLogger("dms.worker")
 _STOP_GRACE_S = 5.0
+_LAST_WORDS_S = 0.5
+"""How long a batch may go on reading from a worker that has ended (what it wrote before it died)."""
 
 
 class WorkerState(StrEnum):
@@ -179,11 +181,19 @@ class WorkerProcess:
         return self._proc.returncode
 
     async def wait_dead(self) -> int | None:
-        """Wait (without a limit) until the process ends, however it ends."""
+        """Wait (without a limit) until the process ends, however it ends; then close its socket.
+
+        A batch in flight learns of the death from the socket's end of file, unless a process the worker forked
+        still holds the socket (a fork inherits every descriptor). So a batch still reading a little after the
+        death is ended from this side: closing the socket ends its read the same way.
+        """
         if self._proc is None:
             return None
         code = await self._proc.wait()
-        self._close_channel_if_ended()
+        deadline = time.monotonic() + _LAST_WORDS_S
+        while self.state == WorkerState.BUSY and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        self._close_channel()
         return code
 
     async def stop(self) -> None:
