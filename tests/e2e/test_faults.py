@@ -44,9 +44,7 @@ def test_a_dying_worker_fails_its_request_clearly_and_is_replaced(
 
 
 @pytest.mark.parametrize("leaves", [{"orphan": 40}, {"fork": 40}], ids=["a program it started", "a fork"])
-def test_a_worker_that_dies_leaving_a_process_behind_is_seen_dying_at_once(
-    server: DmsServer, leaves: dict[str, int]
-):
+def test_a_worker_that_dies_leaving_a_process_behind_is_seen_dying_at_once(server: DmsServer, leaves: dict[str, int]):
     # What it leaves holds what it inherited; if that includes the worker's socket, the server sees no
     # end of file, and the request must not wait for response_timeout_s (120 s) all the same.
     response = server.predict("fragile", {**leaves, "exit": True}, timeout=30)
