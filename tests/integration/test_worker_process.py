@@ -69,6 +69,12 @@ def batch(body: bytes) -> Batch:
     return Batch(batch_id=1, items=[RequestItem("r1", body, "application/json", [], [])])
 
 
+async def started(load: LoadModel) -> WorkerProcess:
+    worker = WorkerProcess("1", load, "probe w1")
+    await worker.start(60)
+    return worker
+
+
 def leaves_nothing_open(scenario: Callable[[], Awaitable[WorkerProcess]]) -> set[str]:
     """Run ``scenario`` on uvloop: the descriptors it opened and left open, with what they point to.
 
@@ -94,23 +100,18 @@ def leaves_nothing_open(scenario: Callable[[], Awaitable[WorkerProcess]]) -> set
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc/self/fd to list open descriptors")
 @pytest.mark.usefixtures("no_garbage_collection")
 class TestDescriptorsAfterTheWorkerEnds:
-    def test_a_worker_that_dies_during_a_batch(self, load: LoadModel) -> None:
+    @pytest.mark.parametrize(
+        ("body", "timeout_s", "error"),
+        [(b'{"exit": true}', 60, WorkerDiedError), (b'{"sleep": 30}', 0.2, RequestTimeoutError)],
+        ids=["it dies", "it is killed for taking too long"],
+    )
+    def test_a_worker_that_ends_during_a_batch(
+        self, load: LoadModel, body: bytes, timeout_s: float, error: type[Exception]
+    ) -> None:
         async def scenario() -> WorkerProcess:
-            worker = WorkerProcess("1", load, "probe w1")
-            await worker.start(60)
-            with pytest.raises(WorkerDiedError, match="exited with code 3"):
-                await worker.run_batch(batch(b'{"exit": true}'), 60)
-            await worker.wait_dead()
-            return worker
-
-        assert leaves_nothing_open(scenario) == set()
-
-    def test_a_worker_killed_for_taking_too_long(self, load: LoadModel) -> None:
-        async def scenario() -> WorkerProcess:
-            worker = WorkerProcess("1", load, "probe w1")
-            await worker.start(60)
-            with pytest.raises(RequestTimeoutError):
-                await worker.run_batch(batch(b'{"sleep": 30}'), 0.2)
+            worker = await started(load)
+            with pytest.raises(error):
+                await worker.run_batch(batch(body), timeout_s)
             await worker.wait_dead()
             return worker
 
@@ -118,8 +119,7 @@ class TestDescriptorsAfterTheWorkerEnds:
 
     def test_a_batch_cancelled_while_the_worker_runs_it(self, load: LoadModel) -> None:
         async def scenario() -> WorkerProcess:
-            worker = WorkerProcess("1", load, "probe w1")
-            await worker.start(60)
+            worker = await started(load)
             running = asyncio.ensure_future(worker.run_batch(batch(b'{"sleep": 30}'), 60))
             await asyncio.sleep(0.2)
             running.cancel()
@@ -136,8 +136,7 @@ class TestDescriptorsAfterTheWorkerEnds:
 
     def test_a_worker_killed_from_outside_while_idle(self, load: LoadModel) -> None:
         async def scenario() -> WorkerProcess:
-            worker = WorkerProcess("1", load, "probe w1")
-            await worker.start(60)
+            worker = await started(load)
             worker.kill("a test killed it")
             await worker.wait_dead()
             return worker
@@ -156,8 +155,7 @@ class TestDescriptorsAfterTheWorkerEnds:
 
     def test_a_worker_stopped_on_purpose(self, load: LoadModel) -> None:
         async def scenario() -> WorkerProcess:
-            worker = WorkerProcess("1", load, "probe w1")
-            await worker.start(60)
+            worker = await started(load)
             result = await worker.run_batch(batch(b'{"echo": 1}'), 60)
             assert result.items[0].status == 200
             await worker.stop()
