@@ -152,7 +152,6 @@ class WorkerProcess:
             if self.state == WorkerState.BUSY:  # cancelled while reading: the stream is out of step for good
                 self.state = WorkerState.DEAD
                 self.kill()
-            self._close_channel_if_ended()
 
     async def _receive(self) -> FromWorker | None:
         assert self._reader is not None
@@ -174,7 +173,7 @@ class WorkerProcess:
         except TimeoutError:
             self.kill()
             await self._proc.wait()
-        self._close_channel_if_ended()
+        self._close_channel()  # its callers are done reading
         if self._log_task is not None:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._log_task, 1.0)
@@ -202,11 +201,6 @@ class WorkerProcess:
         self._close_channel()
         await self.wait_exit()
         self.state = WorkerState.DEAD
-
-    def _close_channel_if_ended(self) -> None:
-        """Close the socket to a process that has ended, unless a batch is still reading what it sent."""
-        if self._proc is not None and self._proc.returncode is not None and self.state != WorkerState.BUSY:
-            self._close_channel()
 
     def _close_channel(self) -> None:
         """Close the server's end of the socket pair now, not when the garbage collector gets to it.
