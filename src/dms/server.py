@@ -133,15 +133,21 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _inference_app(dataplane: DataPlane, metrics: ServerMetrics, keys: KeyStore | None) -> Any:
+def _inference_server(dataplane: DataPlane, metrics: ServerMetrics, keys: KeyStore | None) -> _Server:
+    """The inference API; with ``inference_fast_path``, the forwarding routes skip Starlette (an ASGI
+    fast path) and, on connections that uvicorn's httptools protocol serves, ASGI itself (``dms.rest.http1``)."""
+    settings = dataplane.settings
     forwarders = inference_forwarders(dataplane, metrics)
     app = build_inference_app(dataplane, metrics, keys, forwarders)
-    if dataplane.settings.inference_fast_path:
-        from dms.rest.fastpath import InferenceFastPath
+    if not settings.inference_fast_path:
+        return _uvicorn_server(app, settings.inference_address, settings.graceful_shutdown_s)
+    from dms.rest.fastpath import InferenceFastPath
+    from dms.rest.http1 import inference_protocol
 
-        auth = keys if dataplane.settings.inference_token_auth else None
-        return InferenceFastPath(app, forwarders, auth)
-    return app
+    fast_path = InferenceFastPath(app, forwarders, keys if settings.inference_token_auth else None)
+    return _uvicorn_server(
+        fast_path, settings.inference_address, settings.graceful_shutdown_s, http=inference_protocol(fast_path)
+    )
 
 
 class Listeners:
@@ -153,7 +159,7 @@ class Listeners:
         grace = settings.graceful_shutdown_s
         self.settings = settings
         self.http = [
-            _uvicorn_server(_inference_app(dataplane, metrics, keys), settings.inference_address, grace),
+            _inference_server(dataplane, metrics, keys),
             _uvicorn_server(build_management_app(dataplane, metrics, keys), settings.management_address, grace),
             _uvicorn_server(build_metrics_app(metrics), settings.metrics_address, grace),
         ]

@@ -22,8 +22,7 @@ def json_response(data: Any, status: int = 200) -> Response:
 async def read_body(receive: Receive, declared: str | None, max_bytes: int) -> bytes | None:
     """The whole body from ASGI ``receive``, refusing (413) anything over ``max_bytes`` before reading
     (``declared``: the Content-Length header) or while reading it; None if the client disconnects first."""
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-        raise PayloadTooLargeError(f"request body of {declared} bytes is over max_request_size_bytes ({max_bytes})")
+    refuse_declared_size(declared, max_bytes)
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -32,11 +31,22 @@ async def read_body(receive: Receive, declared: str | None, max_bytes: int) -> b
             return None  # http.disconnect
         chunk = message.get("body", b"")
         size += len(chunk)
-        if size > max_bytes:
-            raise PayloadTooLargeError(f"request body is over max_request_size_bytes ({max_bytes})")
+        refuse_read_size(size, max_bytes)
         chunks.append(chunk)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def refuse_declared_size(declared: str | None, max_bytes: int) -> None:
+    """413 for a body whose Content-Length (``declared``) is over ``max_bytes``, before any of it is read."""
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise PayloadTooLargeError(f"request body of {declared} bytes is over max_request_size_bytes ({max_bytes})")
+
+
+def refuse_read_size(size: int, max_bytes: int) -> None:
+    """413 once the body read so far (``size`` bytes) is over ``max_bytes`` (chunked bodies declare no size)."""
+    if size > max_bytes:
+        raise PayloadTooLargeError(f"request body is over max_request_size_bytes ({max_bytes})")
 
 
 def query_int(request: Request, key: str, default: int | None = None, minimum: int = 0) -> int | None:

@@ -6,6 +6,10 @@ and ``POST /v1/models/{model}:predict`` are matched by plain string checks and h
 router's regular expressions, the exception middlewares and the request objects in between. The
 key check, when inference auth is on, is the token middleware's. Every other request goes to the
 Starlette app underneath.
+
+On the inference port most of these requests never reach it as ASGI: the HTTP/1.1 protocol
+(``dms.rest.http1``) uses ``match`` and ``refusal`` to answer them from the parser's callbacks, and
+sends here only the ones it leaves to ASGI (pipelined, ``Expect: 100-continue``, percent-encoded).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from dms.auth import KeyStore
 from dms.errors import DMSError
 from dms.rest.errors import error_response
-from dms.rest.forwarding import Forwarder
+from dms.rest.forwarding import Forwarder, Reply
 from dms.rest.inference import InferenceForwarders
 
 _PREDICTIONS, _V2_MODELS, _INFER, _V1_MODELS, _V1_PREDICT = (
@@ -65,17 +69,20 @@ class InferenceFastPath:
                 return self.routes.v1_predict, name, None
         return None
 
+    def refusal(self, headers: list[tuple[str, str]]) -> Reply | None:
+        """The error answer when inference auth is on and the request's key does not pass; else None."""
+        if self.keys is None:
+            return None
+        authorization = next((v for k, v in headers if k == "authorization"), None)
+        try:
+            self.keys.check("inference", authorization)
+        except DMSError as exc:
+            return Reply.of(error_response(exc))
+        return None
+
     async def _forward(
         self, scope: Scope, receive: Receive, send: Send, forwarder: Forwarder, name: str, version: str | None
     ) -> None:
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
-        if self.keys is not None:
-            authorization = next((v for k, v in headers if k == "authorization"), None)
-            try:
-                self.keys.check("inference", authorization)
-            except DMSError as exc:
-                await error_response(exc)(scope, receive, send)
-                return
-
-        reply = await forwarder.forward(name, version, headers, scope["query_string"], receive)
+        reply = self.refusal(headers) or await forwarder.forward(name, version, headers, scope["query_string"], receive)
         await reply.send(send)

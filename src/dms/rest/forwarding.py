@@ -3,13 +3,15 @@
 A ``Forwarder`` reads the body (capped), wraps it untouched in a ``RequestItem`` for its protocol,
 submits it to the data plane, waits for the answer unless the client leaves, turns the answer or
 any error into a response (in the protocol's own error format), and reports the request to the
-server's metrics and access log. Starlette routes use it through ``endpoint()``; the lean ASGI
+server's metrics and access log. Starlette routes use it through ``endpoint()``; the ASGI fast
 path of the hottest routes (``dms.rest.fastpath``) calls ``forward`` directly and sends its
-``Reply`` itself, so both answer alike.
+``Reply`` itself; the HTTP/1.1 protocol (``dms.rest.http1``) reads the body itself and calls the
+two halves of ``forward``, ``submit`` and ``conclude``, from its callbacks. All three answer alike.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
@@ -28,6 +30,8 @@ from dms.rest.compression import decode_content, encode_content
 
 ErrorFormat = Callable[[DMSError], Response]
 Endpoint = Callable[[Request], Awaitable[Response]]
+Outcome = ResponseItem | DMSError | None
+"""How a request ended: the model's answer, an error, or None when the client went away first."""
 
 
 @dataclass(slots=True)
@@ -122,33 +126,23 @@ class Forwarder:
         receive: Receive,
     ) -> Reply:
         """The answer to one request; ``headers`` have lower-case names, as ASGI servers give them."""
-        metrics, dataplane = self.metrics, self.dataplane
-        started = metrics.started(self.protocol)
+        started = self.metrics.started(self.protocol)
         lookup = dict(headers)
         request_id = lookup.get("x-request-id") or new_request_id()
-        batch_size = 0
+        outcome: Outcome
         try:
-            result = await self._submit(name, version, headers, lookup, query_string, request_id, receive)
-            if result is None:
-                reply = Reply(499, [(b"content-length", b"0")], b"")  # the client went away; nobody reads this
+            max_bytes = self.dataplane.settings.max_request_size_bytes
+            body = await read_body(receive, lookup.get("content-length"), max_bytes)
+            if body is None:
+                outcome = None
             else:
-                batch_size = result.batch_size
-                reply = self._answer(result, lookup.get("accept-encoding") if self.compression else None)
+                future = self.submit(name, version, headers, lookup, query_string, request_id, body)
+                outcome = await until_answered_or_gone(receive, future)
         except DMSError as exc:
-            reply = Reply.of(self.on_error(exc))
-        reply.set_header("x-request-id", request_id)
-        metrics.finished(
-            transport=self.protocol,
-            model=name,
-            version=dataplane.version_of(name, version),
-            code=str(reply.status),
-            started_ns=started,
-            request_id=request_id,
-            batch_size=batch_size,
-        )
-        return reply
+            outcome = exc
+        return self.conclude(name, version, lookup, request_id, started, outcome)
 
-    async def _submit(
+    def submit(
         self,
         name: str,
         version: str | None,
@@ -156,15 +150,11 @@ class Forwarder:
         lookup: dict[str, str],
         query_string: bytes,
         request_id: str,
-        receive: Receive,
-    ) -> ResponseItem | None:
-        """Read the body, hand the request to the model, and await its answer (None: the client left)."""
-        max_bytes = self.dataplane.settings.max_request_size_bytes
-        body = await read_body(receive, lookup.get("content-length"), max_bytes)
-        if body is None:
-            return None
+        body: bytes,
+    ) -> asyncio.Future[ResponseItem]:
+        """Hand a whole request to the model (decoding its body first when the protocol allows compression)."""
         if self.compression:
-            body = decode_content(body, lookup.get("content-encoding"), max_bytes)
+            body = decode_content(body, lookup.get("content-encoding"), self.dataplane.settings.max_request_size_bytes)
         query = self.pass_query and query_string
         item = RequestItem(
             request_id=request_id,
@@ -174,7 +164,40 @@ class Forwarder:
             query=parse_qsl(query_string.decode("latin-1"), keep_blank_values=True) if query else [],
             protocol=self.protocol,
         )
-        return await until_answered_or_gone(receive, self.dataplane.submit(name, version, item))
+        return self.dataplane.submit(name, version, item)
+
+    def conclude(
+        self,
+        name: str,
+        version: str | None,
+        lookup: dict[str, str],
+        request_id: str,
+        started_ns: int,
+        outcome: Outcome,
+    ) -> Reply:
+        """The reply for a request's outcome (None: the client left), reported to metrics and the access log.
+
+        ``started_ns`` is what ``metrics.started`` returned when the request arrived.
+        """
+        batch_size = 0
+        if outcome is None:
+            reply = Reply(499, [(b"content-length", b"0")], b"")  # the client went away; nobody reads this
+        elif isinstance(outcome, DMSError):
+            reply = Reply.of(self.on_error(outcome))
+        else:
+            batch_size = outcome.batch_size
+            reply = self._answer(outcome, lookup.get("accept-encoding") if self.compression else None)
+        reply.set_header("x-request-id", request_id)
+        self.metrics.finished(
+            transport=self.protocol,
+            model=name,
+            version=self.dataplane.version_of(name, version),
+            code=str(reply.status),
+            started_ns=started_ns,
+            request_id=request_id,
+            batch_size=batch_size,
+        )
+        return reply
 
     def _answer(self, result: ResponseItem, accept_encoding: str | None) -> Reply:
         if result.error is not None:

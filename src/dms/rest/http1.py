@@ -1,0 +1,321 @@
+"""HTTP/1.1 for the inference port, with the forwarding routes answered from the parser's callbacks.
+
+uvicorn's httptools protocol runs every request as an ASGI task: a scope, a request-response cycle
+with its event, a task, ``receive``, and two ``send`` calls that check every header again. For a
+tiny request that was most of the frontend's HTTP cost (docs/performance.md). This subclass keeps
+uvicorn's connection handling (parsing, keep-alive timer, flow control, graceful shutdown) and its
+ASGI path for every other request, and takes the routes ``InferenceFastPath.match`` finds itself:
+the body is gathered in ``on_body``, handed to the route's ``Forwarder`` in ``on_message_complete``,
+and the answer is written by a callback on the model's future, in one write. The ``Forwarder``
+builds the answer, so it is the same as the ASGI path's (tests/e2e/test_fast_path_parity.py).
+
+Requests left to the ASGI path (and so to ``InferenceFastPath`` there): one that arrives while
+another on the same connection is still being answered (pipelining, which uvicorn queues), one that
+sends ``Expect: 100-continue``, one whose path is percent-encoded, and upgrades.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import http
+import logging
+import re
+from typing import Any, ClassVar, cast
+
+import httptools
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from dms.engine.messages import ResponseItem
+from dms.errors import DMSError, InternalError
+from dms.observability.request_ids import new_request_id
+from dms.rest.common import refuse_declared_size, refuse_read_size
+from dms.rest.fastpath import InferenceFastPath
+from dms.rest.forwarding import Forwarder, Outcome, Reply
+
+log = logging.getLogger("dms.http")
+
+_STATUS_LINES = {status.value: f"HTTP/1.1 {status.value} {status.phrase}\r\n".encode() for status in http.HTTPStatus}
+# A header value may hold visible characters, spaces and tabs; a control character (CR and LF above
+# all) would let a handler's header split the response.
+_BAD_VALUE = re.compile(b"[\x00-\x08\x0a-\x1f\x7f]")
+_TOKEN = re.compile(b"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def _status_line(status: int) -> bytes:
+    return _STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status
+
+
+class _NoEvent:
+    """What uvicorn's ``connection_lost`` sets on the request in flight; a lean request waits on no event."""
+
+    def set(self) -> None:
+        pass
+
+
+class _Exchange:
+    """One request the lean path took, from its headers to its answer.
+
+    uvicorn's protocol code sees it as ``cycle`` (the request in flight on the connection) and reads
+    ``response_complete`` (pipelining), ``keep_alive`` (graceful shutdown) and ``message_event``.
+    """
+
+    message_event = _NoEvent()
+    __slots__ = (
+        "chunks",
+        "disconnected",
+        "forwarder",
+        "future",
+        "headers",
+        "keep_alive",
+        "lookup",
+        "name",
+        "query",
+        "request_id",
+        "response_complete",
+        "size",
+        "started_ns",
+        "version",
+    )
+
+    def __init__(
+        self,
+        forwarder: Forwarder,
+        name: str,
+        version: str | None,
+        headers: list[tuple[str, str]],
+        query: bytes,
+        keep_alive: bool,
+    ) -> None:
+        self.forwarder = forwarder
+        self.name = name
+        self.version = version
+        self.headers = headers
+        self.lookup = dict(headers)
+        self.query = query
+        self.keep_alive = keep_alive
+        self.request_id = ""
+        self.started_ns = 0
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.future: asyncio.Future[ResponseItem] | None = None
+        self.response_complete = False
+        self.disconnected = False
+
+
+class InferenceHttpProtocol(HttpToolsProtocol):
+    """uvicorn's HTTP/1.1 protocol, answering the forwarding routes without ASGI. Made per server by
+    ``inference_protocol``, which sets ``fast_path``."""
+
+    fast_path: ClassVar[InferenceFastPath]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.exchange: _Exchange | None = None
+        """The request being read, when the lean path took it."""
+        self.unanswered: _Exchange | None = None
+        """The lean request not answered yet (being read, or waiting for its model)."""
+
+    # -- parser callbacks ------------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        # uvicorn's scope is built only for requests that go to the ASGI app (``_asgi_headers_complete``).
+        self.url = b""
+        self.expect_100_continue = False
+        self.headers = []
+        self.exchange = None
+
+    def on_headers_complete(self) -> None:
+        exchange = self._take()
+        if exchange is None:
+            self._asgi_headers_complete()
+            return
+        self.exchange = self.unanswered = exchange
+        self.cycle = cast(Any, exchange)
+        try:
+            refusal = self.fast_path.refusal(exchange.headers)
+            if refusal is not None:
+                self._write(exchange, refusal)  # as on the ASGI path: refused before it counts as a request
+                return
+            forwarder = exchange.forwarder
+            exchange.started_ns = forwarder.metrics.started(forwarder.protocol)
+            exchange.request_id = exchange.lookup.get("x-request-id") or new_request_id()
+            refuse_declared_size(exchange.lookup.get("content-length"), self._max_bytes(exchange))
+        except DMSError as exc:
+            self._conclude(exchange, exc)
+
+    def on_body(self, body: bytes) -> None:
+        exchange = self.exchange
+        if exchange is None:
+            super().on_body(body)
+            return
+        if exchange.response_complete:
+            return  # answered early (refused); the rest of the body is read and dropped
+        exchange.size += len(body)
+        try:
+            refuse_read_size(exchange.size, self._max_bytes(exchange))
+        except DMSError as exc:
+            self._conclude(exchange, exc)
+            return
+        exchange.chunks.append(body)
+
+    def on_message_complete(self) -> None:
+        exchange = self.exchange
+        if exchange is None:
+            super().on_message_complete()
+            return
+        if exchange.response_complete:
+            return
+        chunks = exchange.chunks
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        exchange.chunks = []
+        try:
+            future = exchange.forwarder.submit(
+                exchange.name,
+                exchange.version,
+                exchange.headers,
+                exchange.lookup,
+                exchange.query,
+                exchange.request_id,
+                body,
+            )
+        except DMSError as exc:
+            self._conclude(exchange, exc)
+            return
+        except Exception as exc:
+            self._conclude_unexpected(exchange, exc)
+            return
+        exchange.future = future
+        future.add_done_callback(functools.partial(self._on_answer, exchange))
+
+    # -- connection events -----------------------------------------------------------------------
+    def connection_lost(self, exc: Exception | None) -> None:
+        exchange = self.unanswered
+        if exchange is not None:
+            exchange.disconnected = True
+            if exchange.future is None:
+                self._conclude(exchange, None)  # left while sending the body
+            else:
+                exchange.future.cancel()  # dropped from the model's queue; ``_on_answer`` reports it
+        super().connection_lost(exc)
+
+    # -- the lean path ---------------------------------------------------------------------------
+    def _take(self) -> _Exchange | None:
+        """An exchange for this request when the lean path can answer it, else None (the ASGI path will)."""
+        cycle = self.cycle
+        if self.expect_100_continue or self.limit_concurrency is not None or self.root_path:
+            return None
+        if cycle is not None and not cycle.response_complete:
+            return None  # pipelined behind a request not answered yet: uvicorn queues it
+        parser = self.parser
+        method = parser.get_method()
+        if (method != b"POST" and method != b"PUT") or parser.should_upgrade():
+            return None
+        try:
+            url = httptools.parse_url(self.url)
+            path = url.path.decode("ascii")
+        except (httptools.HttpParserInvalidURLError, UnicodeDecodeError):
+            return None  # uvicorn answers these as it always does
+        if "%" in path:
+            return None
+        found = self.fast_path.match(method.decode("ascii"), path)
+        if found is None:
+            return None
+        forwarder, name, version = found
+        headers = [(key.decode("latin-1"), value.decode("latin-1")) for key, value in self.headers]
+        keep_alive = parser.get_http_version() != "1.0" and parser.should_keep_alive()
+        return _Exchange(forwarder, name, version, headers, url.query or b"", keep_alive)
+
+    def _asgi_headers_complete(self) -> None:
+        url, headers, expect = self.url, self.headers, self.expect_100_continue
+        super().on_message_begin()  # uvicorn's scope for this request, then its ASGI path
+        self.url, self.headers, self.expect_100_continue = url, headers, expect
+        self.scope["headers"] = headers
+        super().on_headers_complete()
+
+    @staticmethod
+    def _max_bytes(exchange: _Exchange) -> int:
+        return exchange.forwarder.dataplane.settings.max_request_size_bytes
+
+    def _on_answer(self, exchange: _Exchange, future: asyncio.Future[ResponseItem]) -> None:
+        outcome: Outcome
+        if future.cancelled():
+            outcome = None if exchange.disconnected else InternalError("the request was cancelled")
+        elif (error := future.exception()) is not None:
+            if not isinstance(error, DMSError):
+                self._conclude_unexpected(exchange, error)
+                return
+            outcome = error
+        else:
+            outcome = future.result()
+        self._conclude(exchange, outcome)
+
+    def _conclude(self, exchange: _Exchange, outcome: Outcome) -> None:
+        """Report the request and write its answer (unless the client has gone)."""
+        if self.unanswered is exchange:
+            self.unanswered = None
+        try:
+            reply = exchange.forwarder.conclude(
+                exchange.name, exchange.version, exchange.lookup, exchange.request_id, exchange.started_ns, outcome
+            )
+        except Exception as exc:
+            self._conclude_unexpected(exchange, exc)
+            return
+        self._write(exchange, reply)
+
+    def _conclude_unexpected(self, exchange: _Exchange, exc: BaseException) -> None:
+        """A bug on the way: log it, answer 500 as the ASGI path would, and close the connection."""
+        log.error("request %s to model %s failed unexpectedly", exchange.request_id, exchange.name, exc_info=exc)
+        if self.unanswered is exchange:
+            self.unanswered = None
+        exchange.keep_alive = False
+        error = InternalError(f"{type(exc).__name__} while answering the request")
+        try:
+            reply = exchange.forwarder.conclude(
+                exchange.name, exchange.version, exchange.lookup, exchange.request_id, exchange.started_ns, error
+            )
+        except Exception:
+            log.exception("request %s: could not even answer 500", exchange.request_id)
+            exchange.response_complete = True
+            self.transport.close()
+            return
+        self._write(exchange, reply)
+
+    def _write(self, exchange: _Exchange, reply: Reply) -> None:
+        exchange.response_complete = True
+        transport = self.transport
+        if exchange.disconnected or transport.is_closing():
+            return
+        parts = self._head(reply, exchange.keep_alive)
+        if parts is None:
+            log.error("request %s: model %s answered with a malformed header", exchange.request_id, exchange.name)
+            exchange.keep_alive = False
+            reply = Reply.of(exchange.forwarder.on_error(InternalError("the model answered with a malformed header")))
+            parts = self._head(reply, keep_alive=False) or []
+        parts.append(reply.body)
+        transport.write(b"".join(parts))
+        if not exchange.keep_alive:
+            transport.close()
+        self.on_response_complete()
+
+    def _head(self, reply: Reply, keep_alive: bool) -> list[bytes] | None:
+        """The status line and headers, ending in the blank line; None if a header is malformed."""
+        parts = [_status_line(reply.status)]
+        for name, value in self.server_state.default_headers:
+            parts += (name, b": ", value, b"\r\n")
+        has_length = False
+        for name, value in reply.headers:
+            if _BAD_VALUE.search(value) or not _TOKEN.fullmatch(name):
+                return None
+            has_length = has_length or name == b"content-length"
+            parts += (name, b": ", value, b"\r\n")
+        if not has_length and reply.status >= 200 and reply.status not in (204, 304):
+            parts += (b"content-length: ", str(len(reply.body)).encode(), b"\r\n")
+        if not keep_alive:
+            parts.append(b"connection: close\r\n")
+        parts.append(b"\r\n")
+        return parts
+
+
+def inference_protocol(fast_path: InferenceFastPath) -> type[InferenceHttpProtocol]:
+    """The HTTP/1.1 protocol class for one inference server (uvicorn's ``http=``)."""
+    return type("InferenceHttpProtocol", (InferenceHttpProtocol,), {"fast_path": fast_path})

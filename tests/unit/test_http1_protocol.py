@@ -1,0 +1,287 @@
+"""The inference port's HTTP/1.1 protocol, driven byte by byte: which requests it answers itself
+(without the ASGI app), and how it writes, pipelines, refuses and lets go of them."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import uvicorn
+from uvicorn.server import ServerState
+
+from dms.engine.messages import RequestItem, ResponseItem
+from dms.errors import DMSError, ModelNotFoundError
+from dms.observability.metrics import ServerMetrics
+from dms.rest.errors import error_response
+from dms.rest.fastpath import InferenceFastPath
+from dms.rest.forwarding import Forwarder
+from dms.rest.http1 import InferenceHttpProtocol, inference_protocol
+from dms.rest.inference import InferenceForwarders
+from dms.settings import ServerSettings
+
+
+class FakeTransport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = bytearray()
+        self.closed = False
+
+    def write(self, data: Any) -> None:
+        assert not self.closed, "written after close"
+        self.written += data
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"sockname": ("127.0.0.1", 8080), "peername": ("127.0.0.1", 50000)}.get(name, default)
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def take(self) -> bytes:
+        data, self.written = bytes(self.written), bytearray()
+        return data
+
+
+class FakeDataPlane:
+    """Records what reaches the model and lets the test answer it."""
+
+    def __init__(self) -> None:
+        self.settings = ServerSettings(max_request_size_bytes=100)
+        self.submitted: list[tuple[str, str | None, RequestItem, asyncio.Future[ResponseItem]]] = []
+
+    def submit(self, name: str, version: str | None, item: RequestItem) -> asyncio.Future[ResponseItem]:
+        if name == "missing":
+            raise ModelNotFoundError(f"model {name} is not registered")
+        future: asyncio.Future[ResponseItem] = asyncio.get_running_loop().create_future()
+        self.submitted.append((name, version, item, future))
+        return future
+
+    def version_of(self, name: str, version: str | None) -> str:
+        return version or "1.0"
+
+
+class RecordingApp:
+    """The ASGI app behind the protocol: answers 200 "asgi" and records each request it got."""
+
+    def __init__(self) -> None:
+        self.paths: list[str] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        self.paths.append(scope["path"])
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"4")]})
+        await send({"type": "http.response.body", "body": b"asgi"})
+
+
+class Harness:
+    def __init__(self) -> None:
+        self.dataplane = FakeDataPlane()
+        self.metrics = ServerMetrics()
+        forwarder = Forwarder(
+            self.dataplane,  # type: ignore[arg-type]
+            self.metrics,
+            protocol="raw",
+            on_error=error_response,
+            pass_query=True,
+        )
+        self.app = RecordingApp()
+        fast_path = InferenceFastPath(self.app, InferenceForwarders(forwarder, forwarder, forwarder), keys=None)
+        protocol_class = inference_protocol(fast_path)
+        config = uvicorn.Config(fast_path, http=protocol_class, lifespan="off", log_config=None)
+        config.load()
+        self.protocol: InferenceHttpProtocol = protocol_class(config=config, server_state=ServerState(), app_state={})
+        self.transport = FakeTransport()
+        self.protocol.connection_made(self.transport)
+
+    def feed(self, data: bytes) -> None:
+        self.protocol.data_received(data)
+
+    def answer(self, index: int, item: ResponseItem) -> None:
+        self.dataplane.submitted[index][3].set_result(item)
+
+    def in_flight(self) -> int:
+        return self.metrics._in_flight.get("raw", 0)
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+def post(path: str, body: bytes = b"abc", *extra: bytes) -> bytes:
+    head = [b"POST " + path.encode() + b" HTTP/1.1", b"Host: x", b"Content-Length: %d" % len(body), *extra]
+    return b"\r\n".join(head) + b"\r\n\r\n" + body
+
+
+@pytest.fixture
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    loop = asyncio.new_event_loop()
+    yield loop
+    assert not asyncio.all_tasks(loop), "a request was left hanging"
+    loop.close()
+
+
+def run(loop: asyncio.AbstractEventLoop, test: Any) -> None:
+    loop.run_until_complete(test())
+
+
+def test_a_forwarding_route_is_answered_without_the_asgi_app(loop: asyncio.AbstractEventLoop):
+    async def test() -> None:
+        h = Harness()
+        h.feed(post("/predictions/m/2.0?topk=1", b"abc", b"X-Request-ID: r1"))
+        [(name, version, item, _)] = h.dataplane.submitted
+        assert (name, version, item.body, item.query, item.request_id) == ("m", "2.0", b"abc", [("topk", "1")], "r1")
+        assert h.transport.take() == b"" and h.in_flight() == 1 and not h.protocol.tasks
+        h.answer(0, ResponseItem(200, b"ok", "text/plain", headers=[("X-Extra", "1")]))
+        await settle()
+        written = h.transport.take()
+        assert written.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert b"\r\ncontent-length: 2\r\n" in written and b"\r\nx-extra: 1\r\n" in written
+        assert b"\r\nx-request-id: r1\r\n" in written and b"content-type: text/plain; charset=utf-8" in written
+        assert written.endswith(b"\r\n\r\nok") and b"connection: close" not in written
+        assert h.app.paths == [] and not h.transport.closed and h.in_flight() == 0
+
+    run(loop, test)
+
+
+def test_a_body_in_chunks_and_pieces_is_put_together(loop: asyncio.AbstractEventLoop):
+    async def test() -> None:
+        h = Harness()
+        request = b"PUT /v1/models/m:predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        request += b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+        for index in range(0, len(request), 7):
+            h.feed(request[index : index + 7])
+        await settle()
+        assert h.app.paths == ["/v1/models/m:predict"]  # PUT is not a route of KServe v1: the ASGI app has it
+        assert h.transport.take().endswith(b"asgi")
+        h.feed(request.replace(b"PUT", b"POST"))
+        [(name, _, item, _)] = h.dataplane.submitted
+        assert (name, item.body) == ("m", b"abcde") and not h.protocol.tasks
+
+    run(loop, test)
+
+
+def test_other_requests_go_to_the_asgi_app(loop: asyncio.AbstractEventLoop):
+    async def test() -> None:
+        h = Harness()
+        h.feed(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+        await settle()
+        assert h.app.paths == ["/ping"] and h.transport.take().endswith(b"asgi")
+        # A forwarding route that the lean path leaves to ASGI still reaches its model, through an ASGI task.
+        for index, (request, version) in enumerate(
+            [(post("/predictions/m", b"abc", b"Expect: 100-continue"), None), (post("/predictions/m%2Fx"), "x")]
+        ):
+            h.feed(request)
+            await settle()
+            assert len(h.protocol.tasks) == 1 and h.dataplane.submitted[index][1] == version
+            h.answer(index, ResponseItem(200, b"ok", "text/plain"))
+            await settle()
+            written = h.transport.take()
+            assert written.startswith(b"HTTP/1.1 100 Continue\r\n\r\n" if index == 0 else b"HTTP/1.1 200 OK")
+            assert written.endswith(b"ok") and not h.protocol.tasks
+
+    run(loop, test)
+
+
+def test_a_request_pipelined_behind_one_in_flight_waits_for_it(loop: asyncio.AbstractEventLoop):
+    async def test() -> None:
+        h = Harness()
+        h.feed(post("/predictions/m", b"one") + b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+        await settle()
+        assert h.app.paths == [] and h.transport.take() == b""
+        h.answer(0, ResponseItem(200, b"first", "text/plain"))
+        await settle()
+        written = h.transport.take()
+        assert written.index(b"first") < written.index(b"asgi")
+        assert h.app.paths == ["/ping"]
+
+    run(loop, test)
+
+
+def test_refusals_are_answered_at_once_and_the_connection_goes_on(loop: asyncio.AbstractEventLoop):
+    async def test() -> None:
+        h = Harness()
+        h.feed(post("/predictions/m", b"x" * 101))  # over max_request_size_bytes (100), by its Content-Length
+        written = h.transport.take()
+        assert written.startswith(b"HTTP/1.1 413 ") and b"PayloadTooLargeError" in written
+        chunked = b"POST /predictions/m HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        h.feed(chunked + b"40\r\n" + b"y" * 64 + b"\r\n")
+        assert h.transport.take() == b""
+        h.feed(b"40\r\n" + b"y" * 64 + b"\r\n")  # 128 bytes read: over the limit
+        assert h.transport.take().startswith(b"HTTP/1.1 413 ")
+        h.feed(b"40\r\n" + b"y" * 64 + b"\r\n0\r\n\r\n")  # the rest is read and dropped
+        h.feed(post("/predictions/missing"))
+        assert h.transport.take().startswith(b"HTTP/1.1 404 ")
+        assert h.dataplane.submitted == [] and h.in_flight() == 0 and not h.transport.closed
+
+    run(loop, test)
+
+
+def test_a_client_that_leaves_cancels_its_request_and_is_written_nothing(loop: asyncio.AbstractEventLoop):
+    async def test() -> None:
+        h = Harness()
+        h.feed(post("/predictions/m"))
+        h.protocol.connection_lost(None)
+        await settle()
+        assert h.dataplane.submitted[0][3].cancelled()
+        assert h.in_flight() == 0 and h.transport.take() == b""
+
+        h = Harness()
+        h.feed(post("/predictions/m", b"abcdef")[:-3])  # the body is not complete
+        h.protocol.connection_lost(None)
+        assert h.dataplane.submitted == [] and h.in_flight() == 0
+
+    run(loop, test)
+
+
+def test_http_1_0_and_connection_close_are_answered_then_closed(loop: asyncio.AbstractEventLoop):
+    async def test() -> None:
+        for request in (
+            post("/predictions/m").replace(b"HTTP/1.1", b"HTTP/1.0"),
+            post("/predictions/m", b"abc", b"Connection: close"),
+        ):
+            h = Harness()
+            h.feed(request)
+            h.answer(0, ResponseItem(200, b"ok", "text/plain"))
+            await settle()
+            written = h.transport.take()
+            assert written.startswith(b"HTTP/1.1 200 OK") and b"\r\nconnection: close\r\n" in written
+            assert h.transport.closed
+
+    run(loop, test)
+
+
+def test_a_malformed_header_from_the_model_cannot_split_the_answer(loop: asyncio.AbstractEventLoop):
+    async def test() -> None:
+        h = Harness()
+        h.feed(post("/predictions/m"))
+        h.answer(0, ResponseItem(200, b"ok", "text/plain", headers=[("x-bad", "a\r\ninjected: yes")]))
+        await settle()
+        written = h.transport.take()
+        assert written.startswith(b"HTTP/1.1 500 ") and b"injected" not in written
+        assert b"InternalError" in written and h.transport.closed and h.in_flight() == 0
+
+    run(loop, test)
+
+
+def test_an_error_the_model_raised_is_answered_in_the_routes_format(loop: asyncio.AbstractEventLoop):
+    async def test() -> None:
+        h = Harness()
+        h.feed(post("/predictions/m"))
+        h.dataplane.submitted[0][3].set_exception(DMSError("the queue moved on"))
+        await settle()
+        written = h.transport.take()
+        assert written.startswith(b"HTTP/1.1 500 ") and b"the queue moved on" in written
+
+    run(loop, test)
