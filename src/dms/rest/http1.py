@@ -21,7 +21,7 @@ import functools
 import http
 import logging
 import re
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -130,7 +130,7 @@ class InferenceHttpProtocol(HttpToolsProtocol):
             self._asgi_headers_complete()
             return
         self.exchange = self.unanswered = exchange
-        self.cycle = cast(Any, exchange)
+        self.cycle = exchange  # type: ignore[assignment]  # uvicorn reads the attributes it needs
         try:
             refusal = self.fast_path.refusal(exchange.headers)
             if refusal is not None:
