@@ -154,8 +154,11 @@ def top_functions(collapsed: Path, count: int) -> tuple[list[tuple[str, float]],
 
 STAGES: list[tuple[str, tuple[str, ...]]] = [
     # (stage, substrings of the sampled frame's own function and file); first match wins
-    ("HTTP response write (uvicorn send: headers, 2 socket writes)", ("RequestResponseCycle.send ",)),
-    ("HTTP parse and ASGI plumbing (uvicorn + httptools)", ("uvicorn/",)),
+    (
+        "HTTP response write (socket write; uvicorn's send on ASGI)",
+        ("InferenceHttpProtocol._write ", "RequestResponseCycle.send "),
+    ),
+    ("HTTP parse and set-up (httptools callbacks, rest/http1.py; ASGI)", ("rest/http1.py", "uvicorn/")),
     ("event loop (uvloop: epoll, socket reads, callbacks)", ("Runner.run ",)),
     ("IPC to workers (msgpack frames on a socket pair)", ("worker_process.py", "asyncio/streams.py", "messages.py")),
     ("metrics, access log, request ids", ("prometheus_client/", "observability/", "logging/")),
