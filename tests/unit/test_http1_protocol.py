@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import uvicorn
 from uvicorn.server import ServerState
 
+from dms.auth import KeyStore
 from dms.engine.messages import RequestItem, ResponseItem
 from dms.errors import DMSError, ModelNotFoundError
 from dms.observability.metrics import ServerMetrics
@@ -85,7 +87,7 @@ class RecordingApp:
 
 
 class Harness:
-    def __init__(self) -> None:
+    def __init__(self, keys: KeyStore | None = None) -> None:
         self.dataplane = FakeDataPlane()
         self.metrics = ServerMetrics()
         forwarder = Forwarder(
@@ -96,7 +98,7 @@ class Harness:
             pass_query=True,
         )
         self.app = RecordingApp()
-        fast_path = InferenceFastPath(self.app, InferenceForwarders(forwarder, forwarder, forwarder), keys=None)
+        fast_path = InferenceFastPath(self.app, InferenceForwarders(forwarder, forwarder, forwarder), keys=keys)
         protocol_class = inference_protocol(fast_path)
         config = uvicorn.Config(fast_path, http=protocol_class, lifespan="off", log_config=None)
         config.load()
@@ -283,5 +285,25 @@ def test_an_error_the_model_raised_is_answered_in_the_routes_format(loop: asynci
         await settle()
         written = h.transport.take()
         assert written.startswith(b"HTTP/1.1 500 ") and b"the queue moved on" in written
+
+    run(loop, test)
+
+
+def test_a_request_without_the_inference_key_is_refused_and_not_counted(
+    loop: asyncio.AbstractEventLoop, tmp_path: Path
+):
+    async def test() -> None:
+        keys = KeyStore(tmp_path / "keys.json")
+        h = Harness(keys)
+        h.feed(post("/predictions/m", b"abc", b"Authorization: Bearer " + keys.key("inference").encode()))
+        assert len(h.dataplane.submitted) == 1 and h.in_flight() == 1
+        h.answer(0, ResponseItem(200, b"ok", "text/plain"))
+        await settle()
+        assert h.transport.take().startswith(b"HTTP/1.1 200 OK") and h.in_flight() == 0
+        h.feed(post("/predictions/m", b"abcdef")[:-3])  # refused on its headers, before the body is in
+        written = h.transport.take()
+        assert written.startswith(b"HTTP/1.1 401 ") and len(h.dataplane.submitted) == 1
+        h.protocol.connection_lost(None)  # the refused request was never counted, so nothing is taken off
+        assert h.in_flight() == 0
 
     run(loop, test)

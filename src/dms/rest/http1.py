@@ -142,6 +142,8 @@ class InferenceHttpProtocol(HttpToolsProtocol):
             refuse_declared_size(exchange.lookup.get("content-length"), self._max_bytes(exchange))
         except DMSError as exc:
             self._conclude(exchange, exc)
+        except Exception as exc:
+            self._conclude_unexpected(exchange, exc)
 
     def on_body(self, body: bytes) -> None:
         exchange = self.exchange
@@ -251,8 +253,6 @@ class InferenceHttpProtocol(HttpToolsProtocol):
 
     def _conclude(self, exchange: _Exchange, outcome: Outcome) -> None:
         """Report the request and write its answer (unless the client has gone)."""
-        if self.unanswered is exchange:
-            self.unanswered = None
         try:
             reply = exchange.forwarder.conclude(
                 exchange.name, exchange.version, exchange.lookup, exchange.request_id, exchange.started_ns, outcome
@@ -265,8 +265,6 @@ class InferenceHttpProtocol(HttpToolsProtocol):
     def _conclude_unexpected(self, exchange: _Exchange, exc: BaseException) -> None:
         """A bug on the way: log it, answer 500 as the ASGI path would, and close the connection."""
         log.error("request %s to model %s failed unexpectedly", exchange.request_id, exchange.name, exc_info=exc)
-        if self.unanswered is exchange:
-            self.unanswered = None
         exchange.keep_alive = False
         error = InternalError(f"{type(exc).__name__} while answering the request")
         try:
@@ -275,13 +273,18 @@ class InferenceHttpProtocol(HttpToolsProtocol):
             )
         except Exception:
             log.exception("request %s: could not even answer 500", exchange.request_id)
-            exchange.response_complete = True
+            self._answered(exchange)
             self.transport.close()
             return
         self._write(exchange, reply)
 
-    def _write(self, exchange: _Exchange, reply: Reply) -> None:
+    def _answered(self, exchange: _Exchange) -> None:
         exchange.response_complete = True
+        if self.unanswered is exchange:
+            self.unanswered = None
+
+    def _write(self, exchange: _Exchange, reply: Reply) -> None:
+        self._answered(exchange)
         transport = self.transport
         if exchange.disconnected or transport.is_closing():
             return
