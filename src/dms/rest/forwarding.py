@@ -126,9 +126,8 @@ class Forwarder:
         receive: Receive,
     ) -> Reply:
         """The answer to one request; ``headers`` have lower-case names, as ASGI servers give them."""
-        started = self.metrics.started(self.protocol)
         lookup = dict(headers)
-        request_id = lookup.get("x-request-id") or new_request_id()
+        started, request_id = self.arrived(lookup)
         outcome: Outcome
         try:
             max_bytes = self.dataplane.settings.max_request_size_bytes
@@ -141,6 +140,10 @@ class Forwarder:
         except DMSError as exc:
             outcome = exc
         return self.conclude(name, version, lookup, request_id, started, outcome)
+
+    def arrived(self, lookup: dict[str, str]) -> tuple[int, str]:
+        """Count a request as in flight: its ``started_ns`` (for ``conclude``) and its request id."""
+        return self.metrics.started(self.protocol), lookup.get("x-request-id") or new_request_id()
 
     def submit(
         self,

@@ -18,32 +18,28 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import http
 import logging
 import re
 from typing import Any, ClassVar
 
 import httptools
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HEADER_VALUE_RE, STATUS_LINE, HttpToolsProtocol
 
 from dms.engine.messages import ResponseItem
 from dms.errors import DMSError, InternalError
-from dms.observability.request_ids import new_request_id
 from dms.rest.common import refuse_declared_size, refuse_read_size
 from dms.rest.fastpath import InferenceFastPath
 from dms.rest.forwarding import Forwarder, Outcome, Reply
 
 log = logging.getLogger("dms.http")
 
-_STATUS_LINES = {status.value: f"HTTP/1.1 {status.value} {status.phrase}\r\n".encode() for status in http.HTTPStatus}
-# A header value may hold visible characters, spaces and tabs; a control character (CR and LF above
-# all) would let a handler's header split the response.
-_BAD_VALUE = re.compile(b"[\x00-\x08\x0a-\x1f\x7f]")
+# Header values are checked with uvicorn's own pattern (a control character, CR and LF above all, would
+# let a handler's header split the response); names must be HTTP tokens.
 _TOKEN = re.compile(b"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
 def _status_line(status: int) -> bytes:
-    return _STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status
+    return STATUS_LINE.get(status) or b"HTTP/1.1 %d \r\n" % status
 
 
 class _NoEvent:
@@ -102,6 +98,10 @@ class _Exchange:
         self.response_complete = False
         self.disconnected = False
 
+    def reply(self, outcome: Outcome) -> Reply:
+        """Its answer for an outcome, reported to metrics and the access log (``Forwarder.conclude``)."""
+        return self.forwarder.conclude(self.name, self.version, self.lookup, self.request_id, self.started_ns, outcome)
+
 
 class InferenceHttpProtocol(HttpToolsProtocol):
     """uvicorn's HTTP/1.1 protocol, answering the forwarding routes without ASGI. Made per server by
@@ -136,9 +136,7 @@ class InferenceHttpProtocol(HttpToolsProtocol):
             if refusal is not None:
                 self._write(exchange, refusal)  # as on the ASGI path: refused before it counts as a request
                 return
-            forwarder = exchange.forwarder
-            exchange.started_ns = forwarder.metrics.started(forwarder.protocol)
-            exchange.request_id = exchange.lookup.get("x-request-id") or new_request_id()
+            exchange.started_ns, exchange.request_id = exchange.forwarder.arrived(exchange.lookup)
             refuse_declared_size(exchange.lookup.get("content-length"), self._max_bytes(exchange))
         except DMSError as exc:
             self._conclude(exchange, exc)
@@ -254,9 +252,7 @@ class InferenceHttpProtocol(HttpToolsProtocol):
     def _conclude(self, exchange: _Exchange, outcome: Outcome) -> None:
         """Report the request and write its answer (unless the client has gone)."""
         try:
-            reply = exchange.forwarder.conclude(
-                exchange.name, exchange.version, exchange.lookup, exchange.request_id, exchange.started_ns, outcome
-            )
+            reply = exchange.reply(outcome)
         except Exception as exc:
             self._conclude_unexpected(exchange, exc)
             return
@@ -266,11 +262,8 @@ class InferenceHttpProtocol(HttpToolsProtocol):
         """A bug on the way: log it, answer 500 as the ASGI path would, and close the connection."""
         log.error("request %s to model %s failed unexpectedly", exchange.request_id, exchange.name, exc_info=exc)
         exchange.keep_alive = False
-        error = InternalError(f"{type(exc).__name__} while answering the request")
         try:
-            reply = exchange.forwarder.conclude(
-                exchange.name, exchange.version, exchange.lookup, exchange.request_id, exchange.started_ns, error
-            )
+            reply = exchange.reply(InternalError(f"{type(exc).__name__} while answering the request"))
         except Exception:
             log.exception("request %s: could not even answer 500", exchange.request_id)
             self._answered(exchange)
@@ -307,7 +300,7 @@ class InferenceHttpProtocol(HttpToolsProtocol):
             parts += (name, b": ", value, b"\r\n")
         has_length = False
         for name, value in reply.headers:
-            if _BAD_VALUE.search(value) or not _TOKEN.fullmatch(name):
+            if HEADER_VALUE_RE.search(value) or not _TOKEN.fullmatch(name):
                 return None
             has_length = has_length or name == b"content-length"
             parts += (name, b": ", value, b"\r\n")
