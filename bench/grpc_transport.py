@@ -2,14 +2,16 @@
 
     python -m bench.grpc_transport                          # this tree
     python -m bench.grpc_transport --b-src /tmp/dms-base/src --rounds 9   # A/B against another build
+    python -m bench.grpc_transport --b-asgi                 # ModelInfer without ASGI, and through it
 
 A load test on this 2-core host swings by 30 % from one window to the next, which hides a change of a
 few microseconds per call. This drives the same objects a server does - ``GrpcH2Protocol`` (uvicorn's
-HTTP/2 protocol over zttp, with DMS's write coalescing) and ``GrpcApp`` (framing, metadata, status
-trailers) - from a zttp client in the same process, through an in-memory transport: ``--concurrency``
-calls are opened at once on one connection, the event loop runs until every answer's trailers are
-back, and so on. The method answers a fixed message at once, so the figure is the transport's and the
-gRPC layer's CPU per call (client side included, a few µs), with no data plane, worker or model.
+HTTP/2 protocol over zttp, with DMS's write coalescing and its ``ModelInfer`` path), ``GrpcApp``
+(the ASGI path) and ``InferenceServicer`` - from a zttp client in the same process, through an
+in-memory transport: ``--concurrency`` calls are opened at once on one connection, the event loop runs
+until every answer's trailers are back, and so on. The data plane answers a fixed message at once, so
+the figure is the transport's and the gRPC layer's CPU per call (client side included, a few µs, and
+the servicer's metrics), with no batcher, worker or model.
 CPU time is the process's (``time.process_time``), so time the host gives to other processes does not
 count. With ``--b-src`` each round measures this tree and the other build in turn (each in its own
 subprocess), alternating which goes first, and the medians and their ratio are printed.
@@ -29,8 +31,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 INFER_PATH = b"/inference.GRPCInferenceService/ModelInfer"
 REQUEST_HEADERS = [(b"content-type", b"application/grpc"), (b"te", b"trailers"), (b"user-agent", b"bench")]
-REQUEST = b"\n\x03lin" + bytes(96)
-"""Bytes the method receives (the server does not parse them: its method takes raw bytes)."""
+REQUEST = b"\n\x03lin" + b"\x12\x011" + b"\x1a\x04id-1" + b"\x3a\x40" + bytes(64)
+"""A ModelInferRequest: model "lin", version "1", id "id-1", 64 bytes of raw input (the server reads only
+the routing fields; the data plane here answers without looking)."""
 ANSWER = b"\n\x03lin" + bytes(80)
 
 
@@ -69,27 +72,58 @@ class MemoryTransport:
         pass
 
 
-async def measure(concurrency: int, calls: int) -> float:
+class InstantDataPlane:
+    """What ``InferenceServicer`` needs of the data plane, answering every call at once."""
+
+    def __init__(self) -> None:
+        from dms.settings import ServerSettings
+
+        self.settings = ServerSettings()
+
+    def submit(self, name: str, version: str | None, item: Any) -> asyncio.Future[Any]:
+        from dms.engine.messages import ResponseItem
+
+        future = asyncio.get_running_loop().create_future()
+        future.set_result(ResponseItem(200, ANSWER, "application/grpc", batch_size=1))
+        return future
+
+    def version_of(self, name: str, version: str | None) -> str:
+        return version or "1"
+
+
+def server_protocol(lean: bool) -> tuple[Any, Any, int]:
+    """The protocol class and ASGI app a ``--grpc-server uvicorn`` server of this build uses, and its stream cap."""
+    from dms.grpc.h2 import GrpcApp
+    from dms.grpc.servicer import InferenceServicer, rpc_methods
+    from dms.observability.metrics import ServerMetrics
+
+    servicer = InferenceServicer(InstantDataPlane(), ServerMetrics(), None)  # type: ignore[arg-type]
+    app = GrpcApp(rpc_methods(servicer), 1 << 22)
+    try:
+        from dms.grpc.h2_connection import STREAMS_PER_CONNECTION, grpc_protocol
+    except ImportError:  # a build from before ModelInfer left ASGI: the protocol lived in dms.grpc.h2
+        from dms.grpc import h2
+
+        return h2.GrpcH2Protocol, app, h2.STREAMS_PER_CONNECTION  # type: ignore[attr-defined]
+    return grpc_protocol(servicer if lean else None, 1 << 22), app, STREAMS_PER_CONNECTION
+
+
+async def measure(concurrency: int, calls: int, lean: bool = True) -> float:
     """CPU µs per call for ``calls`` calls, ``concurrency`` at a time, on one connection."""
     import uvicorn
     import zttp
     from uvicorn.server import ServerState
 
-    from dms.grpc.h2 import STREAMS_PER_CONNECTION, GrpcApp, GrpcH2Protocol, frame
-    from dms.grpc.servicer import RpcMethod
+    from dms.grpc.h2 import frame
 
-    if calls + concurrency >= STREAMS_PER_CONNECTION:
-        raise SystemExit(f"at most {STREAMS_PER_CONNECTION - concurrency - 1} calls: one connection takes no more")
-
-    async def model_infer(payload: bytes, context: Any) -> bytes:
-        return ANSWER
-
-    app = GrpcApp({"ModelInfer": RpcMethod("ModelInfer", model_infer, None, None)}, 1 << 22)
+    protocol_class, app, streams_cap = server_protocol(lean)
+    if calls + concurrency >= streams_cap:
+        raise SystemExit(f"at most {streams_cap - concurrency - 1} calls: one connection takes no more")
     config = uvicorn.Config(
-        app, http=GrpcH2Protocol, lifespan="off", access_log=False, log_config=None, proxy_headers=False
+        app, http=protocol_class, lifespan="off", access_log=False, log_config=None, proxy_headers=False
     )
     config.load()
-    server = GrpcH2Protocol(config=config, server_state=ServerState(), app_state={}, _loop=asyncio.get_running_loop())
+    server = protocol_class(config=config, server_state=ServerState(), app_state={}, _loop=asyncio.get_running_loop())
     transport = MemoryTransport()
     server.connection_made(transport)  # type: ignore[arg-type]
     client = zttp.Connection(zttp.CLIENT, protocol=zttp.HTTP2)
@@ -133,20 +167,20 @@ async def measure(concurrency: int, calls: int) -> float:
     return (time.process_time_ns() - started) / 1000 / (calls // concurrency * concurrency)
 
 
-def run_here(concurrency: int, calls: int, repeats: int) -> list[float]:
+def run_here(concurrency: int, calls: int, repeats: int, lean: bool = True) -> list[float]:
     import uvloop
 
-    uvloop.run(measure(concurrency, calls))  # warm-up
-    return [uvloop.run(measure(concurrency, calls)) for _ in range(repeats)]
+    uvloop.run(measure(concurrency, calls, lean))  # warm-up
+    return [uvloop.run(measure(concurrency, calls, lean)) for _ in range(repeats)]
 
 
-def run_build(src: Path, concurrency: int, calls: int) -> float:
+def run_build(src: Path, concurrency: int, calls: int, lean: bool) -> float:
     """One measurement of the build whose package is under ``src`` (a subprocess, ``src`` first on its path)."""
     code = (
         f"import sys; sys.path.insert(0, {str(src)!r}); sys.path.insert(1, {str(REPO)!r}); "
         "import dms; assert dms.__file__.startswith(sys.path[0]), dms.__file__; "
         "from bench.grpc_transport import run_here; "
-        f"print(min(run_here({concurrency}, {calls}, 3)))"
+        f"print(min(run_here({concurrency}, {calls}, 3, {lean})))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -159,20 +193,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency", type=int, default=16, help="calls in flight on the connection [16]")
     parser.add_argument("--calls", type=int, default=3000, help="calls per measurement [3000]")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--b-src", type=Path, help="the src/ folder of a build to compare with")
+    compared = parser.add_mutually_exclusive_group()
+    compared.add_argument("--b-src", type=Path, help="the src/ folder of a build to compare with")
+    compared.add_argument(
+        "--b-asgi", action="store_true", help="compare with this tree's ASGI path (inference_fast_path off)"
+    )
     args = parser.parse_args(argv)
-    builds = {"A (this tree)": REPO / "src"}
+    builds = {"A (this tree)": (REPO / "src", True)}
     if args.b_src is not None:
-        builds[f"B ({args.b_src})"] = args.b_src.resolve()
+        builds[f"B ({args.b_src})"] = (args.b_src.resolve(), True)
+    elif args.b_asgi:
+        builds["B (this tree, ASGI)"] = (REPO / "src", False)
     results: dict[str, list[float]] = {label: [] for label in builds}
     for round_index in range(args.rounds):
         order = list(builds) if round_index % 2 == 0 else list(reversed(builds))
         for label in order:
-            results[label].append(run_build(builds[label], args.concurrency, args.calls))
+            src, lean = builds[label]
+            results[label].append(run_build(src, args.concurrency, args.calls, lean))
     for label, values in results.items():
         rounds = ", ".join(f"{value:.1f}" for value in values)
         print(f"{label}: {statistics.median(values):.1f} µs CPU per call (rounds: {rounds})")
-    if args.b_src is not None:
+    if len(builds) == 2:
         a, b = (statistics.median(values) for values in results.values())
         print(f"A/B CPU per call = {a / b:.2f}")
 

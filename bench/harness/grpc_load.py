@@ -89,7 +89,7 @@ def run_h2load(body: bytes, url: str, concurrency: int, seconds: float, cpu: int
 
 EARLY_STOP = 0.8
 """h2load does not reconnect when a server ends a connection with GOAWAY, as DMS's HTTP/2 gRPC server
-does after 3,840 calls on one (``dms.grpc.h2.STREAMS_PER_CONNECTION``; real clients open a new one).
+does after 3,840 calls on one (``dms.grpc.h2_connection.STREAMS_PER_CONNECTION``; real clients open a new one).
 With one connection that is ~3 s of an 8 s window, after which h2load idles: when its calls span less
 than this share of the window, the rate is taken over the span they cover."""
 

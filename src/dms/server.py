@@ -65,17 +65,21 @@ def _uvicorn_server(app: Any, address: str, grace_s: float, http: Any = "httptoo
 
 def _grpc_h2_server(dataplane: DataPlane, metrics: ServerMetrics, keys: KeyStore | None) -> _Server:
     """The gRPC service on uvicorn's HTTP/2 (``grpc_server = "uvicorn"``)."""
-    from dms.grpc.h2 import GrpcApp, GrpcH2Protocol
+    from dms.grpc.h2 import GrpcApp
+    from dms.grpc.h2_connection import grpc_protocol
     from dms.grpc.servicer import InferenceServicer, rpc_methods
 
     settings = dataplane.settings
-    app = GrpcApp(rpc_methods(InferenceServicer(dataplane, metrics, keys)), settings.grpc_max_message_bytes)
+    servicer = InferenceServicer(dataplane, metrics, keys)
+    app = GrpcApp(rpc_methods(servicer), settings.grpc_max_message_bytes)
+    # With the fast path, ModelInfer calls are answered from the HTTP/2 events (dms.grpc.h2_connection).
+    protocol = grpc_protocol(servicer if settings.inference_fast_path else None, settings.grpc_max_message_bytes)
     # gRPC channels stay open between calls; uvicorn's 5 s idle limit would make clients reconnect often.
     return _uvicorn_server(
         app,
         settings.grpc_address,
         settings.graceful_shutdown_s,
-        http=GrpcH2Protocol,
+        http=protocol,
         date_header=False,
         timeout_keep_alive=GRPC_IDLE_CONNECTION_S,
     )

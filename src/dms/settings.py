@@ -133,8 +133,9 @@ class ServerSettings(BaseSettings):
     inference_fast_path: bool = True
     """Answer /predictions, OIP REST infer and KServe v1 predict straight from the HTTP/1.1 parser's
     callbacks (``dms.rest.http1``; an ASGI shortcut past the Starlette router for the requests it leaves
-    to ASGI) instead of through uvicorn's ASGI cycle and the router: same answers, less CPU per request.
-    Off, every request takes the plain ASGI and Starlette path."""
+    to ASGI) instead of through uvicorn's ASGI cycle and the router, and, with ``grpc_server = "uvicorn"``,
+    unary ``ModelInfer`` calls straight from the HTTP/2 events (``dms.grpc.h2_connection``): same answers,
+    less CPU per request. Off, every request takes the plain ASGI path (Starlette, ``GrpcApp``)."""
     access_log: bool = True
     """One ``dms.access`` line per request: time, request id, transport, model, version, status, latency, batch."""
 

@@ -7,8 +7,9 @@ status travels in the trailers (``grpc-status``, and ``grpc-message`` percent-en
 speaks HTTP/2 with trailers through zttp, a sans-IO HTTP parser with a compiled core, and on this
 project's benchmark a bare unary call costs about a third of the CPU it costs on grpcio's asyncio
 server, and a DMS inference call about half (``docs/performance.md``). This module is the ASGI
-application that turns those requests into calls of ``InferenceServicer``, and the connection protocol
-that keeps long-lived client connections clear of zttp's lifetime caps.
+application that turns those requests into calls of ``InferenceServicer``, with the framing and status
+helpers it shares with the connection protocol (``dms.grpc.h2_connection``), which answers
+``ModelInfer`` calls without ASGI.
 """
 
 from __future__ import annotations
@@ -18,24 +19,22 @@ import base64
 import logging
 import zlib
 from collections.abc import AsyncIterator
-from typing import Any, cast
+from typing import Any
 from urllib.parse import quote
 
 import grpc
 from google.protobuf.message import DecodeError
 from starlette.types import Message, Receive, Scope, Send
-from uvicorn.protocols.http.zttp_h2_impl import ZttpH2Protocol
 
 from dms.errors import DMSError
 from dms.grpc.errors import GRPC_STATUS
 from dms.grpc.servicer import SERVICE, RpcMethod
-from dms.grpc.write_coalescing import CoalescedWrites
 from dms.rest.compression import inflate
 
 log = logging.getLogger("dms.grpc")
 
 _PREFIX = f"/{SERVICE}/"
-_HEADERS = [(b"content-type", b"application/grpc"), (b"grpc-accept-encoding", b"identity,deflate,gzip")]
+ANSWER_HEADERS = [(b"content-type", b"application/grpc"), (b"grpc-accept-encoding", b"identity,deflate,gzip")]
 _NOT_METADATA = {"content-type", "te", "grpc-timeout", "grpc-encoding", "grpc-accept-encoding"}
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 _ZLIB_WINDOW = {"gzip": 31, "deflate": 15}
@@ -96,6 +95,58 @@ def frame(message: bytes) -> bytes:
     return b"\x00" + len(message).to_bytes(4, "big") + message
 
 
+def declared_length(buffer: bytearray, max_bytes: int) -> int | None:
+    """The length the first message in ``buffer`` declares, None until its prefix is in; refused over ``max_bytes``."""
+    if len(buffer) < 5:
+        return None
+    length = int.from_bytes(buffer[1:5], "big")
+    if length > max_bytes:
+        raise CallAborted(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"received a message of {length} bytes, over grpc_max_message_bytes ({max_bytes})",
+        )
+    return length
+
+
+def take_message(buffer: bytearray, max_bytes: int, encoding: str | None) -> bytes | None:
+    """The first whole message in ``buffer``, removed from it and decompressed; None until one is whole.
+
+    A message declared over ``max_bytes`` is refused as soon as its length prefix is in.
+    """
+    length = declared_length(buffer, max_bytes)
+    if length is None or len(buffer) < 5 + length:
+        return None
+    compressed = buffer[0] == 1
+    message = bytes(buffer[5 : 5 + length])
+    del buffer[: 5 + length]
+    return _decompress(message, max_bytes, encoding) if compressed else message
+
+
+def _decompress(message: bytes, max_bytes: int, encoding: str | None) -> bytes:
+    window = _ZLIB_WINDOW.get(encoding or "")
+    if window is None:
+        raise CallAborted(
+            grpc.StatusCode.UNIMPLEMENTED, f"compressed message with unsupported grpc-encoding {encoding!r}"
+        )
+    try:
+        data = inflate(message, window, max_bytes)
+    except zlib.error as exc:
+        raise CallAborted(grpc.StatusCode.INTERNAL, f"the {encoding} message cannot be decompressed") from exc
+    if data is None:
+        raise CallAborted(
+            grpc.StatusCode.RESOURCE_EXHAUSTED, f"decompressed message is over grpc_max_message_bytes ({max_bytes})"
+        )
+    return data
+
+
+def status_trailers(code: grpc.StatusCode, details: str) -> list[tuple[bytes, bytes]]:
+    """A call's status as trailers: ``grpc-status``, and ``grpc-message`` percent-encoded when there are details."""
+    trailers = [(b"grpc-status", str(code.value[0]).encode())]
+    if details:
+        trailers.append((b"grpc-message", quote(details, safe=" !\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~").encode()))
+    return trailers
+
+
 class MessageReader:
     """Length-prefixed messages out of a request body that arrives in ASGI chunks."""
 
@@ -109,18 +160,9 @@ class MessageReader:
     async def next(self) -> bytes | None:
         """The next message, or None once the client has sent them all."""
         while True:
-            if len(self._buffer) >= 5:
-                length = int.from_bytes(self._buffer[1:5], "big")
-                if length > self._max_bytes:
-                    raise CallAborted(
-                        grpc.StatusCode.RESOURCE_EXHAUSTED,
-                        f"received a message of {length} bytes, over grpc_max_message_bytes ({self._max_bytes})",
-                    )
-                if len(self._buffer) >= 5 + length:
-                    compressed = self._buffer[0] == 1
-                    message = bytes(self._buffer[5 : 5 + length])
-                    del self._buffer[: 5 + length]
-                    return self._decompress(message) if compressed else message
+            message = take_message(self._buffer, self._max_bytes, self._encoding)
+            if message is not None:
+                return message
             if self._ended:
                 if self._buffer:
                     raise CallAborted(grpc.StatusCode.INTERNAL, "the request ended inside a message")
@@ -133,23 +175,6 @@ class MessageReader:
             raise _ClientGone
         self._buffer += event.get("body", b"")
         self._ended = not event.get("more_body", False)
-
-    def _decompress(self, message: bytes) -> bytes:
-        window = _ZLIB_WINDOW.get(self._encoding or "")
-        if window is None:
-            raise CallAborted(
-                grpc.StatusCode.UNIMPLEMENTED, f"compressed message with unsupported grpc-encoding {self._encoding!r}"
-            )
-        try:
-            data = inflate(message, window, self._max_bytes)
-        except zlib.error as exc:
-            raise CallAborted(grpc.StatusCode.INTERNAL, f"the {self._encoding} message cannot be decompressed") from exc
-        if data is None:
-            raise CallAborted(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"decompressed message is over grpc_max_message_bytes ({self._max_bytes})",
-            )
-        return data
 
 
 class GrpcApp:
@@ -254,67 +279,16 @@ class _Responder:
         if not self._body_ended:
             self._body_ended = True
             await self._send({"type": "http.response.body", "body": b"", "more_body": False})
-        trailers = [(b"grpc-status", str(code.value[0]).encode())]
-        if details:
-            trailers.append((b"grpc-message", quote(details, safe=" !\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~").encode()))
+        trailers = status_trailers(code, details)
         await self._send({"type": "http.response.trailers", "headers": trailers, "more_trailers": False})
 
     async def _start(self) -> None:
         if not self._started:
             self._started = True
-            await self._send({"type": "http.response.start", "status": 200, "headers": _HEADERS, "trailers": True})
+            start = {"type": "http.response.start", "status": 200, "headers": ANSWER_HEADERS, "trailers": True}
+            await self._send(start)
 
 
 async def _plain(send: Send, status: int, body: bytes) -> None:
     await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"text/plain")]})
     await send({"type": "http.response.body", "body": body})
-
-
-STREAMS_PER_CONNECTION = 3840
-"""New streams a connection takes before it is asked to close; zttp ends a connection with an error
-(GOAWAY ENHANCE_YOUR_CALM, failing the calls in flight) once a client opened 4096 streams on it."""
-RESETS_PER_CONNECTION = 192
-"""Likewise for streams the client reset (zttp's cap: 256)."""
-
-
-class GrpcH2Protocol(ZttpH2Protocol):
-    """uvicorn's HTTP/2 protocol, asking a client to move to a new connection before zttp's lifetime caps.
-
-    zttp bounds the streams one connection may ever open, and the resets its client may send, against
-    rapid-reset floods; a gRPC channel lives for many thousands of calls. Before a cap is reached this
-    sends a graceful GOAWAY (NO_ERROR, naming the last stream it will answer): the client opens a new
-    connection for its next calls while the calls in flight finish here, and the connection closes.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._streams = 0
-        self._resets = 0
-        self._last_stream_id = 0
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # An answer is three writes (headers, data, trailers): one socket write instead (write_coalescing).
-        # uvloop's transports are not asyncio.Transport subclasses; they have its methods.
-        super().connection_made(CoalescedWrites(cast(asyncio.Transport, transport), self.loop))
-
-    def handle_request(self, event: Any) -> None:
-        super().handle_request(event)
-        self._streams += 1
-        self._last_stream_id = max(self._last_stream_id, event.stream_id)
-        if self._streams >= STREAMS_PER_CONNECTION:
-            self._retire()
-
-    def handle_rst_stream(self, event: Any) -> None:
-        super().handle_rst_stream(event)
-        self._resets += 1
-        if self._resets >= RESETS_PER_CONNECTION:
-            self._retire()
-
-    def _retire(self) -> None:
-        if self.shutdown_requested or self.transport.is_closing():
-            return
-        self.shutdown_requested = True
-        self.conn.close(0, self._last_stream_id)
-        self.flush()
-        if not self.cycles:
-            self._close_connection()

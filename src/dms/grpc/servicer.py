@@ -9,11 +9,13 @@ server runs); inference calls need the inference key when inference auth is on.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from dms import __version__
 from dms._generated import inference_pb2 as pb
@@ -21,14 +23,32 @@ from dms.auth import KeyKind, KeyStore
 from dms.dataplane import DataPlane
 from dms.dataplane.queries import model_metadata, model_ready, repository_index, repository_load, repository_unload
 from dms.dataplane.queries import statistics as model_statistics
-from dms.engine.messages import PROTOCOL_V2_GRPC, RequestItem
-from dms.errors import DMSError, ModelNotFoundError, error_from_wire
+from dms.engine.messages import PROTOCOL_V2_GRPC, RequestItem, ResponseItem
+from dms.errors import DMSError, InputError, InternalError, ModelNotFoundError, error_from_wire
 from dms.grpc.errors import GRPC_STATUS
 from dms.observability.metrics import ServerMetrics
 from dms.observability.request_ids import new_request_id
 from dms.rest.oip import EXTENSIONS
 
+log = logging.getLogger("dms.grpc")
+
 Context: TypeAlias = Any  # grpc.aio.ServicerContext (grpc ships no type hints)
+Metadata: TypeAlias = dict[str, str | bytes]
+"""A call's custom metadata by name (``-bin`` values are bytes)."""
+InferOutcome: TypeAlias = ResponseItem | DMSError | None
+"""How a ``ModelInfer`` call ended: the model's answer, an error, or None when it was cancelled first."""
+
+
+@dataclass(slots=True)
+class InferCall:
+    """One ``ModelInfer`` call between ``infer_arrived`` and ``infer_concluded``."""
+
+    started_ns: int
+    model: str
+    version: str | None
+    request_id: str
+    valid: bool = True
+    """Its routing fields could be read (the request is protobuf)."""
 
 
 def _varint(value: int) -> bytes:
@@ -59,16 +79,19 @@ class InferenceServicer:
         await context.abort(GRPC_STATUS[exc.kind], exc.message)
 
     def _check_key(self, context: Context, kind: KeyKind) -> None:
+        self._authorize(dict(context.invocation_metadata() or ()), kind)
+
+    def _authorize(self, metadata: Metadata, kind: KeyKind) -> None:
         settings = self.dataplane.settings
         required = settings.token_auth if kind == "management" else settings.inference_token_auth
         if self.keys is None or not required:
             return
-        metadata = dict(context.invocation_metadata() or ())
-        self.keys.check(kind, metadata.get("authorization"))
+        key = metadata.get("authorization")
+        self.keys.check(kind, key if isinstance(key, str) else None)
 
-    async def _infer(
-        self, payload: bytes, routing: Any, request_id: str, metadata: dict[str, Any]
-    ) -> tuple[bytes, int]:
+    def _submit(
+        self, payload: bytes, name: str, version: str | None, request_id: str, metadata: Metadata
+    ) -> asyncio.Future[ResponseItem]:
         item = RequestItem(
             request_id=request_id,
             body=payload,
@@ -77,7 +100,11 @@ class InferenceServicer:
             query=[],
             protocol=PROTOCOL_V2_GRPC,
         )
-        result = await self.dataplane.submit(routing.model_name, routing.model_version or None, item)
+        return self.dataplane.submit(name, version, item)
+
+    async def _infer(self, payload: bytes, routing: Any, request_id: str, metadata: Metadata) -> tuple[bytes, int]:
+        future = self._submit(payload, routing.model_name, routing.model_version or None, request_id, metadata)
+        result = await future
         if result.error is not None:
             raise error_from_wire(result.error.type_name, result.error.message)
         return result.body, result.batch_size
@@ -115,30 +142,69 @@ class InferenceServicer:
 
     # -- inference ------------------------------------------------------------------------------------
     async def model_infer(self, payload: bytes, context: Context) -> bytes:
-        started = self.metrics.started(PROTOCOL_V2_GRPC)
         metadata = dict(context.invocation_metadata() or ())
-        routing = pb.ModelInferRequestRouting.FromString(payload)
-        request_id = str(metadata.get("x-request-id") or routing.id or new_request_id())
-        code, batch_size = "OK", 0
+        call = self.infer_arrived(payload, metadata)
+        outcome: InferOutcome = None
         try:
-            self._check_key(context, "inference")
-            answer, batch_size = await self._infer(payload, routing, request_id, metadata)
-            return answer
+            outcome = await self.infer_submit(call, payload, metadata)
         except DMSError as exc:
-            code = GRPC_STATUS[exc.kind].name
-            await self._abort(context, exc)
-            raise  # abort raises; this keeps the type checker informed
+            outcome = exc
+        except Exception as exc:  # a bug on the way: counted and answered as INTERNAL
+            log.exception("gRPC call ModelInfer failed")
+            outcome = InternalError(f"{type(exc).__name__}: {exc}")
         finally:
-            name, version = routing.model_name, routing.model_version or None
-            self.metrics.finished(
-                transport=PROTOCOL_V2_GRPC,
-                model=name,
-                version=self.dataplane.version_of(name, version),
-                code=code,
-                started_ns=started,
-                request_id=request_id,
-                batch_size=batch_size,
-            )
+            code, details, answer = self.infer_concluded(call, outcome)
+        if code != grpc.StatusCode.OK:
+            await context.abort(code, details)
+        return answer
+
+    # ``ModelInfer`` in three steps, for transports that do not await (``dms.grpc.h2_connection``) -------
+    def infer_arrived(self, payload: bytes, metadata: Metadata) -> InferCall:
+        """Count a ``ModelInfer`` call as in flight and read its routing fields; ``infer_concluded`` ends it."""
+        started_ns = self.metrics.started(PROTOCOL_V2_GRPC)
+        try:
+            routing = pb.ModelInferRequestRouting.FromString(payload)
+        except DecodeError:
+            request_id = str(metadata.get("x-request-id") or new_request_id())
+            return InferCall(started_ns, "", None, request_id, valid=False)
+        request_id = str(metadata.get("x-request-id") or routing.id or new_request_id())
+        return InferCall(started_ns, routing.model_name, routing.model_version or None, request_id)
+
+    def infer_submit(self, call: InferCall, payload: bytes, metadata: Metadata) -> asyncio.Future[ResponseItem]:
+        """Hand the call to its model (raises ``DMSError`` when it cannot go)."""
+        if not call.valid:
+            raise InputError("the request is not a valid ModelInferRequest")
+        self._authorize(metadata, "inference")
+        return self._submit(payload, call.model, call.version, call.request_id, metadata)
+
+    def infer_concluded(self, call: InferCall, outcome: InferOutcome) -> tuple[grpc.StatusCode, str, bytes]:
+        """The call's status, its details and its answer (empty unless OK), reported to metrics and the access log.
+
+        ``outcome`` is the model's answer, an error, or None when the call ended first (cancelled, client gone).
+        """
+        code, details, answer, batch_size = grpc.StatusCode.OK, "", b"", 0
+        if outcome is None:
+            code, details = grpc.StatusCode.CANCELLED, "the call was cancelled"
+        else:
+            error = outcome if isinstance(outcome, DMSError) else None
+            if isinstance(outcome, ResponseItem):
+                batch_size = outcome.batch_size
+                if outcome.error is None:
+                    answer = outcome.body
+                else:
+                    error = error_from_wire(outcome.error.type_name, outcome.error.message)
+            if error is not None:
+                code, details = GRPC_STATUS[error.kind], error.message
+        self.metrics.finished(
+            transport=PROTOCOL_V2_GRPC,
+            model=call.model,
+            version=self.dataplane.version_of(call.model, call.version),
+            code=code.name,
+            started_ns=call.started_ns,
+            request_id=call.request_id,
+            batch_size=batch_size,
+        )
+        return code, details, answer
 
     async def model_stream_infer(self, requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[bytes]:
         try:

@@ -1,0 +1,327 @@
+"""One gRPC client connection on uvicorn's HTTP/2 (``grpc_server = "uvicorn"``).
+
+``GrpcH2Protocol`` is uvicorn's zttp HTTP/2 protocol with three changes:
+
+- it sends what one loop turn writes to a connection in one socket write (``write_coalescing``);
+- it asks a client to move to a new connection before zttp's lifetime caps end this one with an error;
+- with a servicer (``grpc_protocol``; on unless ``inference_fast_path`` is off), it answers unary
+  ``ModelInfer`` calls from the connection's events, without ASGI. The request's DATA frames are
+  gathered as they arrive, the message goes to ``InferenceServicer.infer_submit`` when the stream
+  ends, and a callback on the model's future writes the answer: headers, message and status
+  trailers in one write. uvicorn's ASGI cycle (a scope, a task, an ``asyncio.Event``, ``receive``
+  and three ``send`` calls) was the largest cost of a call in the frontend (docs/performance.md).
+
+Every other call (the other methods, ``ModelStreamInfer``, a request without ``te: trailers``, calls
+that arrive while the connection is closing) goes through uvicorn's ASGI cycle to ``GrpcApp``, which
+answers ``ModelInfer`` the same way through the same servicer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from typing import Any, ClassVar, cast
+
+import grpc
+import zttp
+from uvicorn.protocols.http.zttp_h2_impl import FORBIDDEN_HEADERS, ZttpH2Protocol
+
+from dms.engine.messages import ResponseItem
+from dms.errors import DMSError, InternalError, RequestTimeoutError
+from dms.grpc.h2 import (
+    ANSWER_HEADERS,
+    CallAborted,
+    call_metadata,
+    declared_length,
+    frame,
+    parse_timeout,
+    status_trailers,
+    take_message,
+)
+from dms.grpc.servicer import SERVICE, InferCall, InferenceServicer, InferOutcome, Metadata
+from dms.grpc.write_coalescing import CoalescedWrites
+
+log = logging.getLogger("dms.grpc")
+
+INFER_PATH = f"/{SERVICE}/ModelInfer".encode()
+
+STREAMS_PER_CONNECTION = 3840
+"""New streams a connection takes before it is asked to close; zttp ends a connection with an error
+(GOAWAY ENHANCE_YOUR_CALM, failing the calls in flight) once a client opened 4096 streams on it."""
+RESETS_PER_CONNECTION = 192
+"""Likewise for streams the client reset (zttp's cap: 256)."""
+
+
+class _UnaryInfer:
+    """A ``ModelInfer`` call the connection answers itself, from its request head to its status.
+
+    uvicorn's connection code keeps it among its streams' cycles and treats it as one: it appends DATA
+    to ``body``, clears ``more_body`` at the end of the request, sets ``disconnected`` when the client
+    resets the stream or leaves, reads ``response_complete``, and calls ``message_event.set()`` after
+    each of those; here that call is what moves the call on (``GrpcH2Protocol._on_news``).
+    """
+
+    __slots__ = (
+        "body",
+        "buffer",
+        "call",
+        "deadline",
+        "disconnected",
+        "encoding",
+        "expired",
+        "future",
+        "metadata",
+        "more_body",
+        "news",
+        "response_complete",
+        "stream_id",
+        "timer",
+    )
+
+    def __init__(self, stream_id: int, metadata: Metadata, encoding: str, deadline: bytes, news: Any) -> None:
+        self.stream_id = stream_id
+        self.metadata = metadata
+        self.encoding = encoding
+        self.deadline = deadline
+        """The ``grpc-timeout`` header's value, or empty."""
+        self.news = news
+        self.body = bytearray()
+        self.buffer = bytearray()
+        self.more_body = True
+        self.disconnected = False
+        self.response_complete = False
+        self.expired = False
+        self.call: InferCall | None = None
+        self.future: asyncio.Future[ResponseItem] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+
+    @property
+    def message_event(self) -> _UnaryInfer:
+        return self
+
+    def set(self) -> None:
+        self.news(self)
+
+
+class GrpcH2Protocol(ZttpH2Protocol):
+    """uvicorn's HTTP/2 protocol for gRPC: coalesced writes, lifetime caps kept, and (with a servicer)
+    ``ModelInfer`` answered without ASGI. ``grpc_protocol`` makes the class a server uses.
+
+    zttp bounds the streams one connection may ever open, and the resets its client may send, against
+    rapid-reset floods; a gRPC channel lives for many thousands of calls. Before a cap is reached this
+    sends a graceful GOAWAY (NO_ERROR, naming the last stream it will answer): the client opens a new
+    connection for its next calls while the calls in flight finish here, and the connection closes.
+    """
+
+    servicer: ClassVar[InferenceServicer | None] = None
+    """Answers ``ModelInfer`` calls on the lean path; None sends every call to the ASGI app."""
+    max_message_bytes: ClassVar[int] = 4 * 1024 * 1024
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._streams = 0
+        self._resets = 0
+        self._last_stream_id = 0
+        self._answer_headers: list[tuple[bytes, bytes]] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # An answer is three writes (headers, data, trailers): one socket write instead (write_coalescing).
+        # uvloop's transports are not asyncio.Transport subclasses; they have its methods.
+        super().connection_made(CoalescedWrites(cast(asyncio.Transport, transport), self.loop))
+        defaults = [(name.lower(), value) for name, value in self.server_state.default_headers]
+        self._answer_headers = [(n, v) for n, v in defaults if n not in FORBIDDEN_HEADERS] + ANSWER_HEADERS
+
+    def handle_request(self, event: Any) -> None:
+        unary = self._take(event)
+        if unary is None:
+            super().handle_request(event)
+        else:
+            self.cycles[event.stream_id] = unary  # type: ignore[assignment]  # uvicorn reads what it needs
+        self._streams += 1
+        self._last_stream_id = max(self._last_stream_id, event.stream_id)
+        if self._streams >= STREAMS_PER_CONNECTION:
+            self._retire()
+        if unary is not None:
+            try:
+                if unary.deadline:
+                    seconds = parse_timeout(unary.deadline.decode("latin-1"))
+                    unary.timer = self.loop.call_later(seconds, self._expire, unary)
+            except CallAborted as exc:
+                self._finish(unary, exc.code, exc.details)
+                return
+            if event.end_stream:
+                unary.more_body = False
+                self._on_news(unary)
+
+    def handle_rst_stream(self, event: Any) -> None:
+        super().handle_rst_stream(event)
+        self._resets += 1
+        if self._resets >= RESETS_PER_CONNECTION:
+            self._retire()
+
+    def _retire(self) -> None:
+        if self.shutdown_requested or self.transport.is_closing():
+            return
+        self.shutdown_requested = True
+        self.conn.close(0, self._last_stream_id)
+        self.flush()
+        if not self.cycles:
+            self._close_connection()
+
+    # -- the lean ModelInfer path --------------------------------------------------------------------
+    def _take(self, event: Any) -> _UnaryInfer | None:
+        """A lean call for this request when it is a plain unary ``ModelInfer``, else None (ASGI answers it)."""
+        if self.servicer is None or self.shutdown_requested or self.limit_concurrency is not None or self.root_path:
+            return None
+        if event.path != INFER_PATH or event.method != b"POST":
+            return None
+        headers = event.headers
+        headers = (
+            headers.to_list(lowercase_names=True)
+            if isinstance(headers, zttp.HeaderBlock)
+            else [(name.lower(), value) for name, value in headers]
+        )
+        content_type = te = deadline = b""
+        encoding = "identity"
+        for name, value in headers:
+            if name == b"content-type":
+                content_type = value
+            elif name == b"te":
+                te = value
+            elif name == b"grpc-encoding":
+                encoding = value.decode("latin-1")
+            elif name == b"grpc-timeout":
+                deadline = value
+        if not content_type.startswith(b"application/grpc") or te != b"trailers":
+            return None
+        metadata: Metadata = dict(call_metadata(headers))
+        return _UnaryInfer(event.stream_id, metadata, encoding, deadline, self._on_news)
+
+    def _on_news(self, unary: _UnaryInfer) -> None:
+        """uvicorn added body, ended the request, or saw the client go: move the call on."""
+        if unary.response_complete:
+            return
+        if unary.disconnected:
+            self._abandon(unary)
+            return
+        if unary.body:
+            if unary.buffer:
+                unary.buffer += unary.body
+                unary.body.clear()
+            else:
+                unary.buffer, unary.body = unary.body, bytearray()
+        try:
+            buffer = unary.buffer
+            length = declared_length(buffer, self.max_message_bytes)
+            if length is not None and len(buffer) > 5 + length:
+                raise CallAborted(grpc.StatusCode.INTERNAL, "ModelInfer takes exactly one request message")
+            if unary.more_body:
+                return
+            payload = take_message(buffer, self.max_message_bytes, unary.encoding)
+            if payload is None:
+                details = "the request ended inside a message" if buffer else "ModelInfer takes a request message"
+                raise CallAborted(grpc.StatusCode.INTERNAL, details)
+        except CallAborted as exc:
+            self._finish(unary, exc.code, exc.details)
+            return
+        self._submit(unary, payload)
+
+    def _submit(self, unary: _UnaryInfer, payload: bytes) -> None:
+        servicer = cast(InferenceServicer, self.servicer)
+        try:
+            unary.call = call = servicer.infer_arrived(payload, unary.metadata)
+        except Exception as exc:
+            self._fail(unary, exc)
+            return
+        try:
+            future = servicer.infer_submit(call, payload, unary.metadata)
+        except DMSError as exc:
+            self._conclude(unary, exc)
+            return
+        except Exception as exc:
+            self._fail(unary, exc)
+            return
+        unary.future = future
+        future.add_done_callback(functools.partial(self._on_answer, unary))
+
+    def _on_answer(self, unary: _UnaryInfer, future: asyncio.Future[ResponseItem]) -> None:
+        outcome: InferOutcome
+        if future.cancelled():
+            if unary.expired:
+                outcome = RequestTimeoutError("deadline exceeded")
+            elif unary.disconnected:
+                outcome = None
+            else:
+                outcome = InternalError("the request was cancelled")
+        elif (error := future.exception()) is not None:
+            if not isinstance(error, DMSError):
+                self._fail(unary, error)
+                return
+            outcome = error
+        else:
+            outcome = future.result()
+        self._conclude(unary, outcome)
+
+    def _conclude(self, unary: _UnaryInfer, outcome: InferOutcome) -> None:
+        """Report the call (``infer_concluded``) and answer it."""
+        call, unary.call = unary.call, None
+        servicer = cast(InferenceServicer, self.servicer)
+        try:
+            code, details, answer = servicer.infer_concluded(cast(InferCall, call), outcome)
+        except Exception as exc:
+            self._fail(unary, exc)
+            return
+        self._finish(unary, code, details, answer)
+
+    def _fail(self, unary: _UnaryInfer, exc: BaseException) -> None:
+        """A bug on the way: log it; a call counted in flight ends as INTERNAL, one not counted with UNKNOWN."""
+        log.error("gRPC call ModelInfer failed", exc_info=exc)
+        details = f"{type(exc).__name__}: {exc}"
+        if unary.call is not None:
+            self._conclude(unary, InternalError(details))
+        else:
+            self._finish(unary, grpc.StatusCode.UNKNOWN, details)
+
+    def _expire(self, unary: _UnaryInfer) -> None:
+        """The call's ``grpc-timeout`` ran out."""
+        unary.timer = None
+        if unary.response_complete:
+            return
+        if unary.future is None:
+            self._finish(unary, grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
+        else:
+            unary.expired = True
+            unary.future.cancel()  # dropped from the model's queue; ``_on_answer`` reports and answers it
+
+    def _abandon(self, unary: _UnaryInfer) -> None:
+        """The client reset the stream or left: nothing is sent; a call already with its model is cancelled."""
+        if unary.future is not None:
+            unary.future.cancel()  # ``_on_answer`` reports it as cancelled
+            return
+        unary.response_complete = True
+        if unary.timer is not None:
+            unary.timer.cancel()
+
+    def _finish(self, unary: _UnaryInfer, code: grpc.StatusCode, details: str, answer: bytes = b"") -> None:
+        """Write the call's answer (the message when OK) and its status, in one write; then close the stream."""
+        unary.response_complete = True
+        if unary.timer is not None:
+            unary.timer.cancel()
+        if unary.disconnected or self.transport.is_closing():
+            return
+        try:
+            stream = self.conn.stream(unary.stream_id)
+            stream.send_response(200, self._answer_headers)
+            if code == grpc.StatusCode.OK:
+                stream.send_data(frame(answer))
+            stream.end_message(status_trailers(code, details))
+        except zttp.LocalProtocolError as exc:  # the stream cannot take an answer now: it ends with a reset
+            log.warning("gRPC call ModelInfer on stream %d could not be answered: %s", unary.stream_id, exc)
+        self.transport.write(self.conn.data_to_send())
+        self.on_response_complete(unary.stream_id)
+
+
+def grpc_protocol(servicer: InferenceServicer | None, max_message_bytes: int) -> type[GrpcH2Protocol]:
+    """The HTTP/2 protocol class for one gRPC server (uvicorn's ``http=``); None: every call goes to ASGI."""
+    return type("GrpcH2Protocol", (GrpcH2Protocol,), {"servicer": servicer, "max_message_bytes": max_message_bytes})

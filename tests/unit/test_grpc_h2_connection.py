@@ -1,0 +1,419 @@
+"""The gRPC port's HTTP/2 protocol (``grpc_server = "uvicorn"``), driven by a zttp client through memory:
+which calls it answers itself (unary ``ModelInfer``, without ASGI), and how it reads, refuses, times out
+and lets go of them."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import pytest
+import uvicorn
+import zttp
+from uvicorn.server import ServerState
+
+from dms._generated import inference_pb2 as pb
+from dms.auth import KeyStore
+from dms.engine.messages import ErrorInfo, RequestItem, ResponseItem
+from dms.errors import ModelNotFoundError
+from dms.grpc.h2 import GrpcApp, frame
+from dms.grpc.h2_connection import GrpcH2Protocol, grpc_protocol
+from dms.grpc.servicer import InferenceServicer, rpc_methods
+from dms.observability.metrics import ServerMetrics
+from dms.settings import ServerSettings
+
+SERVICE = b"/inference.GRPCInferenceService/"
+INFER = SERVICE + b"ModelInfer"
+GRPC_HEADERS = [(b"content-type", b"application/grpc"), (b"te", b"trailers")]
+REQUEST = pb.ModelInferRequest(model_name="m", model_version="2", id="call-1").SerializeToString()
+
+
+class FakeTransport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.written: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: Any) -> None:
+        assert not self.closed, "written after close"
+        self.written.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"sockname": ("127.0.0.1", 7070), "peername": ("127.0.0.1", 50000)}.get(name, default)
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+class FakeDataPlane:
+    """Records what reaches the model and lets the test answer it."""
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self.submitted: list[tuple[str, str | None, RequestItem, asyncio.Future[ResponseItem]]] = []
+
+    def submit(self, name: str, version: str | None, item: RequestItem) -> asyncio.Future[ResponseItem]:
+        if name == "missing":
+            raise ModelNotFoundError(f"model {name} is not registered, 100% sure")
+        future: asyncio.Future[ResponseItem] = asyncio.get_running_loop().create_future()
+        self.submitted.append((name, version, item, future))
+        return future
+
+    def version_of(self, name: str, version: str | None) -> str:
+        return version or "1"
+
+
+@dataclass
+class Answer:
+    """What came back on one stream."""
+
+    headers: dict[bytes, bytes] = field(default_factory=dict)
+    body: bytes = b""
+    trailers: dict[bytes, bytes] = field(default_factory=dict)
+    ended: bool = False
+    reset: bool = False
+
+    @property
+    def code(self) -> grpc.StatusCode:
+        value = int(self.trailers[b"grpc-status"])
+        return next(code for code in grpc.StatusCode if code.value[0] == value)
+
+    @property
+    def details(self) -> str:
+        return self.trailers.get(b"grpc-message", b"").decode()
+
+    @property
+    def message(self) -> bytes:
+        assert self.body[0] == 0 and int.from_bytes(self.body[1:5], "big") == len(self.body) - 5
+        return self.body[5:]
+
+
+class Harness:
+    def __init__(self, *, lean: bool = True, keys: KeyStore | None = None, max_bytes: int = 1 << 20) -> None:
+        settings = ServerSettings(inference_token_auth=keys is not None)
+        self.dataplane = FakeDataPlane(settings)
+        self.metrics = ServerMetrics()
+        servicer = InferenceServicer(self.dataplane, self.metrics, keys)  # type: ignore[arg-type]
+        app = GrpcApp(rpc_methods(servicer), max_bytes)
+        protocol_class = grpc_protocol(servicer if lean else None, max_bytes)
+        config = uvicorn.Config(app, http=protocol_class, lifespan="off", log_config=None, access_log=False)
+        config.load()
+        self.protocol: GrpcH2Protocol = protocol_class(config=config, server_state=ServerState(), app_state={})
+        self.transport = FakeTransport()
+        self.protocol.connection_made(self.transport)
+        self.client = zttp.Connection(zttp.CLIENT, protocol=zttp.HTTP2)
+        self.client.initiate_connection()
+        self.answers: dict[int, Answer] = {}
+        self.writes = 0
+        """Socket writes the server made since the last ``exchange``."""
+
+    def send(self) -> None:
+        if data := self.client.data_to_send():
+            self.protocol.data_received(data)
+
+    def start(self, path: bytes = INFER, headers: list[tuple[bytes, bytes]] = GRPC_HEADERS) -> Any:
+        stream = self.client.send_request(b"POST", path, b"HTTP/2", headers)
+        self.answers[stream.stream_id] = Answer()
+        return stream
+
+    def call(
+        self, message: bytes = REQUEST, path: bytes = INFER, headers: list[tuple[bytes, bytes]] = GRPC_HEADERS
+    ) -> int:
+        stream = self.start(path, headers)
+        stream.send_data(frame(message))
+        stream.end_message()
+        self.send()
+        return int(stream.stream_id)
+
+    async def exchange(self) -> None:
+        """Let the server run, then read everything it wrote (and send the client's window updates)."""
+        for _ in range(5):
+            await asyncio.sleep(0)
+        written, self.transport.written = self.transport.written, []
+        self.writes = len(written)
+        self.client.receive_data(b"".join(written))
+        while (event := self.client.next_event()) is not zttp.NEED_DATA:
+            answer = self.answers.get(getattr(event, "stream_id", 0))
+            if answer is None:
+                continue
+            if isinstance(event, zttp.Response):
+                answer.headers = dict(event.headers)
+                assert event.status_code == 200
+            elif isinstance(event, zttp.Data):
+                answer.body += event.data
+            elif isinstance(event, zttp.EndOfMessage):
+                answer.trailers, answer.ended = dict(event.trailers), True
+            elif isinstance(event, zttp.RstStream):
+                answer.reset = True
+        self.send()
+
+    def answer(self, index: int, item: ResponseItem) -> None:
+        self.dataplane.submitted[index][3].set_result(item)
+
+    def in_flight(self) -> int:
+        return self.metrics._in_flight.get("v2-grpc", 0)
+
+
+@pytest.fixture
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    loop = asyncio.new_event_loop()
+    yield loop
+    assert not asyncio.all_tasks(loop), "a call was left hanging"
+    loop.close()
+
+
+def run(loop: asyncio.AbstractEventLoop, test: Any) -> None:
+    loop.run_until_complete(test())
+
+
+def test_a_model_infer_call_is_answered_without_the_asgi_app_in_one_write(loop: asyncio.AbstractEventLoop):
+    async def test() -> None:
+        h = Harness()
+        await h.exchange()
+        sid = h.call(headers=[*GRPC_HEADERS, (b"x-request-id", b"r-7"), (b"tag-bin", b"AAE")])
+        [(name, version, item, _)] = h.dataplane.submitted
+        assert (name, version, item.body, item.request_id, item.protocol) == ("m", "2", REQUEST, "r-7", "v2-grpc")
+        assert ("x-request-id", "r-7") in item.headers and not any(k == "tag-bin" for k, _ in item.headers)
+        assert not h.protocol.tasks and h.in_flight() == 1
+        await h.exchange()
+        assert h.answers[sid].headers == {}  # nothing is sent before the answer
+        h.answer(0, ResponseItem(200, b"the answer", "application/grpc", batch_size=3))
+        await h.exchange()
+        answer = h.answers[sid]
+        assert h.writes == 1 and answer.ended and answer.code == grpc.StatusCode.OK
+        assert answer.message == b"the answer" and answer.headers[b"content-type"] == b"application/grpc"
+        assert h.in_flight() == 0 and not h.protocol.cycles and not h.protocol.tasks
+        assert 'code="OK"' in h.metrics.exposition().decode()
+
+    run(loop, test)
+
+
+def test_many_calls_in_flight_are_answered_each_on_its_own_stream(loop: asyncio.AbstractEventLoop):
+    async def test() -> None:
+        h = Harness()
+        ids = [h.call(pb.ModelInferRequest(model_name="m", id=str(i)).SerializeToString()) for i in range(8)]
+        await h.exchange()
+        for index in reversed(range(8)):
+            h.answer(index, ResponseItem(200, b"answer %d" % index, "application/grpc"))
+        await h.exchange()
+        assert h.writes == 1  # answers that finish in one loop turn leave in one write
+        assert [h.answers[sid].message for sid in ids] == [b"answer %d" % i for i in range(8)]
+
+    run(loop, test)
+
+
+def test_a_big_message_in_many_frames_is_put_back_together(loop: asyncio.AbstractEventLoop):
+    async def test() -> None:
+        h = Harness()
+        await h.exchange()
+        big = pb.ModelInferRequest(model_name="m", raw_input_contents=[bytes(range(256)) * 800]).SerializeToString()
+        stream = h.start()
+        body = frame(big)
+        sent = 0
+        while sent < len(body):  # as much as the flow-control window lets through, then the server's updates
+            window = stream.send_window or 0
+            piece = body[sent : sent + max(window, 0)]
+            if piece:
+                stream.send_data(piece)
+                sent += len(piece)
+            h.send()
+            await h.exchange()
+        stream.end_message()
+        h.send()
+        [(_, _, item, _)] = h.dataplane.submitted
+        assert item.body == big and len(big) > 200_000
+
+    run(loop, test)
+
+
+def test_a_message_over_the_limit_is_refused_before_the_body_ends(loop: asyncio.AbstractEventLoop):
+    async def test() -> None:
+        h = Harness(max_bytes=1024)
+        await h.exchange()
+        stream = h.start()
+        stream.send_data(frame(bytes(2000))[:100])
+        h.send()
+        await h.exchange()
+        answer = h.answers[stream.stream_id]
+        assert answer.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "2000 bytes" in answer.details
+        stream.send_data(bytes(500))  # the rest of the body is dropped
+        stream.end_message()
+        h.send()
+        await h.exchange()
+        assert not h.dataplane.submitted and h.in_flight() == 0 and not h.protocol.cycles
+        sid = h.call()  # the connection goes on
+        h.answer(0, ResponseItem(200, b"ok", "application/grpc"))
+        await h.exchange()
+        assert h.answers[sid].message == b"ok"
+
+    run(loop, test)
+
+
+@pytest.mark.parametrize(
+    ("body", "details"),
+    [
+        (frame(REQUEST) + frame(REQUEST), "exactly one request message"),
+        (frame(REQUEST)[:-3], "ended inside a message"),
+        (b"", "takes a request message"),
+    ],
+    ids=["two messages", "truncated", "empty"],
+)
+def test_a_unary_call_must_carry_exactly_one_message(loop: asyncio.AbstractEventLoop, body: bytes, details: str):
+    async def test() -> None:
+        h = Harness()
+        stream = h.start()
+        if body:
+            stream.send_data(body)
+        stream.end_message()
+        h.send()
+        await h.exchange()
+        answer = h.answers[stream.stream_id]
+        assert answer.code == grpc.StatusCode.INTERNAL and details in answer.details and answer.body == b""
+        assert not h.dataplane.submitted and h.in_flight() == 0
+
+    run(loop, test)
+
+
+def test_compressed_messages_are_decompressed_and_unknown_encodings_refused(loop: asyncio.AbstractEventLoop):
+    async def test() -> None:
+        h = Harness()
+        compressed = b"\x01" + len(packed := gzip.compress(REQUEST)).to_bytes(4, "big") + packed
+        for encoding in (b"gzip", b"br"):
+            stream = h.start(headers=[*GRPC_HEADERS, (b"grpc-encoding", encoding)])
+            stream.send_data(compressed)
+            stream.end_message()
+            h.send()
+        await h.exchange()
+        [(_, _, item, _)] = h.dataplane.submitted
+        assert item.body == REQUEST
+        refused = h.answers[3]
+        assert refused.code == grpc.StatusCode.UNIMPLEMENTED and "'br'" in refused.details
+        h.answer(0, ResponseItem(200, b"ok", "application/grpc"))
+        await h.exchange()
+
+    run(loop, test)
+
+
+def test_errors_end_the_call_with_their_status_and_are_counted(loop: asyncio.AbstractEventLoop):
+    async def test() -> None:
+        h = Harness()
+        missing = h.call(pb.ModelInferRequest(model_name="missing").SerializeToString())
+        garbage = h.call(b"\xff\xff\xff")
+        failed = h.call()
+        h.answer(0, ResponseItem(400, b"", "", error=ErrorInfo("InputError", "input x: bad shape")))
+        await h.exchange()
+        assert h.answers[missing].code == grpc.StatusCode.NOT_FOUND
+        assert h.answers[missing].details == "model missing is not registered, 100%25 sure"
+        assert h.answers[garbage].code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "not a valid ModelInferRequest" in h.answers[garbage].details
+        assert h.answers[failed].code == grpc.StatusCode.INVALID_ARGUMENT
+        assert h.answers[failed].details == "input x: bad shape" and h.answers[failed].body == b""
+        assert h.in_flight() == 0
+        scraped = h.metrics.exposition().decode()
+        assert 'code="NOT_FOUND"' in scraped and 'code="INVALID_ARGUMENT"' in scraped
+
+    run(loop, test)
+
+
+def test_the_calls_deadline_cancels_it_at_the_model(loop: asyncio.AbstractEventLoop):
+    async def test() -> None:
+        h = Harness()
+        sid = h.call(headers=[*GRPC_HEADERS, (b"grpc-timeout", b"30m")])
+        malformed = h.call(headers=[*GRPC_HEADERS, (b"grpc-timeout", b"soon")])
+        await asyncio.sleep(0.1)
+        await h.exchange()
+        [(_, _, _, future)] = h.dataplane.submitted
+        assert future.cancelled() and h.answers[sid].code == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert h.answers[malformed].code == grpc.StatusCode.INTERNAL and "grpc-timeout" in h.answers[malformed].details
+        assert h.in_flight() == 0 and not h.protocol.cycles
+
+    run(loop, test)
+
+
+def test_a_client_that_resets_its_stream_or_leaves_cancels_its_call(loop: asyncio.AbstractEventLoop):
+    async def test() -> None:
+        h = Harness()
+        reset = h.call()
+        kept = h.call()
+        h.client.stream(reset).reset(8)  # CANCEL
+        h.send()
+        await h.exchange()
+        assert h.dataplane.submitted[0][3].cancelled() and h.in_flight() == 1
+        h.answer(1, ResponseItem(200, b"ok", "application/grpc"))
+        await h.exchange()
+        assert h.answers[kept].message == b"ok" and not h.answers[reset].ended
+        h.call()
+        h.start().send_data(b"\x00\x00")  # this one never finished its body
+        h.send()
+        h.protocol.connection_lost(None)
+        await h.exchange()
+        assert h.dataplane.submitted[2][3].cancelled() and h.in_flight() == 0
+        assert 'code="CANCELLED"' in h.metrics.exposition().decode()
+
+    run(loop, test)
+
+
+def test_an_inference_key_is_required_when_inference_auth_is_on(loop: asyncio.AbstractEventLoop, tmp_path: Any):
+    async def test() -> None:
+        keys = KeyStore(tmp_path / "keys.json")
+        h = Harness(keys=keys)
+        refused = h.call()
+        allowed = h.call(headers=[*GRPC_HEADERS, (b"authorization", f"Bearer {keys.key('inference')}".encode())])
+        await h.exchange()
+        assert h.answers[refused].code == grpc.StatusCode.UNAUTHENTICATED
+        assert len(h.dataplane.submitted) == 1
+        h.answer(0, ResponseItem(200, b"ok", "application/grpc"))
+        await h.exchange()
+        assert h.answers[allowed].message == b"ok"
+
+    run(loop, test)
+
+
+def test_other_calls_and_the_lean_path_turned_off_go_through_the_asgi_app(loop: asyncio.AbstractEventLoop):
+    async def test() -> None:
+        for lean in (True, False):
+            h = Harness(lean=lean)
+            live = h.call(b"", path=SERVICE + b"ServerLive")
+            no_trailers = h.call(headers=[(b"content-type", b"application/grpc")])
+            await h.exchange()
+            assert pb.ServerLiveResponse.FromString(h.answers[live].message).live
+            assert len(h.protocol.tasks) == 1  # the ModelInfer call without te: trailers waits in ASGI
+            infer = h.call()
+            await h.exchange()
+            assert len(h.protocol.tasks) == (1 if lean else 2)
+            for index in range(2):
+                h.answer(index, ResponseItem(200, b"ok %d" % index, "application/grpc"))
+            await h.exchange()
+            assert h.answers[infer].message in (b"ok 0", b"ok 1") and not h.protocol.tasks
+            assert h.answers[no_trailers].body  # uvicorn sends the trailers only to clients that asked for them
+
+    run(loop, test)
+
+
+def test_an_unexpected_failure_is_logged_counted_and_answered_internal(
+    loop: asyncio.AbstractEventLoop, caplog: pytest.LogCaptureFixture
+):
+    async def test() -> None:
+        h = Harness()
+        sid = h.call()
+        await h.exchange()
+        h.dataplane.submitted[0][3].set_exception(ValueError("boom"))
+        await h.exchange()
+        assert h.answers[sid].code == grpc.StatusCode.INTERNAL and h.answers[sid].details == "ValueError: boom"
+        assert h.in_flight() == 0 and "ModelInfer failed" in caplog.text
+        assert 'code="INTERNAL"' in h.metrics.exposition().decode()
+
+    run(loop, test)
