@@ -76,10 +76,15 @@ def call_metadata(headers: list[tuple[bytes, bytes]]) -> tuple[tuple[str, str | 
         if name.startswith(":") or name in _NOT_METADATA:
             continue
         if name.endswith("-bin"):
-            items.append((name, base64.b64decode(raw_value + b"=" * (-len(raw_value) % 4))))
+            items.append((name, decode_binary(raw_value)))
         else:
             items.append((name, raw_value.decode("latin-1")))
     return tuple(items)
+
+
+def decode_binary(value: bytes) -> bytes:
+    """A ``-bin`` metadata value: base64, padded or not."""
+    return base64.b64decode(value + b"=" * (-len(value) % 4))
 
 
 def parse_timeout(value: str) -> float:

@@ -32,9 +32,8 @@ from dms.errors import DMSError, InternalError, RequestTimeoutError
 from dms.grpc.h2 import (
     ANSWER_HEADERS,
     CallAborted,
-    call_metadata,
     declared_length,
-    frame,
+    decode_binary,
     parse_timeout,
     status_trailers,
     take_message,
@@ -45,6 +44,8 @@ from dms.grpc.write_coalescing import CoalescedWrites
 log = logging.getLogger("dms.grpc")
 
 INFER_PATH = f"/{SERVICE}/ModelInfer".encode()
+_OK = grpc.StatusCode.OK
+_OK_TRAILERS = status_trailers(_OK, "")
 
 STREAMS_PER_CONNECTION = 3840
 """New streams a connection takes before it is asked to close; zttp ends a connection with an error
@@ -182,20 +183,26 @@ class GrpcH2Protocol(ZttpH2Protocol):
             if isinstance(headers, zttp.HeaderBlock)
             else [(name.lower(), value) for name, value in headers]
         )
+        metadata: Metadata = {}
         content_type = te = deadline = b""
         encoding = "identity"
-        for name, value in headers:
+        for name, value in headers:  # one pass: the transport's headers, and the rest as metadata (call_metadata)
             if name == b"content-type":
                 content_type = value
             elif name == b"te":
                 te = value
-            elif name == b"grpc-encoding":
-                encoding = value.decode("latin-1")
             elif name == b"grpc-timeout":
                 deadline = value
+            elif name == b"grpc-encoding":
+                encoding = value.decode("latin-1")
+            elif name == b"grpc-accept-encoding" or name[:1] == b":":
+                continue
+            elif name.endswith(b"-bin"):
+                metadata[name.decode("latin-1")] = decode_binary(value)
+            else:
+                metadata[name.decode("latin-1")] = value.decode("latin-1")
         if not content_type.startswith(b"application/grpc") or te != b"trailers":
             return None
-        metadata: Metadata = dict(call_metadata(headers))
         return _UnaryInfer(event.stream_id, metadata, encoding, deadline, self._on_news)
 
     def _on_news(self, unary: _UnaryInfer) -> None:
@@ -205,23 +212,26 @@ class GrpcH2Protocol(ZttpH2Protocol):
         if unary.disconnected:
             self._abandon(unary)
             return
-        if unary.body:
+        body = unary.body
+        if body:
             if unary.buffer:
-                unary.buffer += unary.body
-                unary.body.clear()
+                unary.buffer += body
+                body.clear()
             else:
-                unary.buffer, unary.body = unary.body, bytearray()
+                unary.buffer, unary.body = body, bytearray()
+        buffer = unary.buffer
         try:
-            buffer = unary.buffer
-            length = declared_length(buffer, self.max_message_bytes)
-            if length is not None and len(buffer) > 5 + length:
-                raise CallAborted(grpc.StatusCode.INTERNAL, "ModelInfer takes exactly one request message")
-            if unary.more_body:
+            if unary.more_body:  # refused early: a message over the limit, or a second message
+                length = declared_length(buffer, self.max_message_bytes)
+                if length is not None and len(buffer) > 5 + length:
+                    raise CallAborted(grpc.StatusCode.INTERNAL, "ModelInfer takes exactly one request message")
                 return
             payload = take_message(buffer, self.max_message_bytes, unary.encoding)
             if payload is None:
                 details = "the request ended inside a message" if buffer else "ModelInfer takes a request message"
                 raise CallAborted(grpc.StatusCode.INTERNAL, details)
+            if buffer:
+                raise CallAborted(grpc.StatusCode.INTERNAL, "ModelInfer takes exactly one request message")
         except CallAborted as exc:
             self._finish(unary, exc.code, exc.details)
             return
@@ -313,9 +323,11 @@ class GrpcH2Protocol(ZttpH2Protocol):
         try:
             stream = self.conn.stream(unary.stream_id)
             stream.send_response(200, self._answer_headers)
-            if code == grpc.StatusCode.OK:
-                stream.send_data(frame(answer))
-            stream.end_message(status_trailers(code, details))
+            if code is _OK:
+                stream.send_data(b"\x00" + len(answer).to_bytes(4, "big") + answer)  # frame(answer)
+                stream.end_message(_OK_TRAILERS)
+            else:
+                stream.end_message(status_trailers(code, details))
         except zttp.LocalProtocolError as exc:  # the stream cannot take an answer now: it ends with a reset
             log.warning("gRPC call ModelInfer on stream %d could not be answered: %s", unary.stream_id, exc)
         self.transport.write(self.conn.data_to_send())
