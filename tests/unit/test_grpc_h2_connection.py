@@ -417,3 +417,34 @@ def test_an_unexpected_failure_is_logged_counted_and_answered_internal(
         assert 'code="INTERNAL"' in h.metrics.exposition().decode()
 
     run(loop, test)
+
+
+def test_an_answer_bigger_than_the_clients_window_arrives_whole(loop: asyncio.AbstractEventLoop):
+    async def test() -> None:
+        h = Harness()
+        sid = h.call()
+        await h.exchange()
+        big = bytes(range(256)) * 2000  # 512 KB: the client's window is 64 KiB until it sends updates
+        h.answer(0, ResponseItem(200, big, "application/grpc"))
+        for _ in range(50):
+            await h.exchange()
+            if h.answers[sid].ended:
+                break
+        assert h.answers[sid].code == grpc.StatusCode.OK and h.answers[sid].message == big
+        assert not h.transport.closed
+
+    run(loop, test)
+
+
+def test_a_graceful_stop_lets_the_call_in_flight_finish_then_closes(loop: asyncio.AbstractEventLoop):
+    async def test() -> None:
+        h = Harness()
+        sid = h.call()
+        await h.exchange()
+        h.protocol.shutdown()
+        assert not h.transport.closed  # a call is in flight
+        h.answer(0, ResponseItem(200, b"last", "application/grpc"))
+        await h.exchange()
+        assert h.answers[sid].message == b"last" and h.transport.closed
+
+    run(loop, test)
