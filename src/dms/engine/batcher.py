@@ -79,6 +79,8 @@ class Batcher(Generic[W]):
         self._not_empty = asyncio.Event()
         self._in_flight: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        """The event loop it was started in (``asyncio.get_running_loop`` makes a getpid system call)."""
         self._closed = False
         self.stats = ModelStats()
         self.observer = observer
@@ -92,7 +94,8 @@ class Batcher(Generic[W]):
         return len(self._in_flight)
 
     def start(self) -> None:
-        self._loop_task = asyncio.get_running_loop().create_task(self._dispatch_loop())
+        self._loop = asyncio.get_running_loop()
+        self._loop_task = self._loop.create_task(self._dispatch_loop())
 
     def submit(self, item: RequestItem) -> asyncio.Future[ResponseItem]:
         if self._closed:
@@ -101,7 +104,7 @@ class Batcher(Generic[W]):
             raise QueueFullError(
                 f"model {self.label} has {self.queue_size} requests queued (job_queue_size); retry later"
             )
-        future: asyncio.Future[ResponseItem] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[ResponseItem] = (self._loop or asyncio.get_running_loop()).create_future()
         self._queue.append(Pending(item, future))
         self._not_empty.set()
         return future
