@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,62 +17,18 @@ from uvicorn.server import ServerState
 
 from dms._generated import inference_pb2 as pb
 from dms.auth import KeyStore
-from dms.engine.messages import ErrorInfo, RequestItem, ResponseItem
-from dms.errors import ModelNotFoundError
+from dms.engine.messages import ErrorInfo, ResponseItem
 from dms.grpc.h2 import GrpcApp, frame
 from dms.grpc.h2_connection import GrpcH2Protocol, grpc_protocol
 from dms.grpc.servicer import InferenceServicer, rpc_methods
 from dms.observability.metrics import ServerMetrics
 from dms.settings import ServerSettings
+from tests.unit.protocol_support import FakeDataPlane, FakeTransport, run
 
 SERVICE = b"/inference.GRPCInferenceService/"
 INFER = SERVICE + b"ModelInfer"
 GRPC_HEADERS = [(b"content-type", b"application/grpc"), (b"te", b"trailers")]
 REQUEST = pb.ModelInferRequest(model_name="m", model_version="2", id="call-1").SerializeToString()
-
-
-class FakeTransport(asyncio.Transport):
-    def __init__(self) -> None:
-        super().__init__()
-        self.written: list[bytes] = []
-        self.closed = False
-
-    def write(self, data: Any) -> None:
-        assert not self.closed, "written after close"
-        self.written.append(bytes(data))
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return {"sockname": ("127.0.0.1", 7070), "peername": ("127.0.0.1", 50000)}.get(name, default)
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-
-class FakeDataPlane:
-    """Records what reaches the model and lets the test answer it."""
-
-    def __init__(self, settings: ServerSettings) -> None:
-        self.settings = settings
-        self.submitted: list[tuple[str, str | None, RequestItem, asyncio.Future[ResponseItem]]] = []
-
-    def submit(self, name: str, version: str | None, item: RequestItem) -> asyncio.Future[ResponseItem]:
-        if name == "missing":
-            raise ModelNotFoundError(f"model {name} is not registered, 100% sure")
-        future: asyncio.Future[ResponseItem] = asyncio.get_running_loop().create_future()
-        self.submitted.append((name, version, item, future))
-        return future
-
-    def version_of(self, name: str, version: str | None) -> str:
-        return version or "1"
 
 
 @dataclass
@@ -112,7 +67,7 @@ class Harness:
         config = uvicorn.Config(app, http=protocol_class, lifespan="off", log_config=None, access_log=False)
         config.load()
         self.protocol: GrpcH2Protocol = protocol_class(config=config, server_state=ServerState(), app_state={})
-        self.transport = FakeTransport()
+        self.transport = FakeTransport(port=7070)
         self.protocol.connection_made(self.transport)
         self.client = zttp.Connection(zttp.CLIENT, protocol=zttp.HTTP2)
         self.client.initiate_connection()
@@ -142,9 +97,8 @@ class Harness:
         """Let the server run, then read everything it wrote (and send the client's window updates)."""
         for _ in range(5):
             await asyncio.sleep(0)
-        written, self.transport.written = self.transport.written, []
-        self.writes = len(written)
-        self.client.receive_data(b"".join(written))
+        self.writes = len(self.transport.writes)
+        self.client.receive_data(self.transport.take())
         while (event := self.client.next_event()) is not zttp.NEED_DATA:
             answer = self.answers.get(getattr(event, "stream_id", 0))
             if answer is None:
@@ -165,18 +119,6 @@ class Harness:
 
     def in_flight(self) -> int:
         return self.metrics._in_flight.get("v2-grpc", 0)
-
-
-@pytest.fixture
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    loop = asyncio.new_event_loop()
-    yield loop
-    assert not asyncio.all_tasks(loop), "a call was left hanging"
-    loop.close()
-
-
-def run(loop: asyncio.AbstractEventLoop, test: Any) -> None:
-    loop.run_until_complete(test())
 
 
 def test_a_model_infer_call_is_answered_without_the_asgi_app_in_one_write(loop: asyncio.AbstractEventLoop):

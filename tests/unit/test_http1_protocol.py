@@ -4,17 +4,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import uvicorn
 from uvicorn.server import ServerState
 
 from dms.auth import KeyStore
-from dms.engine.messages import RequestItem, ResponseItem
-from dms.errors import DMSError, ModelNotFoundError
+from dms.engine.messages import ResponseItem
+from dms.errors import DMSError
 from dms.observability.metrics import ServerMetrics
 from dms.rest.errors import error_response
 from dms.rest.fastpath import InferenceFastPath
@@ -22,54 +20,7 @@ from dms.rest.forwarding import Forwarder
 from dms.rest.http1 import InferenceHttpProtocol, inference_protocol
 from dms.rest.inference import InferenceForwarders
 from dms.settings import ServerSettings
-
-
-class FakeTransport(asyncio.Transport):
-    def __init__(self) -> None:
-        super().__init__()
-        self.written = bytearray()
-        self.closed = False
-
-    def write(self, data: Any) -> None:
-        assert not self.closed, "written after close"
-        self.written += data
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return {"sockname": ("127.0.0.1", 8080), "peername": ("127.0.0.1", 50000)}.get(name, default)
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def take(self) -> bytes:
-        data, self.written = bytes(self.written), bytearray()
-        return data
-
-
-class FakeDataPlane:
-    """Records what reaches the model and lets the test answer it."""
-
-    def __init__(self) -> None:
-        self.settings = ServerSettings(max_request_size_bytes=100)
-        self.submitted: list[tuple[str, str | None, RequestItem, asyncio.Future[ResponseItem]]] = []
-
-    def submit(self, name: str, version: str | None, item: RequestItem) -> asyncio.Future[ResponseItem]:
-        if name == "missing":
-            raise ModelNotFoundError(f"model {name} is not registered")
-        future: asyncio.Future[ResponseItem] = asyncio.get_running_loop().create_future()
-        self.submitted.append((name, version, item, future))
-        return future
-
-    def version_of(self, name: str, version: str | None) -> str:
-        return version or "1.0"
+from tests.unit.protocol_support import FakeDataPlane, FakeTransport, run
 
 
 class RecordingApp:
@@ -88,7 +39,7 @@ class RecordingApp:
 
 class Harness:
     def __init__(self, keys: KeyStore | None = None) -> None:
-        self.dataplane = FakeDataPlane()
+        self.dataplane = FakeDataPlane(ServerSettings(max_request_size_bytes=100))
         self.metrics = ServerMetrics()
         forwarder = Forwarder(
             self.dataplane,  # type: ignore[arg-type]
@@ -124,18 +75,6 @@ async def settle() -> None:
 def post(path: str, body: bytes = b"abc", *extra: bytes) -> bytes:
     head = [b"POST " + path.encode() + b" HTTP/1.1", b"Host: x", b"Content-Length: %d" % len(body), *extra]
     return b"\r\n".join(head) + b"\r\n\r\n" + body
-
-
-@pytest.fixture
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    loop = asyncio.new_event_loop()
-    yield loop
-    assert not asyncio.all_tasks(loop), "a request was left hanging"
-    loop.close()
-
-
-def run(loop: asyncio.AbstractEventLoop, test: Any) -> None:
-    loop.run_until_complete(test())
 
 
 def test_a_forwarding_route_is_answered_without_the_asgi_app(loop: asyncio.AbstractEventLoop):

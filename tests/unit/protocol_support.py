@@ -1,0 +1,68 @@
+"""What the connection-protocol tests share: a transport that keeps what is written and a data plane the
+test answers for (the ``loop`` fixture they run in is in ``conftest.py``)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from dms.engine.messages import RequestItem, ResponseItem
+from dms.errors import ModelNotFoundError
+from dms.settings import ServerSettings
+
+
+class FakeTransport(asyncio.Transport):
+    """The transport methods uvicorn's protocols call; each write is kept, and nothing may follow a close."""
+
+    def __init__(self, port: int = 8080) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+        self.closed = False
+        self._addresses = {"sockname": ("127.0.0.1", port), "peername": ("127.0.0.1", 50000)}
+
+    def write(self, data: Any) -> None:
+        assert not self.closed, "written after close"
+        self.writes.append(bytes(data))
+
+    def take(self) -> bytes:
+        """Everything written since the last ``take``."""
+        data, self.writes = b"".join(self.writes), []
+        return data
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._addresses.get(name, default)
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+class FakeDataPlane:
+    """Records what reaches the model and lets the test answer it; the model ``missing`` is not registered."""
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self.submitted: list[tuple[str, str | None, RequestItem, asyncio.Future[ResponseItem]]] = []
+
+    def submit(self, name: str, version: str | None, item: RequestItem) -> asyncio.Future[ResponseItem]:
+        if name == "missing":
+            raise ModelNotFoundError(f"model {name} is not registered, 100% sure")
+        future: asyncio.Future[ResponseItem] = asyncio.get_running_loop().create_future()
+        self.submitted.append((name, version, item, future))
+        return future
+
+    def version_of(self, name: str, version: str | None) -> str:
+        return version or "1.0"
+
+
+def run(loop: asyncio.AbstractEventLoop, test: Callable[[], Awaitable[None]]) -> None:
+    loop.run_until_complete(test())
