@@ -14,7 +14,7 @@ import pytest
 
 from dms._generated import inference_pb2 as pb
 from dms.errors import ModelNotFoundError
-from dms.grpc.h2 import CallAborted, GrpcApp, call_metadata, frame, parse_timeout
+from dms.grpc.h2 import CallAborted, GrpcApp, frame, parse_timeout, read_call_headers
 from dms.grpc.servicer import RpcMethod
 
 PATH = "/inference.GRPCInferenceService/"
@@ -205,7 +205,7 @@ def test_the_calls_deadline_is_enforced_on_the_server():
 
 def test_metadata_is_the_custom_headers_with_binary_values_decoded():
     headers = [(b"authorization", b"Bearer k"), (b"trace-bin", b"AAEC"), (b":authority", b"x"), (b"te", b"trailers")]
-    assert call_metadata(headers) == (("authorization", "Bearer k"), ("trace-bin", b"\x00\x01\x02"))
+    assert read_call_headers(headers).metadata == {"authorization": "Bearer k", "trace-bin": b"\x00\x01\x02"}
     assert b"authorization" in run("Who", [frame(b"")], [(b"authorization", b"Bearer k")]).messages[0]
 
 

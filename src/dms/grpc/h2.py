@@ -19,6 +19,7 @@ import base64
 import logging
 import zlib
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
@@ -28,14 +29,13 @@ from starlette.types import Message, Receive, Scope, Send
 
 from dms.errors import DMSError
 from dms.grpc.errors import GRPC_STATUS
-from dms.grpc.servicer import SERVICE, RpcMethod
+from dms.grpc.servicer import SERVICE, Metadata, RpcMethod
 from dms.rest.compression import inflate
 
 log = logging.getLogger("dms.grpc")
 
 _PREFIX = f"/{SERVICE}/"
 ANSWER_HEADERS = [(b"content-type", b"application/grpc"), (b"grpc-accept-encoding", b"identity,deflate,gzip")]
-_NOT_METADATA = {"content-type", "te", "grpc-timeout", "grpc-encoding", "grpc-accept-encoding"}
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 _ZLIB_WINDOW = {"gzip": 31, "deflate": 15}
 
@@ -68,18 +68,39 @@ class CallContext:
         raise CallAborted(code, details)
 
 
-def call_metadata(headers: list[tuple[bytes, bytes]]) -> tuple[tuple[str, str | bytes], ...]:
-    """Custom metadata from request headers: no pseudo-headers, no transport headers; ``-bin`` values decoded."""
-    items: list[tuple[str, str | bytes]] = []
-    for raw_name, raw_value in headers:
-        name = raw_name.decode("latin-1")
-        if name.startswith(":") or name in _NOT_METADATA:
+@dataclass(slots=True)
+class CallHeaders:
+    """A call's request headers, read in one pass: what gRPC's transport uses, and the rest as metadata."""
+
+    content_type: bytes = b""
+    te: bytes = b""
+    timeout: bytes = b""
+    """The ``grpc-timeout`` value, or empty."""
+    encoding: str = "identity"
+    metadata: Metadata = field(default_factory=dict)
+    """Custom metadata: no pseudo-headers, no transport headers; ``-bin`` values decoded."""
+
+
+def read_call_headers(headers: list[tuple[bytes, bytes]]) -> CallHeaders:
+    """``headers`` (lower-case names) as a ``CallHeaders``."""
+    call = CallHeaders()
+    metadata = call.metadata
+    for name, value in headers:
+        if name == b"content-type":
+            call.content_type = value
+        elif name == b"te":
+            call.te = value
+        elif name == b"grpc-timeout":
+            call.timeout = value
+        elif name == b"grpc-encoding":
+            call.encoding = value.decode("latin-1")
+        elif name == b"grpc-accept-encoding" or name[:1] == b":":
             continue
-        if name.endswith("-bin"):
-            items.append((name, decode_binary(raw_value)))
+        elif name.endswith(b"-bin"):
+            metadata[name.decode("latin-1")] = decode_binary(value)
         else:
-            items.append((name, raw_value.decode("latin-1")))
-    return tuple(items)
+            metadata[name.decode("latin-1")] = value.decode("latin-1")
+    return call
 
 
 def decode_binary(value: bytes) -> bytes:
@@ -192,8 +213,8 @@ class GrpcApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
-        headers = dict(scope["headers"])
-        if scope["method"] != "POST" or not headers.get(b"content-type", b"").startswith(b"application/grpc"):
+        headers = read_call_headers(scope["headers"])
+        if scope["method"] != "POST" or not headers.content_type.startswith(b"application/grpc"):
             await _plain(send, 415, b"this port speaks gRPC: POST with content-type application/grpc\n")
             return
         responder = _Responder(send)
@@ -202,11 +223,9 @@ class GrpcApp:
             method = self.methods.get(path[len(_PREFIX) :]) if path.startswith(_PREFIX) else None
             if method is None:
                 raise CallAborted(grpc.StatusCode.UNIMPLEMENTED, f"method {path} is not served here")
-            timeout = headers.get(b"grpc-timeout")
-            deadline_s = parse_timeout(timeout.decode("latin-1")) if timeout else None
-            encoding = headers.get(b"grpc-encoding", b"identity").decode("latin-1")
-            reader = MessageReader(receive, self.max_message_bytes, encoding)
-            context = CallContext(call_metadata(scope["headers"]))
+            deadline_s = parse_timeout(headers.timeout.decode("latin-1")) if headers.timeout else None
+            reader = MessageReader(receive, self.max_message_bytes, headers.encoding)
+            context = CallContext(tuple(headers.metadata.items()))
             call = (self._stream if method.streaming else self._unary)(method, reader, context, responder)
             if deadline_s is None:
                 await call  # no deadline: no timer (asyncio.timeout costs ~5 µs a call even when None)

@@ -32,13 +32,15 @@ from dms.errors import DMSError, InternalError, RequestTimeoutError
 from dms.grpc.h2 import (
     ANSWER_HEADERS,
     CallAborted,
+    CallHeaders,
     declared_length,
-    decode_binary,
+    frame,
     parse_timeout,
+    read_call_headers,
     status_trailers,
     take_message,
 )
-from dms.grpc.servicer import SERVICE, InferCall, InferenceServicer, InferOutcome, Metadata
+from dms.grpc.servicer import SERVICE, InferCall, InferenceServicer, InferOutcome
 from dms.grpc.write_coalescing import CoalescedWrites
 
 log = logging.getLogger("dms.grpc")
@@ -67,12 +69,10 @@ class _UnaryInfer:
         "body",
         "buffer",
         "call",
-        "deadline",
         "disconnected",
-        "encoding",
         "expired",
         "future",
-        "metadata",
+        "headers",
         "more_body",
         "news",
         "response_complete",
@@ -80,12 +80,9 @@ class _UnaryInfer:
         "timer",
     )
 
-    def __init__(self, stream_id: int, metadata: Metadata, encoding: str, deadline: bytes, news: Any) -> None:
+    def __init__(self, stream_id: int, headers: CallHeaders, news: Any) -> None:
         self.stream_id = stream_id
-        self.metadata = metadata
-        self.encoding = encoding
-        self.deadline = deadline
-        """The ``grpc-timeout`` header's value, or empty."""
+        self.headers = headers
         self.news = news
         self.body = bytearray()
         self.buffer = bytearray()
@@ -145,8 +142,8 @@ class GrpcH2Protocol(ZttpH2Protocol):
             self._retire()
         if unary is not None:
             try:
-                if unary.deadline:
-                    seconds = parse_timeout(unary.deadline.decode("latin-1"))
+                if unary.headers.timeout:
+                    seconds = parse_timeout(unary.headers.timeout.decode("latin-1"))
                     unary.timer = self.loop.call_later(seconds, self._expire, unary)
             except CallAborted as exc:
                 self._finish(unary, exc.code, exc.details)
@@ -183,27 +180,10 @@ class GrpcH2Protocol(ZttpH2Protocol):
             if isinstance(headers, zttp.HeaderBlock)
             else [(name.lower(), value) for name, value in headers]
         )
-        metadata: Metadata = {}
-        content_type = te = deadline = b""
-        encoding = "identity"
-        for name, value in headers:  # one pass: the transport's headers, and the rest as metadata (call_metadata)
-            if name == b"content-type":
-                content_type = value
-            elif name == b"te":
-                te = value
-            elif name == b"grpc-timeout":
-                deadline = value
-            elif name == b"grpc-encoding":
-                encoding = value.decode("latin-1")
-            elif name == b"grpc-accept-encoding" or name[:1] == b":":
-                continue
-            elif name.endswith(b"-bin"):
-                metadata[name.decode("latin-1")] = decode_binary(value)
-            else:
-                metadata[name.decode("latin-1")] = value.decode("latin-1")
-        if not content_type.startswith(b"application/grpc") or te != b"trailers":
+        call = read_call_headers(headers)
+        if not call.content_type.startswith(b"application/grpc") or call.te != b"trailers":
             return None
-        return _UnaryInfer(event.stream_id, metadata, encoding, deadline, self._on_news)
+        return _UnaryInfer(event.stream_id, call, self._on_news)
 
     def _on_news(self, unary: _UnaryInfer) -> None:
         """uvicorn added body, ended the request, or saw the client go: move the call on."""
@@ -226,7 +206,7 @@ class GrpcH2Protocol(ZttpH2Protocol):
                 if length is not None and len(buffer) > 5 + length:
                     raise CallAborted(grpc.StatusCode.INTERNAL, "ModelInfer takes exactly one request message")
                 return
-            payload = take_message(buffer, self.max_message_bytes, unary.encoding)
+            payload = take_message(buffer, self.max_message_bytes, unary.headers.encoding)
             if payload is None:
                 details = "the request ended inside a message" if buffer else "ModelInfer takes a request message"
                 raise CallAborted(grpc.StatusCode.INTERNAL, details)
@@ -240,12 +220,12 @@ class GrpcH2Protocol(ZttpH2Protocol):
     def _submit(self, unary: _UnaryInfer, payload: bytes) -> None:
         servicer = cast(InferenceServicer, self.servicer)
         try:
-            unary.call = call = servicer.infer_arrived(payload, unary.metadata)
+            unary.call = call = servicer.infer_arrived(payload, unary.headers.metadata)
         except Exception as exc:
             self._fail(unary, exc)
             return
         try:
-            future = servicer.infer_submit(call, payload, unary.metadata)
+            future = servicer.infer_submit(call, payload, unary.headers.metadata)
         except DMSError as exc:
             self._conclude(unary, exc)
             return
@@ -324,7 +304,7 @@ class GrpcH2Protocol(ZttpH2Protocol):
             stream = self.conn.stream(unary.stream_id)
             stream.send_response(200, self._answer_headers)
             if code is _OK:
-                stream.send_data(b"\x00" + len(answer).to_bytes(4, "big") + answer)  # frame(answer)
+                stream.send_data(frame(answer))
                 stream.end_message(_OK_TRAILERS)
             else:
                 stream.end_message(status_trailers(code, details))
