@@ -27,6 +27,7 @@ import grpc
 import zttp
 from uvicorn.protocols.http.zttp_h2_impl import FORBIDDEN_HEADERS, ZttpH2Protocol
 
+from dms.dataplane.outcomes import Outcome, outcome_of
 from dms.engine.messages import ResponseItem
 from dms.errors import DMSError, InternalError, RequestTimeoutError
 from dms.grpc.h2 import (
@@ -40,7 +41,7 @@ from dms.grpc.h2 import (
     status_trailers,
     take_message,
 )
-from dms.grpc.servicer import SERVICE, InferCall, InferenceServicer, InferOutcome
+from dms.grpc.servicer import SERVICE, InferCall, InferenceServicer
 from dms.grpc.write_coalescing import CoalescedWrites
 
 log = logging.getLogger("dms.grpc")
@@ -236,24 +237,18 @@ class GrpcH2Protocol(ZttpH2Protocol):
         future.add_done_callback(functools.partial(self._on_answer, unary))
 
     def _on_answer(self, unary: _UnaryInfer, future: asyncio.Future[ResponseItem]) -> None:
-        outcome: InferOutcome
-        if future.cancelled():
-            if unary.expired:
-                outcome = RequestTimeoutError("deadline exceeded")
-            elif unary.disconnected:
-                outcome = None
-            else:
-                outcome = InternalError("the request was cancelled")
-        elif (error := future.exception()) is not None:
-            if not isinstance(error, DMSError):
-                self._fail(unary, error)
-                return
-            outcome = error
+        outcome: Outcome
+        if unary.expired and future.cancelled():
+            outcome = RequestTimeoutError("deadline exceeded")
         else:
-            outcome = future.result()
+            try:
+                outcome = outcome_of(future, gone=unary.disconnected)
+            except Exception as exc:
+                self._fail(unary, exc)
+                return
         self._conclude(unary, outcome)
 
-    def _conclude(self, unary: _UnaryInfer, outcome: InferOutcome) -> None:
+    def _conclude(self, unary: _UnaryInfer, outcome: Outcome) -> None:
         """Report the call (``infer_concluded``) and answer it."""
         call, unary.call = unary.call, None
         servicer = cast(InferenceServicer, self.servicer)

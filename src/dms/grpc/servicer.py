@@ -21,6 +21,7 @@ from dms import __version__
 from dms._generated import inference_pb2 as pb
 from dms.auth import KeyKind, KeyStore
 from dms.dataplane import DataPlane
+from dms.dataplane.outcomes import Outcome
 from dms.dataplane.queries import model_metadata, model_ready, repository_index, repository_load, repository_unload
 from dms.dataplane.queries import statistics as model_statistics
 from dms.engine.messages import PROTOCOL_V2_GRPC, RequestItem, ResponseItem
@@ -35,8 +36,6 @@ log = logging.getLogger("dms.grpc")
 Context: TypeAlias = Any  # grpc.aio.ServicerContext (grpc ships no type hints)
 Metadata: TypeAlias = dict[str, str | bytes]
 """A call's custom metadata by name (``-bin`` values are bytes)."""
-InferOutcome: TypeAlias = ResponseItem | DMSError | None
-"""How a ``ModelInfer`` call ended: the model's answer, an error, or None when it was cancelled first."""
 
 
 @dataclass(slots=True)
@@ -144,7 +143,7 @@ class InferenceServicer:
     async def model_infer(self, payload: bytes, context: Context) -> bytes:
         metadata = dict(context.invocation_metadata() or ())
         call = self.infer_arrived(payload, metadata)
-        outcome: InferOutcome = None
+        outcome: Outcome = None
         try:
             outcome = await self.infer_submit(call, payload, metadata)
         except DMSError as exc:
@@ -177,7 +176,7 @@ class InferenceServicer:
         self._authorize(metadata, "inference")
         return self._submit(payload, call.model, call.version, call.request_id, metadata)
 
-    def infer_concluded(self, call: InferCall, outcome: InferOutcome) -> tuple[grpc.StatusCode, str, bytes]:
+    def infer_concluded(self, call: InferCall, outcome: Outcome) -> tuple[grpc.StatusCode, str, bytes]:
         """The call's status, its details and its answer (empty unless OK), reported to metrics and the access log.
 
         ``outcome`` is the model's answer, an error, or None when the call ended first (cancelled, client gone).

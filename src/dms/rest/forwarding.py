@@ -21,6 +21,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Send
 
 from dms.dataplane import DataPlane
+from dms.dataplane.outcomes import Outcome
 from dms.engine.messages import RequestItem, ResponseItem
 from dms.errors import DMSError, error_from_wire
 from dms.observability.metrics import ServerMetrics
@@ -30,8 +31,6 @@ from dms.rest.compression import decode_content, encode_content
 
 ErrorFormat = Callable[[DMSError], Response]
 Endpoint = Callable[[Request], Awaitable[Response]]
-Outcome = ResponseItem | DMSError | None
-"""How a request ended: the model's answer, an error, or None when the client went away first."""
 
 
 @dataclass(slots=True)

@@ -25,11 +25,12 @@ from typing import Any, ClassVar
 import httptools
 from uvicorn.protocols.http.httptools_impl import HEADER_VALUE_RE, STATUS_LINE, HttpToolsProtocol
 
+from dms.dataplane.outcomes import Outcome, outcome_of
 from dms.engine.messages import ResponseItem
 from dms.errors import DMSError, InternalError
 from dms.rest.common import refuse_declared_size, refuse_read_size
 from dms.rest.fastpath import InferenceFastPath
-from dms.rest.forwarding import Forwarder, Outcome, Reply
+from dms.rest.forwarding import Forwarder, Reply
 
 log = logging.getLogger("dms.http")
 
@@ -237,16 +238,11 @@ class InferenceHttpProtocol(HttpToolsProtocol):
         return exchange.forwarder.dataplane.settings.max_request_size_bytes
 
     def _on_answer(self, exchange: _Exchange, future: asyncio.Future[ResponseItem]) -> None:
-        outcome: Outcome
-        if future.cancelled():
-            outcome = None if exchange.disconnected else InternalError("the request was cancelled")
-        elif (error := future.exception()) is not None:
-            if not isinstance(error, DMSError):
-                self._conclude_unexpected(exchange, error)
-                return
-            outcome = error
-        else:
-            outcome = future.result()
+        try:
+            outcome = outcome_of(future, gone=exchange.disconnected)
+        except Exception as exc:
+            self._conclude_unexpected(exchange, exc)
+            return
         self._conclude(exchange, outcome)
 
     def _conclude(self, exchange: _Exchange, outcome: Outcome) -> None:
