@@ -7,6 +7,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import pytest
 import uvicorn
 from uvicorn.server import ServerState
 
@@ -203,15 +204,32 @@ def test_http_1_0_and_connection_close_are_answered_then_closed(loop: asyncio.Ab
     run(loop, test)
 
 
-def test_a_malformed_header_from_the_model_cannot_split_the_answer(loop: asyncio.AbstractEventLoop):
+@pytest.mark.parametrize(
+    ("content_type", "headers"),
+    [
+        ("text/plain", [("x-bad", "a\r\ninjected: yes")]),
+        ("text/plain\r\ninjected: yes", []),
+        ("text/plain", [("x bad\r\ninjected", "yes")]),
+        ("text/plain", [("x-emoji", "injected \u2603")]),  # Latin-1 cannot encode it
+    ],
+)
+def test_a_malformed_header_from_the_model_is_a_500_counted_as_one(
+    loop: asyncio.AbstractEventLoop, content_type: str, headers: list[tuple[str, str]]
+):
     async def test() -> None:
         h = Harness()
         h.feed(post("/predictions/m"))
-        h.answer(0, ResponseItem(200, b"ok", "text/plain", headers=[("x-bad", "a\r\ninjected: yes")]))
+        h.answer(0, ResponseItem(200, b"ok", content_type, headers=headers))
         await settle()
         written = h.transport.take()
         assert written.startswith(b"HTTP/1.1 500 ") and b"injected" not in written
-        assert b"InternalError" in written and h.transport.closed and h.in_flight() == 0
+        assert b"InternalError" in written and b"malformed header" in written
+        assert [(labels["code"], count.value) for labels, count in h.metrics.requests.samples()] == [("500", 1)]
+        assert h.in_flight() == 0 and not h.transport.closed  # the connection goes on
+        h.feed(post("/predictions/m"))
+        h.answer(1, ResponseItem(200, b"ok", "text/plain"))
+        await settle()
+        assert h.transport.take().startswith(b"HTTP/1.1 200 OK")
 
     run(loop, test)
 

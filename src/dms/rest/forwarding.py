@@ -12,6 +12,8 @@ two halves of ``forward``, ``submit`` and ``conclude``, from its callbacks. All 
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
@@ -23,7 +25,7 @@ from starlette.types import Receive, Send
 from dms.dataplane import DataPlane
 from dms.dataplane.outcomes import Outcome
 from dms.engine.messages import RequestItem, ResponseItem
-from dms.errors import DMSError, error_from_wire
+from dms.errors import DMSError, InternalError, error_from_wire
 from dms.observability.metrics import ServerMetrics
 from dms.observability.request_ids import new_request_id
 from dms.rest.common import read_body, until_answered_or_gone
@@ -31,6 +33,24 @@ from dms.rest.compression import decode_content, encode_content
 
 ErrorFormat = Callable[[DMSError], Response]
 Endpoint = Callable[[Request], Awaitable[Response]]
+
+log = logging.getLogger("dms.rest")
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+"""An HTTP header name (RFC 9110's token)."""
+_NOT_IN_HEADER_VALUE = re.compile(r"[^\t\x20-\x7e\x80-\xff]")
+"""A character no header value may hold: a control character (a CR or LF would split the answer) or one
+that Latin-1 cannot encode."""
+
+
+def malformed_header(content_type: str, headers: list[tuple[str, str]]) -> str | None:
+    """The first header of a model's answer that HTTP cannot carry, as ``name: value``; None when all can."""
+    if _NOT_IN_HEADER_VALUE.search(content_type):
+        return f"content-type: {content_type!r}"
+    for name, value in headers:
+        if not _HEADER_NAME.fullmatch(name) or _NOT_IN_HEADER_VALUE.search(value):
+            return f"{name!r}: {value!r}"
+    return None
 
 
 @dataclass(slots=True)
@@ -188,7 +208,7 @@ class Forwarder:
             reply = Reply.of(self.on_error(outcome))
         else:
             batch_size = outcome.batch_size
-            reply = self._answer(outcome, lookup.get("accept-encoding") if self.compression else None)
+            reply = self._answer(name, request_id, outcome, lookup.get("accept-encoding") if self.compression else None)
         reply.set_header("x-request-id", request_id)
         self.metrics.finished(
             transport=self.protocol,
@@ -201,9 +221,14 @@ class Forwarder:
         )
         return reply
 
-    def _answer(self, result: ResponseItem, accept_encoding: str | None) -> Reply:
+    def _answer(self, name: str, request_id: str, result: ResponseItem, accept_encoding: str | None) -> Reply:
         if result.error is not None:
             return Reply.of(self.on_error(error_from_wire(result.error.type_name, result.error.message)))
+        problem = malformed_header(result.content_type, result.headers)
+        if problem is not None:  # refused here, so that metrics and the access log count the 500 sent
+            log.error("request %s: model %s answered with a header HTTP cannot carry, %s", request_id, name, problem)
+            error = InternalError("the model answered with a malformed header (the server log names it)")
+            return Reply.of(self.on_error(error))
         payload, encoding = encode_content(result.body, accept_encoding)
         reply = Reply.content(result.status, payload, result.content_type)
         for key, value in result.headers:

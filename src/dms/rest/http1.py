@@ -279,9 +279,10 @@ class InferenceHttpProtocol(HttpToolsProtocol):
             return
         parts = self._head(reply, exchange.keep_alive)
         if parts is None:
-            log.error("request %s: model %s answered with a malformed header", exchange.request_id, exchange.name)
+            # Not the model's headers (the Forwarder refuses those): a last check of every header written.
+            log.error("request %s to model %s: its answer has a malformed header", exchange.request_id, exchange.name)
             exchange.keep_alive = False
-            reply = Reply.of(exchange.forwarder.on_error(InternalError("the model answered with a malformed header")))
+            reply = Reply.of(exchange.forwarder.on_error(InternalError("the answer had a malformed header")))
             parts = self._head(reply, keep_alive=False) or []
         parts.append(reply.body)
         transport.write(b"".join(parts))
