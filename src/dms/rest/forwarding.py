@@ -43,10 +43,16 @@ _NOT_IN_HEADER_VALUE = re.compile(r"[^\t\x20-\x7e\x80-\xff]")
 that Latin-1 cannot encode."""
 
 
+_CLEAN_CONTENT_TYPES: set[str] = set()
+
+
 def malformed_header(content_type: str, headers: list[tuple[str, str]]) -> str | None:
     """The first header of a model's answer that HTTP cannot carry, as ``name: value``; None when all can."""
-    if _NOT_IN_HEADER_VALUE.search(content_type):
-        return f"content-type: {content_type!r}"
+    if content_type not in _CLEAN_CONTENT_TYPES:
+        if _NOT_IN_HEADER_VALUE.search(content_type):
+            return f"content-type: {content_type!r}"
+        if len(_CLEAN_CONTENT_TYPES) < 64:  # a model answers with a few content types, over and over
+            _CLEAN_CONTENT_TYPES.add(content_type)
     for name, value in headers:
         if not _HEADER_NAME.fullmatch(name) or _NOT_IN_HEADER_VALUE.search(value):
             return f"{name!r}: {value!r}"
