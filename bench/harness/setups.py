@@ -116,16 +116,21 @@ def dms_server(work: Path, models: dict[str, tuple[str, Path | None, dict[str, o
     )
 
 
-def dms_metric(server: Server, name: str, *label_parts: str) -> float:
-    """The sum of a DMS server's ``name`` samples whose labels contain every one of ``label_parts``."""
+def dms_samples(server: Server, name: str, *label_parts: str) -> list[tuple[str, float]]:
+    """A DMS server's ``name`` samples (the line, the value) whose labels contain every one of ``label_parts``."""
     import httpx
 
     address = server.start[server.start.index("--metrics-address") + 1]
-    total = 0.0
+    found = []
     for line in httpx.get(f"http://{address}/metrics", timeout=10).text.splitlines():
         if line.startswith(name + "{") and all(part in line for part in label_parts):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+            found.append((line, float(line.rsplit(" ", 1)[1])))
+    return found
+
+
+def dms_metric(server: Server, name: str, *label_parts: str) -> float:
+    """The sum of a DMS server's ``name`` samples whose labels contain every one of ``label_parts``."""
+    return sum(value for _, value in dms_samples(server, name, *label_parts))
 
 
 def dms_grpc_address(server: Server) -> str:
@@ -140,9 +145,11 @@ def dms_grpc_target(server: Server, model: str, input_name: str) -> GrpcTarget:
 
     def failed_calls() -> float:
         # Calls the client cancelled are not failures: h2load drops the calls in flight when a window ends.
-        calls = dms_metric(server, "dms_requests_total", 'transport="v2-grpc"')
-        cancelled = dms_metric(server, "dms_requests_total", 'transport="v2-grpc"', 'code="CANCELLED"')
-        return calls - cancelled - dms_metric(server, "dms_requests_total", 'transport="v2-grpc"', 'outcome="success"')
+        return sum(
+            value
+            for line, value in dms_samples(server, "dms_requests_total", 'transport="v2-grpc"')
+            if 'outcome="success"' not in line and 'code="CANCELLED"' not in line
+        )
 
     return GrpcTarget(f"http://{address}", message, failed_calls)
 
