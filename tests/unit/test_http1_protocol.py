@@ -234,6 +234,18 @@ def test_a_malformed_header_from_the_model_is_a_500_counted_as_one(
     run(loop, test)
 
 
+def test_a_request_id_with_a_control_character_is_refused_by_the_parser(loop: asyncio.AbstractEventLoop):
+    """The echoed ``X-Request-ID`` is written unchecked: httptools must refuse what could split the answer."""
+
+    async def test() -> None:
+        h = Harness()
+        h.feed(post("/predictions/m", b"abc", b"X-Request-ID: a\x01b"))
+        await settle()
+        assert h.transport.take().startswith(b"HTTP/1.1 400 ") and h.dataplane.submitted == []
+
+    run(loop, test)
+
+
 def test_an_error_the_model_raised_is_answered_in_the_routes_format(loop: asyncio.AbstractEventLoop):
     async def test() -> None:
         h = Harness()
