@@ -16,16 +16,14 @@ import time
 from enum import StrEnum
 
 from dms.engine.messages import (
-    HEADER,
     Batch,
     BatchResult,
-    FromWorker,
     LoadFailed,
     LoadModel,
     ModelLoaded,
     encode_frame,
-    from_worker_decoder,
 )
+from dms.engine.worker_link import WorkerLink
 from dms.errors import DMSError, ModelUnavailableError, RequestTimeoutError, WorkerDiedError, error_from_wire
 
 log = logging.getLogger("dms.worker")
@@ -69,8 +67,7 @@ class WorkerProcess:
         self.kill_reason: str | None = None
         self.loaded: ModelLoaded | None = None
         self._proc: asyncio.subprocess.Process | None = None
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
+        self._link: WorkerLink | None = None
         self._log_task: asyncio.Task[None] | None = None
 
     @property
@@ -109,11 +106,11 @@ class WorkerProcess:
         self.state = WorkerState.READY
 
     async def _handshake(self, parent: socket.socket, timeout_s: float) -> None:
-        self._reader, self._writer = await asyncio.open_unix_connection(sock=parent)
-        self._writer.write(encode_frame(self.load))
+        loop = asyncio.get_running_loop()
+        _, self._link = await loop.create_unix_connection(lambda: WorkerLink(self._garbled), sock=parent)
+        self._link.send(encode_frame(self.load))
         try:
-            async with asyncio.timeout(timeout_s):
-                reply = await self._receive()
+            reply = await self._link.receive(timeout_s)
         except TimeoutError:
             raise WorkerStartError(f"{self.label} did not load within {timeout_s:g} s") from None
         if isinstance(reply, LoadFailed):
@@ -125,13 +122,12 @@ class WorkerProcess:
         self.loaded = reply
 
     async def run_batch(self, batch: Batch, timeout_s: float) -> BatchResult:
-        assert self._writer is not None
+        assert self._link is not None
         self.state = WorkerState.BUSY
-        self._writer.write(encode_frame(batch))
+        self._link.send(encode_frame(batch))
         try:
             try:
-                async with asyncio.timeout(timeout_s):
-                    reply = await self._receive()
+                reply = await self._link.receive(timeout_s)
             except TimeoutError:
                 self.kill()
                 self.state = WorkerState.DEAD
@@ -152,17 +148,6 @@ class WorkerProcess:
             if self.state == WorkerState.BUSY:  # cancelled while reading: the stream is out of step for good
                 self.state = WorkerState.DEAD
                 self.kill()
-
-    async def _receive(self) -> FromWorker | None:
-        assert self._reader is not None
-        try:
-            header = await self._reader.readexactly(HEADER.size)
-            (length,) = HEADER.unpack(header)
-            payload = await self._reader.readexactly(length)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            return None
-        message: FromWorker = from_worker_decoder.decode(payload)
-        return message
 
     async def wait_exit(self, timeout_s: float = _STOP_GRACE_S) -> int | None:
         if self._proc is None:
@@ -209,8 +194,12 @@ class WorkerProcess:
         was made from holding the same number, which that object closes again when it is collected. A client
         connection accepted in between gets that number, and the second close cut it off unanswered.
         """
-        if self._writer is not None and not self._writer.is_closing():
-            self._writer.close()
+        if self._link is not None:
+            self._link.close()
+
+    def _garbled(self, reason: str) -> None:
+        """The worker broke the frame protocol: it cannot be trusted with another batch."""
+        self.kill(reason)
 
     def exit_cause(self, returncode: int | None) -> str:
         return f"was killed: {self.kill_reason}" if self.kill_reason else describe_exit(returncode)

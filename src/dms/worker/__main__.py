@@ -32,33 +32,36 @@ from dms.errors import DMSError
 class Channel:
     """Blocking framed messages over the worker's end of the socket pair."""
 
+    _READ_SIZE = 1 << 16
+    _MAX_READ = 1 << 22
+    """Reads of a large frame go in pieces of up to this (``recv`` allocates the size it is asked for)."""
+
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
+        self._buffer = bytearray()
 
     def recv(self) -> ToWorker | None:
-        header = self._read(HEADER.size)
-        if header is None:
-            return None
-        (length,) = HEADER.unpack(header)
-        payload = self._read(length)
-        if payload is None:
-            return None
-        message: ToWorker = to_worker_decoder.decode(payload)
-        return message
+        """The next message (a small frame costs one read), or None once the server closed the socket."""
+        buffer = self._buffer
+        while True:
+            if len(buffer) >= HEADER.size:
+                (length,) = HEADER.unpack_from(buffer)
+                end = HEADER.size + length
+                if len(buffer) >= end:
+                    with memoryview(buffer) as view, view[HEADER.size : end] as payload:
+                        message: ToWorker = to_worker_decoder.decode(payload)
+                    del buffer[:end]
+                    return message
+                wanted = end - len(buffer)
+            else:
+                wanted = HEADER.size - len(buffer)
+            chunk = self.sock.recv(min(max(wanted, self._READ_SIZE), self._MAX_READ))
+            if not chunk:
+                return None
+            buffer += chunk
 
     def send(self, message: FromWorker) -> None:
         self.sock.sendall(encode_frame(message))
-
-    def _read(self, size: int) -> bytearray | None:
-        buffer = bytearray(size)
-        view = memoryview(buffer)
-        got = 0
-        while got < size:
-            n = self.sock.recv_into(view[got:])
-            if n == 0:
-                return None
-            got += n
-        return buffer
 
 
 def main(argv: list[str] | None = None) -> int:
