@@ -55,10 +55,14 @@ class Channel:
                 wanted = end - len(buffer)
             else:
                 wanted = HEADER.size - len(buffer)
-            chunk = self.sock.recv(min(max(wanted, self._READ_SIZE), self._MAX_READ))
-            if not chunk:
+            if not self._fill(wanted):
                 return None
-            buffer += chunk
+
+    def _fill(self, wanted: int) -> bool:
+        """Wait for more bytes (at least one, up to what a frame still ``wanted``); False at end of file."""
+        chunk = self.sock.recv(min(max(wanted, self._READ_SIZE), self._MAX_READ))
+        self._buffer += chunk
+        return bool(chunk)
 
     def send(self, message: FromWorker) -> None:
         self.sock.sendall(encode_frame(message))
