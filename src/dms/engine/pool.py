@@ -205,7 +205,9 @@ class WorkerPool:
             if self.state in (PoolState.FAILED, PoolState.STOPPED):
                 raise unavailable(self.label, self._unavailable_reason())
             while self._idle:
-                worker = self._idle.popleft()
+                # The worker most recently back first: its caches are warm. Under load every worker is
+                # busy anyway; at low load one worker serving the stream answers a lone request sooner.
+                worker = self._idle.pop()
                 if worker.state == WorkerState.READY and not worker.retiring:
                     return worker
             self._idle_event.clear()
