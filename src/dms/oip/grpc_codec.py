@@ -88,11 +88,17 @@ def _typed(tensor: Any, shape: list[int]) -> np.ndarray:
 def encode_grpc_response(
     model_name: str, model_version: str, request: InferRequest, produced: dict[str, np.ndarray]
 ) -> bytes:
-    response = pb.ModelInferResponse(model_name=model_name, model_version=model_version, id=request.id)
+    response = pb.ModelInferResponse(model_name=model_name, model_version=model_version)
+    if request.id:
+        response.id = request.id
     outputs, contents = response.outputs, response.raw_output_contents  # each field read builds an object
-    for wanted, value in request.select(produced):
+    chosen = [(o.name, value) for o, value in request.select(produced)] if request.outputs else produced.items()
+    for name, value in chosen:
         array = np.asarray(value)
-        outputs.add(name=wanted.name, datatype=datatype_of(array), shape=array.shape)
+        tensor = outputs.add()  # fields set one by one: add(**fields) costs twice as much
+        tensor.name = name
+        tensor.datatype = datatype_of(array)
+        tensor.shape.extend(array.shape)
         contents.append(to_raw(array))
     encoded: bytes = response.SerializeToString()
     return encoded

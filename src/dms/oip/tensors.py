@@ -138,7 +138,7 @@ def from_raw(name: str, datatype: str, shape: Sequence[int], raw: bytes | memory
         raise InputError(
             f"input {name!r} has {len(raw)} bytes; {count} {datatype} elements need {count * dtype.itemsize}"
         )
-    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+    return np.ndarray(shape, dtype, raw)  # one step where frombuffer + reshape take two; read-only, no copy
 
 
 def _bytes_elements(name: str, raw: bytes | memoryview, count: int) -> np.ndarray:
