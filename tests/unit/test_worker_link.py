@@ -117,6 +117,17 @@ class TestTheServersEnd:
 
         run_with_link(scenario)
 
+    def test_a_second_reader_is_refused_while_one_waits(self) -> None:
+        async def scenario(link: WorkerLink, worker: socket.socket, garbled: list[str]) -> None:
+            first = asyncio.ensure_future(link.receive(10))
+            await asyncio.sleep(0)
+            with pytest.raises(RuntimeError, match="one frame at a time"):
+                await link.receive(10)
+            worker.sendall(encode_frame(result(1)))
+            assert await first == result(1)
+
+        run_with_link(scenario)
+
     def test_a_frame_goes_out_whole(self) -> None:
         batch = Batch(batch_id=3, items=[RequestItem("r1", b"{}", "application/json", [], [])])
 

@@ -70,6 +70,8 @@ class WorkerLink(asyncio.Protocol):
             return self._messages.popleft()
         if self._ended:
             return None
+        if self._waiter is not None:
+            raise RuntimeError("a worker answers one frame at a time; another reader is already waiting")
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[FromWorker | None] = loop.create_future()
         self._waiter = waiter
