@@ -113,7 +113,8 @@ class TestTheServersEnd:
             worker.sendall(b"\x00\x00\x00\x03abc")
             assert await pending is None
             assert len(garbled) == 1 and "cannot read" in garbled[0]
-            assert link.closed
+            await asyncio.sleep(0.01)
+            assert worker.recv(1) == b""  # the server closed its end
 
         run_with_link(scenario)
 

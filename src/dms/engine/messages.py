@@ -8,7 +8,7 @@ cross as (class name, message), never as exception objects.
 from __future__ import annotations
 
 import struct
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -111,6 +111,8 @@ class BatchResult(msgspec.Struct, tag="result", array_like=True):
 ToWorker = LoadModel | Batch
 FromWorker = ModelLoaded | LoadFailed | BatchResult
 
+M = TypeVar("M")
+
 HEADER = struct.Struct(">I")
 MAX_FRAME_BYTES = 2**31 - 1
 
@@ -122,3 +124,18 @@ from_worker_decoder = msgspec.msgpack.Decoder(FromWorker)
 def encode_frame(message: ToWorker | FromWorker) -> bytes:
     payload = _encoder.encode(message)
     return HEADER.pack(len(payload)) + payload
+
+
+def frame_end(data: bytes | bytearray, start: int = 0) -> int:
+    """Where the frame that begins at ``start`` ends; past ``len(data)`` while it has not all arrived."""
+    if len(data) - start < HEADER.size:
+        return start + HEADER.size
+    (length,) = HEADER.unpack_from(data, start)
+    end: int = start + HEADER.size + length
+    return end
+
+
+def decode_frame(decoder: msgspec.msgpack.Decoder[M], data: bytes | bytearray, start: int, end: int) -> M:
+    """The message of the whole frame at ``data[start:end]``, read in place (no copy of the payload)."""
+    with memoryview(data) as view, view[start + HEADER.size : end] as payload:
+        return decoder.decode(payload)

@@ -17,7 +17,7 @@ from typing import cast
 
 import msgspec
 
-from dms.engine.messages import HEADER, FromWorker, from_worker_decoder
+from dms.engine.messages import FromWorker, decode_frame, frame_end, from_worker_decoder
 
 log = logging.getLogger("dms.worker")
 
@@ -86,24 +86,14 @@ class WorkerLink(asyncio.Protocol):
         if self._transport is not None and not self._transport.is_closing():
             self._transport.close()
 
-    @property
-    def closed(self) -> bool:
-        return self._transport is None or self._transport.is_closing()
-
     # -- frames -------------------------------------------------------------------------------------
     def _take_frames(self, data: bytes | bytearray) -> int:
         """Deliver every whole frame at the start of ``data``; return how many bytes they took."""
-        offset, size = 0, len(data)
-        while size - offset >= HEADER.size:
-            (length,) = HEADER.unpack_from(data, offset)
-            end = offset + HEADER.size + length
-            if end > size:
-                break
-            with memoryview(data) as view, view[offset + HEADER.size : end] as payload:
-                message: FromWorker = from_worker_decoder.decode(payload)
-            self._deliver(message)
-            offset = end
-        return offset
+        start = 0
+        while (end := frame_end(data, start)) <= len(data):
+            self._deliver(decode_frame(from_worker_decoder, data, start, end))
+            start = end
+        return start
 
     def _deliver(self, message: FromWorker | None) -> None:
         waiter = self._waiter

@@ -16,14 +16,15 @@ import sys
 import traceback
 
 from dms.engine.messages import (
-    HEADER,
     Batch,
     ErrorInfo,
     FromWorker,
     LoadFailed,
     LoadModel,
     ToWorker,
+    decode_frame,
     encode_frame,
+    frame_end,
     to_worker_decoder,
 )
 from dms.errors import DMSError
@@ -43,20 +44,12 @@ class Channel:
     def recv(self) -> ToWorker | None:
         """The next message (a small frame costs one read), or None once the server closed the socket."""
         buffer = self._buffer
-        while True:
-            if len(buffer) >= HEADER.size:
-                (length,) = HEADER.unpack_from(buffer)
-                end = HEADER.size + length
-                if len(buffer) >= end:
-                    with memoryview(buffer) as view, view[HEADER.size : end] as payload:
-                        message: ToWorker = to_worker_decoder.decode(payload)
-                    del buffer[:end]
-                    return message
-                wanted = end - len(buffer)
-            else:
-                wanted = HEADER.size - len(buffer)
-            if not self._fill(wanted):
+        while (end := frame_end(buffer)) > len(buffer):
+            if not self._fill(end - len(buffer)):
                 return None
+        message: ToWorker = decode_frame(to_worker_decoder, buffer, 0, end)
+        del buffer[:end]
+        return message
 
     def _fill(self, wanted: int) -> bool:
         """Wait for more bytes (at least one, up to what a frame still ``wanted``); False at end of file."""
