@@ -74,25 +74,86 @@ def run_load(target: AnyTarget, concurrency: int, seconds: float, work: Path) ->
     return load.run_wrk(script, target.url, concurrency, seconds, cpu=1)
 
 
-def measure(server: Server, target: AnyTarget, label: str, plan: Plan, work: Path, rows: list[Row], scenario: str):
-    for concurrency in plan.concurrencies:
-        cpu_before = server.cpu_seconds()
-        result = run_load(target, concurrency, plan.window_s, work)
-        cpu = server.cpu_seconds() - cpu_before
-        if result.bad or result.socket_errors:
-            raise AssertionError(
-                f"{label} c={concurrency}: {result.bad} wrong or non-2xx answers, {result.socket_errors} socket errors"
-            )
-        rows.append(Row(scenario, label, concurrency, result, cpu / max(1, result.requests) * 1e6))
-        print(
-            f"  {label:<38} c={concurrency:<3} {result.rps:>9,.0f} req/s  p50 {result.p50_ms:6.2f} ms  "
-            f"p99 {result.p99_ms:7.2f} ms  {rows[-1].cpu_us_per_request:7.0f} µs CPU/req",
-            flush=True,
+def measure_window(
+    server: Server,
+    target: AnyTarget,
+    label: str,
+    concurrency: int,
+    plan: Plan,
+    work: Path,
+    scenario: str,
+    round_index: int,
+) -> Row:
+    """One load window against one target; a wrong, failed or non-2xx answer fails the run."""
+    cpu_before = server.cpu_seconds()
+    result = run_load(target, concurrency, plan.window_s, work)
+    cpu = server.cpu_seconds() - cpu_before
+    if result.bad or result.socket_errors:
+        raise AssertionError(
+            f"{label} c={concurrency}: {result.bad} wrong or non-2xx answers, {result.socket_errors} socket errors"
         )
+    row = Row(scenario, label, concurrency, result, cpu / max(1, result.requests) * 1e6, round_index)
+    print(
+        f"  {label:<38} c={concurrency:<3} {result.rps:>9,.0f} req/s  p50 {result.p50_ms:6.2f} ms  "
+        f"p99 {result.p99_ms:7.2f} ms  {row.cpu_us_per_request:7.0f} µs CPU/req",
+        flush=True,
+    )
+    return row
+
+
+def measure(
+    server: Server,
+    target: AnyTarget,
+    label: str,
+    plan: Plan,
+    work: Path,
+    rows: list[Row],
+    scenario: str,
+    round_index: int = 0,
+) -> None:
+    for concurrency in plan.concurrencies:
+        rows.append(measure_window(server, target, label, concurrency, plan, work, scenario, round_index))
 
 
 def warm(target: AnyTarget, seconds: float, work: Path) -> None:
     run_load(target, 16, seconds, work)
+
+
+SAME_HANDLER = "DMS /predictions, same handler (batch 16 / 5 ms)"
+ONNX_PREDICTIONS = "DMS /predictions (ONNX, tensor)"
+OIP_JSON = "DMS OIP REST JSON (ONNX)"
+OIP_BINARY = "DMS OIP REST binary (ONNX)"
+OIP_GRPC = "DMS OIP gRPC (ONNX)"
+OIP_GRPC_UVICORN = "DMS OIP gRPC on uvicorn HTTP/2 (ONNX)"
+BARE_CEILING = "bare ceiling (uvicorn, 2 processes)"
+GRPC_CEILING = "gRPC ceiling (grpcio aio, 2 processes)"
+TORCHSERVE = "TorchServe 0.12 (batch {batch} / 5 ms)"
+MMS = "MMS 1.1 (no batching)"
+TINY_ORDER = [
+    SAME_HANDLER,
+    TORCHSERVE.format(batch=8),
+    TORCHSERVE.format(batch=16),
+    MMS,
+    ONNX_PREDICTIONS,
+    OIP_JSON,
+    OIP_BINARY,
+    OIP_GRPC_UVICORN,
+    OIP_GRPC,
+    BARE_CEILING,
+    GRPC_CEILING,
+]
+"""The order the tiny scenario's targets are loaded in, at each concurrency: the rows issue 5 compares sit
+next to each other (DMS's same-handler row and its peers; the OIP rows and the ONNX ``/predictions`` row), so
+that the windows a ratio divides are seconds apart, not minutes (this host's speed drifts within minutes)."""
+TINY_COMPARISONS = [
+    ("DMS /predictions, same handler ÷ the best of TorchServe and MMS", SAME_HANDLER, TINY_ORDER[1:4]),
+    ("DMS /predictions, same handler ÷ the bare ceiling", SAME_HANDLER, [BARE_CEILING]),
+    ("OIP REST JSON ÷ /predictions (both ONNX)", OIP_JSON, [ONNX_PREDICTIONS]),
+    ("OIP REST binary ÷ /predictions (both ONNX)", OIP_BINARY, [ONNX_PREDICTIONS]),
+    ("OIP gRPC on uvicorn ÷ /predictions (both ONNX)", OIP_GRPC_UVICORN, [ONNX_PREDICTIONS]),
+    ("OIP gRPC on grpcio ÷ /predictions (both ONNX)", OIP_GRPC, [ONNX_PREDICTIONS]),
+]
+"""(title, row, rows it is divided by: the best of them in each round) for the results' ratio table."""
 
 
 def tiny_scenario(plan: Plan, work: Path, rows: list[Row], extras: dict[str, object]) -> None:
@@ -102,68 +163,49 @@ def tiny_scenario(plan: Plan, work: Path, rows: list[Row], extras: dict[str, obj
     dms = setups.dms_server(
         work, {"tiny": (handler, None, batching), "lin": ("tensor", onnx_file, batching)}, probe="tiny"
     )
-    servers: list[tuple[Server, list[tuple[str, AnyTarget]]]] = []
+    servers: list[Server] = []
+    targets: dict[str, tuple[Server, AnyTarget]] = {}
     try:
         dms.launch()
+        servers.append(dms)
         base = dms.probe_url.rsplit("/predictions/", 1)[0]
         header = json.dumps(
             {"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32", "parameters": {"binary_data_size": 64}}]}
         ).encode()
         binary = header + np.asarray([setups.ROW], dtype=np.float32).tobytes()
         oip_json = json.dumps({"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32", "data": setups.ROW}]})
-        servers.append(
-            (
+        targets[SAME_HANDLER] = dms, tiny_target(dms, dms.probe_url, setups.TINY_BODY, "application/json")
+        targets[ONNX_PREDICTIONS] = (
+            dms,
+            tiny_target(dms, f"{base}/predictions/lin", setups.TINY_BODY, "application/json"),
+        )
+        targets[OIP_JSON] = dms, tiny_target(dms, f"{base}/v2/models/lin/infer", oip_json.encode(), "application/json")
+        targets[OIP_GRPC] = dms, setups.dms_grpc_target(dms, "lin", "x")
+        targets[OIP_BINARY] = (
+            dms,
+            tiny_target(
                 dms,
-                [
-                    (
-                        "DMS /predictions, same handler (batch 16 / 5 ms)",
-                        tiny_target(dms, dms.probe_url, setups.TINY_BODY, "application/json"),
-                    ),
-                    (
-                        "DMS /predictions (ONNX, tensor)",
-                        tiny_target(dms, f"{base}/predictions/lin", setups.TINY_BODY, "application/json"),
-                    ),
-                    (
-                        "DMS OIP REST JSON (ONNX)",
-                        tiny_target(dms, f"{base}/v2/models/lin/infer", oip_json.encode(), "application/json"),
-                    ),
-                    ("DMS OIP gRPC (ONNX)", setups.dms_grpc_target(dms, "lin", "x")),
-                    (
-                        "DMS OIP REST binary (ONNX)",
-                        tiny_target(
-                            dms,
-                            f"{base}/v2/models/lin/infer",
-                            binary,
-                            "application/octet-stream",
-                            (("Inference-Header-Content-Length", str(len(header))),),
-                        ),
-                    ),
-                ],
-            )
+                f"{base}/v2/models/lin/infer",
+                binary,
+                "application/octet-stream",
+                (("Inference-Header-Content-Length", str(len(header))),),
+            ),
         )
         h2_work = work / "grpc-uvicorn"
         h2_work.mkdir()
         dms_h2 = setups.dms_server(h2_work, {"lin": ("tensor", onnx_file, batching)}, probe="lin")
         dms_h2.start += ["--grpc-server", "uvicorn"]
-        servers.append((dms_h2, []))
+        servers.append(dms_h2)
         dms_h2.launch()
-        servers[-1][1].append(("DMS OIP gRPC on uvicorn HTTP/2 (ONNX)", setups.dms_grpc_target(dms_h2, "lin", "x")))
+        targets[OIP_GRPC_UVICORN] = dms_h2, setups.dms_grpc_target(dms_h2, "lin", "x")
         bare = setups.bare_server(work)
+        servers.append(bare)
         bare.launch()
-        servers.append(
-            (
-                bare,
-                [
-                    (
-                        "bare ceiling (uvicorn, 2 processes)",
-                        tiny_target(bare, bare.probe_url, setups.TINY_BODY, "application/json"),
-                    )
-                ],
-            )
-        )
+        targets[BARE_CEILING] = bare, tiny_target(bare, bare.probe_url, setups.TINY_BODY, "application/json")
         grpc_ceiling, grpc_ceiling_target = setups.grpc_ceiling_server(work)
+        servers.append(grpc_ceiling)
         grpc_ceiling.launch()
-        servers.append((grpc_ceiling, [("gRPC ceiling (grpcio aio, 2 processes)", grpc_ceiling_target)]))
+        targets[GRPC_CEILING] = grpc_ceiling, grpc_ceiling_target
         if plan.peers:
             ts_bin = peers.torchserve_env(peers.VENVS)
             for batch in (8, 16):  # TorchServe at the issue's best setting and at DMS's
@@ -179,27 +221,38 @@ def tiny_scenario(plan: Plan, work: Path, rows: list[Row], extras: dict[str, obj
                     setups.TINY_BODY,
                     "application/json",
                 )
-                servers.append((ts, []))
+                servers.append(ts)
                 ts.launch()
                 ts_target = tiny_target(ts, ts.probe_url, setups.TINY_BODY, "application/json")
                 warm(ts_target, 30 if plan.window_s > 2 else 1, work)  # the JVM's JIT settles first
-                servers[-1][1].append((f"TorchServe 0.12 (batch {batch} / 5 ms)", ts_target))
+                targets[TORCHSERVE.format(batch=batch)] = ts, ts_target
             mms_bin = peers.mms_env(peers.VENVS)
             mms = setups.mms_server(work, mms_bin)
+            servers.append(mms)
             mms.launch()
             mms_target = tiny_target(mms, mms.probe_url, setups.TINY_BODY, "application/json")
             warm(mms_target, 15 if plan.window_s > 2 else 1, work)
-            servers.append((mms, [("MMS 1.1 (no batching)", mms_target)]))
-        for _, targets in servers:
-            for _, target in targets:
-                warm(target, plan.warmup_s, work)
+            targets[MMS] = mms, mms_target
+        order = [label for label in TINY_ORDER if label in targets]
+        for label in order:
+            warm(targets[label][1], plan.warmup_s, work)
         for round_index in range(plan.rounds):
             print(f"tiny model, round {round_index + 1}", flush=True)
-            for server, targets in servers:
-                for label, target in targets:
-                    measure(server, target, label, plan, work, rows, "tiny")
+            # Every target at one concurrency before the next; every other round in reverse, so that no
+            # target always follows a change of concurrency or another target's heaviest window.
+            sequence = order if round_index % 2 == 0 else order[::-1]
+            for concurrency in plan.concurrencies:
+                for label in sequence:
+                    server, target = targets[label]
+                    rows.append(measure_window(server, target, label, concurrency, plan, work, "tiny", round_index))
+        extras["tiny_order"] = order
+        extras["comparisons"] = [
+            (title, row, [d for d in divisors if d in targets])
+            for title, row, divisors in TINY_COMPARISONS
+            if row in targets and any(d in targets for d in divisors)
+        ]
     finally:
-        for server, _ in servers:
+        for server in servers:
             server.stop()
         dms.stop()
 
@@ -332,7 +385,7 @@ def squeezenet_scenario(plan: Plan, work: Path, rows: list[Row], extras: dict[st
             loops.append(in_process_loop(images, plan.window_s, model))
             print(f"  in-process loop (2 processes)          {loops[-1]:>9,.1f} images/s", flush=True)
             for server, label, target in targets:
-                measure(server, target, label, plan_c16, folder, rows, "squeezenet")
+                measure(server, target, label, plan_c16, folder, rows, "squeezenet", round_index)
         extras["in_process_images_per_s"] = loops
     finally:
         for server, _ in servers:

@@ -18,6 +18,7 @@ class Row:
     concurrency: int
     result: LoadResult
     cpu_us_per_request: float
+    round_index: int = 0
 
 
 def medians(rows: list[Row], scenario: str) -> dict[str, dict[int, dict[str, float]]]:
@@ -39,6 +40,49 @@ def medians(rows: list[Row], scenario: str) -> dict[str, dict[int, dict[str, flo
         }
         for label, by_c in grouped.items()
     }
+
+
+Comparison = tuple[str, str, list[str]]
+"""(title, the row divided, the rows it is divided by: the best of them in each round)."""
+
+
+def ratios(rows: list[Row], scenario: str, comparison: Comparison) -> dict[int, tuple[float, list[float]]]:
+    """Per concurrency: the ratio of the medians, and the ratio in each round (against that round's best divisor)."""
+    _, numerator, divisors = comparison
+    stats = medians(rows, scenario)
+    by_round: dict[tuple[int, int], dict[str, float]] = defaultdict(dict)
+    for row in rows:
+        if row.scenario == scenario:
+            by_round[(row.concurrency, row.round_index)][row.label] = row.result.rps
+    found: dict[int, tuple[float, list[float]]] = {}
+    for concurrency, numerator_stats in stats.get(numerator, {}).items():
+        best = max((stats[d][concurrency]["rps"] for d in divisors if concurrency in stats.get(d, {})), default=0.0)
+        if not best:
+            continue
+        rounds = []
+        for (c, _), measured in sorted(by_round.items()):
+            best_then = max((measured[d] for d in divisors if d in measured), default=0.0)
+            if c == concurrency and numerator in measured and best_then:
+                rounds.append(measured[numerator] / best_then)
+        found[concurrency] = (numerator_stats["rps"] / best, rounds)
+    return found
+
+
+def _ratio_table(rows: list[Row], scenario: str, comparisons: list[Comparison]) -> list[str]:
+    concurrencies = sorted({row.concurrency for row in rows if row.scenario == scenario})
+    lines = ["| ratio of req/s | " + " | ".join(f"c={c}" for c in concurrencies) + " |"]
+    lines.append("|---|" + "---|" * len(concurrencies))
+    for comparison in comparisons:
+        found = ratios(rows, scenario, comparison)
+        cells = []
+        for c in concurrencies:
+            if c not in found:
+                cells.append("-")
+                continue
+            overall, rounds = found[c]
+            cells.append(f"**{overall:.2f}** (by round: {', '.join(f'{r:.2f}' for r in rounds)})")
+        lines.append(f"| {comparison[0]} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _table(stats: dict[str, dict[int, dict[str, float]]]) -> list[str]:
@@ -77,6 +121,17 @@ def write_report(out: Path, rows: list[Row], extras: dict[str, Any], machine: st
         stats = medians(rows, scenario)
         if stats:
             lines += [f"## {title}", "", *_table(stats), ""]
+        comparisons = extras.get("comparisons") if scenario == "tiny" else None
+        if stats and comparisons:
+            order = ", ".join(extras.get("tiny_order") or [])
+            lines += [
+                "Ratios: the medians' ratio, then the ratio within each round (against the best divisor of that "
+                "round). Each round loads every target at one concurrency before the next, in this order (reversed "
+                f"every other round), so that the windows compared are seconds apart: {order}.",
+                "",
+                *_ratio_table(rows, scenario, comparisons),
+                "",
+            ]
     loops = extras.get("in_process_images_per_s")
     if loops:
         lines += [
