@@ -104,7 +104,8 @@ def write_report(out: Path, rows: list[Row], extras: dict[str, Any], machine: st
         f"# Benchmark run of {out.stem}",
         "",
         f"Machine: {machine}. wrk pinned to core 1, one thread, {window:g} s windows after warm-up, "
-        f"{rounds} interleaved rounds (servers measured in turn each round; medians shown). Every answer was "
+        f"{rounds} interleaved rounds (servers measured in turn each round, the tiny scenario's as below; medians "
+        "shown). Every answer was "
         "checked (exact bytes for the tiny model, the top-1 label for SqueezeNet); a single wrong or non-2xx "
         "answer fails the run. CPU µs/req: the server's processes' CPU time (all of them, workers and JVM "
         "included) over the window, per request.",
