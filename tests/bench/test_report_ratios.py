@@ -42,4 +42,4 @@ def test_the_report_shows_the_ratio_table_with_every_round(tmp_path):
     write_report(out, ROWS, extras, "a test machine", 8, 2)
     text = out.read_text()
     assert "| DMS ÷ the best peer | **3.00** (by round: 2.50, 3.00) | **2.00** (by round: 2.00) |" in text
-    assert "in this order (reversed every other round), so that the windows compared are seconds apart: DMS, MMS" in text
+    assert "(reversed every other round), so that the windows compared are seconds apart: DMS, MMS." in text
