@@ -163,11 +163,10 @@ def tiny_scenario(plan: Plan, work: Path, rows: list[Row], extras: dict[str, obj
     dms = setups.dms_server(
         work, {"tiny": (handler, None, batching), "lin": ("tensor", onnx_file, batching)}, probe="tiny"
     )
-    servers: list[Server] = []
+    servers: list[Server] = [dms]  # each stopped at the end, launched or not
     targets: dict[str, tuple[Server, AnyTarget]] = {}
     try:
         dms.launch()
-        servers.append(dms)
         base = dms.probe_url.rsplit("/predictions/", 1)[0]
         header = json.dumps(
             {"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32", "parameters": {"binary_data_size": 64}}]}
@@ -254,7 +253,6 @@ def tiny_scenario(plan: Plan, work: Path, rows: list[Row], extras: dict[str, obj
     finally:
         for server in servers:
             server.stop()
-        dms.stop()
 
 
 def startup_scenario(plan: Plan, work: Path, extras: dict[str, object]) -> None:

@@ -50,19 +50,19 @@ def ratios(rows: list[Row], scenario: str, comparison: Comparison) -> dict[int, 
     """Per concurrency: the ratio of the medians, and the ratio in each round (against that round's best divisor)."""
     _, numerator, divisors = comparison
     stats = medians(rows, scenario)
-    by_round: dict[tuple[int, int], dict[str, float]] = defaultdict(dict)
+    by_round: dict[int, dict[int, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
     for row in rows:
         if row.scenario == scenario:
-            by_round[(row.concurrency, row.round_index)][row.label] = row.result.rps
+            by_round[row.concurrency][row.round_index][row.label] = row.result.rps
     found: dict[int, tuple[float, list[float]]] = {}
     for concurrency, numerator_stats in stats.get(numerator, {}).items():
         best = max((stats[d][concurrency]["rps"] for d in divisors if concurrency in stats.get(d, {})), default=0.0)
         if not best:
             continue
         rounds = []
-        for (c, _), measured in sorted(by_round.items()):
+        for _, measured in sorted(by_round[concurrency].items()):
             best_then = max((measured[d] for d in divisors if d in measured), default=0.0)
-            if c == concurrency and numerator in measured and best_then:
+            if numerator in measured and best_then:
                 rounds.append(measured[numerator] / best_then)
         found[concurrency] = (numerator_stats["rps"] / best, rounds)
     return found
