@@ -120,6 +120,7 @@ def warm(target: AnyTarget, seconds: float, work: Path) -> None:
 
 
 SAME_HANDLER = "DMS /predictions, same handler (batch 16 / 5 ms)"
+SAME_HANDLER_FRONTENDS = "DMS /predictions, same handler, 2 frontends of 1 worker (batch 16 / 5 ms)"
 ONNX_PREDICTIONS = "DMS /predictions (ONNX, tensor)"
 OIP_JSON = "DMS OIP REST JSON (ONNX)"
 OIP_BINARY = "DMS OIP REST binary (ONNX)"
@@ -131,6 +132,7 @@ TORCHSERVE = "TorchServe 0.12 (batch {batch} / 5 ms)"
 MMS = "MMS 1.1 (no batching)"
 TINY_ORDER = [
     SAME_HANDLER,
+    SAME_HANDLER_FRONTENDS,
     TORCHSERVE.format(batch=8),
     TORCHSERVE.format(batch=16),
     MMS,
@@ -145,9 +147,13 @@ TINY_ORDER = [
 """The order the tiny scenario's targets are loaded in, at each concurrency: the rows issue 5 compares sit
 next to each other (DMS's same-handler row and its peers; the OIP rows and the ONNX ``/predictions`` row), so
 that the windows a ratio divides are seconds apart, not minutes (this host's speed drifts within minutes)."""
+PEERS = [TORCHSERVE.format(batch=8), TORCHSERVE.format(batch=16), MMS]
 TINY_COMPARISONS = [
-    ("DMS /predictions, same handler ÷ the best of TorchServe and MMS", SAME_HANDLER, TINY_ORDER[1:4]),
+    ("DMS /predictions, same handler ÷ the best of TorchServe and MMS", SAME_HANDLER, PEERS),
+    ("DMS, 2 frontends of 1 worker ÷ the best of TorchServe and MMS", SAME_HANDLER_FRONTENDS, PEERS),
+    ("DMS, 2 frontends of 1 worker ÷ 1 frontend of 2 workers", SAME_HANDLER_FRONTENDS, [SAME_HANDLER]),
     ("DMS /predictions, same handler ÷ the bare ceiling", SAME_HANDLER, [BARE_CEILING]),
+    ("DMS, 2 frontends of 1 worker ÷ the bare ceiling", SAME_HANDLER_FRONTENDS, [BARE_CEILING]),
     ("OIP REST JSON ÷ /predictions (both ONNX)", OIP_JSON, [ONNX_PREDICTIONS]),
     ("OIP REST binary ÷ /predictions (both ONNX)", OIP_BINARY, [ONNX_PREDICTIONS]),
     ("OIP gRPC on uvicorn ÷ /predictions (both ONNX)", OIP_GRPC_UVICORN, [ONNX_PREDICTIONS]),
@@ -189,6 +195,19 @@ def tiny_scenario(plan: Plan, work: Path, rows: list[Row], extras: dict[str, obj
                 "application/octet-stream",
                 (("Inference-Header-Content-Length", str(len(header))),),
             ),
+        )
+        # The same model and handler with its two workers split over two frontends (``--frontends 2``).
+        frontends_work = work / "frontends"
+        frontends_work.mkdir()
+        dms_frontends = setups.dms_server(
+            frontends_work, {"tiny": (handler, None, {**batching, "initial_workers": 1})}, probe="tiny"
+        )
+        dms_frontends.start += ["--frontends", "2"]
+        servers.append(dms_frontends)
+        dms_frontends.launch()
+        targets[SAME_HANDLER_FRONTENDS] = (
+            dms_frontends,
+            tiny_target(dms_frontends, dms_frontends.probe_url, setups.TINY_BODY, "application/json"),
         )
         h2_work = work / "grpc-uvicorn"
         h2_work.mkdir()

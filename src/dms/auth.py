@@ -29,6 +29,19 @@ class KeyStore:
         self._keys: dict[str, str] = {kind: new_key() for kind in KEY_KINDS}
         self._write()
 
+    @classmethod
+    def reading(cls, key_file: Path) -> KeyStore:
+        """The keys another process of this server wrote (a second frontend: ``dms.frontends``)."""
+        store = cls.__new__(cls)
+        store.key_file = key_file
+        store.reload()
+        return store
+
+    def reload(self) -> None:
+        """Read the key file again (after the process that owns it rotated a key)."""
+        data = json.loads(self.key_file.read_text())
+        self._keys = {kind: data[kind]["key"] for kind in KEY_KINDS}
+
     def key(self, kind: KeyKind) -> str:
         return self._keys[kind]
 

@@ -1,8 +1,8 @@
 """Run the three HTTP servers and the data plane in one event loop, and stop them cleanly.
 
-Start-up: bind every port, load the start-up models, write the pid file and print one ready
-line. SIGTERM/SIGINT: stop accepting, let accepted requests finish (up to the grace period),
-then stop the workers.
+Start-up: bind every port, load the start-up models, start the other frontends (``frontends > 1``:
+``dms.frontends``), write the pid file and print one ready line. SIGTERM/SIGINT: stop accepting, let
+accepted requests finish (up to the grace period), then stop the workers.
 """
 
 from __future__ import annotations
@@ -13,11 +13,12 @@ import ipaddress
 import logging
 import os
 import signal
+import socket
 import sys
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Coroutine, Generator
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
@@ -29,6 +30,10 @@ from dms.rest.inference import build_inference_app, inference_forwarders
 from dms.rest.management import build_management_app
 from dms.rest.metrics import build_metrics_app
 from dms.settings import ServerSettings, parse_address
+
+if TYPE_CHECKING:
+    from dms.frontends.group import FrontendGroup
+    from dms.grpc.servicer import RepositoryChanges
 
 log = logging.getLogger("dms.server")
 READY_LINE = "DMS is ready"
@@ -63,14 +68,21 @@ def _uvicorn_server(app: Any, address: str, grace_s: float, http: Any = "httptoo
     return _Server(config)
 
 
-def _grpc_h2_server(dataplane: DataPlane, metrics: ServerMetrics, keys: KeyStore | None) -> _Server:
+def unix_socket_server(app: Any, path: str, grace_s: float) -> _Server:
+    """An HTTP server on a Unix socket (the control API of a frontend after the first)."""
+    return _uvicorn_server(app, "127.0.0.1:0", grace_s, uds=path)
+
+
+def _grpc_h2_server(
+    dataplane: DataPlane, metrics: ServerMetrics, keys: KeyStore | None, repository: RepositoryChanges | None
+) -> _Server:
     """The gRPC service on uvicorn's HTTP/2 (``grpc_server = "uvicorn"``)."""
     from dms.grpc.h2 import GrpcApp
     from dms.grpc.h2_connection import grpc_protocol
     from dms.grpc.servicer import InferenceServicer, rpc_methods
 
     settings = dataplane.settings
-    servicer = InferenceServicer(dataplane, metrics, keys)
+    servicer = InferenceServicer(dataplane, metrics, keys, repository)
     app = GrpcApp(rpc_methods(servicer), settings.grpc_max_message_bytes)
     # With the fast path, ModelInfer calls are answered from the HTTP/2 events (dms.grpc.h2_connection).
     protocol = grpc_protocol(servicer if settings.inference_fast_path else None, settings.grpc_max_message_bytes)
@@ -154,33 +166,94 @@ def _inference_server(dataplane: DataPlane, metrics: ServerMetrics, keys: KeySto
     )
 
 
+def shared_port_socket(address: str) -> socket.socket:
+    """A listening socket that the server's other frontends bind too (``SO_REUSEPORT``)."""
+    host, port = parse_address(address)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _repository_changes(
+    settings: ServerSettings,
+    dataplane: DataPlane,
+    keys: KeyStore | None,
+    frontends: FrontendGroup | None,
+    second_frontend: bool,
+) -> RepositoryChanges | None:
+    """Where gRPC's model-repository calls make their changes; None: in this process (one frontend)."""
+    if settings.frontends == 1:
+        return None
+    from dms.frontends.repository import FrontendZeroRepository, SyncedRepository
+
+    if second_frontend:
+        return FrontendZeroRepository(settings, keys)
+    if frontends is not None:
+        return SyncedRepository(dataplane, frontends)
+    return None
+
+
 class Listeners:
-    """The server's open ports: three HTTP servers (uvicorn) and the gRPC server."""
+    """The server's open ports: three HTTP servers (uvicorn) and the gRPC server.
+
+    With ``second_frontend``, a frontend after the first (``dms.frontends``): the inference API and gRPC
+    only. With ``frontends > 1`` the inference and gRPC ports are bound with ``SO_REUSEPORT``.
+    """
 
     def __init__(
-        self, settings: ServerSettings, dataplane: DataPlane, metrics: ServerMetrics, keys: KeyStore | None
+        self,
+        settings: ServerSettings,
+        dataplane: DataPlane,
+        metrics: ServerMetrics,
+        keys: KeyStore | None,
+        frontends: FrontendGroup | None = None,
+        second_frontend: bool = False,
     ) -> None:
         grace = settings.graceful_shutdown_s
         self.settings = settings
-        self.http = [
-            _inference_server(dataplane, metrics, keys),
-            _uvicorn_server(build_management_app(dataplane, metrics, keys), settings.management_address, grace),
-            _uvicorn_server(build_metrics_app(metrics), settings.metrics_address, grace),
-        ]
+        self.second_frontend = second_frontend
+        inference = _inference_server(dataplane, metrics, keys)
+        self.http = [inference]
+        self.shared: dict[_Server, str] = {inference: settings.inference_address} if settings.frontends > 1 else {}
+        if not second_frontend:
+            management = build_management_app(dataplane, metrics, keys, frontends)
+            self.http += [
+                _uvicorn_server(management, settings.management_address, grace),
+                _uvicorn_server(build_metrics_app(metrics, frontends), settings.metrics_address, grace),
+            ]
         self.tasks: list[asyncio.Task[None]] = []
         self.grpc: Any = None
         self.grpc_h2: _Server | None = None
+        repository = _repository_changes(settings, dataplane, keys, frontends, second_frontend)
         if settings.grpc_enabled and settings.grpc_server == "uvicorn":
-            self.grpc_h2 = _grpc_h2_server(dataplane, metrics, keys)
+            self.grpc_h2 = _grpc_h2_server(dataplane, metrics, keys, repository)
             self.http.append(self.grpc_h2)
+            if settings.frontends > 1:
+                self.shared[self.grpc_h2] = settings.grpc_address
         elif settings.grpc_enabled:
             from dms.grpc.servicer import build_grpc_server
 
-            self.grpc = build_grpc_server(dataplane, metrics, keys)
+            self.grpc = build_grpc_server(dataplane, metrics, keys, repository)
 
     async def open(self) -> bool:
         """Bind every port; False (after closing what opened) when one could not be bound."""
-        self.tasks = [asyncio.create_task(server.serve()) for server in self.http]
+        sockets: dict[_Server, list[socket.socket]] = {}
+        for server, address in self.shared.items():
+            try:
+                sockets[server] = [shared_port_socket(address)]
+            except OSError as exc:
+                log.error("could not open %s: %s; stopping", address, exc)
+                for opened in sockets.values():
+                    opened[0].close()
+                return False
+        self.tasks = [asyncio.create_task(server.serve(sockets=sockets.get(server))) for server in self.http]
         while not all(server.started for server in self.http):
             if any(task.done() for task in self.tasks):
                 log.error("could not open the HTTP%s ports; stopping", "" if self.grpc_h2 is None else " and gRPC")
@@ -208,8 +281,13 @@ class Listeners:
 
     def describe(self) -> str:
         s = self.settings
-        text = f"inference http://{s.inference_address} management http://{s.management_address} "
-        text += f"metrics http://{s.metrics_address}"
+        if self.second_frontend:
+            text = f"inference http://{s.inference_address}"
+        else:
+            text = f"inference http://{s.inference_address} management http://{s.management_address} "
+            text += f"metrics http://{s.metrics_address}"
+        if s.frontends > 1:
+            text += f" ({s.frontends} frontends)"
         serving_grpc = self.grpc is not None or self.grpc_h2 is not None
         return text + (f" grpc {s.grpc_address}" if serving_grpc else "")
 
@@ -222,7 +300,12 @@ async def serve_forever(settings: ServerSettings) -> int:
     keys = KeyStore(settings.key_file) if settings.token_auth or settings.inference_token_auth else None
     if keys is not None:
         log.info("API keys are in %s (readable by this user only)", settings.key_file)
-    listeners = Listeners(settings, dataplane, metrics, keys)
+    frontends = None
+    if settings.frontends > 1:
+        from dms.frontends.group import FrontendGroup  # httpx: imported only when it is needed
+
+        frontends = FrontendGroup(settings, dataplane.snapshot_entries)
+    listeners = Listeners(settings, dataplane, metrics, keys, frontends)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -231,9 +314,13 @@ async def serve_forever(settings: ServerSettings) -> int:
         return 1
     try:
         await _load_startup_models(dataplane, settings)
+        if frontends is not None:
+            await frontends.start()
     except DMSError as exc:
         log.error("start-up failed: %s", exc.message)
         await listeners.close(0)
+        if frontends is not None:
+            await frontends.stop(0)
         await dataplane.shutdown(0)
         return 1
     _write_pid_file(settings.pid_file)
@@ -247,7 +334,7 @@ async def serve_forever(settings: ServerSettings) -> int:
         if idle_watch is not None:
             idle_watch.cancel()
         log.info("stopping: no new connections; finishing accepted requests (up to %g s)", grace)
-        await listeners.close(grace)
+        await asyncio.gather(listeners.close(grace), *([frontends.stop(grace)] if frontends is not None else []))
         await dataplane.shutdown(grace)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -293,6 +380,11 @@ def _write_pid_file(pid_file: Path) -> None:
 
 
 def run(settings: ServerSettings) -> int:
+    return run_on_uvloop(serve_forever(settings))
+
+
+def run_on_uvloop(main: Coroutine[Any, Any, int]) -> int:
+    """Run ``main`` on uvloop where it is installed (asyncio's own loop elsewhere)."""
     loop_factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop
     try:
         import uvloop
@@ -301,7 +393,7 @@ def run(settings: ServerSettings) -> int:
     except ImportError:  # pragma: no cover - Windows
         pass
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(serve_forever(settings))
+        return runner.run(main)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -8,10 +8,11 @@ reads the environment at import time.
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -138,6 +139,12 @@ class ServerSettings(BaseSettings):
     less CPU per request. Off, every request takes the plain ASGI path (Starlette, ``GrpcApp``)."""
     access_log: bool = True
     """One ``dms.access`` line per request: time, request id, transport, model, version, status, latency, batch."""
+    frontends: int = Field(default=1, ge=1, le=64)
+    """Processes that serve the inference API and gRPC, sharing their ports (``SO_REUSEPORT``: the kernel
+    spreads connections over them). Each runs every model with the model's own worker count, so a model of
+    2 workers on 2 frontends runs 4 workers. The first one also serves management and metrics, applies every
+    management change to the others before it answers, and merges their metrics and workers into its own
+    answers (``dms.frontends``). One Python frontend tops out at one core; more use more."""
 
     @property
     def pid_file(self) -> Path:
@@ -160,6 +167,22 @@ class ServerSettings(BaseSettings):
     def _check_address(cls, value: str) -> str:
         parse_address(value)
         return value
+
+    @model_validator(mode="after")
+    def _check_frontends(self) -> ServerSettings:
+        if self.frontends == 1:
+            return self
+        if not hasattr(socket, "SO_REUSEPORT"):
+            raise ValueError("frontends > 1 needs SO_REUSEPORT, which this platform lacks")
+        if self.kill_after_s is not None:
+            raise ValueError("kill_after_s watches one process's requests: it cannot be combined with frontends > 1")
+        shared = {"inference_address": self.inference_address}
+        if self.grpc_enabled:
+            shared["grpc_address"] = self.grpc_address
+        for name, address in shared.items():
+            if parse_address(address)[1] == 0:
+                raise ValueError(f"frontends > 1 share {name}'s port, so it must be a fixed port, not 0")
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -33,6 +33,11 @@ def server_options(fn: Any) -> Any:
             help="What serves gRPC: grpcio, or uvicorn's HTTP/2 (less CPU per call) [grpcio].",
         ),
         click.option("--default-workers-per-model", type=int, help="Workers per model version."),
+        click.option(
+            "--frontends",
+            type=int,
+            help="Processes serving inference and gRPC on shared ports, each with every model's workers [1].",
+        ),
         click.option("--allowed-urls", multiple=True, help="Regex a remote archive URL must match (repeatable)."),
         click.option("--no-default-model", is_flag=True, help="Do not serve the bundled digits model."),
         click.option("--state-dir", type=click.Path(path_type=Path), help="Pid, key, snapshot and log files [~/.dms]."),

@@ -50,6 +50,9 @@ class PoolSettings:
     memory_limit_bytes: int | None = None
     """A worker whose resident memory passes this is killed and replaced."""
     memory_check_interval_s: float = 1.0
+    worker_id_prefix: str = ""
+    """Put before each worker's number: frontends after the first (``dms.frontends``) set their own, so that
+    worker ids stay unique across a server's frontends."""
 
 
 class WorkerPool:
@@ -129,7 +132,7 @@ class WorkerPool:
         if self.state == PoolState.STOPPED or self._live_count() >= self.target:
             return
         number = next(self._ids)
-        worker_id = f"{number}"
+        worker_id = f"{self.settings.worker_id_prefix}{number}"
         load = msgspec.structs.replace(
             self._template,
             worker_id=worker_id,

@@ -12,7 +12,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any, Protocol, TypeAlias
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -67,11 +67,39 @@ def stream_answer(infer_response: bytes) -> bytes:
     return b"\x12" + _varint(len(infer_response)) + infer_response
 
 
+class RepositoryChanges(Protocol):
+    """Makes the model-repository calls' changes (with several frontends: ``dms.frontends.repository``)."""
+
+    async def load(self, name: str) -> None: ...
+
+    async def unload(self, name: str) -> None: ...
+
+
+class _OwnRepository:
+    """One frontend: the change in this process's data plane."""
+
+    def __init__(self, dataplane: DataPlane) -> None:
+        self.dataplane = dataplane
+
+    async def load(self, name: str) -> None:
+        await repository_load(self.dataplane, name)
+
+    async def unload(self, name: str) -> None:
+        await repository_unload(self.dataplane, name)
+
+
 class InferenceServicer:
-    def __init__(self, dataplane: DataPlane, metrics: ServerMetrics, keys: KeyStore | None) -> None:
+    def __init__(
+        self,
+        dataplane: DataPlane,
+        metrics: ServerMetrics,
+        keys: KeyStore | None,
+        repository: RepositoryChanges | None = None,
+    ) -> None:
         self.dataplane = dataplane
         self.metrics = metrics
         self.keys = keys
+        self.repository = repository or _OwnRepository(dataplane)
 
     # -- helpers ----------------------------------------------------------------------------------
     async def _abort(self, context: Context, exc: DMSError) -> None:
@@ -269,7 +297,7 @@ class InferenceServicer:
     async def repository_model_load(self, request: Any, context: Context) -> Any:
         try:
             self._check_key(context, "management")
-            await repository_load(self.dataplane, request.model_name)
+            await self.repository.load(request.model_name)
         except DMSError as exc:
             await self._abort(context, exc)
         return pb.RepositoryModelLoadResponse()
@@ -277,7 +305,7 @@ class InferenceServicer:
     async def repository_model_unload(self, request: Any, context: Context) -> Any:
         try:
             self._check_key(context, "management")
-            await repository_unload(self.dataplane, request.model_name)
+            await self.repository.unload(request.model_name)
         except DMSError as exc:
             await self._abort(context, exc)
         return pb.RepositoryModelUnloadResponse()
@@ -337,14 +365,16 @@ def _grpcio_handler(method: RpcMethod) -> grpc.RpcMethodHandler:
     return grpc.unary_unary_rpc_method_handler(method.handler, decode, encode)
 
 
-def build_grpc_server(dataplane: DataPlane, metrics: ServerMetrics, keys: KeyStore | None) -> grpc.aio.Server:
+def build_grpc_server(
+    dataplane: DataPlane, metrics: ServerMetrics, keys: KeyStore | None, repository: RepositoryChanges | None = None
+) -> grpc.aio.Server:
     """The service on grpcio's asyncio server (``grpc_server = "grpcio"``, the default)."""
     settings = dataplane.settings
     limit = settings.grpc_max_message_bytes
     server = grpc.aio.server(
         options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
     )
-    methods = rpc_methods(InferenceServicer(dataplane, metrics, keys))
+    methods = rpc_methods(InferenceServicer(dataplane, metrics, keys, repository))
     handlers = {name: _grpcio_handler(method) for name, method in methods.items()}
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     server.add_insecure_port(settings.grpc_address)

@@ -2,27 +2,38 @@
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import logging
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dms.auth import KeyStore
 from dms.dataplane import DataPlane
-from dms.errors import InputError
+from dms.errors import DMSError, InputError
 from dms.observability.metrics import ServerMetrics
 from dms.rest.auth import TokenAuthMiddleware
 from dms.rest.common import json_response, query_bool, query_float, query_int
 from dms.rest.console import console_routes, is_console_asset
-from dms.rest.errors import EXCEPTION_HANDLERS
+from dms.rest.errors import EXCEPTION_HANDLERS, error_response
 from dms.rest.openapi import management_openapi, with_bearer_auth
 from dms.rest.repository import repository_routes
 
+if TYPE_CHECKING:
+    from dms.frontends.group import FrontendGroup
 
-def build_management_app(dataplane: DataPlane, metrics: ServerMetrics, keys: KeyStore | None = None) -> Starlette:
+log = logging.getLogger("dms.frontends")
+
+
+def build_management_app(
+    dataplane: DataPlane, metrics: ServerMetrics, keys: KeyStore | None = None, frontends: FrontendGroup | None = None
+) -> Starlette:
     document = management_openapi(token_rotation=keys is not None)
     if keys is not None and dataplane.settings.token_auth:
         document = with_bearer_auth(document, open_paths={"/console", "/console/"})
@@ -65,7 +76,10 @@ def build_management_app(dataplane: DataPlane, metrics: ServerMetrics, keys: Key
 
     async def describe(request: Request) -> Response:
         p = request.path_params
-        return json_response(dataplane.describe(p["model_name"], p.get("model_version")))
+        rows = dataplane.describe(p["model_name"], p.get("model_version"))
+        if frontends is not None:
+            await frontends.add_workers(rows)
+        return json_response(rows)
 
     async def scale(request: Request) -> Response:
         p = request.path_params
@@ -120,8 +134,63 @@ def build_management_app(dataplane: DataPlane, metrics: ServerMetrics, keys: Key
         *console_routes(dataplane, metrics),
     ]
     middleware = []
+    if frontends is not None:
+        middleware.append(Middleware(SyncFrontends, frontends=frontends))
     if keys is not None:
         routes.append(Route("/token", rotate_key, methods=["POST"]))
         if dataplane.settings.token_auth:
             middleware.append(Middleware(TokenAuthMiddleware, keys=keys, kind="management", is_open=is_console_asset))
     return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, middleware=middleware)
+
+
+class SyncFrontends:
+    """ASGI middleware: after a management change succeeds here, the other frontends make it too.
+
+    The answer waits until every frontend holds the new registry (and key file), so that a request sent
+    after it finds the change on whichever frontend the kernel hands its connection to. An answer of 202
+    (workers still starting) does not wait: the frontends follow in the background. A change that one
+    frontend could not make is answered with that error (500) instead of the success.
+    """
+
+    def __init__(self, app: ASGIApp, frontends: FrontendGroup) -> None:
+        self.app = app
+        self.frontends = frontends
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in _READS or scope["path"] == "/v2/repository/index":
+            await self.app(scope, receive, send)
+            return
+        failed: list[Response] = []
+
+        async def then_sync(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] < 400:
+                if message["status"] == 202:
+                    _in_background(self.frontends.sync())
+                else:
+                    try:
+                        await self.frontends.sync()
+                    except DMSError as exc:
+                        failed.append(error_response(exc))
+            if failed:
+                if message["type"] == "http.response.start":
+                    await failed[0](scope, receive, send)
+                return
+            await send(message)
+
+        await self.app(scope, receive, then_sync)
+
+
+_READS = frozenset({"GET", "HEAD", "OPTIONS"})
+_BACKGROUND: set[asyncio.Task[None]] = set()
+
+
+def _in_background(sync: Coroutine[Any, Any, None]) -> None:
+    async def logged() -> None:
+        try:
+            await sync
+        except DMSError as exc:
+            log.error("%s", exc.message)
+
+    task = asyncio.ensure_future(logged())
+    _BACKGROUND.add(task)
+    task.add_done_callback(_BACKGROUND.discard)
