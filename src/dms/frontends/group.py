@@ -38,8 +38,22 @@ class FrontendGroup:
         self.settings = settings
         self.registry = registry
         self.indexes = range(1, settings.frontends)
-        self._folder = Path(tempfile.mkdtemp(prefix="dms-frontends-"))  # mode 0700: this user's only
+        self._folder: Path | None = None
         self._processes: dict[int, asyncio.subprocess.Process] = {}
+        self._clients: dict[int, httpx.AsyncClient] = {}
+        self._watchers: list[asyncio.Task[None]] = []
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per control request
+        self._lock = asyncio.Lock()
+        self._stopping = False
+
+    def control_path(self, index: int) -> Path:
+        assert self._folder is not None, "not started"
+        return self._folder / f"frontend-{index}.sock"
+
+    # -- lifetime -------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Start every other frontend and give it the registry; raise ``InternalError`` if one cannot start."""
+        self._folder = Path(tempfile.mkdtemp(prefix="dms-frontends-"))  # mode 0700: this user's only
         self._clients = {
             index: httpx.AsyncClient(
                 transport=httpx.AsyncHTTPTransport(uds=str(self.control_path(index))),
@@ -48,17 +62,6 @@ class FrontendGroup:
             )
             for index in self.indexes
         }
-        self._watchers: list[asyncio.Task[None]] = []
-        logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per control request
-        self._lock = asyncio.Lock()
-        self._stopping = False
-
-    def control_path(self, index: int) -> Path:
-        return self._folder / f"frontend-{index}.sock"
-
-    # -- lifetime -------------------------------------------------------------------------------
-    async def start(self) -> None:
-        """Start every other frontend and give it the registry; raise ``InternalError`` if one cannot start."""
         await asyncio.gather(*(self._launch(index) for index in self.indexes))
         await self.sync()
         self._watchers = [asyncio.create_task(self._watch(index)) for index in self.indexes]
@@ -120,7 +123,8 @@ class FrontendGroup:
                     process.kill()
             await asyncio.gather(*(p.wait() for p in live))
         await asyncio.gather(*(client.aclose() for client in self._clients.values()))
-        shutil.rmtree(self._folder, ignore_errors=True)
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
 
     # -- the registry ---------------------------------------------------------------------------
     async def sync(self) -> None:

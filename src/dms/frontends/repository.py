@@ -16,7 +16,7 @@ from dms.dataplane import DataPlane
 from dms.dataplane.queries import repository_load, repository_unload
 from dms.errors import DMSError, InputError, InternalError, ModelNotFoundError, ModelUnavailableError
 from dms.frontends.group import FrontendGroup
-from dms.settings import ServerSettings
+from dms.settings import ServerSettings, parse_address
 
 _ERRORS: dict[int, type[DMSError]] = {400: InputError, 404: ModelNotFoundError, 503: ModelUnavailableError}
 
@@ -55,7 +55,7 @@ class FrontendZeroRepository:
         if self.keys is not None and self.settings.token_auth:
             self.keys.reload()
             headers["Authorization"] = f"Bearer {self.keys.key('management')}"
-        url = f"http://{self.settings.management_address}/v2/repository/models/{name}/{action}"
+        url = f"{_management_url(self.settings)}/v2/repository/models/{name}/{action}"
         try:
             async with httpx.AsyncClient(timeout=None) as client:
                 answer = await client.post(url, headers=headers)
@@ -67,3 +67,10 @@ class FrontendZeroRepository:
             except ValueError:
                 message = answer.text
             raise _ERRORS.get(answer.status_code, InternalError)(message)
+
+
+def _management_url(settings: ServerSettings) -> str:
+    """Frontend 0's management API as this machine reaches it (a wildcard address by its loopback)."""
+    host, port = parse_address(settings.management_address)
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
