@@ -107,6 +107,10 @@ def test_two_frontends_share_the_ports_and_every_management_change(tmp_path: Pat
         exposition = httpx.get(f"{server.metrics_url}/metrics").text
         assert exposition.count("# TYPE dms_requests_total counter") == 1
         assert 'dms_workers{model="probe",state="READY",version="1.0"} 4.0' in exposition
+        # So does the console.
+        [console_row] = server.manage("GET", "/console/api/summary").json()["models"]
+        assert console_row["requestsOk"] == 2 * FRESH_CONNECTIONS
+        assert (console_row["readyWorkers"], console_row["targetWorkers"]) == (4, 4)
 
     assert not replica.is_running() or replica.status() == psutil.STATUS_ZOMBIE
     assert all(not psutil.pid_exists(pid) for pid in workers)

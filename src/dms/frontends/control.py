@@ -98,8 +98,14 @@ def build_control_app(follower: RegistryFollower, dataplane: DataPlane, metrics:
         try:
             model = dataplane.registry.get(name, version)
         except ModelNotFoundError:
-            return json_response({"workers": [], "pending": 0})
-        body: dict[str, Any] = {"workers": model.pool.describe_workers(), "pending": model.batcher.pending}
+            return json_response({"workers": [], "pending": 0, "ready": 0, "target": 0, "totals": {}})
+        body: dict[str, Any] = {
+            "workers": model.pool.describe_workers(),
+            "pending": model.batcher.pending,
+            "ready": model.pool.ready_count(),
+            "target": model.pool.target,
+            "totals": metrics.totals(name, version),
+        }
         return json_response(body)
 
     routes = [

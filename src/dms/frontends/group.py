@@ -153,14 +153,18 @@ class FrontendGroup:
         """Each running frontend's Prometheus exposition (one that does not answer is left out, and logged)."""
         return [answer.content for answer in await self._ask("/metrics", {})]
 
+    async def others(self, name: str, version: str) -> list[dict[str, Any]]:
+        """What each other running frontend has of (name, version): ``workers`` (as ``describe`` lists them),
+        ``pending``, ``ready`` and ``target`` worker counts, and request ``totals`` (as the console shows)."""
+        answers = await self._ask("/workers", {"model": name, "version": version})
+        return [answer.json() for answer in answers]
+
     async def add_workers(self, rows: list[dict[str, Any]]) -> None:
         """Add the other frontends' workers and queued requests to ``describe``'s rows, in place."""
         for row in rows:
-            params = {"model": row["modelName"], "version": row["modelVersion"]}
             queue = row["jobQueueStatus"]
             capacity = queue["remainingCapacity"] + queue["pendingRequests"]  # each frontend has its own queue
-            for answer in await self._ask("/workers", params):
-                found = answer.json()
+            for found in await self.others(row["modelName"], row["modelVersion"]):
                 row["workers"].extend(found["workers"])
                 queue["pendingRequests"] += found["pending"]
                 queue["remainingCapacity"] += capacity - found["pending"]

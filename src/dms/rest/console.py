@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
@@ -21,6 +22,9 @@ from dms.rest.errors import error_response
 from dms.rest.forwarding import Forwarder
 from dms.rest.oip import oip_error
 
+if TYPE_CHECKING:
+    from dms.frontends.group import FrontendGroup
+
 STATIC = Path(str(resources.files("dms.console") / "static"))
 OPEN_PREFIXES = ("/console/static/",)
 OPEN_PATHS = ("/console", "/console/")
@@ -30,12 +34,14 @@ def is_console_asset(path: str) -> bool:
     return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
 
 
-def console_routes(dataplane: DataPlane, metrics: ServerMetrics) -> list[Route | Mount]:
+def console_routes(
+    dataplane: DataPlane, metrics: ServerMetrics, frontends: FrontendGroup | None = None
+) -> list[Route | Mount]:
     async def page(request: Request) -> Response:
         return FileResponse(STATIC / "index.html", media_type="text/html; charset=utf-8")
 
     async def summary(request: Request) -> Response:
-        models = []
+        models: list[dict[str, Any]] = []
         for model in dataplane.registry:
             pool = model.pool
             models.append(
@@ -53,6 +59,9 @@ def console_routes(dataplane: DataPlane, metrics: ServerMetrics) -> list[Route |
                     **metrics.totals(model.name, model.version),
                 }
             )
+        if frontends is not None:
+            for row in models:
+                _add_other_frontends(row, await frontends.others(row["name"], row["version"]))
         return json_response({"models": models})
 
     try_predict = Forwarder(dataplane, metrics, protocol=PROTOCOL_RAW, on_error=error_response).endpoint()
@@ -66,3 +75,13 @@ def console_routes(dataplane: DataPlane, metrics: ServerMetrics) -> list[Route |
         Route("/console/api/infer/{model_name}", try_infer, methods=["POST"]),
         Mount("/console/static", app=StaticFiles(directory=STATIC), name="console-static"),
     ]
+
+
+def _add_other_frontends(row: dict[str, Any], others: list[dict[str, Any]]) -> None:
+    """One console row for the whole server: the other frontends' workers, queues and requests added in."""
+    for other in others:
+        row["readyWorkers"] += other["ready"]
+        row["targetWorkers"] += other["target"]
+        row["queue"] += other["pending"]
+        for key, value in other["totals"].items():
+            row[key] += value

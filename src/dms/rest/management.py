@@ -131,7 +131,7 @@ def build_management_app(
         Route("/api-description", api_description, methods=["GET"]),
         Route("/", api_description, methods=["OPTIONS"]),
         *repository_routes(dataplane),
-        *console_routes(dataplane, metrics),
+        *console_routes(dataplane, metrics, frontends),
     ]
     middleware = []
     if frontends is not None:
