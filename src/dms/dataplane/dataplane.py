@@ -192,25 +192,29 @@ class DataPlane:
             for model in self.registry
         ]
 
+    async def register_entry(self, entry: SnapshotEntry, loaded_at_startup: bool = False) -> ModelVersion:
+        """Register a snapshot entry's model again: its local archive, workers, overrides, handler and URL."""
+        model = await self.register(
+            entry.archive,
+            name=entry.name,
+            overrides={**entry.overrides, "initial_workers": entry.workers},
+            handler=entry.handler,
+            trusted_local=True,
+            loaded_at_startup=loaded_at_startup,
+        )
+        model.url = entry.url
+        return model
+
     async def restore_snapshot(self) -> int:
         """Register what the last snapshot held; return how many model versions came back."""
         entries = read_snapshot(self.settings.snapshot_file) if self.settings.snapshot else []
         restored = 0
         for entry in entries:
-            overrides = {**entry.overrides, "initial_workers": entry.workers}
             try:
-                model = await self.register(
-                    entry.archive,
-                    name=entry.name,
-                    overrides=overrides,
-                    handler=entry.handler,
-                    trusted_local=True,
-                    loaded_at_startup=True,
-                )
+                await self.register_entry(entry, loaded_at_startup=True)
             except DMSError as exc:
                 log.error("could not restore %s %s from the snapshot: %s", entry.name, entry.version, exc.message)
                 continue
-            model.url = entry.url
             restored += 1
         for entry in entries:
             if entry.is_default:

@@ -64,11 +64,7 @@ class RegistryFollower:
         try:
             model = dataplane.registry.get(entry.name, entry.version)
         except ModelNotFoundError:
-            overrides = {**entry.overrides, "initial_workers": entry.workers}
-            model = await dataplane.register(
-                entry.archive, name=entry.name, overrides=overrides, handler=entry.handler, trusted_local=True
-            )
-            model.url = entry.url
+            await dataplane.register_entry(entry)
             return
         if model.pool.target != entry.workers:
             await dataplane.scale(entry.name, entry.version, entry.workers, None, synchronous=True)

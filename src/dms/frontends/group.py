@@ -131,12 +131,9 @@ class FrontendGroup:
         """Give every running frontend the registry frontend 0 holds now; return once each holds it."""
         async with self._lock:
             body = msgspec.json.encode(Snapshot(models=self.registry()))
-            indexes = [index for index in self.indexes if self._running(index)]
-            answers = await asyncio.gather(
-                *(self._clients[index].post("/sync", content=body) for index in indexes), return_exceptions=True
-            )
+            answers = await self._to_each("POST", "/sync", content=body)
         problems = []
-        for index, answer in zip(indexes, answers, strict=True):
+        for index, answer in answers:
             if isinstance(answer, BaseException):
                 problems.append(f"frontend {index} did not answer: {answer!r}")
             elif answer.status_code != 200:
@@ -169,13 +166,19 @@ class FrontendGroup:
                 queue["pendingRequests"] += found["pending"]
                 queue["remainingCapacity"] += capacity - found["pending"]
 
-    async def _ask(self, path: str, params: dict[str, str]) -> list[httpx.Response]:
+    async def _to_each(
+        self, method: str, path: str, **options: Any
+    ) -> list[tuple[int, httpx.Response | BaseException]]:
+        """The same request to every running frontend at once: (index, its answer or what went wrong)."""
         indexes = [index for index in self.indexes if self._running(index)]
         answers = await asyncio.gather(
-            *(self._clients[index].get(path, params=params) for index in indexes), return_exceptions=True
+            *(self._clients[index].request(method, path, **options) for index in indexes), return_exceptions=True
         )
+        return list(zip(indexes, answers, strict=True))
+
+    async def _ask(self, path: str, params: dict[str, str]) -> list[httpx.Response]:
         found = []
-        for index, answer in zip(indexes, answers, strict=True):
+        for index, answer in await self._to_each("GET", path, params=params):
             if isinstance(answer, BaseException) or answer.status_code != 200:
                 log.warning("frontend %d gave no answer to %s: %r", index, path, answer)
             else:

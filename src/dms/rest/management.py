@@ -157,7 +157,7 @@ class SyncFrontends:
         self.frontends = frontends
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] in _READS or scope["path"] == "/v2/repository/index":
+        if scope["type"] != "http" or scope["method"] in _READS or not scope["path"].startswith(_CHANGES):
             await self.app(scope, receive, send)
             return
         failed: list[Response] = []
@@ -181,6 +181,9 @@ class SyncFrontends:
 
 
 _READS = frozenset({"GET", "HEAD", "OPTIONS"})
+_CHANGES = ("/models", "/v2/repository/models/", "/token")
+"""The paths whose writes change the registry or the keys (not the console's "try it" inference calls,
+nor the repository index, which is a read sent as a POST)."""
 _BACKGROUND: set[asyncio.Task[None]] = set()
 
 
