@@ -4,6 +4,7 @@
     python -m bench.ab --b-src /tmp/dms-base/src   # A: this tree, B: that one
     python -m bench.ab --b-src /tmp/dms-base/src --paths oip-grpc --concurrency 1,16 --rounds 5
     python -m bench.ab --b-args "--grpc-server uvicorn" --paths oip-grpc   # one tree, two settings
+    python -m bench.ab --a-args "--frontends 2" --a-config '{"initial_workers": 1}'   # 2 x 1 worker vs 1 x 2
 
 Both servers run at once with the tiny ONNX model (tensor handler, 2 workers, batch 8 / 5 ms) and
 take turns under wrk or h2load (pinned to core 1), in short windows, A first in odd rounds and B first
@@ -15,6 +16,7 @@ Every answer is checked, as in ``bench.profile``.
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import statistics
 import tempfile
@@ -36,8 +38,8 @@ def summary(windows: list[Window]) -> str:
     )
 
 
-def start(name: str, work: Path, env: dict[str, str], serve_args: list[str]) -> Server:
-    server = tiny_server(work)
+def start(name: str, work: Path, env: dict[str, str], serve_args: list[str], config: dict[str, object]) -> Server:
+    server = tiny_server(work, config)
     server.name = name
     server.env.update(env)
     server.start += serve_args
@@ -50,6 +52,8 @@ def main() -> None:
     parser.add_argument("--b-src", type=Path, help="the src/ folder of build B (put first on its path) [this tree]")
     parser.add_argument("--a-args", default="", help="extra `dms serve` arguments for A")
     parser.add_argument("--b-args", default="", help="extra `dms serve` arguments for B")
+    parser.add_argument("--a-config", type=json.loads, default={}, help="model config entries for A, as JSON")
+    parser.add_argument("--b-config", type=json.loads, default={}, help="model config entries for B, as JSON")
     parser.add_argument("--paths", default="predictions,oip-grpc", help=f"comma-separated, of {', '.join(PATHS)}")
     parser.add_argument("--concurrency", default="1,16,64")
     parser.add_argument("--seconds", type=float, default=4.0)
@@ -58,14 +62,15 @@ def main() -> None:
     b_src = (args.b_src or Path(__file__).resolve().parent.parent / "src").resolve()
     if not (b_src / "dms" / "__init__.py").is_file():
         parser.error(f"{b_src} holds no dms package")
-    if args.b_src is None and args.a_args == args.b_args:
-        parser.error("A and B would be the same: give --b-src, or different --a-args / --b-args")
+    if args.b_src is None and (args.a_args, args.a_config) == (args.b_args, args.b_config):
+        parser.error("A and B would be the same: give --b-src, or different --a-args / --b-args / configs")
     work = Path(tempfile.mkdtemp(prefix="dms-ab-"))
     servers: list[Server] = []
     try:
-        for name, env, serve_args in (("A", {}, args.a_args), ("B", {"PYTHONPATH": str(b_src)}, args.b_args)):
+        sides = (("A", {}, args.a_args, args.a_config), ("B", {"PYTHONPATH": str(b_src)}, args.b_args, args.b_config))
+        for name, env, serve_args, config in sides:
             (work / name).mkdir()
-            servers.append(start(name, work / name, env, shlex.split(serve_args)))
+            servers.append(start(name, work / name, env, shlex.split(serve_args), config))
         runs = [loads(server, work / server.name) for server in servers]
         paths = [path for path in args.paths.split(",") if path]
         levels = [int(level) for level in args.concurrency.split(",")]
@@ -91,8 +96,8 @@ def main() -> None:
                 a_rps, b_rps = (statistics.median(w.result.rps for w in windows) for windows in (a, b))
                 ratio = a_rps / max(1e-9, b_rps)
                 print(f"\n{path}, c={concurrency}: A/B = {ratio:.2f}")
-                print(f"  A (this tree {args.a_args})  {summary(a)}")
-                print(f"  B ({b_src} {args.b_args})  {summary(b)}")
+                print(f"  A (this tree {args.a_args} {args.a_config or ''})  {summary(a)}")
+                print(f"  B ({b_src} {args.b_args} {args.b_config or ''})  {summary(b)}")
     finally:
         for server in servers:
             server.stop()

@@ -90,10 +90,13 @@ def batches(server: Server) -> tuple[float, float]:
     return setups.dms_metric(server, "dms_batch_size_sum"), setups.dms_metric(server, "dms_batch_size_count")
 
 
-def tiny_server(work: Path) -> Server:
-    """A DMS server, not launched, with the tiny ONNX model as ``lin`` (tensor handler, 2 workers, batch 8 / 5 ms)."""
+def tiny_server(work: Path, overrides: dict[str, object] | None = None) -> Server:
+    """A DMS server, not launched, with the tiny ONNX model as ``lin`` (tensor handler, 2 workers, batch 8 / 5 ms).
+
+    ``overrides`` replace entries of that model config (``{"initial_workers": 1}``, say).
+    """
     onnx_file = setups.write_tiny_onnx(work / "tiny.onnx")
-    config: dict[str, object] = {"initial_workers": 2, "batch_size": 8, "max_batch_delay_ms": 5}
+    config: dict[str, object] = {"initial_workers": 2, "batch_size": 8, "max_batch_delay_ms": 5, **(overrides or {})}
     return setups.dms_server(work, {"lin": ("tensor", onnx_file, config)}, probe="lin")
 
 
