@@ -73,10 +73,11 @@ def store(tmp_path: Path) -> Path:
 
 def test_two_frontends_share_the_ports_and_every_management_change(tmp_path: Path, store: Path):
     args = ["--model-store", str(store), "--no-default-model", "--frontends", "2", "--models", "probe=probe-1.0.mar"]
-    with running_server(tmp_path, args) as server:
+    with running_server(tmp_path, args, env={"CUDA_VISIBLE_DEVICES": "0,1"}) as server:
         [row] = server.describe("probe")
         assert row["minWorkers"] == 1 and len(row["workers"]) == 2  # one per frontend
-        assert sorted(worker["id"] for worker in row["workers"]) == ["0", "f1-0"]
+        # Each frontend numbers its workers from 0, yet they take the two GPUs in turn, as one pool's would.
+        assert sorted((worker["id"], worker["gpuId"]) for worker in row["workers"]) == [("0", 0), ("f1-0", 1)]
         assert row["jobQueueStatus"] == {"remainingCapacity": 200, "pendingRequests": 0}
         workers = server.worker_pids("probe")
         [replica] = replicas(server)

@@ -15,3 +15,13 @@ def test_workers_take_visible_gpus_in_turn_and_the_cpu_when_there_are_none(monke
     assert gpu_for_worker(0, []) is None
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")
     assert visible_gpus() == []
+
+
+def test_the_workers_of_several_frontends_take_the_gpus_in_turn_across_frontends():
+    gpus = [0, 1, 2, 3]
+    # Two frontends of two workers each: frontend 0's workers 0 and 1, then frontend 1's.
+    assert [gpu_for_worker(n, gpus, 0, 2) for n in range(2)] == [0, 2]
+    assert [gpu_for_worker(n, gpus, 1, 2) for n in range(2)] == [1, 3]
+    # More frontends than GPUs: they wrap around.
+    assert [gpu_for_worker(0, [0, 1], index, 3) for index in range(3)] == [0, 1, 0]
+    assert gpu_for_worker(0, [], 1, 2) is None

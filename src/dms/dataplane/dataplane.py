@@ -32,10 +32,10 @@ ObserverFactory = Callable[[str, str], BatchObserver]
 
 class DataPlane:
     def __init__(
-        self, settings: ServerSettings, observers: ObserverFactory | None = None, worker_id_prefix: str = ""
+        self, settings: ServerSettings, observers: ObserverFactory | None = None, frontend_index: int = 0
     ) -> None:
         self.settings = settings
-        self._worker_id_prefix = worker_id_prefix
+        self._frontend_index = frontend_index
         self._observers = observers
         self.registry = ModelRegistry()
         self._stopping = False
@@ -116,7 +116,8 @@ class DataPlane:
                 max_startup_failures=self.settings.max_startup_failures,
                 restart_backoff_max_s=self.settings.restart_backoff_max_s,
                 memory_limit_bytes=config.worker_memory_limit_mb * 2**20 if config.worker_memory_limit_mb else None,
-                worker_id_prefix=self._worker_id_prefix,
+                frontend_index=self._frontend_index,
+                frontends=self.settings.frontends,
             ),
         )
         observer = self._observers(model_name, archive.manifest.model_version) if self._observers else None

@@ -1,5 +1,9 @@
 """Which accelerator a worker gets: round-robin over the visible GPUs, or the CPU when there are none.
 
+With several frontends (``dms.frontends``) each frontend numbers its own workers from 0, so the
+round-robin runs over slots that interleave the frontends: worker n of frontend i (of N) takes slot
+n * N + i. Two frontends of one worker on two GPUs then use both, as one pool of two workers would.
+
 The server never imports a framework to find out: it reads ``CUDA_VISIBLE_DEVICES`` when set, and
 otherwise counts the NVIDIA device files.
 """
@@ -21,5 +25,6 @@ def visible_gpus() -> list[int]:
     )
 
 
-def gpu_for_worker(worker_number: int, gpus: list[int]) -> int | None:
-    return gpus[worker_number % len(gpus)] if gpus else None
+def gpu_for_worker(worker_number: int, gpus: list[int], frontend_index: int = 0, frontends: int = 1) -> int | None:
+    """The GPU of a pool's ``worker_number``-th worker, in frontend ``frontend_index`` of ``frontends``."""
+    return gpus[(worker_number * frontends + frontend_index) % len(gpus)] if gpus else None

@@ -50,9 +50,15 @@ class PoolSettings:
     memory_limit_bytes: int | None = None
     """A worker whose resident memory passes this is killed and replaced."""
     memory_check_interval_s: float = 1.0
-    worker_id_prefix: str = ""
-    """Put before each worker's number: frontends after the first (``dms.frontends``) set their own, so that
-    worker ids stay unique across a server's frontends."""
+    frontend_index: int = 0
+    """Which of the server's frontends (``dms.frontends``) owns the pool: the ones after the first put
+    ``f{index}-`` before each worker's number, so that worker ids stay unique across frontends."""
+    frontends: int = 1
+    """How many frontends the server runs: their workers take turns over the GPUs (``gpu_for_worker``)."""
+
+    @property
+    def worker_id_prefix(self) -> str:
+        return f"f{self.frontend_index}-" if self.frontend_index else ""
 
 
 class WorkerPool:
@@ -137,7 +143,7 @@ class WorkerPool:
             self._template,
             worker_id=worker_id,
             cpu_threads=self._cpu_threads(),
-            gpu_id=gpu_for_worker(number, self._gpus),
+            gpu_id=gpu_for_worker(number, self._gpus, self.settings.frontend_index, self.settings.frontends),
         )
         worker = WorkerProcess(worker_id, load, f"{self.label} w{worker_id}")
         self.workers[worker_id] = worker

@@ -32,7 +32,7 @@ async def serve_replica(settings: ServerSettings, index: int, control_path: str)
     from dms.server import Listeners, unix_socket_server
 
     metrics = ServerMetrics()
-    dataplane = DataPlane(settings, metrics.observer_for, worker_id_prefix=f"f{index}-")
+    dataplane = DataPlane(settings, metrics.observer_for, frontend_index=index)
     metrics.attach(dataplane)
     keys = KeyStore.reading(settings.key_file) if settings.token_auth or settings.inference_token_auth else None
     follower = RegistryFollower(dataplane, keys)
