@@ -57,14 +57,23 @@ class Answer:
 
 
 class Harness:
-    def __init__(self, *, lean: bool = True, keys: KeyStore | None = None, max_bytes: int = 1 << 20) -> None:
+    def __init__(
+        self, *, lean: bool = True, keys: KeyStore | None = None, max_bytes: int = 1 << 20, keep_alive_s: float = 5
+    ) -> None:
         settings = ServerSettings(inference_token_auth=keys is not None)
         self.dataplane = FakeDataPlane(settings)
         self.metrics = ServerMetrics()
         servicer = InferenceServicer(self.dataplane, self.metrics, keys)  # type: ignore[arg-type]
         app = GrpcApp(rpc_methods(servicer), max_bytes)
         protocol_class = grpc_protocol(servicer if lean else None, max_bytes)
-        config = uvicorn.Config(app, http=protocol_class, lifespan="off", log_config=None, access_log=False)
+        config = uvicorn.Config(
+            app,
+            http=protocol_class,
+            lifespan="off",
+            log_config=None,
+            access_log=False,
+            timeout_keep_alive=keep_alive_s,  # type: ignore[arg-type]
+        )
         config.load()
         self.protocol: GrpcH2Protocol = protocol_class(config=config, server_state=ServerState(), app_state={})
         self.transport = FakeTransport(port=7070)
@@ -388,5 +397,36 @@ def test_a_graceful_stop_lets_the_call_in_flight_finish_then_closes(loop: asynci
         h.answer(0, ResponseItem(200, b"last", "application/grpc"))
         await h.exchange()
         assert h.answers[sid].message == b"last" and h.transport.closed
+
+    run(loop, test)
+
+
+@pytest.mark.parametrize("lean", [True, False], ids=["lean", "asgi"])
+def test_an_idle_connection_is_closed_after_the_keep_alive_timeout_and_a_busy_one_is_not(
+    loop: asyncio.AbstractEventLoop, lean: bool
+):
+    async def test() -> None:
+        h = Harness(lean=lean, keep_alive_s=0.3)
+        await h.exchange()
+        for index in range(4):  # a call every 0.15 s: idle for half the timeout at most
+            stream = h.call()
+            await h.exchange()
+            h.answer(index, ResponseItem(200, b"ok", "application/grpc"))
+            await h.exchange()
+            assert h.answers[stream].code == grpc.StatusCode.OK
+            await asyncio.sleep(0.15)
+        assert not h.transport.closed  # 0.6 s since the first answer, never idle for 0.3 s
+        stream = h.call()
+        await asyncio.sleep(0.45)  # busy: a call waits for its model, past the timeout
+        assert not h.transport.closed
+        h.answer(4, ResponseItem(200, b"ok", "application/grpc"))
+        await h.exchange()
+        assert h.answers[stream].code == grpc.StatusCode.OK
+        await asyncio.sleep(0.2)
+        assert not h.transport.closed  # idle for 0.2 s only
+        await asyncio.sleep(0.2)
+        assert h.transport.closed
+        h.client.receive_data(h.transport.take())
+        assert any(isinstance(event, zttp.GoAway) for event in iter(h.client.next_event, zttp.NEED_DATA))
 
     run(loop, test)

@@ -39,7 +39,7 @@ class RecordingApp:
 
 
 class Harness:
-    def __init__(self, keys: KeyStore | None = None) -> None:
+    def __init__(self, keys: KeyStore | None = None, keep_alive_s: float = 5) -> None:
         self.dataplane = FakeDataPlane(ServerSettings(max_request_size_bytes=100))
         self.metrics = ServerMetrics()
         forwarder = Forwarder(
@@ -52,7 +52,13 @@ class Harness:
         self.app = RecordingApp()
         fast_path = InferenceFastPath(self.app, InferenceForwarders(forwarder, forwarder, forwarder), keys=keys)
         protocol_class = inference_protocol(fast_path)
-        config = uvicorn.Config(fast_path, http=protocol_class, lifespan="off", log_config=None)
+        config = uvicorn.Config(
+            fast_path,
+            http=protocol_class,
+            lifespan="off",
+            log_config=None,
+            timeout_keep_alive=keep_alive_s,  # type: ignore[arg-type]
+        )
         config.load()
         self.protocol: InferenceHttpProtocol = protocol_class(config=config, server_state=ServerState(), app_state={})
         self.transport = FakeTransport()
@@ -274,5 +280,30 @@ def test_a_request_without_the_inference_key_is_refused_and_not_counted(
         assert written.startswith(b"HTTP/1.1 401 ") and len(h.dataplane.submitted) == 1
         h.protocol.connection_lost(None)  # the refused request was never counted, so nothing is taken off
         assert h.in_flight() == 0
+
+    run(loop, test)
+
+
+def test_an_idle_connection_is_closed_after_the_keep_alive_timeout_and_a_busy_one_is_not(
+    loop: asyncio.AbstractEventLoop,
+):
+    async def test() -> None:
+        h = Harness(keep_alive_s=0.3)
+        for index in range(4):  # a request every 0.15 s: idle for half the timeout at most
+            h.feed(post("/predictions/m"))
+            h.answer(index, ResponseItem(200, b"ok", "text/plain"))
+            await settle()
+            assert h.transport.take().endswith(b"\r\n\r\nok")
+            await asyncio.sleep(0.15)
+        assert not h.transport.closed  # 0.6 s since the first answer, never idle for 0.3 s
+        h.feed(post("/predictions/m"))
+        await asyncio.sleep(0.45)  # busy: a request waits for its model, past the timeout
+        assert not h.transport.closed
+        h.answer(4, ResponseItem(200, b"ok", "text/plain"))
+        await settle()
+        await asyncio.sleep(0.2)
+        assert not h.transport.closed  # idle for 0.2 s only
+        await asyncio.sleep(0.2)
+        assert h.transport.closed
 
     run(loop, test)

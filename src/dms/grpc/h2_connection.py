@@ -1,8 +1,9 @@
 """One gRPC client connection on uvicorn's HTTP/2 (``grpc_server = "uvicorn"``).
 
-``GrpcH2Protocol`` is uvicorn's zttp HTTP/2 protocol with three changes:
+``GrpcH2Protocol`` is uvicorn's zttp HTTP/2 protocol with four changes:
 
 - it sends what one loop turn writes to a connection in one socket write (``write_coalescing``);
+- it keeps one idle timer per connection rather than arming one after every call (``IdleClose``);
 - it asks a client to move to a new connection before zttp's lifetime caps end this one with an error;
 - with a servicer (``grpc_protocol``; on unless ``inference_fast_path`` is off), it answers unary
   ``ModelInfer`` calls from the connection's events, without ASGI. The request's DATA frames are
@@ -43,6 +44,7 @@ from dms.grpc.h2 import (
 )
 from dms.grpc.servicer import SERVICE, InferCall, InferenceServicer
 from dms.grpc.write_coalescing import CoalescedWrites
+from dms.rest.idle_close import IdleClose
 
 log = logging.getLogger("dms.grpc")
 
@@ -103,9 +105,10 @@ class _UnaryInfer:
         self.news(self)
 
 
-class GrpcH2Protocol(ZttpH2Protocol):
-    """uvicorn's HTTP/2 protocol for gRPC: coalesced writes, lifetime caps kept, and (with a servicer)
-    ``ModelInfer`` answered without ASGI. ``grpc_protocol`` makes the class a server uses.
+class GrpcH2Protocol(IdleClose, ZttpH2Protocol):
+    """uvicorn's HTTP/2 protocol for gRPC: coalesced writes, lifetime caps kept, one idle timer per
+    connection (``IdleClose``), and (with a servicer) ``ModelInfer`` answered without ASGI.
+    ``grpc_protocol`` makes the class a server uses.
 
     zttp bounds the streams one connection may ever open, and the resets its client may send, against
     rapid-reset floods; a gRPC channel lives for many thousands of calls. Before a cap is reached this
@@ -130,6 +133,25 @@ class GrpcH2Protocol(ZttpH2Protocol):
         super().connection_made(CoalescedWrites(cast(asyncio.Transport, transport), self.loop))
         defaults = [(name.lower(), value) for name, value in self.server_state.default_headers]
         self._answer_headers = [(n, v) for n, v in defaults if n not in FORBIDDEN_HEADERS] + ANSWER_HEADERS
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if not self.cycles and not self.transport.is_closing():  # frames of no stream (PING, SETTINGS, ...)
+            self.went_idle()
+
+    def on_stream_closed(self) -> None:
+        # uvicorn's, except that the connection going idle is noted (IdleClose), not given a new timer.
+        if self.transport.is_closing():
+            return
+        self.resume_reading_if_idle()
+        if not self.cycles:
+            if self.shutdown_requested:
+                self._close_connection()
+                return
+            self.went_idle()
+
+    def close_idle(self) -> None:
+        ZttpH2Protocol.timeout_keep_alive_handler(self)
 
     def handle_request(self, event: Any) -> None:
         unary = self._take(event)
