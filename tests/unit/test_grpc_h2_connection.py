@@ -429,4 +429,14 @@ def test_an_idle_connection_is_closed_after_the_keep_alive_timeout_and_a_busy_on
         h.client.receive_data(h.transport.take())
         assert any(isinstance(event, zttp.GoAway) for event in iter(h.client.next_event, zttp.NEED_DATA))
 
+        # A connection that goes away drops its idle timer at once (the loop would keep it alive till then).
+        h = Harness(lean=lean, keep_alive_s=300)
+        h.call()
+        await h.exchange()
+        h.answer(0, ResponseItem(200, b"ok", "application/grpc"))
+        await h.exchange()
+        assert h.protocol.timeout_keep_alive_task is not None
+        h.protocol.connection_lost(None)
+        assert h.protocol.timeout_keep_alive_task is None
+
     run(loop, test)

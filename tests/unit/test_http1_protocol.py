@@ -306,4 +306,13 @@ def test_an_idle_connection_is_closed_after_the_keep_alive_timeout_and_a_busy_on
         await asyncio.sleep(0.2)
         assert h.transport.closed
 
+        # A connection that goes away drops its idle timer at once (the loop would keep it alive till then).
+        h = Harness(keep_alive_s=300)
+        h.feed(post("/predictions/m"))
+        h.answer(0, ResponseItem(200, b"ok", "text/plain"))
+        await settle()
+        assert h.protocol.timeout_keep_alive_task is not None
+        h.protocol.connection_lost(None)
+        assert h.protocol.timeout_keep_alive_task is None
+
     run(loop, test)

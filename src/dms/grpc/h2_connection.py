@@ -134,6 +134,10 @@ class GrpcH2Protocol(IdleClose, ZttpH2Protocol):
         defaults = [(name.lower(), value) for name, value in self.server_state.default_headers]
         self._answer_headers = [(n, v) for n, v in defaults if n not in FORBIDDEN_HEADERS] + ANSWER_HEADERS
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self.stop_idle_timer()
+
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
         if not self.cycles and not self.transport.is_closing():  # frames of no stream (PING, SETTINGS, ...)

@@ -194,6 +194,7 @@ class InferenceHttpProtocol(IdleClose, HttpToolsProtocol):
             else:
                 exchange.future.cancel()  # dropped from the model's queue; ``_on_answer`` reports it
         super().connection_lost(exc)
+        self.stop_idle_timer()
 
     def on_response_complete(self) -> None:
         # uvicorn's, except that the connection going idle is noted (IdleClose), not given a new timer.

@@ -11,7 +11,8 @@ It relies on three things both of uvicorn's protocols (``HttpToolsProtocol``, ``
 do: they keep the timer in ``timeout_keep_alive_task``, call ``_unset_keepalive_if_required`` when
 data arrives or the connection is lost, and close an idle connection in
 ``timeout_keep_alive_handler``. The places where they would arm a new timer are overridden in
-``dms.rest.http1`` and ``dms.grpc.h2_connection`` to call ``went_idle``.
+``dms.rest.http1`` and ``dms.grpc.h2_connection`` to call ``went_idle``, and their ``connection_lost``
+to call ``stop_idle_timer``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,13 @@ class IdleClose:
     def _unset_keepalive_if_required(self) -> None:
         """Data arrived, or the connection is gone: it is busy. The timer stays, and stops when it fires."""
         self.idle_since = None
+
+    def stop_idle_timer(self) -> None:
+        """The connection is gone: drop its timer now rather than keep the protocol alive until it fires."""
+        self.idle_since = None
+        if self.timeout_keep_alive_task is not None:
+            self.timeout_keep_alive_task.cancel()
+            self.timeout_keep_alive_task = None
 
     def went_idle(self) -> None:
         """The last request was answered and none is waiting: close the connection after the idle timeout."""
