@@ -29,6 +29,7 @@ from dms.observability.metrics import ServerMetrics
 from dms.rest.inference import build_inference_app, inference_forwarders
 from dms.rest.management import build_management_app
 from dms.rest.metrics import build_metrics_app
+from dms.rest.paced_reading import PacedHttpToolsProtocol
 from dms.settings import ServerSettings, parse_address
 
 if TYPE_CHECKING:
@@ -48,14 +49,15 @@ class _Server(uvicorn.Server):
         yield
 
 
-def _uvicorn_server(app: Any, address: str, grace_s: float, http: Any = "httptools", **options: Any) -> _Server:
+def _uvicorn_server(app: Any, address: str, grace_s: float, http: Any = None, **options: Any) -> _Server:
+    """A uvicorn server; ``http`` is its protocol class, by default uvicorn's httptools one with paced reading."""
     host, port = parse_address(address)
     config = uvicorn.Config(
         app,
         host=host,
         port=port,
         lifespan="off",
-        http=http,
+        http=http or PacedHttpToolsProtocol,
         ws="none",
         access_log=False,
         log_config=None,

@@ -19,6 +19,8 @@ class FakeTransport(asyncio.Transport):
         super().__init__()
         self.writes: list[bytes] = []
         self.closed = False
+        self.reading = True
+        """False while the protocol has paused reading (a real transport would take no more data)."""
         self._addresses = {"sockname": ("127.0.0.1", port), "peername": ("127.0.0.1", 50000)}
 
     def write(self, data: Any) -> None:
@@ -40,10 +42,10 @@ class FakeTransport(asyncio.Transport):
         return self._addresses.get(name, default)
 
     def pause_reading(self) -> None:
-        pass
+        self.reading = False
 
     def resume_reading(self) -> None:
-        pass
+        self.reading = True
 
 
 class FakeDataPlane:

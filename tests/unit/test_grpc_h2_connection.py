@@ -440,3 +440,32 @@ def test_an_idle_connection_is_closed_after_the_keep_alive_timeout_and_a_busy_on
         assert h.protocol.timeout_keep_alive_task is None
 
     run(loop, test)
+
+
+@pytest.mark.parametrize("lean", [True, False], ids=["lean", "asgi"])
+def test_a_client_that_does_not_read_what_is_sent_to_it_is_read_no_further(loop: asyncio.AbstractEventLoop, lean: bool):
+    """zttp answers every PING and SETTINGS frame; a client that sent them in a stream and never read grew the
+    frontend by as much as it sent while uvicorn went on reading (test_unread_answers.py)."""
+
+    async def test() -> None:
+        h = Harness(lean=lean)
+        stream = h.call()
+        await h.exchange()
+        h.protocol.pause_writing()  # the transport holds more unsent bytes than its high-water mark
+        assert not h.transport.reading
+        h.answer(0, ResponseItem(200, b"ok", "application/grpc"))
+        await h.exchange()
+        # The lean path wrote its answer and closed the stream; uvicorn's ASGI path waits for the writes to drain.
+        assert h.answers[stream].ended == lean
+        assert not h.transport.reading
+        h.protocol.resume_writing()
+        assert h.transport.reading
+        await h.exchange()
+        assert h.answers[stream].code == grpc.StatusCode.OK and h.transport.reading
+        second = h.call()
+        await h.exchange()
+        h.answer(1, ResponseItem(200, b"ok", "application/grpc"))
+        await h.exchange()
+        assert h.answers[second].code == grpc.StatusCode.OK
+
+    run(loop, test)

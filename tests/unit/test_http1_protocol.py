@@ -157,6 +157,49 @@ def test_a_request_pipelined_behind_one_in_flight_waits_for_it(loop: asyncio.Abs
     run(loop, test)
 
 
+def test_requests_queued_behind_one_in_flight_are_read_no_further_until_their_turn(loop: asyncio.AbstractEventLoop):
+    """uvicorn resumed reading after every answer and whenever a queued request read its body, so a client that
+    pipelined requests without reading the answers had every one parsed into memory (test_unread_answers.py)."""
+
+    async def test() -> None:
+        h = Harness()
+        h.feed(post("/predictions/m", b"one") + post("/predictions/m", b"two") + post("/predictions/m", b"three"))
+        assert not h.transport.reading and len(h.dataplane.submitted) == 1  # two requests queued
+        h.protocol.pause_writing()
+        h.protocol.resume_writing()
+        assert not h.transport.reading  # writes flow again, but requests are still queued
+        h.answer(0, ResponseItem(200, b"first", "text/plain"))
+        await settle()
+        assert len(h.dataplane.submitted) == 2 and not h.transport.reading  # the third still waits its turn
+        h.answer(1, ResponseItem(200, b"second", "text/plain"))
+        await settle()
+        assert len(h.dataplane.submitted) == 3 and h.transport.reading  # the last one in flight: read on
+        h.answer(2, ResponseItem(200, b"third", "text/plain"))
+        await settle()
+        written = h.transport.take()
+        assert written.index(b"first") < written.index(b"second") < written.index(b"third")
+        assert h.transport.reading and not h.transport.closed
+
+    run(loop, test)
+
+
+def test_a_client_that_does_not_read_its_answers_is_read_no_further(loop: asyncio.AbstractEventLoop):
+    async def test() -> None:
+        h = Harness()
+        h.feed(post("/predictions/m", b"one"))
+        h.protocol.pause_writing()  # the transport holds more unsent bytes than its high-water mark
+        assert not h.transport.reading
+        h.answer(0, ResponseItem(200, b"first", "text/plain"))
+        await settle()
+        assert h.transport.take().endswith(b"first") and not h.transport.reading  # answered; reading stays paused
+        h.protocol.resume_writing()
+        assert h.transport.reading
+        h.feed(post("/predictions/m", b"two"))
+        assert len(h.dataplane.submitted) == 2
+
+    run(loop, test)
+
+
 def test_refusals_are_answered_at_once_and_the_connection_goes_on(loop: asyncio.AbstractEventLoop):
     async def test() -> None:
         h = Harness()

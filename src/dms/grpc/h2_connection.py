@@ -1,8 +1,13 @@
 """One gRPC client connection on uvicorn's HTTP/2 (``grpc_server = "uvicorn"``).
 
-``GrpcH2Protocol`` is uvicorn's zttp HTTP/2 protocol with four changes:
+``GrpcH2Protocol`` is uvicorn's zttp HTTP/2 protocol with five changes:
 
 - it sends what one loop turn writes to a connection in one socket write (``write_coalescing``);
+- it reads nothing more from a client while the transport holds more unsent bytes than its high-water
+  mark. uvicorn read on, and zttp answers every PING and SETTINGS frame (which HTTP/2's flow control
+  does not cover), so a client that sent them in a stream and never read grew the frontend by as much
+  as it sent (~400 MiB in 15 s; ``tests/e2e/test_unread_answers.py``); now the kernel's socket
+  buffers hold it back;
 - it keeps one idle timer per connection rather than arming one after every call (``IdleClose``);
 - it asks a client to move to a new connection before zttp's lifetime caps end this one with an error;
 - with a servicer (``grpc_protocol``; on unless ``inference_fast_path`` is off), it answers unary
@@ -106,8 +111,9 @@ class _UnaryInfer:
 
 
 class GrpcH2Protocol(IdleClose, ZttpH2Protocol):
-    """uvicorn's HTTP/2 protocol for gRPC: coalesced writes, lifetime caps kept, one idle timer per
-    connection (``IdleClose``), and (with a servicer) ``ModelInfer`` answered without ASGI.
+    """uvicorn's HTTP/2 protocol for gRPC: coalesced writes, reads paused while writes are, lifetime caps
+    kept, one idle timer per connection (``IdleClose``), and (with a servicer) ``ModelInfer`` answered
+    without ASGI.
     ``grpc_protocol`` makes the class a server uses.
 
     zttp bounds the streams one connection may ever open, and the resets its client may send, against
@@ -156,6 +162,20 @@ class GrpcH2Protocol(IdleClose, ZttpH2Protocol):
 
     def close_idle(self) -> None:
         ZttpH2Protocol.timeout_keep_alive_handler(self)
+
+    def pause_writing(self) -> None:
+        """The transport holds more unsent bytes than its high-water mark: the client is not reading."""
+        super().pause_writing()
+        self.flow.pause_reading()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self.resume_reading_if_idle()
+
+    def resume_reading_if_idle(self) -> None:
+        # uvicorn's (no stream's body over its buffer limit), and the client reading what is sent to it.
+        if not self.flow.write_paused:
+            super().resume_reading_if_idle()
 
     def handle_request(self, event: Any) -> None:
         unary = self._take(event)
