@@ -24,7 +24,7 @@ import numpy as np
 import psutil
 
 from bench.harness import grpc_load, load, peers, setups
-from bench.harness.report import Row, write_report
+from bench.harness.report import IN_PROCESS_LOOP, STARTUP_PEER, Row, write_report
 from bench.harness.servers import Server
 
 ROOT = Path(__file__).resolve().parent
@@ -282,7 +282,7 @@ def startup_scenario(plan: Plan, work: Path, extras: dict[str, object]) -> None:
     }
     if plan.peers:
         ts_bin, mms_bin = peers.torchserve_env(peers.VENVS), peers.mms_env(peers.VENVS)
-        makers["TorchServe 0.12"] = lambda folder: setups.torchserve_server(
+        makers[STARTUP_PEER] = lambda folder: setups.torchserve_server(
             folder, ts_bin, "tiny", handler, [], TS_TINY_CONFIG, setups.TINY_BODY, "application/json"
         )
         makers["MMS 1.1"] = lambda folder: setups.mms_server(folder, mms_bin)
@@ -404,6 +404,10 @@ def squeezenet_scenario(plan: Plan, work: Path, rows: list[Row], extras: dict[st
             for server, label, target in targets:
                 measure(server, target, label, plan_c16, folder, rows, "squeezenet", round_index)
         extras["in_process_images_per_s"] = loops
+        extras["squeezenet_comparisons"] = [
+            ("DMS ÷ the in-process loop", "DMS image_classifier", [IN_PROCESS_LOOP]),
+            ("DMS ÷ TorchServe", "DMS image_classifier", ["TorchServe 0.12 (same preprocessing)"]),
+        ]
     finally:
         for server, _ in servers:
             server.stop()

@@ -68,6 +68,18 @@ def ratios(rows: list[Row], scenario: str, comparison: Comparison) -> dict[int, 
     return found
 
 
+IN_PROCESS_LOOP = "in-process loop (2 processes)"
+"""The SqueezeNet scenario's in-process loop, as a row the ratio table can divide by."""
+STARTUP_PEER = "TorchServe 0.12"
+"""The server the issue's start-up targets are set against."""
+
+
+def loop_row(images_per_s: float, window_s: float, round_index: int) -> Row:
+    """One round of the in-process loop as a row of the SqueezeNet scenario (for ratios only; it has no latency)."""
+    result = LoadResult(16, round(images_per_s * window_s), window_s, 0, 0, 0.0, 0.0, 0.0)
+    return Row("squeezenet", IN_PROCESS_LOOP, 16, result, 0.0, round_index)
+
+
 def _ratio_table(rows: list[Row], scenario: str, comparisons: list[Comparison]) -> list[str]:
     concurrencies = sorted({row.concurrency for row in rows if row.scenario == scenario})
     lines = ["| ratio of req/s | " + " | ".join(f"c={c}" for c in concurrencies) + " |"]
@@ -140,6 +152,15 @@ def write_report(out: Path, rows: list[Row], extras: dict[str, Any], machine: st
             f"{statistics.median(loops):,.1f} images/s (rounds: {', '.join(f'{v:,.1f}' for v in loops)}).",
             "",
         ]
+    squeezenet_comparisons = extras.get("squeezenet_comparisons")
+    if squeezenet_comparisons and medians(rows, "squeezenet"):
+        loop_rows = [loop_row(images_per_s, window, index) for index, images_per_s in enumerate(loops or [])]
+        lines += [
+            "Ratios of images/s, as for the tiny model (the loop runs just before the servers in each round):",
+            "",
+            *_ratio_table(rows + loop_rows, "squeezenet", squeezenet_comparisons),
+            "",
+        ]
     startup = extras.get("startup") or {}
     if startup:
         lines += [
@@ -154,6 +175,12 @@ def write_report(out: Path, rows: list[Row], extras: dict[str, Any], machine: st
         for name, (cold, rss) in startup.items():
             lines.append(f"| {name} | {cold:.2f} | {rss:,.0f} |")
         lines.append("")
+        ours, theirs = startup.get("DMS"), startup.get(STARTUP_PEER)
+        if ours and theirs:
+            lines += [
+                f"DMS ÷ {STARTUP_PEER}: cold start {ours[0] / theirs[0]:.2f}, idle RSS {ours[1] / theirs[1]:.2f}.",
+                "",
+            ]
     lines.append(f"Chart: `{out.with_suffix('.png').name}`.")
     out.write_text("\n".join(lines) + "\n")
     chart(out.with_suffix(".png"), rows)

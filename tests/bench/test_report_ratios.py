@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bench.harness.load import LoadResult
-from bench.harness.report import Row, ratios, write_report
+from bench.harness.report import IN_PROCESS_LOOP, Row, ratios, write_report
 
 
 def row(label: str, concurrency: int, rps: float, round_index: int) -> Row:
@@ -43,3 +43,33 @@ def test_the_report_shows_the_ratio_table_with_every_round(tmp_path):
     text = out.read_text()
     assert "| DMS ÷ the best peer | **3.00** (by round: 2.50, 3.00) | **2.00** (by round: 2.00) |" in text
     assert "(reversed every other round), so that the windows compared are seconds apart: DMS, MMS." in text
+
+
+def test_the_report_divides_squeezenet_by_the_loop_and_torchserve_round_by_round_and_start_up_by_torchserve(
+    tmp_path,
+):
+    def image_row(label: str, images_per_s: float, round_index: int) -> Row:
+        result = LoadResult(16, int(images_per_s * 8), 8.0, 0, 0, 100.0, 150.0, 180.0)
+        return Row("squeezenet", label, 16, result, 17_000.0, round_index)
+
+    rows = [
+        image_row("DMS image_classifier", 120, 0),
+        image_row("TorchServe 0.12 (same preprocessing)", 80, 0),
+        image_row("DMS image_classifier", 100, 1),
+        image_row("TorchServe 0.12 (same preprocessing)", 100, 1),
+    ]
+    extras = {
+        "in_process_images_per_s": [150.0, 125.0],
+        "squeezenet_comparisons": [
+            ("DMS ÷ the in-process loop", "DMS image_classifier", [IN_PROCESS_LOOP]),
+            ("DMS ÷ TorchServe", "DMS image_classifier", ["TorchServe 0.12 (same preprocessing)"]),
+        ],
+        "startup": {"DMS": (1.0, 150.0), "TorchServe 0.12": (4.0, 600.0), "MMS 1.1": (2.0, 200.0)},
+    }
+    out = tmp_path / "run.md"
+    write_report(out, rows, extras, "a test machine", 8, 2)
+    text = out.read_text()
+    assert "| DMS ÷ the in-process loop | **0.80** (by round: 0.80, 0.80) |" in text
+    assert "| DMS ÷ TorchServe | **1.22** (by round: 1.50, 1.00) |" in text
+    assert "DMS ÷ TorchServe 0.12: cold start 0.25, idle RSS 0.25." in text
+    assert IN_PROCESS_LOOP not in text.split("Ratios of images/s")[0].split("## SqueezeNet")[1]  # not a server row
