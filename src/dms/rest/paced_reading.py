@@ -6,9 +6,9 @@ queue, and it goes on reading while the answers it writes pile up in the transpo
 client does not read them. Each read is parsed at once, so a client that sent requests back to back
 and never read a byte had all of them parsed and queued in the server's memory: 31 MB of tiny
 ``/predictions`` requests grew the frontend by ~400 MiB, which stayed with the process after the
-client left (``tests/e2e/test_unread_answers.py``). Here a connection reads on only when no request waits in its
-queue and the transport is taking its writes (``pause_writing`` / ``resume_writing``); the kernel's
-socket buffers then hold such a client back, as they would any other.
+client left (``tests/e2e/test_unread_answers.py``). Here a connection reads on only when no request
+waits in its queue and the transport is taking its writes (``pause_writing`` / ``resume_writing``);
+the kernel's socket buffers then hold such a client back, as they would any other.
 
 Every uvicorn HTTP/1.1 server of DMS uses it: the inference port through ``dms.rest.http1``, which
 subclasses it, and the management, metrics and control ports directly.
