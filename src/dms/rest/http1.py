@@ -103,9 +103,8 @@ class _Exchange:
 
 class InferenceHttpProtocol(IdleClose, PacedHttpToolsProtocol):
     """uvicorn's HTTP/1.1 protocol, answering the forwarding routes without ASGI, reading only what it is
-    ready to answer (``PacedHttpToolsProtocol``), with one idle timer per connection (``IdleClose``,
-    whose ``went_idle`` takes the place of a new timer after each answer). Made per server by
-    ``inference_protocol``, which sets ``fast_path``."""
+    ready to answer (``PacedHttpToolsProtocol``), with one idle timer per connection (``IdleClose``).
+    Made per server by ``inference_protocol``, which sets ``fast_path``."""
 
     fast_path: ClassVar[InferenceFastPath]
 
@@ -198,6 +197,18 @@ class InferenceHttpProtocol(IdleClose, PacedHttpToolsProtocol):
                 exchange.future.cancel()  # dropped from the model's queue; ``_on_answer`` reports it
         super().connection_lost(exc)
         self.stop_idle_timer()
+
+    def on_response_complete(self) -> None:
+        # uvicorn's, except that the connection going idle is noted (IdleClose), not given a new timer.
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()  # paced: not while requests are queued or answers go unread
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        else:
+            self.went_idle()
 
     def close_idle(self) -> None:
         HttpToolsProtocol.timeout_keep_alive_handler(self)

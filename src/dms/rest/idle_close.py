@@ -10,9 +10,9 @@ later, and stops if the connection is busy (the next ``went_idle`` arms it again
 It relies on three things both of uvicorn's protocols (``HttpToolsProtocol``, ``ZttpH2Protocol``)
 do: they keep the timer in ``timeout_keep_alive_task``, call ``_unset_keepalive_if_required`` when
 data arrives or the connection is lost, and close an idle connection in
-``timeout_keep_alive_handler``. The places where they would arm a new timer call ``went_idle``
-(``dms.rest.paced_reading``, ``dms.grpc.h2_connection``), and the protocols' ``connection_lost``
-calls ``stop_idle_timer`` (``dms.rest.http1``, ``dms.grpc.h2_connection``).
+``timeout_keep_alive_handler``. In ``dms.rest.http1`` and ``dms.grpc.h2_connection`` the places where
+they would arm a new timer call ``went_idle`` instead, and their ``connection_lost`` calls
+``stop_idle_timer``.
 """
 
 from __future__ import annotations

@@ -44,23 +44,6 @@ class PacedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         self.flow = PacedFlowControl(transport, self.pipeline)
 
-    def on_response_complete(self) -> None:
-        # uvicorn's, with the connection going idle as a method of its own (``went_idle``).
-        self.server_state.total_requests += 1
-        if self.transport.is_closing():
-            return
-        self.flow.resume_reading()  # not while requests are queued: each resumes it as it is answered
-        if self.pipeline:
-            cycle, app = self.pipeline.pop()
-            self._start_asgi_task(cycle, app)
-        else:
-            self.went_idle()
-
-    def went_idle(self) -> None:
-        """The last request was answered and none is queued: uvicorn's keep-alive timer."""
-        self._unset_keepalive_if_required()
-        self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
-
     def pause_writing(self) -> None:
         """The transport holds more unsent bytes than its high-water mark: the client is not reading."""
         super().pause_writing()
