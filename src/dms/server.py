@@ -13,90 +13,21 @@ import ipaddress
 import logging
 import os
 import signal
-import socket
 import sys
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import Callable, Coroutine
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import uvicorn
+from typing import Any
 
 from dms.auth import KeyStore
 from dms.dataplane import DataPlane
 from dms.errors import DMSError, ModelAlreadyExistsError
+from dms.listeners import Listeners
 from dms.observability.metrics import ServerMetrics
-from dms.rest.inference import build_inference_app, inference_forwarders
-from dms.rest.management import build_management_app
-from dms.rest.metrics import build_metrics_app
-from dms.rest.paced_reading import PacedHttpToolsProtocol
 from dms.settings import ServerSettings, parse_address
-
-if TYPE_CHECKING:
-    from dms.frontends.group import FrontendGroup
-    from dms.grpc.servicer import RepositoryChanges
 
 log = logging.getLogger("dms.server")
 READY_LINE = "DMS is ready"
-GRPC_IDLE_CONNECTION_S = 600
-
-
-class _Server(uvicorn.Server):
-    """A uvicorn server that leaves signal handling to ``serve_forever``."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
-
-
-def _uvicorn_server(app: Any, address: str, grace_s: float, http: Any = None, **options: Any) -> _Server:
-    """A uvicorn server; ``http`` is its protocol class, by default uvicorn's httptools one with paced reading."""
-    host, port = parse_address(address)
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        lifespan="off",
-        http=http or PacedHttpToolsProtocol,
-        ws="none",
-        access_log=False,
-        log_config=None,
-        server_header=False,
-        # Nothing reads the client address, so X-Forwarded-* need not be parsed on every request.
-        proxy_headers=False,
-        timeout_graceful_shutdown=int(grace_s) or None,
-        **options,
-    )
-    return _Server(config)
-
-
-def unix_socket_server(app: Any, path: str, grace_s: float) -> _Server:
-    """An HTTP server on a Unix socket (the control API of a frontend after the first)."""
-    return _uvicorn_server(app, "127.0.0.1:0", grace_s, uds=path)
-
-
-def _grpc_h2_server(
-    dataplane: DataPlane, metrics: ServerMetrics, keys: KeyStore | None, repository: RepositoryChanges | None
-) -> _Server:
-    """The gRPC service on uvicorn's HTTP/2 (``grpc_server = "uvicorn"``)."""
-    from dms.grpc.h2 import GrpcApp
-    from dms.grpc.h2_connection import grpc_protocol
-    from dms.grpc.servicer import InferenceServicer, rpc_methods
-
-    settings = dataplane.settings
-    servicer = InferenceServicer(dataplane, metrics, keys, repository)
-    app = GrpcApp(rpc_methods(servicer), settings.grpc_max_message_bytes)
-    # With the fast path, ModelInfer calls are answered from the HTTP/2 events (dms.grpc.h2_connection).
-    protocol = grpc_protocol(servicer if settings.inference_fast_path else None, settings.grpc_max_message_bytes)
-    # gRPC channels stay open between calls; uvicorn's 5 s idle limit would make clients reconnect often.
-    return _uvicorn_server(
-        app,
-        settings.grpc_address,
-        settings.graceful_shutdown_s,
-        http=protocol,
-        date_header=False,
-        timeout_keep_alive=GRPC_IDLE_CONNECTION_S,
-    )
 
 
 def default_model_archive() -> Path:
@@ -149,149 +80,6 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def _inference_server(dataplane: DataPlane, metrics: ServerMetrics, keys: KeyStore | None) -> _Server:
-    """The inference API; with ``inference_fast_path``, the forwarding routes skip Starlette (an ASGI
-    fast path) and, on connections that uvicorn's httptools protocol serves, ASGI itself (``dms.rest.http1``)."""
-    settings = dataplane.settings
-    forwarders = inference_forwarders(dataplane, metrics)
-    app = build_inference_app(dataplane, metrics, keys, forwarders)
-    if not settings.inference_fast_path:
-        return _uvicorn_server(app, settings.inference_address, settings.graceful_shutdown_s)
-    from dms.rest.fastpath import InferenceFastPath
-    from dms.rest.http1 import inference_protocol
-
-    fast_path = InferenceFastPath(app, forwarders, keys if settings.inference_token_auth else None)
-    return _uvicorn_server(
-        fast_path, settings.inference_address, settings.graceful_shutdown_s, http=inference_protocol(fast_path)
-    )
-
-
-def shared_port_socket(address: str) -> socket.socket:
-    """A listening socket that the server's other frontends bind too (``SO_REUSEPORT``)."""
-    host, port = parse_address(address)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((host, port))
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
-def _repository_changes(
-    settings: ServerSettings,
-    dataplane: DataPlane,
-    keys: KeyStore | None,
-    frontends: FrontendGroup | None,
-    second_frontend: bool,
-) -> RepositoryChanges | None:
-    """Where gRPC's model-repository calls make their changes; None: in this process (one frontend)."""
-    if settings.frontends == 1:
-        return None
-    from dms.frontends.repository import FrontendZeroRepository, SyncedRepository
-
-    if second_frontend:
-        return FrontendZeroRepository(settings, keys)
-    if frontends is not None:
-        return SyncedRepository(dataplane, frontends)
-    return None
-
-
-class Listeners:
-    """The server's open ports: three HTTP servers (uvicorn) and the gRPC server.
-
-    With ``second_frontend``, a frontend after the first (``dms.frontends``): the inference API and gRPC
-    only. With ``frontends > 1`` the inference and gRPC ports are bound with ``SO_REUSEPORT``.
-    """
-
-    def __init__(
-        self,
-        settings: ServerSettings,
-        dataplane: DataPlane,
-        metrics: ServerMetrics,
-        keys: KeyStore | None,
-        frontends: FrontendGroup | None = None,
-        second_frontend: bool = False,
-    ) -> None:
-        grace = settings.graceful_shutdown_s
-        self.settings = settings
-        self.second_frontend = second_frontend
-        inference = _inference_server(dataplane, metrics, keys)
-        self.http = [inference]
-        self.shared: dict[_Server, str] = {inference: settings.inference_address} if settings.frontends > 1 else {}
-        if not second_frontend:
-            management = build_management_app(dataplane, metrics, keys, frontends)
-            self.http += [
-                _uvicorn_server(management, settings.management_address, grace),
-                _uvicorn_server(build_metrics_app(metrics, frontends), settings.metrics_address, grace),
-            ]
-        self.tasks: list[asyncio.Task[None]] = []
-        self.grpc: Any = None
-        self.grpc_h2: _Server | None = None
-        repository = _repository_changes(settings, dataplane, keys, frontends, second_frontend)
-        if settings.grpc_enabled and settings.grpc_server == "uvicorn":
-            self.grpc_h2 = _grpc_h2_server(dataplane, metrics, keys, repository)
-            self.http.append(self.grpc_h2)
-            if settings.frontends > 1:
-                self.shared[self.grpc_h2] = settings.grpc_address
-        elif settings.grpc_enabled:
-            from dms.grpc.servicer import build_grpc_server
-
-            self.grpc = build_grpc_server(dataplane, metrics, keys, repository)
-
-    async def open(self) -> bool:
-        """Bind every port; False (after closing what opened) when one could not be bound."""
-        sockets: dict[_Server, list[socket.socket]] = {}
-        for server, address in self.shared.items():
-            try:
-                sockets[server] = [shared_port_socket(address)]
-            except OSError as exc:
-                log.error("could not open %s: %s; stopping", address, exc)
-                for opened in sockets.values():
-                    opened[0].close()
-                return False
-        self.tasks = [asyncio.create_task(server.serve(sockets=sockets.get(server))) for server in self.http]
-        while not all(server.started for server in self.http):
-            if any(task.done() for task in self.tasks):
-                log.error("could not open the HTTP%s ports; stopping", "" if self.grpc_h2 is None else " and gRPC")
-                await self.close(0)
-                return False
-            await asyncio.sleep(0.01)
-        if self.grpc is not None:
-            try:
-                await self.grpc.start()
-            except RuntimeError as exc:
-                log.error("could not open the gRPC port %s: %s", self.settings.grpc_address, exc)
-                self.grpc = None
-                await self.close(0)
-                return False
-        return True
-
-    async def close(self, grace_s: float) -> None:
-        """Stop accepting; in-flight requests get up to ``grace_s`` to finish."""
-        for server in self.http:
-            server.should_exit = True
-        stopping: list[Any] = [asyncio.gather(*self.tasks, return_exceptions=True)]
-        if self.grpc is not None:
-            stopping.append(self.grpc.stop(grace_s))
-        await asyncio.gather(*stopping)
-
-    def describe(self) -> str:
-        s = self.settings
-        if self.second_frontend:
-            text = f"inference http://{s.inference_address}"
-        else:
-            text = f"inference http://{s.inference_address} management http://{s.management_address} "
-            text += f"metrics http://{s.metrics_address}"
-        if s.frontends > 1:
-            text += f" ({s.frontends} frontends)"
-        serving_grpc = self.grpc is not None or self.grpc_h2 is not None
-        return text + (f" grpc {s.grpc_address}" if serving_grpc else "")
 
 
 async def serve_forever(settings: ServerSettings) -> int:

@@ -29,7 +29,7 @@ log = logging.getLogger("dms.frontends")
 async def serve_replica(settings: ServerSettings, index: int, control_path: str) -> int:
     """Answer the control API at once; open the shared ports once the first registry is in place, so that
     no connection reaches a frontend without its models (one started again after a crash included)."""
-    from dms.server import Listeners, unix_socket_server
+    from dms.listeners import Listeners, unix_socket_server
 
     metrics = ServerMetrics()
     dataplane = DataPlane(settings, metrics.observer_for, frontend_index=index)
