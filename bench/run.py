@@ -126,6 +126,8 @@ OIP_JSON = "DMS OIP REST JSON (ONNX)"
 OIP_BINARY = "DMS OIP REST binary (ONNX)"
 OIP_GRPC = "DMS OIP gRPC (ONNX)"
 OIP_GRPC_UVICORN = "DMS OIP gRPC on uvicorn HTTP/2 (ONNX)"
+SQUEEZENET_DMS = "DMS image_classifier"
+SQUEEZENET_TORCHSERVE = "TorchServe 0.12 (same preprocessing)"
 BARE_CEILING = "bare ceiling (uvicorn, 2 processes)"
 GRPC_CEILING = "gRPC ceiling (grpcio aio, 2 processes)"
 TORCHSERVE = "TorchServe 0.12 (batch {batch} / 5 ms)"
@@ -376,7 +378,7 @@ def squeezenet_scenario(plan: Plan, work: Path, rows: list[Row], extras: dict[st
     plan_c16 = Plan(plan.window_s, plan.warmup_s, [16], plan.rounds, plan.peers, [])
     try:
         dms.launch()
-        servers.append((dms, "DMS image_classifier"))
+        servers.append((dms, SQUEEZENET_DMS))
         if plan.peers:
             ts_bin = peers.torchserve_env(peers.VENVS)
             ts = setups.torchserve_server(
@@ -390,7 +392,7 @@ def squeezenet_scenario(plan: Plan, work: Path, rows: list[Row], extras: dict[st
                 "image/jpeg",
             )
             ts.launch()
-            servers.append((ts, "TorchServe 0.12 (same preprocessing)"))
+            servers.append((ts, SQUEEZENET_TORCHSERVE))
         targets = [
             (s, label, load.Target(s.probe_url, images, "image/jpeg", markers, whole=False)) for s, label in servers
         ]
@@ -405,8 +407,8 @@ def squeezenet_scenario(plan: Plan, work: Path, rows: list[Row], extras: dict[st
                 measure(server, target, label, plan_c16, folder, rows, "squeezenet", round_index)
         extras["in_process_images_per_s"] = loops
         extras["squeezenet_comparisons"] = [
-            ("DMS ÷ the in-process loop", "DMS image_classifier", [IN_PROCESS_LOOP]),
-            ("DMS ÷ TorchServe", "DMS image_classifier", ["TorchServe 0.12 (same preprocessing)"]),
+            ("DMS ÷ the in-process loop", SQUEEZENET_DMS, [IN_PROCESS_LOOP]),
+            ("DMS ÷ TorchServe", SQUEEZENET_DMS, [SQUEEZENET_TORCHSERVE]),
         ]
     finally:
         for server, _ in servers:
