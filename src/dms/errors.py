@@ -16,6 +16,7 @@ framework.
     ├── QueueFullError             the model's bounded queue is full
     ├── ModelUnavailableError      no worker can serve (model failed, stopping)
     ├── RequestTimeoutError        a worker overran ``response_timeout_s``
+    ├── RequestReadTimeoutError    the client took longer than ``request_read_timeout_s`` to send it
     ├── WorkerDiedError            the worker process died while it held the request
     ├── HandlerError               the user's handler raised or broke its contract
     └── InternalError              anything else
@@ -36,6 +37,7 @@ class ErrorKind(StrEnum):
     FORBIDDEN = "forbidden"
     UNAVAILABLE = "unavailable"
     TIMEOUT = "timeout"
+    READ_TIMEOUT = "read_timeout"
     WORKER_DIED = "worker_died"
     INTERNAL = "internal"
 
@@ -104,6 +106,12 @@ class RequestTimeoutError(DMSError):
     kind = ErrorKind.TIMEOUT
 
 
+class RequestReadTimeoutError(DMSError):
+    """The request stopped arriving: the client sent it too slowly (``request_read_timeout_s``)."""
+
+    kind = ErrorKind.READ_TIMEOUT
+
+
 class WorkerDiedError(DMSError):
     kind = ErrorKind.WORKER_DIED
 
@@ -130,6 +138,7 @@ _BY_NAME: dict[str, type[DMSError]] = {
         QueueFullError,
         ModelUnavailableError,
         RequestTimeoutError,
+        RequestReadTimeoutError,
         WorkerDiedError,
         HandlerError,
         InternalError,

@@ -19,10 +19,10 @@ import uvicorn
 from dms.auth import KeyStore
 from dms.dataplane import DataPlane
 from dms.observability.metrics import ServerMetrics
+from dms.rest.http1_connection import http1_protocol
 from dms.rest.inference import build_inference_app, inference_forwarders
 from dms.rest.management import build_management_app
 from dms.rest.metrics import build_metrics_app
-from dms.rest.paced_reading import PacedHttpToolsProtocol
 from dms.settings import ServerSettings, parse_address
 
 if TYPE_CHECKING:
@@ -41,15 +41,17 @@ class _Server(uvicorn.Server):
         yield
 
 
-def _uvicorn_server(app: Any, address: str, grace_s: float, http: Any = None, **options: Any) -> _Server:
-    """A uvicorn server; ``http`` is its protocol class, by default uvicorn's httptools one with paced reading."""
+def _uvicorn_server(app: Any, address: str, settings: ServerSettings, http: Any = None, **options: Any) -> _Server:
+    """A uvicorn server; ``http`` is its protocol class, by default ``Http1Protocol`` (``dms.rest.http1_connection``:
+    uvicorn's httptools one with paced reading and the idle and read deadlines)."""
     host, port = parse_address(address)
+    grace_s = settings.graceful_shutdown_s
     config = uvicorn.Config(
         app,
         host=host,
         port=port,
         lifespan="off",
-        http=http or PacedHttpToolsProtocol,
+        http=http or http1_protocol(settings.request_read_timeout_s),
         ws="none",
         access_log=False,
         log_config=None,
@@ -62,9 +64,9 @@ def _uvicorn_server(app: Any, address: str, grace_s: float, http: Any = None, **
     return _Server(config)
 
 
-def unix_socket_server(app: Any, path: str, grace_s: float) -> _Server:
+def unix_socket_server(app: Any, path: str, settings: ServerSettings) -> _Server:
     """An HTTP server on a Unix socket (the control API of a frontend after the first)."""
-    return _uvicorn_server(app, "127.0.0.1:0", grace_s, uds=path)
+    return _uvicorn_server(app, "127.0.0.1:0", settings, uds=path)
 
 
 def _grpc_h2_server(
@@ -84,7 +86,7 @@ def _grpc_h2_server(
     return _uvicorn_server(
         app,
         settings.grpc_address,
-        settings.graceful_shutdown_s,
+        settings,
         http=protocol,
         date_header=False,
         timeout_keep_alive=GRPC_IDLE_CONNECTION_S,
@@ -98,14 +100,13 @@ def _inference_server(dataplane: DataPlane, metrics: ServerMetrics, keys: KeySto
     forwarders = inference_forwarders(dataplane, metrics)
     app = build_inference_app(dataplane, metrics, keys, forwarders)
     if not settings.inference_fast_path:
-        return _uvicorn_server(app, settings.inference_address, settings.graceful_shutdown_s)
+        return _uvicorn_server(app, settings.inference_address, settings)
     from dms.rest.fastpath import InferenceFastPath
     from dms.rest.http1 import inference_protocol
 
     fast_path = InferenceFastPath(app, forwarders, keys if settings.inference_token_auth else None)
-    return _uvicorn_server(
-        fast_path, settings.inference_address, settings.graceful_shutdown_s, http=inference_protocol(fast_path)
-    )
+    protocol = inference_protocol(fast_path, settings.request_read_timeout_s)
+    return _uvicorn_server(fast_path, settings.inference_address, settings, http=protocol)
 
 
 def shared_port_socket(address: str) -> socket.socket:
@@ -158,7 +159,6 @@ class Listeners:
         frontends: FrontendGroup | None = None,
         second_frontend: bool = False,
     ) -> None:
-        grace = settings.graceful_shutdown_s
         self.settings = settings
         self.second_frontend = second_frontend
         inference = _inference_server(dataplane, metrics, keys)
@@ -167,8 +167,8 @@ class Listeners:
         if not second_frontend:
             management = build_management_app(dataplane, metrics, keys, frontends)
             self.http += [
-                _uvicorn_server(management, settings.management_address, grace),
-                _uvicorn_server(build_metrics_app(metrics, frontends), settings.metrics_address, grace),
+                _uvicorn_server(management, settings.management_address, settings),
+                _uvicorn_server(build_metrics_app(metrics, frontends), settings.metrics_address, settings),
             ]
         self.tasks: list[asyncio.Task[None]] = []
         self.grpc: Any = None

@@ -99,6 +99,9 @@ class ServerSettings(BaseSettings):
 
     max_request_size_bytes: int = Field(default=6_553_500, ge=1)
     """Largest request body accepted (TorchServe's default); larger gets 413."""
+    request_read_timeout_s: float = Field(default=60.0, gt=0)
+    """How long an HTTP/1.1 request's head may take to arrive from its first byte, and how long its body may
+    pause between reads; past it the request gets 408 and its connection is closed (slow or stalled clients)."""
     max_json_depth: int = Field(default=64, ge=1)
     """Deepest JSON nesting a request may have."""
     max_tensor_elements: int = Field(default=50_000_000, ge=1)

@@ -39,7 +39,7 @@ class RecordingApp:
 
 
 class Harness:
-    def __init__(self, keys: KeyStore | None = None, keep_alive_s: float = 5) -> None:
+    def __init__(self, keys: KeyStore | None = None, keep_alive_s: float = 5, read_timeout_s: float = 60) -> None:
         self.dataplane = FakeDataPlane(ServerSettings(max_request_size_bytes=100))
         self.metrics = ServerMetrics()
         forwarder = Forwarder(
@@ -51,7 +51,7 @@ class Harness:
         )
         self.app = RecordingApp()
         fast_path = InferenceFastPath(self.app, InferenceForwarders(forwarder, forwarder, forwarder), keys=keys)
-        protocol_class = inference_protocol(fast_path)
+        protocol_class = inference_protocol(fast_path, read_timeout_s)
         config = uvicorn.Config(
             fast_path,
             http=protocol_class,

@@ -37,7 +37,7 @@ async def serve_replica(settings: ServerSettings, index: int, control_path: str)
     keys = KeyStore.reading(settings.key_file) if settings.token_auth or settings.inference_token_auth else None
     follower = RegistryFollower(dataplane, keys)
     grace = settings.graceful_shutdown_s
-    control = unix_socket_server(build_control_app(follower, dataplane, metrics), control_path, grace)
+    control = unix_socket_server(build_control_app(follower, dataplane, metrics), control_path, settings)
     listeners = Listeners(settings, dataplane, metrics, keys, second_frontend=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

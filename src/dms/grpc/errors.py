@@ -16,6 +16,7 @@ GRPC_STATUS: dict[ErrorKind, grpc.StatusCode] = {
     ErrorKind.FORBIDDEN: grpc.StatusCode.PERMISSION_DENIED,
     ErrorKind.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
     ErrorKind.TIMEOUT: grpc.StatusCode.DEADLINE_EXCEEDED,
+    ErrorKind.READ_TIMEOUT: grpc.StatusCode.DEADLINE_EXCEEDED,  # HTTP/1.1 only (408); here for completeness
     ErrorKind.WORKER_DIED: grpc.StatusCode.INTERNAL,
     ErrorKind.INTERNAL: grpc.StatusCode.INTERNAL,
 }

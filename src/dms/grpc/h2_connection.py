@@ -8,7 +8,7 @@
   does not cover), so a client that sent them in a stream and never read grew the frontend by as much
   as it sent (~400 MiB in 15 s; ``tests/e2e/test_unread_answers.py``); now the kernel's socket
   buffers hold it back;
-- it keeps one idle timer per connection rather than arming one after every call (``IdleClose``);
+- it keeps one idle timer per connection rather than arming one after every call (``ConnectionDeadlines``);
 - it asks a client to move to a new connection before zttp's lifetime caps end this one with an error;
 - with a servicer (``grpc_protocol``; on unless ``inference_fast_path`` is off), it answers unary
   ``ModelInfer`` calls from the connection's events, without ASGI. The request's DATA frames are
@@ -49,7 +49,7 @@ from dms.grpc.h2 import (
 )
 from dms.grpc.servicer import SERVICE, InferCall, InferenceServicer
 from dms.grpc.write_coalescing import CoalescedWrites
-from dms.rest.idle_close import IdleClose
+from dms.rest.connection_deadlines import ConnectionDeadlines
 
 log = logging.getLogger("dms.grpc")
 
@@ -110,9 +110,9 @@ class _UnaryInfer:
         self.news(self)
 
 
-class GrpcH2Protocol(IdleClose, ZttpH2Protocol):
+class GrpcH2Protocol(ConnectionDeadlines, ZttpH2Protocol):
     """uvicorn's HTTP/2 protocol for gRPC: coalesced writes, reads paused while writes are, lifetime caps
-    kept, one idle timer per connection (``IdleClose``), and (with a servicer) ``ModelInfer`` answered
+    kept, one idle timer per connection (``ConnectionDeadlines``), and (with a servicer) ``ModelInfer`` answered
     without ASGI.
     ``grpc_protocol`` makes the class a server uses.
 
@@ -139,10 +139,11 @@ class GrpcH2Protocol(IdleClose, ZttpH2Protocol):
         super().connection_made(CoalescedWrites(cast(asyncio.Transport, transport), self.loop))
         defaults = [(name.lower(), value) for name, value in self.server_state.default_headers]
         self._answer_headers = [(n, v) for n, v in defaults if n not in FORBIDDEN_HEADERS] + ANSWER_HEADERS
+        self.went_idle()  # a connection that never sends a call is closed as an idle one is
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
-        self.stop_idle_timer()
+        self.stop_timer()
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
@@ -150,7 +151,7 @@ class GrpcH2Protocol(IdleClose, ZttpH2Protocol):
             self.went_idle()
 
     def on_stream_closed(self) -> None:
-        # uvicorn's, except that the connection going idle is noted (IdleClose), not given a new timer.
+        # uvicorn's, except that the connection going idle is noted (ConnectionDeadlines), not given a new timer.
         if self.transport.is_closing():
             return
         self.resume_reading_if_idle()

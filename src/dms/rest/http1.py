@@ -30,8 +30,7 @@ from dms.errors import DMSError, InternalError
 from dms.rest.common import refuse_declared_size, refuse_read_size
 from dms.rest.fastpath import InferenceFastPath
 from dms.rest.forwarding import Forwarder, Reply
-from dms.rest.idle_close import IdleClose
-from dms.rest.paced_reading import PacedHttpToolsProtocol
+from dms.rest.http1_connection import Http1Protocol
 
 log = logging.getLogger("dms.http")
 
@@ -101,10 +100,10 @@ class _Exchange:
         return self.forwarder.conclude(self.name, self.version, self.lookup, self.request_id, self.started_ns, outcome)
 
 
-class InferenceHttpProtocol(IdleClose, PacedHttpToolsProtocol):
-    """uvicorn's HTTP/1.1 protocol, answering the forwarding routes without ASGI, reading only what it is
-    ready to answer (``PacedHttpToolsProtocol``), with one idle timer per connection (``IdleClose``).
-    Made per server by ``inference_protocol``, which sets ``fast_path``."""
+class InferenceHttpProtocol(Http1Protocol):
+    """uvicorn's HTTP/1.1 protocol as every DMS port runs it (``Http1Protocol``: paced reading, idle and read
+    deadlines), answering the forwarding routes without ASGI. Made per server by ``inference_protocol``,
+    which sets ``fast_path`` and the read deadline."""
 
     fast_path: ClassVar[InferenceFastPath]
 
@@ -122,6 +121,8 @@ class InferenceHttpProtocol(IdleClose, PacedHttpToolsProtocol):
         self.expect_100_continue = False
         self.headers = []
         self.exchange = None
+        self.answering_before = self.cycle
+        self.request_began()
 
     def on_headers_complete(self) -> None:
         exchange = self._take()
@@ -147,6 +148,7 @@ class InferenceHttpProtocol(IdleClose, PacedHttpToolsProtocol):
         if exchange is None:
             super().on_body(body)
             return
+        self.reading_since = self.loop.time()
         if exchange.response_complete:
             return  # answered early (refused); the rest of the body is read and dropped
         exchange.size += len(body)
@@ -162,6 +164,7 @@ class InferenceHttpProtocol(IdleClose, PacedHttpToolsProtocol):
         if exchange is None:
             super().on_message_complete()
             return
+        self.reading_since = None
         if exchange.response_complete:
             return
         chunks = exchange.chunks
@@ -196,22 +199,16 @@ class InferenceHttpProtocol(IdleClose, PacedHttpToolsProtocol):
             else:
                 exchange.future.cancel()  # dropped from the model's queue; ``_on_answer`` reports it
         super().connection_lost(exc)
-        self.stop_idle_timer()
 
-    def on_response_complete(self) -> None:
-        # uvicorn's, except that the connection going idle is noted (IdleClose), not given a new timer.
-        self.server_state.total_requests += 1
-        if self.transport.is_closing():
-            return
-        self.flow.resume_reading()  # paced: not while requests are queued or answers go unread
-        if self.pipeline:
-            cycle, app = self.pipeline.pop()
-            self._start_asgi_task(cycle, app)
-        else:
-            self.went_idle()
-
-    def close_idle(self) -> None:
-        HttpToolsProtocol.timeout_keep_alive_handler(self)
+    def refuse_slow_request(self) -> None:
+        exchange = self.exchange
+        if exchange is None:
+            super().refuse_slow_request()  # its head had not arrived whole, or the ASGI path has it
+        elif exchange is self.unanswered and exchange.future is None:  # its body was still arriving
+            exchange.keep_alive = False
+            self._conclude(exchange, self.read_timeout_error())
+        else:  # answered already (refused early) while the rest of its body was being read and dropped
+            self.transport.close()
 
     # -- the lean path ---------------------------------------------------------------------------
     def _take(self) -> _Exchange | None:
@@ -242,7 +239,7 @@ class InferenceHttpProtocol(IdleClose, PacedHttpToolsProtocol):
 
     def _asgi_headers_complete(self) -> None:
         url, headers, expect = self.url, self.headers, self.expect_100_continue
-        super().on_message_begin()  # uvicorn's scope for this request, then its ASGI path
+        HttpToolsProtocol.on_message_begin(self)  # uvicorn's scope for this request, then its ASGI path
         self.url, self.headers, self.expect_100_continue = url, headers, expect
         self.scope["headers"] = headers
         super().on_headers_complete()
@@ -320,6 +317,7 @@ class InferenceHttpProtocol(IdleClose, PacedHttpToolsProtocol):
         return parts
 
 
-def inference_protocol(fast_path: InferenceFastPath) -> type[InferenceHttpProtocol]:
+def inference_protocol(fast_path: InferenceFastPath, read_timeout_s: float = 60.0) -> type[InferenceHttpProtocol]:
     """The HTTP/1.1 protocol class for one inference server (uvicorn's ``http=``)."""
-    return type("InferenceHttpProtocol", (InferenceHttpProtocol,), {"fast_path": fast_path})
+    attributes = {"fast_path": fast_path, "request_read_timeout": read_timeout_s}
+    return type("InferenceHttpProtocol", (InferenceHttpProtocol,), attributes)

@@ -10,8 +10,7 @@ client left (``tests/e2e/test_unread_answers.py``). Here a connection reads on o
 waits in its queue and the transport is taking its writes (``pause_writing`` / ``resume_writing``);
 the kernel's socket buffers then hold such a client back, as they would any other.
 
-Every uvicorn HTTP/1.1 server of DMS uses it: the inference port through ``dms.rest.http1``, which
-subclasses it, and the management, metrics and control ports directly.
+Every uvicorn HTTP/1.1 server of DMS uses it, through ``dms.rest.http1_connection.Http1Protocol``.
 """
 
 from __future__ import annotations

@@ -1,0 +1,107 @@
+"""A connection's two deadlines, kept with one timer per connection rather than one per request.
+
+- **Idle.** A connection with no request in progress is closed after ``timeout_keep_alive`` (uvicorn's
+  keep-alive timeout), counted from its last answer or, before its first request, from its opening.
+- **Reading** (HTTP/1.1). A request must keep arriving: its head whole within ``request_read_timeout``
+  of its first byte, and its body with no pause longer than that between reads. A request that
+  overruns gets ``read_timed_out`` (408 and a closed connection). uvicorn sets no such limit, so a
+  client could hold a connection, and the file descriptor behind it, for ever with a request that
+  never ends (slowloris): 3,000 of them stayed open on one server here.
+
+uvicorn's protocols arm a timer (``loop.call_later``) each time a connection goes idle and cancel it
+when the next request arrives: about 3 µs of every request on the benchmark host, for a timer that
+never fires while clients keep sending. Here a connection notes the time it went idle, or the time
+its request last made progress, and keeps at most one timer. When the timer fires it closes the
+connection if a deadline has passed, sleeps again until the earliest one that has not, and stops when
+the connection is busy with no deadline (a request being answered: the next ``went_idle`` or
+``request_began`` arms it again).
+
+It relies on three things both of uvicorn's protocols (``HttpToolsProtocol``, ``ZttpH2Protocol``)
+do: they keep the timer in ``timeout_keep_alive_task``, call ``_unset_keepalive_if_required`` when
+data arrives or the connection is lost, and close an idle connection in
+``timeout_keep_alive_handler``. In ``dms.rest.http1_connection`` and ``dms.grpc.h2_connection`` the
+places where they would arm a new timer call ``went_idle`` instead, and their ``connection_lost``
+calls ``stop_timer``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import ClassVar
+
+
+class ConnectionDeadlines:
+    """Mixed into an uvicorn protocol before it; ``close_idle`` and ``read_timed_out`` are the protocol's
+    own ways to close."""
+
+    loop: asyncio.AbstractEventLoop
+    timeout_keep_alive: int  # uvicorn's type (seconds)
+    timeout_keep_alive_task: asyncio.TimerHandle | None
+    request_read_timeout: ClassVar[float] = 60.0
+    """Seconds a request's head may take to arrive, and its body may pause (``request_read_timeout_s``)."""
+    idle_since: float | None = None
+    """When the connection last went idle (no request in progress); None while it is busy."""
+    reading_since: float | None = None
+    """When the request being read began, or its body last brought bytes; None when no request is arriving."""
+    _timer_due = 0.0
+
+    def _unset_keepalive_if_required(self) -> None:
+        """Data arrived, or the connection is gone: it is busy. The timer stays, and stops when it fires."""
+        self.idle_since = None
+
+    def stop_timer(self) -> None:
+        """The connection is gone: drop its timer now rather than keep the protocol alive until it fires."""
+        self.idle_since = self.reading_since = None
+        if self.timeout_keep_alive_task is not None:
+            self.timeout_keep_alive_task.cancel()
+            self.timeout_keep_alive_task = None
+
+    def went_idle(self) -> None:
+        """No request is in progress or waiting: close the connection after the idle timeout."""
+        now = self.loop.time()
+        self.idle_since = now
+        due = now + self.timeout_keep_alive
+        if self.timeout_keep_alive_task is None or self._timer_due > due:
+            self._wake_by(due)
+
+    def request_began(self) -> None:
+        """The first byte of a request came: the rest must follow within the read timeout.
+
+        While its body arrives the protocol moves ``reading_since`` on at each read (a later deadline: the
+        timer, due sooner, finds it when it fires); ``reading_since = None`` once it arrived whole.
+        """
+        now = self.loop.time()
+        self.reading_since = now
+        due = now + self.request_read_timeout
+        if self.timeout_keep_alive_task is None or self._timer_due > due:
+            self._wake_by(due)
+
+    def _wake_by(self, due: float) -> None:
+        """Have the timer fire at ``due`` (it was not armed, or due later)."""
+        if self.timeout_keep_alive_task is not None:
+            self.timeout_keep_alive_task.cancel()
+        self._timer_due = due
+        self.timeout_keep_alive_task = self.loop.call_at(due, self.timeout_keep_alive_handler)
+
+    def timeout_keep_alive_handler(self) -> None:
+        self.timeout_keep_alive_task = None
+        now = self.loop.time()
+        if self.reading_since is not None:
+            due = self.reading_since + self.request_read_timeout
+            if due <= now:
+                self.read_timed_out()
+                return
+        elif self.idle_since is not None:
+            due = self.idle_since + self.timeout_keep_alive
+            if due <= now:
+                self.close_idle()
+                return
+        else:
+            return
+        self._wake_by(due)
+
+    def close_idle(self) -> None:
+        raise NotImplementedError
+
+    def read_timed_out(self) -> None:
+        raise NotImplementedError

@@ -1,0 +1,115 @@
+"""The HTTP/1.1 connection every DMS port runs: uvicorn's httptools protocol reading only what it is
+ready to answer (``dms.rest.paced_reading``), with the idle and read deadlines of
+``dms.rest.connection_deadlines`` on one timer per connection.
+
+A request still arriving when its read deadline passes gets ``408`` with the JSON error body every
+endpoint uses (``RequestReadTimeoutError``), and its connection is closed; where the connection is
+still answering an earlier request, that answer is sent first and the connection closed after it.
+The inference port's protocol (``dms.rest.http1``) subclasses this one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from dms.errors import RequestReadTimeoutError
+from dms.rest.connection_deadlines import ConnectionDeadlines
+from dms.rest.errors import error_response
+from dms.rest.paced_reading import PacedHttpToolsProtocol
+
+log = logging.getLogger("dms.http")
+
+
+class Http1Protocol(ConnectionDeadlines, PacedHttpToolsProtocol):
+    """uvicorn's HTTP/1.1 protocol with paced reading, closing idle connections and slow requests."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.answering_before: Any = None
+        """The request in progress when the one being read began (uvicorn's ``cycle``), if any."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # as uvicorn's
+        super().connection_made(transport)
+        self.went_idle()  # a connection that never sends a request is closed as an idle one is
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self.stop_timer()
+
+    # -- parser callbacks ------------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.answering_before = self.cycle
+        self.request_began()
+
+    def on_body(self, body: bytes) -> None:
+        super().on_body(body)
+        self.reading_since = self.loop.time()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self.reading_since = None
+
+    # -- the connection's end --------------------------------------------------------------------
+    def on_response_complete(self) -> None:
+        # uvicorn's, except that the connection going idle is noted (ConnectionDeadlines), not given a new timer.
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()  # paced: not while requests are queued or answers go unread
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        else:
+            self.went_idle()
+
+    def close_idle(self) -> None:
+        HttpToolsProtocol.timeout_keep_alive_handler(self)
+
+    def read_timed_out(self) -> None:
+        if self.transport.is_closing():
+            return
+        client = "{}:{}".format(*self.client) if self.client else "a client"
+        timeout = self.request_read_timeout
+        log.warning("%s: a request still arriving after %g s (request_read_timeout_s); closing", client, timeout)
+        self.refuse_slow_request()
+
+    def refuse_slow_request(self) -> None:
+        """The request being read overran the read timeout: 408 where nothing else is being answered."""
+        earlier, cycle = self.answering_before, self.cycle
+        if earlier is not None and not earlier.response_complete:
+            earlier.keep_alive = False  # its answer goes out, then the connection closes (uvicorn's own way)
+            self.flow.pause_reading()
+            return
+        if cycle is not earlier:  # its head arrived and the ASGI app has it, waiting for the body
+            if cycle.response_started:
+                self.transport.close()
+                return
+            cycle.disconnected = True  # the app's next receive() sees the client gone, its send() nothing
+            cycle.message_event.set()
+        self.send_read_timeout()
+
+    def send_read_timeout(self) -> None:
+        """Answer 408 with the JSON error body, and close."""
+        response = error_response(self.read_timeout_error())
+        head = [STATUS_LINE[408]]
+        for name, value in [*self.server_state.default_headers, *response.raw_headers]:
+            head += (name, b": ", value, b"\r\n")
+        head.append(b"connection: close\r\n\r\n")
+        self.transport.write(b"".join(head) + response.body)
+        self.transport.close()
+
+    def read_timeout_error(self) -> RequestReadTimeoutError:
+        return RequestReadTimeoutError(
+            f"the request was still arriving when request_read_timeout_s ({self.request_read_timeout:g} s) "
+            "passed: its head must arrive within it, and its body may not pause for longer"
+        )
+
+
+def http1_protocol(read_timeout_s: float) -> type[Http1Protocol]:
+    """The HTTP/1.1 protocol class for one server (uvicorn's ``http=``), with its read deadline."""
+    return type("Http1Protocol", (Http1Protocol,), {"request_read_timeout": read_timeout_s})

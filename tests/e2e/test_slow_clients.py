@@ -1,0 +1,121 @@
+"""Clients that send a request too slowly, or stop halfway: after ``request_read_timeout_s`` each gets
+408 with the JSON error body and its connection is closed, on every HTTP port, while the server goes
+on serving others. A slow body that keeps coming is served.
+
+Before, such connections stayed open for as long as their clients liked (slowloris): 3,000 of them,
+each holding half a request head, stayed open on one server, bounded only by its file limit.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import numpy as np
+import psutil
+import pytest
+
+from tests.e2e.test_tensor_handler import BIAS, WEIGHTS, write_linear_archive
+from tests.support import DmsServer, running_server, wait_for
+
+READ_TIMEOUT_S = 1.0
+ROW = np.arange(16, dtype=np.float32)
+BODY = json.dumps(ROW.tolist()).encode()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DmsServer]:
+    work: Path = tmp_path_factory.mktemp("slow")
+    store = work / "store"
+    write_linear_archive(work, store, "initial_workers: 1\nbatch_size: 4\n")
+    env = {"DMS_REQUEST_READ_TIMEOUT_S": str(READ_TIMEOUT_S)}
+    with running_server(work, ["--model-store", str(store), "--models", "linear=linear.mar"], env) as running:
+        yield running
+
+
+def connect(url: str) -> socket.socket:
+    parts = urlsplit(url)
+    assert parts.hostname is not None and parts.port is not None
+    return socket.create_connection((parts.hostname, parts.port), timeout=10)
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    received = b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    return received
+
+
+def assert_408(received: bytes) -> None:
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 "), received[:200]
+    assert b"\r\nconnection: close" in head.lower()
+    answer = json.loads(body)
+    assert answer["code"] == 408 and answer["type"] == "RequestReadTimeoutError"
+    assert f"request_read_timeout_s ({READ_TIMEOUT_S:g} s)" in answer["message"]
+
+
+def assert_serving(server: DmsServer) -> None:
+    answer = server.predict("linear", BODY, headers={"Content-Type": "application/json"})
+    assert answer.status_code == 200
+    np.testing.assert_allclose(np.asarray(answer.json(), dtype=np.float32).ravel(), ROW @ WEIGHTS + BIAS, rtol=1e-5)
+
+
+def predictions_request(server: DmsServer) -> bytes:
+    head = f"POST /predictions/linear HTTP/1.1\r\nHost: {urlsplit(server.inference_url).netloc}\r\n"
+    head += f"Content-Type: application/json\r\nContent-Length: {len(BODY)}\r\n\r\n"
+    return head.encode() + BODY
+
+
+def test_requests_that_stop_arriving_get_408_on_every_port_and_their_connections_close(server: DmsServer):
+    assert server.proc is not None
+    frontend = psutil.Process(server.proc.pid)
+    fds_before = frontend.num_fds()
+    request = predictions_request(server)
+    stalled = []
+    for url in (server.inference_url, server.management_url, server.metrics_url):
+        for _ in range(20):  # half a request head each
+            sock = connect(url)
+            sock.sendall(b"POST /predictions/linear HTTP/1.1\r\nHost: x\r\nContent-Ty")
+            stalled.append(sock)
+    body_stalled = connect(server.inference_url)
+    body_stalled.sendall(request[: -len(BODY) // 2])  # the head and half the body
+    stalled.append(body_stalled)
+    wait_for(lambda: frontend.num_fds() >= fds_before + len(stalled), what="the server holding every connection")
+    started = time.monotonic()
+    assert_serving(server)  # meanwhile everyone else is served
+    try:
+        for sock in stalled:
+            assert_408(read_until_closed(sock))
+        assert time.monotonic() - started < READ_TIMEOUT_S + 5
+    finally:
+        for sock in stalled:
+            sock.close()
+    wait_for(lambda: frontend.num_fds() <= fds_before + 2, what="the stalled connections' descriptors released")
+    assert_serving(server)
+    metrics = server.http.get(f"{server.metrics_url}/metrics").text
+    assert 'code="408"' in metrics  # the body that stopped came to its route: counted as a request
+
+
+def test_a_slow_body_that_keeps_coming_is_served(server: DmsServer):
+    request = predictions_request(server)
+    with connect(server.inference_url) as sock:
+        head_end = len(request) - len(BODY)
+        sock.sendall(request[:head_end])
+        pieces = np.array_split(np.frombuffer(BODY, dtype=np.uint8), 5)
+        for piece in pieces:  # five pieces half a timeout apart: the body takes 2.5 timeouts in all
+            time.sleep(READ_TIMEOUT_S / 2)
+            sock.sendall(piece.tobytes())
+        received = b""
+        while b"\r\n\r\n" not in received or not received.endswith(b"]"):
+            chunk = sock.recv(65536)
+            assert chunk, f"closed before the answer: {received!r}"
+            received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 "), received
+    values = np.asarray(json.loads(body), dtype=np.float32).ravel()
+    np.testing.assert_allclose(values, ROW @ WEIGHTS + BIAS, rtol=1e-5)

@@ -1,0 +1,124 @@
+"""The read deadline of an HTTP/1.1 connection (``request_read_timeout_s``): a request must keep arriving,
+or it gets 408 and its connection is closed; a slow body that keeps coming is served; an earlier answer
+in progress goes out first. Driven byte by byte on the inference port's protocol, with short timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from dms.engine.messages import ResponseItem
+from tests.unit.protocol_support import run
+from tests.unit.test_grpc_h2_connection import Harness as H2Harness
+from tests.unit.test_http1_protocol import Harness, post, settle
+
+TIMEOUT_S = 0.1
+
+
+def error_body(written: bytes) -> dict[str, object]:
+    head, _, body = written.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 "), head
+    assert b"\r\ncontent-type: application/json" in head and b"\r\nconnection: close" in head
+    answer = json.loads(body)
+    assert isinstance(answer, dict)
+    return answer
+
+
+def test_a_head_that_stops_arriving_is_answered_408_and_closed(loop: asyncio.AbstractEventLoop):
+    async def test() -> None:
+        h = Harness(read_timeout_s=TIMEOUT_S)
+        h.feed(b"POST /predictions/m HTTP/1.1\r\nHost: x\r\nContent-")
+        await asyncio.sleep(TIMEOUT_S / 2)
+        assert not h.transport.closed and h.transport.take() == b""
+        await asyncio.sleep(TIMEOUT_S)
+        answer = error_body(h.transport.take())
+        assert answer["code"] == 408 and answer["type"] == "RequestReadTimeoutError"
+        assert "request_read_timeout_s (0.1 s)" in str(answer["message"])
+        assert h.transport.closed and h.dataplane.submitted == [] and h.in_flight() == 0
+
+    run(loop, test)
+
+
+def test_a_body_that_stops_arriving_is_answered_408_as_a_request(loop: asyncio.AbstractEventLoop):
+    async def test() -> None:
+        h = Harness(read_timeout_s=TIMEOUT_S)
+        h.feed(post("/predictions/m", b"0123456789", b"X-Request-ID: slow")[:-7])  # 3 of its 10 bytes
+        assert h.in_flight() == 1
+        await asyncio.sleep(TIMEOUT_S * 1.5)
+        written = h.transport.take()
+        assert error_body(written)["type"] == "RequestReadTimeoutError"
+        assert b"\r\nx-request-id: slow\r\n" in written  # answered by its route, as any of its errors
+        assert h.transport.closed and h.dataplane.submitted == [] and h.in_flight() == 0
+        assert [(labels["code"], count.value) for labels, count in h.metrics.requests.samples()] == [("408", 1)]
+
+    run(loop, test)
+
+
+def test_a_slow_body_that_keeps_coming_is_served(loop: asyncio.AbstractEventLoop):
+    async def test() -> None:
+        h = Harness(read_timeout_s=TIMEOUT_S)
+        request = post("/predictions/m", b"0123456789")
+        h.feed(request[:-10])
+        for byte in range(10):  # one byte every half timeout: the whole body takes five timeouts
+            await asyncio.sleep(TIMEOUT_S / 2)
+            h.feed(request[-10 + byte :][:1])
+        [(_, _, item, _)] = h.dataplane.submitted
+        assert item.body == b"0123456789" and not h.transport.closed
+        await asyncio.sleep(TIMEOUT_S * 1.5)  # waiting for its model is not reading: no deadline
+        assert not h.transport.closed
+        h.answer(0, ResponseItem(200, b"ok", "text/plain"))
+        await settle()
+        assert h.transport.take().endswith(b"\r\n\r\nok") and not h.transport.closed
+
+    run(loop, test)
+
+
+def test_a_body_the_asgi_app_waits_for_is_answered_408(loop: asyncio.AbstractEventLoop):
+    async def test() -> None:
+        h = Harness(read_timeout_s=TIMEOUT_S)
+        h.feed(post("/elsewhere", b"0123456789")[:-7])
+        await settle()
+        assert h.app.paths == ["/elsewhere"]  # the app has it, and waits in receive()
+        await asyncio.sleep(TIMEOUT_S * 1.5)
+        assert error_body(h.transport.take())["type"] == "RequestReadTimeoutError"
+        assert h.transport.closed
+        await settle()  # the app saw the client leave; what it sent then was written nowhere
+        assert not h.protocol.tasks
+
+    run(loop, test)
+
+
+def test_a_request_stalled_behind_an_answer_in_progress_closes_the_connection_after_it(
+    loop: asyncio.AbstractEventLoop,
+):
+    async def test() -> None:
+        h = Harness(read_timeout_s=TIMEOUT_S)
+        h.feed(post("/predictions/m") + b"POST /predictions/m HTTP/1.1\r\nHo")
+        await asyncio.sleep(TIMEOUT_S * 1.5)
+        assert not h.transport.closed and h.transport.take() == b""  # the first request's answer comes first
+        assert not h.transport.reading
+        h.answer(0, ResponseItem(200, b"ok", "text/plain"))
+        await settle()
+        written = h.transport.take()
+        assert written.startswith(b"HTTP/1.1 200 ") and b"\r\nconnection: close\r\n" in written
+        assert written.endswith(b"\r\n\r\nok") and h.transport.closed
+
+    run(loop, test)
+
+
+def test_a_connection_that_never_sends_is_closed_after_the_keep_alive_timeout(loop: asyncio.AbstractEventLoop):
+    async def test() -> None:
+        h = Harness(keep_alive_s=TIMEOUT_S)
+        await asyncio.sleep(TIMEOUT_S * 1.5)
+        assert h.transport.closed and h.transport.take() == b""
+
+    run(loop, test)
+
+
+def test_an_http2_connection_that_never_sends_is_closed_after_its_idle_timeout(loop: asyncio.AbstractEventLoop):
+    async def test() -> None:
+        h = H2Harness(keep_alive_s=TIMEOUT_S)  # type: ignore[arg-type]
+        await asyncio.sleep(TIMEOUT_S * 1.5)
+        assert h.transport.closed
+
+    run(loop, test)
