@@ -34,6 +34,7 @@ def _errors(*codes: int) -> dict[str, Any]:
         401: "no API key (Authorization: Bearer <key>)",
         403: "wrong API key, or not allowed",
         404: "unknown model or version",
+        408: "the request was still arriving after request_read_timeout_s (the connection closes)",
         409: "already registered",
         413: "body over max_request_size_bytes",
         500: "handler error or worker died",
@@ -90,7 +91,7 @@ def inference_openapi() -> dict[str, Any]:
         "requestBody": predict_body,
         "responses": {
             "200": {"description": "The handler's answer (JSON, text or bytes)", "content": {"*/*": {"schema": {}}}},
-            **_errors(400, 404, 413, 500, 503, 504),
+            **_errors(400, 404, 408, 413, 500, 503, 504),
         },
     }
 
@@ -141,7 +142,7 @@ def inference_openapi() -> dict[str, Any]:
                             {"type": "object", "properties": {"prediction": {"type": "array"}}},
                             "The model's prediction, e.g. top-5 classes and probabilities",
                         ),
-                        **_errors(400, 404, 413, 500, 503, 504),
+                        **_errors(400, 404, 408, 413, 500, 503, 504),
                     },
                 }
             },

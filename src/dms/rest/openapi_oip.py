@@ -80,7 +80,7 @@ def _infer(op_id: str, params: list[dict[str, Any]]) -> dict[str, Any]:
                         "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
                     },
                 },
-                **_errors(400, 404, 413, 415, 500, 503, 504),
+                **_errors(400, 404, 408, 413, 415, 500, 503, 504),
             },
         }
     }
@@ -117,7 +117,7 @@ def oip_paths() -> dict[str, Any]:
                 "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}},
                 "responses": {
                     "200": _answer('{"predictions": ...} or {"outputs": ...}'),
-                    **_errors(400, 404, 413, 500, 503, 504),
+                    **_errors(400, 404, 408, 413, 500, 503, 504),
                 },
             }
         },
@@ -143,7 +143,7 @@ def console_paths() -> dict[str, Any]:
                 "requestBody": try_body,
                 "responses": {
                     "200": {"description": "the model's answer", "content": {"*/*": {"schema": {}}}},
-                    **_errors(400, 404, 413, 500, 503, 504),
+                    **_errors(400, 404, 408, 413, 500, 503, 504),
                 },
             }
         }
