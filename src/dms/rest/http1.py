@@ -22,7 +22,7 @@ import logging
 from typing import Any, ClassVar
 
 import httptools
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from dms.dataplane.outcomes import Outcome, outcome_of
 from dms.engine.messages import ResponseItem
@@ -33,10 +33,6 @@ from dms.rest.forwarding import Forwarder, Reply
 from dms.rest.http1_connection import Http1Protocol
 
 log = logging.getLogger("dms.http")
-
-
-def _status_line(status: int) -> bytes:
-    return STATUS_LINE.get(status) or b"HTTP/1.1 %d \r\n" % status
 
 
 class _NoEvent:
@@ -294,27 +290,6 @@ class InferenceHttpProtocol(Http1Protocol):
         if not exchange.keep_alive:
             transport.close()
         self.on_response_complete()
-
-    def _head(self, reply: Reply, keep_alive: bool) -> list[bytes]:
-        """The status line and headers, ending in the blank line.
-
-        Every header is already fit to send: a model's headers and content type are checked by the
-        ``Forwarder`` (``malformed_header``), a client's ``X-Request-ID`` came through httptools, which
-        refuses control characters in header values, and the rest are the server's own.
-        """
-        parts = [_status_line(reply.status)]
-        for name, value in self.server_state.default_headers:
-            parts += (name, b": ", value, b"\r\n")
-        has_length = False
-        for name, value in reply.headers:
-            has_length = has_length or name == b"content-length"
-            parts += (name, b": ", value, b"\r\n")
-        if not has_length and reply.status >= 200 and reply.status not in (204, 304):
-            parts += (b"content-length: ", str(len(reply.body)).encode(), b"\r\n")
-        if not keep_alive:
-            parts.append(b"connection: close\r\n")
-        parts.append(b"\r\n")
-        return parts
 
 
 def inference_protocol(fast_path: InferenceFastPath, read_timeout_s: float = 60.0) -> type[InferenceHttpProtocol]:

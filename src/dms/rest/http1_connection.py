@@ -19,9 +19,14 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from dms.errors import RequestReadTimeoutError
 from dms.rest.connection_deadlines import ConnectionDeadlines
 from dms.rest.errors import error_response
+from dms.rest.forwarding import Reply
 from dms.rest.paced_reading import PacedHttpToolsProtocol
 
 log = logging.getLogger("dms.http")
+
+
+def _status_line(status: int) -> bytes:
+    return STATUS_LINE.get(status) or b"HTTP/1.1 %d \r\n" % status
 
 
 class Http1Protocol(ConnectionDeadlines, PacedHttpToolsProtocol):
@@ -95,13 +100,30 @@ class Http1Protocol(ConnectionDeadlines, PacedHttpToolsProtocol):
 
     def send_read_timeout(self) -> None:
         """Answer 408 with the JSON error body, and close."""
-        response = error_response(self.read_timeout_error())
-        head = [STATUS_LINE[408]]
-        for name, value in [*self.server_state.default_headers, *response.raw_headers]:
-            head += (name, b": ", value, b"\r\n")
-        head.append(b"connection: close\r\n\r\n")
-        self.transport.write(b"".join(head) + response.body)
+        reply = Reply.of(error_response(self.read_timeout_error()))
+        self.transport.write(b"".join([*self._head(reply, keep_alive=False), reply.body]))
         self.transport.close()
+
+    def _head(self, reply: Reply, keep_alive: bool) -> list[bytes]:
+        """The status line and headers, ending in the blank line.
+
+        Every header is already fit to send: a model's headers and content type are checked by the
+        ``Forwarder`` (``malformed_header``), a client's ``X-Request-ID`` came through httptools, which
+        refuses control characters in header values, and the rest are the server's own.
+        """
+        parts = [_status_line(reply.status)]
+        for name, value in self.server_state.default_headers:
+            parts += (name, b": ", value, b"\r\n")
+        has_length = False
+        for name, value in reply.headers:
+            has_length = has_length or name == b"content-length"
+            parts += (name, b": ", value, b"\r\n")
+        if not has_length and reply.status >= 200 and reply.status not in (204, 304):
+            parts += (b"content-length: ", str(len(reply.body)).encode(), b"\r\n")
+        if not keep_alive:
+            parts.append(b"connection: close\r\n")
+        parts.append(b"\r\n")
+        return parts
 
     def read_timeout_error(self) -> RequestReadTimeoutError:
         return RequestReadTimeoutError(
