@@ -116,6 +116,11 @@ class WorkerDiedError(DMSError):
     kind = ErrorKind.WORKER_DIED
 
 
+class BatchNotStartedError(WorkerDiedError):
+    """A worker ended before it took up a batch that was waiting behind another: the batch can go to another
+    worker (the batcher queues it again), so a client sees this only if none is left to take it."""
+
+
 class HandlerError(DMSError):
     kind = ErrorKind.INTERNAL
 

@@ -10,7 +10,7 @@ import pytest
 from dms.engine import batcher as batcher_module
 from dms.engine.batcher import Batcher
 from dms.engine.messages import BatchResult, BatchTimings, RequestItem, ResponseItem
-from dms.errors import InternalError, ModelUnavailableError, QueueFullError, WorkerDiedError
+from dms.errors import BatchNotStartedError, InternalError, ModelUnavailableError, QueueFullError, WorkerDiedError
 
 
 def item(name: str) -> RequestItem:
@@ -49,6 +49,15 @@ class FakeExecutor:
 
     def release(self, worker: int) -> None:
         self.idle.put_nowait(worker)
+
+    def take_spare(self) -> int | None:
+        return None
+
+    def withdraw(self, worker: int, item: RequestItem) -> None:
+        pass
+
+    def waiting(self) -> int:
+        return 0
 
 
 def run(scenario, executor: FakeExecutor | None = None, batch_size: int = 4, queue_size: int = 10):
@@ -291,3 +300,125 @@ def test_without_a_batch_delay_nothing_is_held(monkeypatch):
 
     # max_batch_delay_ms 0: "a" leaves on the next turn although the loop is busy
     assert gathering(scenario, max_delay_ms=0, cap_ms=60_000, monkeypatch=monkeypatch) == [["a"], ["b"]]
+
+
+class SpareRoomExecutor(FakeExecutor):
+    """One worker that takes a second batch while busy (``take_spare``), as the real pool does."""
+
+    def __init__(self) -> None:
+        super().__init__(workers=1)
+        self.gate = asyncio.Event()
+        self.running = 0
+        self.withdrawn: list[str] = []
+        self.not_started_once = False
+
+    async def acquire(self) -> int:
+        worker = await super().acquire()
+        self.running += 1
+        return worker
+
+    def take_spare(self) -> int | None:
+        if self.running != 1 or not self.idle.empty():
+            return None
+        self.running += 1
+        return 0
+
+    async def execute(self, worker: int, items: list[RequestItem]) -> BatchResult:
+        if self.not_started_once and self.running == 2:
+            self.not_started_once = False
+            self.running -= 1
+            raise BatchNotStartedError("the worker ended before it took up this request")
+        self.batches.append([i.request_id for i in items])
+        await self.gate.wait()
+        self.running -= 1
+        if self.running == 0:
+            self.idle.put_nowait(worker)
+        return BatchResult(0, [ResponseItem(200, i.body.upper(), "text/plain") for i in items], BatchTimings())
+
+    def withdraw(self, worker: int, item: RequestItem) -> None:
+        self.withdrawn.append(item.request_id)
+
+
+def test_while_no_worker_is_idle_a_full_batch_goes_at_once_to_a_busy_worker_with_room():
+    async def scenario(batcher, executor):
+        first = batcher.submit(item("a"))
+        await asyncio.sleep(0.01)
+        rest = [batcher.submit(item(name)) for name in "bcd"]
+        await asyncio.sleep(0.01)
+        sent_while_busy = [list(b) for b in executor.batches]
+        executor.gate.set()
+        await asyncio.gather(first, *rest)
+        return sent_while_busy, executor.batches
+
+    sent_while_busy, batches = run(scenario, SpareRoomExecutor(), batch_size=2)
+    assert sent_while_busy == [["a"], ["b", "c"]]  # "d" alone is not a full batch: it waits for an idle worker
+    assert batches == [["a"], ["b", "c"], ["d"]]
+
+
+def test_a_batch_the_worker_never_took_up_goes_back_to_the_head_of_the_queue():
+    async def scenario(batcher, executor):
+        executor.not_started_once = True
+        first = batcher.submit(item("a"))
+        await asyncio.sleep(0.01)
+        handed_back = [batcher.submit(item(name)) for name in "bc"]
+        await asyncio.sleep(0.01)
+        later = batcher.submit(item("d"))
+        executor.gate.set()
+        answers = await asyncio.wait_for(asyncio.gather(first, *handed_back, later), 1.0)
+        return executor.batches, [a.body for a in answers]
+
+    batches, bodies = run(scenario, SpareRoomExecutor(), batch_size=2)
+    assert batches == [["a"], ["b", "c"], ["d"]]
+    assert bodies == [b"A", b"B", b"C", b"D"]
+
+
+def test_a_request_given_up_on_while_its_batch_waits_behind_another_is_withdrawn():
+    async def scenario(batcher, executor):
+        first = batcher.submit(item("a"))
+        await asyncio.sleep(0.01)
+        kept, gone = batcher.submit(item("kept")), batcher.submit(item("gone"))
+        await asyncio.sleep(0.01)
+        gone.cancel()
+        await asyncio.sleep(0)
+        executor.gate.set()
+        await asyncio.gather(first, kept)
+        return executor.withdrawn
+
+    assert run(scenario, SpareRoomExecutor(), batch_size=2) == ["gone"]
+
+
+def test_requests_waiting_in_a_busy_worker_count_against_the_queue_size():
+    class Waiting(SpareRoomExecutor):
+        def waiting(self) -> int:
+            return 2 if self.running == 2 else 0
+
+    async def scenario(batcher, executor):
+        first = batcher.submit(item("a"))
+        await asyncio.sleep(0.01)
+        sent_ahead = [batcher.submit(item("b")), batcher.submit(item("c"))]
+        await asyncio.sleep(0.01)
+        assert batcher.pending == 2
+        with pytest.raises(QueueFullError):
+            batcher.submit(item("d"))
+        executor.gate.set()
+        await asyncio.gather(first, *sent_ahead)
+
+    run(scenario, Waiting(), batch_size=2, queue_size=2)
+
+
+def test_a_model_whose_batches_are_quick_does_not_send_batches_ahead():
+    async def scenario(batcher, executor):
+        executor.gate.set()
+        for name in "pqrs":  # answered at once: batches of a model held back by the server, not its workers
+            await batcher.submit(item(name))
+        executor.gate.clear()
+        first = batcher.submit(item("a"))
+        await asyncio.sleep(0.01)
+        rest = [batcher.submit(item(name)) for name in "bc"]
+        await asyncio.sleep(0.01)
+        sent_while_busy = executor.batches[4:]
+        executor.gate.set()
+        await asyncio.gather(first, *rest)
+        return sent_while_busy
+
+    assert run(scenario, SpareRoomExecutor(), batch_size=2) == [["a"]]

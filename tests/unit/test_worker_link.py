@@ -11,6 +11,7 @@ import itertools
 import socket
 from collections.abc import Awaitable, Callable, Iterator
 
+import msgspec
 import pytest
 import uvloop
 
@@ -21,6 +22,7 @@ from dms.engine.messages import (
     LoadFailed,
     RequestItem,
     ResponseItem,
+    Withdraw,
     encode_frame,
 )
 from dms.engine.worker_link import WorkerLink
@@ -101,8 +103,10 @@ class TestTheServersEnd:
         async def scenario(link: WorkerLink, worker: socket.socket, garbled: list[str]) -> None:
             with pytest.raises(TimeoutError):
                 await link.receive(0.05)
-            worker.sendall(encode_frame(result(4)))  # a late answer stays readable; the caller decides
-            assert await link.receive(10) == result(4)
+            # A late answer belongs to the reader that gave up on it: it goes to no one after it.
+            worker.sendall(encode_frame(result(4)) + encode_frame(result(5)))
+            assert await link.receive(10) == result(5)
+            assert (link.received, garbled) == (2, [])
 
         run_with_link(scenario)
 
@@ -118,14 +122,57 @@ class TestTheServersEnd:
 
         run_with_link(scenario)
 
-    def test_a_second_reader_is_refused_while_one_waits(self) -> None:
+    def test_readers_in_line_get_the_replies_in_the_order_they_asked(self) -> None:
         async def scenario(link: WorkerLink, worker: socket.socket, garbled: list[str]) -> None:
             first = asyncio.ensure_future(link.receive(10))
-            await asyncio.sleep(0)
-            with pytest.raises(RuntimeError, match="one frame at a time"):
-                await link.receive(10)
+            second = asyncio.ensure_future(link.receive(10))
+            await asyncio.sleep(0.01)
             worker.sendall(encode_frame(result(1)))
             assert await first == result(1)
+            assert not second.done()
+            worker.sendall(encode_frame(result(2)))
+            assert await second == result(2)
+
+        run_with_link(scenario)
+
+    def test_a_reader_behind_another_starts_its_clock_when_the_one_ahead_is_answered(self) -> None:
+        async def scenario(link: WorkerLink, worker: socket.socket, garbled: list[str]) -> None:
+            first = asyncio.ensure_future(link.receive(10))
+            second = asyncio.ensure_future(link.receive(0.2))
+            await asyncio.sleep(0.3)  # longer than the second reader's own limit, all of it spent waiting in line
+            assert not second.done()
+            worker.sendall(encode_frame(result(1)))
+            assert await first == result(1)
+            await asyncio.sleep(0.1)
+            worker.sendall(encode_frame(result(2)))
+            assert await second == result(2)
+            third = asyncio.ensure_future(link.receive(0.05))
+            with pytest.raises(TimeoutError):
+                await third
+
+        run_with_link(scenario)
+
+    def test_when_the_reader_ahead_times_out_the_one_behind_does_not_wait_forever(self) -> None:
+        async def scenario(link: WorkerLink, worker: socket.socket, garbled: list[str]) -> None:
+            first = asyncio.ensure_future(link.receive(0.05))
+            second = asyncio.ensure_future(link.receive(0.05))
+            with pytest.raises(TimeoutError):
+                await first
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(second, 5)
+
+        run_with_link(scenario)
+
+    def test_the_end_of_the_socket_reaches_every_reader_in_line(self) -> None:
+        async def scenario(link: WorkerLink, worker: socket.socket, garbled: list[str]) -> None:
+            link.send(b"")
+            link.send(b"")
+            readers = [asyncio.ensure_future(link.receive(10)) for _ in range(2)]
+            await asyncio.sleep(0.01)
+            worker.sendall(encode_frame(result(1)))
+            worker.close()
+            assert [await r for r in readers] == [result(1), None]
+            assert (link.sent, link.received) == (2, 1)  # the second frame was never taken up
 
         run_with_link(scenario)
 
@@ -183,3 +230,29 @@ class TestTheWorkersEnd:
         channel.send(result(9))
         data = server.recv(1 << 16)
         assert data == encode_frame(result(9))
+
+
+class TestWithdrawals:
+    def test_a_withdrawal_behind_a_queued_batch_names_the_requests_to_skip(
+        self, pair: tuple[Channel, socket.socket]
+    ) -> None:
+        channel, server = pair
+        queued = msgspec.structs.replace(batch(4), queued=True)
+        server.sendall(
+            encode_frame(queued)
+            + encode_frame(Withdraw(batch_id=3, indices=[0]))  # for a batch already running: nothing to skip
+            + encode_frame(Withdraw(batch_id=4, indices=[0]))
+            + encode_frame(batch(5))
+        )
+        assert channel.recv() == queued
+        assert channel.withdrawn(queued) == {0}
+        assert channel.recv() == Withdraw(batch_id=3, indices=[0])  # handed out in order; the worker ignores it
+        assert channel.recv() == batch(5)
+
+    def test_a_batch_sent_to_an_idle_worker_reads_nothing_ahead(self, pair: tuple[Channel, socket.socket]) -> None:
+        channel, server = pair
+        server.sendall(encode_frame(batch(1)) + encode_frame(batch(2))[:5])
+        assert channel.recv() == batch(1)
+        assert channel.withdrawn(batch(1)) == set()
+        server.sendall(encode_frame(batch(2))[5:])
+        assert channel.recv() == batch(2)

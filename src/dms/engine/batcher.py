@@ -9,6 +9,12 @@ idle turns of the loop, some microseconds, never the delay; under load, requests
 is parsing in the same instant - which grpcio hands over one loop turn at a time - share one
 batch instead of each paying a worker round trip. Requests whose callers gave up (cancelled
 futures) are dropped before they reach a worker.
+
+While every worker is busy, a batch that fills up goes at once to a busy worker that has room for
+one more (``Executor.take_spare``), to be taken up the moment that worker answers, if the model's
+batches take long enough for that to pay (``SEND_AHEAD_MIN_BATCH_NS``). A request given up on while
+its batch waits there is withdrawn, and a batch whose worker died before taking it up
+(``BatchNotStartedError``) goes back to the head of the queue.
 """
 
 from __future__ import annotations
@@ -19,11 +25,12 @@ import logging
 import time
 from collections import deque
 from collections.abc import Coroutine
+from functools import partial
 from typing import Any, Generic, Protocol, TypeVar
 
 from dms.engine.messages import BatchResult, RequestItem, ResponseItem
 from dms.engine.stats import BatchObserver, ModelStats
-from dms.errors import DMSError, InternalError, ModelUnavailableError, QueueFullError
+from dms.errors import BatchNotStartedError, DMSError, InternalError, ModelUnavailableError, QueueFullError
 
 log = logging.getLogger("dms.batcher")
 
@@ -35,6 +42,11 @@ QUIET_TURN_NS = 20_000
 """A turn of the event loop shorter than this did nothing else of note."""
 QUIET_TURNS = 3
 """Turns in a row without a new request, each of them quiet, after which the frontend counts as idle."""
+SEND_AHEAD_MIN_BATCH_NS = 2_000_000
+"""Full batches go ahead to busy workers only for a model whose batches keep a worker busy this long on
+average. What sending ahead saves is the server's turnaround between two batches (~0.2-1 ms here); a
+model quicker than this is held back by the server, not by its workers, and sending ahead would only
+split its batches smaller (the tiny model at c=64: mean batch 15 -> 14, CPU per request +5 %)."""
 
 
 class Executor(Protocol[W]):
@@ -48,6 +60,18 @@ class Executor(Protocol[W]):
 
     def release(self, worker: W) -> None:
         """Give back a worker that got no batch."""
+        ...
+
+    def take_spare(self) -> W | None:
+        """A busy worker that can take one more batch right now (None if there is none, or a worker is idle)."""
+        ...
+
+    def withdraw(self, worker: W, item: RequestItem) -> None:
+        """``item``'s client went away: if its batch still waits behind another on ``worker``, skip it there."""
+        ...
+
+    def waiting(self) -> int:
+        """Requests sent to a busy worker that it has not taken up yet."""
         ...
 
 
@@ -82,12 +106,18 @@ class Batcher(Generic[W]):
         self._loop: asyncio.AbstractEventLoop | None = None
         """The event loop it was started in (``asyncio.get_running_loop`` makes a getpid system call)."""
         self._closed = False
+        self._send_ahead = False
+        """Full batches go to busy workers with room (the dispatch loop is waiting for an idle worker, and the
+        model's batches are long enough for that to pay)."""
+        self._batch_ns = SEND_AHEAD_MIN_BATCH_NS
+        """A running mean of how long a batch keeps a worker busy (until measured: long enough to send ahead)."""
         self.stats = ModelStats()
         self.observer = observer
 
     @property
     def pending(self) -> int:
-        return len(self._queue)
+        """Requests not yet taken up by a worker: those queued here, and those waiting in a busy worker's socket."""
+        return len(self._queue) + self.executor.waiting()
 
     @property
     def in_flight_batches(self) -> int:
@@ -100,13 +130,15 @@ class Batcher(Generic[W]):
     def submit(self, item: RequestItem) -> asyncio.Future[ResponseItem]:
         if self._closed:
             raise ModelUnavailableError(f"model {self.label} is no longer accepting requests")
-        if len(self._queue) >= self.queue_size:
+        if self.pending >= self.queue_size:  # a batch waiting in a busy worker's socket still counts
             raise QueueFullError(
                 f"model {self.label} has {self.queue_size} requests queued (job_queue_size); retry later"
             )
         future: asyncio.Future[ResponseItem] = (self._loop or asyncio.get_running_loop()).create_future()
         self._queue.append(Pending(item, future))
         self._not_empty.set()
+        if self._send_ahead and len(self._queue) >= self.batch_size:
+            self._hand_to_spares()
         return future
 
     async def _dispatch_loop(self) -> None:
@@ -115,11 +147,16 @@ class Batcher(Generic[W]):
                 self._not_empty.clear()
                 await self._not_empty.wait()
                 await self._gather()
+            self._send_ahead = self._batch_ns >= SEND_AHEAD_MIN_BATCH_NS
+            if self._send_ahead:
+                self._hand_to_spares()
             try:
                 worker = await self.executor.acquire()
             except DMSError as exc:
                 self._fail_queued(exc)
                 continue
+            finally:
+                self._send_ahead = False
             batch = self._take()
             if not batch:
                 self.executor.release(worker)  # everything queued had been cancelled
@@ -136,6 +173,21 @@ class Batcher(Generic[W]):
             now = time.perf_counter_ns()
             quiet = 0 if len(self._queue) > queued or now - last >= QUIET_TURN_NS else quiet + 1
             queued, last = len(self._queue), now
+
+    def _hand_to_spares(self) -> None:
+        """Send each full batch queued to a busy worker with room for it, while there are such workers."""
+        while len(self._queue) >= self.batch_size and (worker := self.executor.take_spare()) is not None:
+            batch = self._take()
+            if not batch:
+                self.executor.release(worker)
+                continue
+            for pending in batch:  # a request that is given up on while it waits must still not run
+                pending.future.add_done_callback(partial(self._withdraw_if_cancelled, worker, pending.item))
+            self._spawn(self._run(worker, batch))
+
+    def _withdraw_if_cancelled(self, worker: W, item: RequestItem, future: asyncio.Future[ResponseItem]) -> None:
+        if future.cancelled():
+            self.executor.withdraw(worker, item)
 
     def _take(self) -> list[Pending]:
         batch: list[Pending] = []
@@ -155,6 +207,9 @@ class Batcher(Generic[W]):
             results = outcome.items
             if len(results) != len(batch):
                 raise InternalError(f"model {self.label}: worker answered {len(results)} of {len(batch)} requests")
+        except BatchNotStartedError as exc:
+            self._requeue(batch, exc)
+            return
         except DMSError as exc:
             self._fail(batch, exc)
             return
@@ -163,6 +218,7 @@ class Batcher(Generic[W]):
             self._fail(batch, InternalError(f"model {self.label}: {type(exc).__name__}"))
             return
         timings = outcome.timings
+        self._batch_ns += (timings.input_ns + timings.infer_ns + timings.output_ns - self._batch_ns) // 8
         self.stats.record_batch(len(batch), timings.input_ns, timings.infer_ns, timings.output_ns)
         if self.observer is not None:
             self.observer.batch(len(batch), timings.input_ns, timings.infer_ns, timings.output_ns)
@@ -172,6 +228,18 @@ class Batcher(Generic[W]):
             result.batch_size = len(batch)
             if not pending.future.done():
                 pending.future.set_result(result)
+        if self._send_ahead and len(self._queue) >= self.batch_size:
+            self._hand_to_spares()  # the worker that answered may have room again
+
+    def _requeue(self, batch: list[Pending], error: DMSError) -> None:
+        """Put a batch that no worker took up back at the head of the queue (or fail it, once closed)."""
+        if self._loop_task is None or self._loop_task.done():
+            self._fail(batch, error)
+            return
+        self._queue.extendleft(reversed(batch))
+        self._not_empty.set()
+        if self._send_ahead and len(self._queue) >= self.batch_size:
+            self._hand_to_spares()
 
     def _fail(self, batch: list[Pending], error: DMSError) -> None:
         now = time.perf_counter_ns()

@@ -82,6 +82,15 @@ class RequestItem(msgspec.Struct, array_like=True):
 class Batch(msgspec.Struct, tag="batch", array_like=True):
     batch_id: int
     items: list[RequestItem]
+    queued: bool = False
+    """Sent while the worker was busy with the batch before it: a ``Withdraw`` may follow it in the socket."""
+
+
+class Withdraw(msgspec.Struct, tag="withdraw", array_like=True):
+    """Requests of a queued batch whose clients went away: the worker skips them if it has not started it."""
+
+    batch_id: int
+    indices: list[int]
 
 
 class ResponseItem(msgspec.Struct, array_like=True):
@@ -108,7 +117,7 @@ class BatchResult(msgspec.Struct, tag="result", array_like=True):
     timings: BatchTimings = msgspec.field(default_factory=BatchTimings)
 
 
-ToWorker = LoadModel | Batch
+ToWorker = LoadModel | Batch | Withdraw
 FromWorker = ModelLoaded | LoadFailed | BatchResult
 
 M = TypeVar("M")

@@ -1,10 +1,14 @@
 """The server's end of a worker's socket pair, as an ``asyncio.Protocol`` that reads whole frames.
 
-A worker answers one frame with one frame, so at most one reader waits at a time. The protocol cuts
-the incoming bytes into frames (``messages.HEADER`` and a msgpack payload) as they arrive and hands
-each message to the waiting reader's future: one callback per reply, where a stream reader costs a
-future per ``readexactly`` and Python buffer bookkeeping around each (~14 µs of the frontend's CPU
-per round trip, measured against ``asyncio.StreamReader`` with a worker that echoes).
+A worker answers frames one at a time, in the order they came, so readers wait in line: the first
+reply goes to the first reader, and so on. The server may send a second batch before the first is
+answered (it waits in the socket; see ``WorkerPool.take_spare``), so up to two readers wait. Only the
+first reader's clock runs: a reader's ``timeout_s`` counts from when the reply before it arrived,
+since its frame waits unread until then. The protocol cuts the incoming bytes into frames
+(``messages.HEADER`` and a msgpack payload) as they arrive and hands each message to its reader's
+future: one callback per reply, where a stream reader costs a future per ``readexactly`` and Python
+buffer bookkeeping around each (~14 µs of the frontend's CPU per round trip, measured against
+``asyncio.StreamReader`` with a worker that echoes).
 """
 
 from __future__ import annotations
@@ -22,6 +26,15 @@ from dms.engine.messages import FromWorker, decode_frame, frame_end, from_worker
 log = logging.getLogger("dms.worker")
 
 
+class _Reader:
+    __slots__ = ("future", "timeout_s", "timer")
+
+    def __init__(self, future: asyncio.Future[FromWorker | None], timeout_s: float) -> None:
+        self.future = future
+        self.timeout_s = timeout_s
+        self.timer: asyncio.TimerHandle | None = None
+
+
 class WorkerLink(asyncio.Protocol):
     """Frames from one worker; ``receive`` gives the next message, or None once the socket has ended."""
 
@@ -31,8 +44,13 @@ class WorkerLink(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
         self._messages: deque[FromWorker] = deque()
-        self._waiter: asyncio.Future[FromWorker | None] | None = None
+        self._readers: deque[_Reader] = deque()
         self._ended = False
+        self.sent = 0
+        """Frames sent so far that the worker answers (``send``; ``notify`` is not counted)."""
+        self.received = 0
+        """Frames received so far: the frame sent as number ``n`` (from 0) has been taken up by the worker
+        once ``received >= n``, as the worker reads its next frame only after answering the one before."""
 
     # -- asyncio.Protocol -------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -61,26 +79,35 @@ class WorkerLink(asyncio.Protocol):
 
     # -- the server's side --------------------------------------------------------------------------
     def send(self, frame: bytes) -> None:
+        """Send a frame the worker answers with one frame."""
+        self.notify(frame)
+        self.sent += 1
+
+    def notify(self, frame: bytes) -> None:
+        """Send a frame the worker does not answer."""
         if self._transport is not None and not self._transport.is_closing():
             self._transport.write(frame)
 
     async def receive(self, timeout_s: float) -> FromWorker | None:
-        """The next message; None when the socket ended first; ``TimeoutError`` after ``timeout_s``."""
-        if self._messages:
+        """The reply to the oldest frame no reader has claimed yet; None when the socket ended first.
+
+        ``TimeoutError`` when it has not come ``timeout_s`` after this reader reached the front of the
+        line. A reader that timed out or was cancelled keeps its place: the reply meant for it, should it
+        still come, is dropped rather than handed to the reader behind it.
+        """
+        if self._messages and not self._readers:
             return self._messages.popleft()
         if self._ended:
             return None
-        if self._waiter is not None:
-            raise RuntimeError("a worker answers one frame at a time; another reader is already waiting")
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[FromWorker | None] = loop.create_future()
-        self._waiter = waiter
-        timer = loop.call_later(timeout_s, _time_out, waiter)
+        reader = _Reader(asyncio.get_running_loop().create_future(), timeout_s)
+        self._readers.append(reader)
+        if len(self._readers) == 1:
+            self._start_clock(reader)
         try:
-            return await waiter
+            return await reader.future
         finally:
-            timer.cancel()
-            self._waiter = None
+            if reader.timer is not None:
+                reader.timer.cancel()
 
     def close(self) -> None:
         if self._transport is not None and not self._transport.is_closing():
@@ -95,16 +122,35 @@ class WorkerLink(asyncio.Protocol):
             start = end
         return start
 
-    def _deliver(self, message: FromWorker | None) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(message)
-        elif message is not None:
+    def _deliver(self, message: FromWorker) -> None:
+        self.received += 1
+        if not self._readers:
             self._messages.append(message)
+            return
+        reader = self._readers.popleft()
+        if not reader.future.done():  # else its reader gave up on it, and the reply goes nowhere
+            reader.future.set_result(message)
+        if self._readers and self._readers[0].timer is None:
+            self._start_clock(self._readers[0])
+
+    def _start_clock(self, reader: _Reader) -> None:
+        reader.timer = reader.future.get_loop().call_later(reader.timeout_s, self._time_out, reader)
+
+    def _time_out(self, reader: _Reader) -> None:
+        if not reader.future.done():
+            reader.future.set_exception(TimeoutError())
+        # The worker is late; the caller decides what happens to it. A reader behind this one must not wait
+        # forever on it, so its own clock starts now.
+        behind = self._readers.index(reader) + 1 if reader in self._readers else len(self._readers)
+        if behind < len(self._readers) and self._readers[behind].timer is None:
+            self._start_clock(self._readers[behind])
 
     def _end(self) -> None:
         self._ended = True
-        self._deliver(None)
+        while self._readers:
+            reader = self._readers.popleft()
+            if not reader.future.done():
+                reader.future.set_result(None)
 
     def _garbled(self, reason: str) -> None:
         log.error("a worker's socket: %s", reason)
@@ -112,8 +158,3 @@ class WorkerLink(asyncio.Protocol):
         self._end()
         self.close()
         self._on_garbled(reason)
-
-
-def _time_out(waiter: asyncio.Future[FromWorker | None]) -> None:
-    if not waiter.done():
-        waiter.set_exception(TimeoutError())

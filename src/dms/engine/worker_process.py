@@ -21,13 +21,24 @@ from dms.engine.messages import (
     LoadFailed,
     LoadModel,
     ModelLoaded,
+    RequestItem,
+    Withdraw,
     encode_frame,
 )
 from dms.engine.worker_link import WorkerLink
-from dms.errors import DMSError, ModelUnavailableError, RequestTimeoutError, WorkerDiedError, error_from_wire
+from dms.errors import (
+    BatchNotStartedError,
+    DMSError,
+    ModelUnavailableError,
+    RequestTimeoutError,
+    WorkerDiedError,
+    error_from_wire,
+)
 
 log = logging.getLogger("dms.worker")
 _STOP_GRACE_S = 5.0
+_SEND_BUFFER_BYTES = 4 << 20
+"""Asked for the server's end of a worker's socket (see ``start``)."""
 _LAST_WORDS_S = 0.5
 """How long a batch may go on reading from a worker that has ended (what it wrote before it died)."""
 
@@ -64,6 +75,12 @@ class WorkerProcess:
         self.started_at = time.time()
         self.pid: int | None = None
         self.retiring = False
+        self.assigned = 0
+        """Batches the pool has given this worker that it has not answered yet (at most 2, see ``WorkerPool``)."""
+        self.busy_since = 0.0
+        """When (``time.monotonic``) it took up the batch it is working on."""
+        self._queued: Batch | None = None
+        """The batch waiting in its socket behind the one it is working on, if any."""
         self.kill_reason: str | None = None
         self.loaded: ModelLoaded | None = None
         self._proc: asyncio.subprocess.Process | None = None
@@ -76,6 +93,10 @@ class WorkerProcess:
 
     async def start(self, timeout_s: float) -> None:
         parent, child = socket.socketpair()
+        # Room in the socket for a whole batch sent while the worker is busy (a few JPEGs are more than the
+        # default 208 KiB): the worker then reads it in one go, not a piece per turn of the server's loop.
+        # The kernel caps this at net.core.wmem_max, doubled.
+        parent.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SEND_BUFFER_BYTES)
         try:
             self._proc = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -122,12 +143,25 @@ class WorkerProcess:
         self.loaded = reply
 
     async def run_batch(self, batch: Batch, timeout_s: float) -> BatchResult:
-        assert self._link is not None
+        """Send ``batch`` and wait for its answer; ``timeout_s`` counts from when the worker takes it up.
+
+        A batch may be sent while the worker is still busy with the one before (``WorkerPool.take_spare``):
+        it waits in the socket, and the worker reads it the moment it has answered the first.
+        """
+        link = self._link
+        assert link is not None
+        if self.state == WorkerState.READY:
+            self.busy_since = time.monotonic()
         self.state = WorkerState.BUSY
-        self._link.send(encode_frame(batch))
+        position = link.sent
+        if link.received < position:
+            batch.queued = True
+            self._queued = batch
+        link.send(encode_frame(batch))
+        answered = False
         try:
             try:
-                reply = await self._link.receive(timeout_s)
+                reply = await link.receive(timeout_s)
             except TimeoutError:
                 self.kill()
                 self.state = WorkerState.DEAD
@@ -135,19 +169,46 @@ class WorkerProcess:
                     f"model {self.load.model_name} did not answer within {timeout_s:g} s "
                     f"(response_timeout_s); its worker was restarted"
                 ) from None
-            if not isinstance(reply, BatchResult):
-                self.state = WorkerState.DEAD
-                code = await self.wait_exit()
-                raise WorkerDiedError(
-                    f"the worker of model {self.load.model_name} (pid {self.pid}) {self.exit_cause(code)} "
-                    "while handling this request; it is being replaced"
+            if isinstance(reply, BatchResult) and reply.batch_id == batch.batch_id:
+                answered = True
+                if link.received == link.sent:
+                    self.state = WorkerState.READY
+                else:
+                    self.busy_since = time.monotonic()  # the batch sent behind it starts now
+                    self._queued = None
+                return reply
+            if reply is not None:
+                self.kill(f"it answered batch {batch.batch_id} with {type(reply).__name__}")
+            self.state = WorkerState.DEAD
+            if link.received < position:
+                raise BatchNotStartedError(
+                    f"the worker of model {self.load.model_name} (pid {self.pid}) ended before it took up this request"
                 )
-            self.state = WorkerState.READY
-            return reply
+            code = await self.wait_exit()
+            raise WorkerDiedError(
+                f"the worker of model {self.load.model_name} (pid {self.pid}) {self.exit_cause(code)} "
+                "while handling this request; it is being replaced"
+            )
         finally:
-            if self.state == WorkerState.BUSY:  # cancelled while reading: the stream is out of step for good
+            if self._queued is batch:  # it ended without being taken up
+                self._queued = None
+            if not answered and self.state == WorkerState.BUSY:  # cancelled while reading: out of step for good
                 self.state = WorkerState.DEAD
                 self.kill()
+
+    @property
+    def queued_requests(self) -> int:
+        """Requests in the batch waiting in its socket behind the one it is working on."""
+        return len(self._queued.items) if self._queued is not None else 0
+
+    def withdraw(self, item: RequestItem) -> None:
+        """Tell the worker to skip ``item`` (its client went away), if it is in the batch still waiting."""
+        queued = self._queued
+        if queued is None or self._link is None:
+            return
+        indices = [index for index, queued_item in enumerate(queued.items) if queued_item is item]
+        if indices:
+            self._link.notify(encode_frame(Withdraw(batch_id=queued.batch_id, indices=indices)))
 
     async def wait_exit(self, timeout_s: float = _STOP_GRACE_S) -> int | None:
         if self._proc is None:

@@ -10,10 +10,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import select
 import signal
 import socket
 import sys
 import traceback
+from collections import deque
 
 from dms.engine.messages import (
     Batch,
@@ -22,6 +24,7 @@ from dms.engine.messages import (
     LoadFailed,
     LoadModel,
     ToWorker,
+    Withdraw,
     decode_frame,
     encode_frame,
     frame_end,
@@ -40,9 +43,13 @@ class Channel:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self._buffer = bytearray()
+        self._ahead: deque[ToWorker] = deque()
+        """Whole messages read while looking for withdrawals, not yet handed out."""
 
     def recv(self) -> ToWorker | None:
         """The next message (a small frame costs one read), or None once the server closed the socket."""
+        if self._ahead:
+            return self._ahead.popleft()
         buffer = self._buffer
         while (end := frame_end(buffer)) > len(buffer):
             if not self._fill(end - len(buffer)):
@@ -56,6 +63,24 @@ class Channel:
         chunk = self.sock.recv(min(max(wanted, self._READ_SIZE), self._MAX_READ))
         self._buffer += chunk
         return bool(chunk)
+
+    def withdrawn(self, batch: Batch) -> set[int]:
+        """The indices of ``batch``'s requests withdrawn so far, from what has arrived (without waiting)."""
+        if not batch.queued:
+            return set()  # sent to an idle worker: it was taken up at once, so nothing can withdraw from it
+        while select.select([self.sock], [], [], 0)[0]:
+            chunk = self.sock.recv(self._READ_SIZE)
+            if not chunk:
+                break  # end of file: ``recv`` reports it once what is buffered has been handed out
+            self._buffer += chunk
+        while (end := frame_end(self._buffer)) <= len(self._buffer):
+            self._ahead.append(decode_frame(to_worker_decoder, self._buffer, 0, end))
+            del self._buffer[:end]
+        found: set[int] = set()
+        for message in [m for m in self._ahead if isinstance(m, Withdraw) and m.batch_id == batch.batch_id]:
+            self._ahead.remove(message)
+            found.update(message.indices)
+        return found
 
     def send(self, message: FromWorker) -> None:
         self.sock.sendall(encode_frame(message))
@@ -97,7 +122,8 @@ def serve(channel: Channel) -> int:
         if request is None:
             return 0
         if isinstance(request, Batch):
-            channel.send(service.run_batch(request))
+            channel.send(service.run_batch(request, channel.withdrawn(request)))
+        # A Withdraw read here came after its batch had started: there is nothing left to skip.
 
 
 if __name__ == "__main__":

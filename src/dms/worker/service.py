@@ -82,10 +82,15 @@ class ModelService:
 
         return ModelLoaded(pid=pid, inputs=meta(self.inputs), outputs=meta(self.outputs), platform=self.platform)
 
-    def run_batch(self, batch: Batch) -> BatchResult:
+    def run_batch(self, batch: Batch, withdrawn: set[int] | None = None) -> BatchResult:
+        """Answer each request of ``batch``; those in ``withdrawn`` (their clients went away) are skipped."""
         results: list[ResponseItem | None] = [None] * len(batch.items)
-        raw = [(i, item) for i, item in enumerate(batch.items) if item.protocol not in TENSOR_PROTOCOLS]
-        tensor = [(i, item) for i, item in enumerate(batch.items) if item.protocol in TENSOR_PROTOCOLS]
+        if withdrawn:
+            for index in withdrawn & set(range(len(results))):
+                results[index] = _WITHDRAWN
+        live = [(i, item) for i, item in enumerate(batch.items) if results[i] is None]
+        raw = [(i, item) for i, item in live if item.protocol not in TENSOR_PROTOCOLS]
+        tensor = [(i, item) for i, item in live if item.protocol in TENSOR_PROTOCOLS]
         timings = BatchTimings()
         if raw:
             self._run_raw(raw, results, timings)
@@ -164,6 +169,15 @@ def _signature(runtime: Any, config: dict[str, Any]) -> tuple[list[TensorSpec], 
     if runtime is not None:
         return list(runtime.inputs), list(runtime.outputs)
     return declared_specs(config.get("inputs")), declared_specs(config.get("outputs"))
+
+
+_WITHDRAWN = ResponseItem(
+    status=0,
+    body=b"",
+    content_type="",
+    error=ErrorInfo(type_name="InternalError", message="not run: its client went away before the batch started"),
+)
+"""The answer to a withdrawn request: a placeholder, as nobody is waiting for it any more."""
 
 
 def _error_item(exc: DMSError) -> ResponseItem:
