@@ -10,6 +10,7 @@ import asyncio
 import itertools
 import socket
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -173,6 +174,18 @@ class TestTheServersEnd:
             worker.close()
             assert [await r for r in readers] == [result(1), None]
             assert (link.sent, link.received) == (2, 1)  # the second frame was never taken up
+
+        run_with_link(scenario)
+
+    def test_the_send_buffer_grows_only_for_a_frame_that_needs_it(self) -> None:
+        async def scenario(link: WorkerLink, worker: socket.socket, garbled: list[str]) -> None:
+            sock = link._transport.get_extra_info("socket")  # type: ignore[union-attr]
+            before = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+            link.make_room(before // 2)
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == before
+            link.make_room(before + 100_000)
+            ceiling = 2 * int(Path("/proc/sys/net/core/wmem_max").read_text())  # the kernel doubles, up to this
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) >= min(before + 100_000, ceiling)
 
         run_with_link(scenario)
 

@@ -109,6 +109,8 @@ class Batcher(Generic[W]):
         self._send_ahead = False
         """Full batches go to busy workers with room (the dispatch loop is waiting for an idle worker, and the
         model's batches are long enough for that to pay)."""
+        self._sent_ahead = 0
+        """Batches sent ahead to busy workers that have not ended yet."""
         self._batch_ns = SEND_AHEAD_MIN_BATCH_NS
         """A running mean of how long a batch keeps a worker busy (until measured: long enough to send ahead)."""
         self.stats = ModelStats()
@@ -117,7 +119,7 @@ class Batcher(Generic[W]):
     @property
     def pending(self) -> int:
         """Requests not yet taken up by a worker: those queued here, and those waiting in a busy worker's socket."""
-        return len(self._queue) + self.executor.waiting()
+        return len(self._queue) + (self.executor.waiting() if self._sent_ahead else 0)
 
     @property
     def in_flight_batches(self) -> int:
@@ -130,7 +132,8 @@ class Batcher(Generic[W]):
     def submit(self, item: RequestItem) -> asyncio.Future[ResponseItem]:
         if self._closed:
             raise ModelUnavailableError(f"model {self.label} is no longer accepting requests")
-        if self.pending >= self.queue_size:  # a batch waiting in a busy worker's socket still counts
+        queued = len(self._queue)  # and a batch waiting in a busy worker's socket still counts:
+        if queued >= self.queue_size or (self._sent_ahead and queued + self.executor.waiting() >= self.queue_size):
             raise QueueFullError(
                 f"model {self.label} has {self.queue_size} requests queued (job_queue_size); retry later"
             )
@@ -183,7 +186,14 @@ class Batcher(Generic[W]):
                 continue
             for pending in batch:  # a request that is given up on while it waits must still not run
                 pending.future.add_done_callback(partial(self._withdraw_if_cancelled, worker, pending.item))
-            self._spawn(self._run(worker, batch))
+            self._sent_ahead += 1
+            self._spawn(self._run_sent_ahead(worker, batch))
+
+    async def _run_sent_ahead(self, worker: W, batch: list[Pending]) -> None:
+        try:
+            await self._run(worker, batch)
+        finally:
+            self._sent_ahead -= 1
 
     def _withdraw_if_cancelled(self, worker: W, item: RequestItem, future: asyncio.Future[ResponseItem]) -> None:
         if future.cancelled():

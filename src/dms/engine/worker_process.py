@@ -37,8 +37,6 @@ from dms.errors import (
 
 log = logging.getLogger("dms.worker")
 _STOP_GRACE_S = 5.0
-_SEND_BUFFER_BYTES = 4 << 20
-"""Asked for the server's end of a worker's socket (see ``start``)."""
 _LAST_WORDS_S = 0.5
 """How long a batch may go on reading from a worker that has ended (what it wrote before it died)."""
 
@@ -93,10 +91,6 @@ class WorkerProcess:
 
     async def start(self, timeout_s: float) -> None:
         parent, child = socket.socketpair()
-        # Room in the socket for a whole batch sent while the worker is busy (a few JPEGs are more than the
-        # default 208 KiB): the worker then reads it in one go, not a piece per turn of the server's loop.
-        # The kernel caps this at net.core.wmem_max, doubled.
-        parent.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SEND_BUFFER_BYTES)
         try:
             self._proc = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -157,7 +151,10 @@ class WorkerProcess:
         if link.received < position:
             batch.queued = True
             self._queued = batch
-        link.send(encode_frame(batch))
+        frame = encode_frame(batch)
+        if batch.queued:
+            link.make_room(len(frame))
+        link.send(frame)
         answered = False
         try:
             try:
