@@ -159,8 +159,18 @@ class TestTheServersEnd:
             second = asyncio.ensure_future(link.receive(0.05))
             with pytest.raises(TimeoutError):
                 await first
+            await asyncio.wait({second}, timeout=5)  # not wait_for: its own TimeoutError would pass for the link's
+            assert second.done() and isinstance(second.exception(), TimeoutError)
+
+        run_with_link(scenario)
+
+    def test_a_reader_that_joins_behind_one_that_timed_out_has_its_own_clock(self) -> None:
+        async def scenario(link: WorkerLink, worker: socket.socket, garbled: list[str]) -> None:
             with pytest.raises(TimeoutError):
-                await asyncio.wait_for(second, 5)
+                await link.receive(0.05)
+            behind = asyncio.ensure_future(link.receive(0.05))
+            await asyncio.wait({behind}, timeout=5)
+            assert behind.done() and isinstance(behind.exception(), TimeoutError)
 
         run_with_link(scenario)
 

@@ -257,9 +257,7 @@ class WorkerPool:
             worker.kill()
             raise
         finally:
-            if worker.assigned == 2:
-                self._spares_out -= 1
-            worker.assigned -= 1
+            self._unassign(worker)
         self._restart_delay_s = 0.0
         self._hand_back(worker)
         return result
@@ -273,10 +271,14 @@ class WorkerPool:
         worker.withdraw(item)
 
     def release(self, worker: WorkerProcess) -> None:
+        self._unassign(worker)
+        self._hand_back(worker)
+
+    def _unassign(self, worker: WorkerProcess) -> None:
+        """One batch given to ``worker`` is over (answered, failed, or never sent)."""
         if worker.assigned == 2:
             self._spares_out -= 1
         worker.assigned -= 1
-        self._hand_back(worker)
 
     def _hand_back(self, worker: WorkerProcess) -> None:
         if worker.assigned:

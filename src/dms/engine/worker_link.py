@@ -18,7 +18,7 @@ import logging
 import socket
 from collections import deque
 from collections.abc import Callable
-from typing import cast
+from typing import Any, cast
 
 import msgspec
 
@@ -58,7 +58,8 @@ class WorkerLink(asyncio.Protocol):
     # -- asyncio.Protocol -------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
-        self._room = self._socket_option(socket.SO_SNDBUF)
+        sock = self._socket()
+        self._room = int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)) if sock is not None else 0
 
     def data_received(self, data: bytes) -> None:
         if self._ended:
@@ -98,13 +99,13 @@ class WorkerLink(asyncio.Protocol):
         if size <= self._room:
             return
         self._room = size
-        sock = self._transport.get_extra_info("socket") if self._transport is not None else None
+        sock = self._socket()
         if sock is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
 
-    def _socket_option(self, option: int) -> int:
-        sock = self._transport.get_extra_info("socket") if self._transport is not None else None
-        return int(sock.getsockopt(socket.SOL_SOCKET, option)) if sock is not None else 0
+    def _socket(self) -> Any:
+        """The transport's socket (uvloop's stand-in for one, which takes socket options)."""
+        return self._transport.get_extra_info("socket") if self._transport is not None else None
 
     def notify(self, frame: bytes) -> None:
         """Send a frame the worker does not answer."""
@@ -124,13 +125,14 @@ class WorkerLink(asyncio.Protocol):
             return None
         reader = _Reader(asyncio.get_running_loop().create_future(), timeout_s)
         self._readers.append(reader)
-        if len(self._readers) == 1:
-            self._start_clock(reader)
+        self._start_due_clock()
         try:
             return await reader.future
         finally:
             if reader.timer is not None:
                 reader.timer.cancel()
+            if reader.future.cancelled():
+                self._start_due_clock()  # it gave up while in line: the reader behind it is now due
 
     def close(self) -> None:
         if self._transport is not None and not self._transport.is_closing():
@@ -153,20 +155,23 @@ class WorkerLink(asyncio.Protocol):
         reader = self._readers.popleft()
         if not reader.future.done():  # else its reader gave up on it, and the reply goes nowhere
             reader.future.set_result(message)
-        if self._readers and self._readers[0].timer is None:
-            self._start_clock(self._readers[0])
+        self._start_due_clock()
 
-    def _start_clock(self, reader: _Reader) -> None:
-        reader.timer = reader.future.get_loop().call_later(reader.timeout_s, self._time_out, reader)
+    def _start_due_clock(self) -> None:
+        """Start the clock of the first reader in line without one, once every reader ahead of it has been
+        answered or has given up (timed out, cancelled): it is the one whose reply comes next. So a reader
+        behind a late worker does not wait for ever, whether it was in line before the timeout or after."""
+        for reader in self._readers:
+            if reader.timer is None:
+                reader.timer = reader.future.get_loop().call_later(reader.timeout_s, self._time_out, reader)
+                return
+            if not reader.future.done():
+                return  # the reader ahead still waits, its clock running
 
     def _time_out(self, reader: _Reader) -> None:
         if not reader.future.done():
             reader.future.set_exception(TimeoutError())
-        # The worker is late; the caller decides what happens to it. A reader behind this one must not wait
-        # forever on it, so its own clock starts now.
-        behind = self._readers.index(reader) + 1 if reader in self._readers else len(self._readers)
-        if behind < len(self._readers) and self._readers[behind].timer is None:
-            self._start_clock(self._readers[behind])
+        self._start_due_clock()  # the worker is late; the caller decides what happens to it
 
     def _end(self) -> None:
         self._ended = True

@@ -54,8 +54,12 @@ class Channel:
         while (end := frame_end(buffer)) > len(buffer):
             if not self._fill(end - len(buffer)):
                 return None
-        message: ToWorker = decode_frame(to_worker_decoder, buffer, 0, end)
-        del buffer[:end]
+        return self._pop_frame(end)
+
+    def _pop_frame(self, end: int) -> ToWorker:
+        """Decode the whole frame at the start of the buffer (it ends at ``end``) and drop it from there."""
+        message: ToWorker = decode_frame(to_worker_decoder, self._buffer, 0, end)
+        del self._buffer[:end]
         return message
 
     def _fill(self, wanted: int) -> bool:
@@ -74,8 +78,7 @@ class Channel:
                 break  # end of file: ``recv`` reports it once what is buffered has been handed out
             self._buffer += chunk
         while (end := frame_end(self._buffer)) <= len(self._buffer):
-            self._ahead.append(decode_frame(to_worker_decoder, self._buffer, 0, end))
-            del self._buffer[:end]
+            self._ahead.append(self._pop_frame(end))
         found: set[int] = set()
         for message in [m for m in self._ahead if isinstance(m, Withdraw) and m.batch_id == batch.batch_id]:
             self._ahead.remove(message)
