@@ -109,8 +109,9 @@ class Batcher(Generic[W]):
         self._send_ahead = False
         """Full batches go to busy workers with room (the dispatch loop is waiting for an idle worker, and the
         model's batches are long enough for that to pay)."""
-        self._sent_ahead = 0
-        """Batches sent ahead to busy workers that have not ended yet."""
+        self._handed_ahead = 0
+        """Requests handed to a busy worker whose batch has not gone out yet (its task has not started): from
+        then on the executor counts them (``waiting``), and until then they must still count as pending."""
         self._batch_ns = SEND_AHEAD_MIN_BATCH_NS
         """A running mean of how long a batch keeps a worker busy (until measured: long enough to send ahead)."""
         self.stats = ModelStats()
@@ -119,7 +120,7 @@ class Batcher(Generic[W]):
     @property
     def pending(self) -> int:
         """Requests not yet taken up by a worker: those queued here, and those waiting in a busy worker's socket."""
-        return len(self._queue) + (self.executor.waiting() if self._sent_ahead else 0)
+        return len(self._queue) + self._handed_ahead + self.executor.waiting()
 
     @property
     def in_flight_batches(self) -> int:
@@ -132,15 +133,14 @@ class Batcher(Generic[W]):
     def submit(self, item: RequestItem) -> asyncio.Future[ResponseItem]:
         if self._closed:
             raise ModelUnavailableError(f"model {self.label} is no longer accepting requests")
-        queued = len(self._queue)  # and a batch waiting in a busy worker's socket still counts:
-        if queued >= self.queue_size or (self._sent_ahead and queued + self.executor.waiting() >= self.queue_size):
+        if self.pending >= self.queue_size:  # a batch waiting in a busy worker's socket still counts
             raise QueueFullError(
                 f"model {self.label} has {self.queue_size} requests queued (job_queue_size); retry later"
             )
         future: asyncio.Future[ResponseItem] = (self._loop or asyncio.get_running_loop()).create_future()
         self._queue.append(Pending(item, future))
         self._not_empty.set()
-        if self._send_ahead and len(self._queue) >= self.batch_size:
+        if self._send_ahead and len(self._queue) >= self.batch_size:  # checked here too: it is the hot path
             self._hand_to_spares()
         return future
 
@@ -151,8 +151,7 @@ class Batcher(Generic[W]):
                 await self._not_empty.wait()
                 await self._gather()
             self._send_ahead = self._batch_ns >= SEND_AHEAD_MIN_BATCH_NS
-            if self._send_ahead:
-                self._hand_to_spares()
+            self._hand_to_spares()
             try:
                 worker = await self.executor.acquire()
             except DMSError as exc:
@@ -178,22 +177,20 @@ class Batcher(Generic[W]):
             queued, last = len(self._queue), now
 
     def _hand_to_spares(self) -> None:
-        """Send each full batch queued to a busy worker with room for it, while there are such workers."""
-        while len(self._queue) >= self.batch_size and (worker := self.executor.take_spare()) is not None:
+        """While sending ahead is on, send each full batch queued to a busy worker with room for it."""
+        while (
+            self._send_ahead
+            and len(self._queue) >= self.batch_size
+            and (worker := self.executor.take_spare()) is not None
+        ):
             batch = self._take()
             if not batch:
                 self.executor.release(worker)
                 continue
             for pending in batch:  # a request that is given up on while it waits must still not run
                 pending.future.add_done_callback(partial(self._withdraw_if_cancelled, worker, pending.item))
-            self._sent_ahead += 1
-            self._spawn(self._run_sent_ahead(worker, batch))
-
-    async def _run_sent_ahead(self, worker: W, batch: list[Pending]) -> None:
-        try:
-            await self._run(worker, batch)
-        finally:
-            self._sent_ahead -= 1
+            self._handed_ahead += len(batch)
+            self._spawn(self._run(worker, batch, sent_ahead=True))
 
     def _withdraw_if_cancelled(self, worker: W, item: RequestItem, future: asyncio.Future[ResponseItem]) -> None:
         if future.cancelled():
@@ -211,7 +208,9 @@ class Batcher(Generic[W]):
                 batch.append(pending)
         return batch
 
-    async def _run(self, worker: W, batch: list[Pending]) -> None:
+    async def _run(self, worker: W, batch: list[Pending], sent_ahead: bool = False) -> None:
+        if sent_ahead:
+            self._handed_ahead -= len(batch)  # the executor counts them from here, in this same step
         try:
             outcome = await self.executor.execute(worker, [pending.item for pending in batch])
             results = outcome.items
@@ -238,8 +237,7 @@ class Batcher(Generic[W]):
             result.batch_size = len(batch)
             if not pending.future.done():
                 pending.future.set_result(result)
-        if self._send_ahead and len(self._queue) >= self.batch_size:
-            self._hand_to_spares()  # the worker that answered may have room again
+        self._hand_to_spares()  # the worker that answered may have room again
 
     def _requeue(self, batch: list[Pending], error: DMSError) -> None:
         """Put a batch that no worker took up back at the head of the queue (or fail it, once closed)."""
@@ -248,8 +246,7 @@ class Batcher(Generic[W]):
             return
         self._queue.extendleft(reversed(batch))
         self._not_empty.set()
-        if self._send_ahead and len(self._queue) >= self.batch_size:
-            self._hand_to_spares()
+        self._hand_to_spares()
 
     def _fail(self, batch: list[Pending], error: DMSError) -> None:
         now = time.perf_counter_ns()
