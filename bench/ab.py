@@ -3,7 +3,7 @@
     git worktree add /tmp/dms-base HEAD            # the build to compare against
     python -m bench.ab --b-src /tmp/dms-base/src   # A: this tree, B: that one
     python -m bench.ab --b-src /tmp/dms-base/src --paths oip-grpc --concurrency 1,16 --rounds 5
-    python -m bench.ab --b-args "--grpc-server uvicorn" --paths oip-grpc   # one tree, two settings
+    python -m bench.ab --b-args "--grpc-server grpcio" --paths oip-grpc   # one tree, two settings
     python -m bench.ab --a-args "--frontends 2" --a-config '{"initial_workers": 1}'   # 2 x 1 worker vs 1 x 2
 
 Both servers run at once with the tiny ONNX model (tensor handler, 2 workers, batch 8 / 5 ms) and

@@ -214,7 +214,7 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--no-py-spy", dest="py_spy", action="store_false")
     parser.add_argument("--out", type=Path, default=None, help="keep collapsed stacks here")
-    parser.add_argument("--serve-args", default="", help='extra `dms serve` arguments, e.g. "--grpc-server uvicorn"')
+    parser.add_argument("--serve-args", default="", help='extra `dms serve` arguments, e.g. "--grpc-server grpcio"')
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="dms-profile-"))
     out = args.out or work

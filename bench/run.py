@@ -124,8 +124,8 @@ SAME_HANDLER_FRONTENDS = "DMS /predictions, same handler, 2 frontends of 1 worke
 ONNX_PREDICTIONS = "DMS /predictions (ONNX, tensor)"
 OIP_JSON = "DMS OIP REST JSON (ONNX)"
 OIP_BINARY = "DMS OIP REST binary (ONNX)"
-OIP_GRPC = "DMS OIP gRPC (ONNX)"
-OIP_GRPC_UVICORN = "DMS OIP gRPC on uvicorn HTTP/2 (ONNX)"
+OIP_GRPC = "DMS OIP gRPC (ONNX; uvicorn HTTP/2, the default)"
+OIP_GRPC_GRPCIO = "DMS OIP gRPC on grpcio (ONNX)"
 SQUEEZENET_DMS = "DMS image_classifier"
 SQUEEZENET_TORCHSERVE = "TorchServe 0.12 (same preprocessing)"
 BARE_CEILING = "bare ceiling (uvicorn, 2 processes)"
@@ -141,8 +141,8 @@ TINY_ORDER = [
     ONNX_PREDICTIONS,
     OIP_JSON,
     OIP_BINARY,
-    OIP_GRPC_UVICORN,
     OIP_GRPC,
+    OIP_GRPC_GRPCIO,
     BARE_CEILING,
     GRPC_CEILING,
 ]
@@ -158,8 +158,8 @@ TINY_COMPARISONS = [
     ("DMS, 2 frontends of 1 worker ÷ the bare ceiling", SAME_HANDLER_FRONTENDS, [BARE_CEILING]),
     ("OIP REST JSON ÷ /predictions (both ONNX)", OIP_JSON, [ONNX_PREDICTIONS]),
     ("OIP REST binary ÷ /predictions (both ONNX)", OIP_BINARY, [ONNX_PREDICTIONS]),
-    ("OIP gRPC on uvicorn ÷ /predictions (both ONNX)", OIP_GRPC_UVICORN, [ONNX_PREDICTIONS]),
-    ("OIP gRPC on grpcio ÷ /predictions (both ONNX)", OIP_GRPC, [ONNX_PREDICTIONS]),
+    ("OIP gRPC ÷ /predictions (both ONNX)", OIP_GRPC, [ONNX_PREDICTIONS]),
+    ("OIP gRPC on grpcio ÷ /predictions (both ONNX)", OIP_GRPC_GRPCIO, [ONNX_PREDICTIONS]),
 ]
 """(title, row, rows it is divided by: the best of them in each round) for the results' ratio table."""
 
@@ -211,13 +211,13 @@ def tiny_scenario(plan: Plan, work: Path, rows: list[Row], extras: dict[str, obj
             dms_frontends,
             tiny_target(dms_frontends, dms_frontends.probe_url, setups.TINY_BODY, "application/json"),
         )
-        h2_work = work / "grpc-uvicorn"
-        h2_work.mkdir()
-        dms_h2 = setups.dms_server(h2_work, {"lin": ("tensor", onnx_file, batching)}, probe="lin")
-        dms_h2.start += ["--grpc-server", "uvicorn"]
-        servers.append(dms_h2)
-        dms_h2.launch()
-        targets[OIP_GRPC_UVICORN] = dms_h2, setups.dms_grpc_target(dms_h2, "lin", "x")
+        grpcio_work = work / "grpcio"
+        grpcio_work.mkdir()
+        dms_grpcio = setups.dms_server(grpcio_work, {"lin": ("tensor", onnx_file, batching)}, probe="lin")
+        dms_grpcio.start += ["--grpc-server", "grpcio"]
+        servers.append(dms_grpcio)
+        dms_grpcio.launch()
+        targets[OIP_GRPC_GRPCIO] = dms_grpcio, setups.dms_grpc_target(dms_grpcio, "lin", "x")
         bare = setups.bare_server(work)
         servers.append(bare)
         bare.launch()

@@ -58,9 +58,10 @@ class ServerSettings(BaseSettings):
     grpc_address: str = "127.0.0.1:7070"
     """Where the Open Inference Protocol's gRPC service listens (host:port)."""
     grpc_enabled: bool = True
-    grpc_server: Literal["grpcio", "uvicorn"] = "grpcio"
-    """What serves gRPC: grpcio's asyncio server, or uvicorn's HTTP/2 (zttp), which spends about half the
-    CPU per inference call (docs/performance.md) and is younger."""
+    grpc_server: Literal["grpcio", "uvicorn"] = "uvicorn"
+    """What serves gRPC: uvicorn's HTTP/2 (zttp), the stack the REST ports run on, which spends about half the
+    CPU per inference call that grpcio's asyncio server does and ends HTTP/2 floods sooner
+    (docs/performance.md); or grpcio's asyncio server, the older of the two."""
     grpc_max_message_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)
     """Largest gRPC message received or sent."""
 

@@ -26,9 +26,9 @@ def oip_server(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="package")
-def oip_server_grpc_uvicorn(tmp_path_factory: pytest.TempPathFactory):
-    """The same models, with gRPC served by uvicorn's HTTP/2 instead of grpcio."""
-    yield from _protocol_server(tmp_path_factory, ["--grpc-server", "uvicorn"])
+def oip_server_grpcio(tmp_path_factory: pytest.TempPathFactory):
+    """The same models, with gRPC served by grpcio instead of uvicorn's HTTP/2 (the default)."""
+    yield from _protocol_server(tmp_path_factory, ["--grpc-server", "grpcio"])
 
 
 def _protocol_server(tmp_path_factory: pytest.TempPathFactory, extra: list[str]):

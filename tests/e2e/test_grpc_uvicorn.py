@@ -1,4 +1,4 @@
-"""gRPC on uvicorn's HTTP/2 (``--grpc-server uvicorn``) as long-lived clients use it.
+"""gRPC on uvicorn's HTTP/2 (``--grpc-server uvicorn``, the default) as long-lived clients use it.
 
 The protocol's own behaviour (every method, datatypes, errors, streaming, auth) is tested for both gRPC
 servers in ``test_open_inference_protocol.py``; this module covers what is particular to this one.
@@ -23,8 +23,8 @@ from tests.e2e.test_tensor_handler import BIAS, WEIGHTS
 
 
 @pytest.fixture
-def server(oip_server_grpc_uvicorn: DmsServer) -> DmsServer:
-    return oip_server_grpc_uvicorn
+def server(oip_server: DmsServer) -> DmsServer:
+    return oip_server
 
 
 def linear_request(row: np.ndarray) -> service_pb2.ModelInferRequest:

@@ -16,11 +16,11 @@ from tritonclient.utils import InferenceServerException  # noqa: E402
 
 @pytest.fixture
 def server(request: pytest.FixtureRequest, oip_server: DmsServer) -> DmsServer:
-    """The package's shared protocol server (tests/e2e/conftest.py); for "grpc-uvicorn", its twin serving
-    gRPC on uvicorn's HTTP/2 instead of grpcio."""
+    """The package's shared protocol server (tests/e2e/conftest.py), whose gRPC runs on uvicorn's HTTP/2 (the
+    default); for "grpc-grpcio", its twin serving gRPC on grpcio instead."""
     params = getattr(request.node, "callspec", None)
-    if params is not None and params.params.get("transport") == "grpc-uvicorn":
-        twin: DmsServer = request.getfixturevalue("oip_server_grpc_uvicorn")
+    if params is not None and params.params.get("transport") == "grpc-grpcio":
+        twin: DmsServer = request.getfixturevalue("oip_server_grpcio")
         return twin
     return oip_server
 
@@ -35,8 +35,8 @@ def module(transport: str):
     return httpclient if transport == "http" else grpcclient
 
 
-TRANSPORTS = ["http", "grpc", "grpc-uvicorn"]
-GRPC_SERVERS = ["grpc", "grpc-uvicorn"]
+TRANSPORTS = ["http", "grpc", "grpc-grpcio"]
+GRPC_SERVERS = ["grpc", "grpc-grpcio"]
 
 
 def as_json(c, transport: str, method: str, *args, **kwargs):

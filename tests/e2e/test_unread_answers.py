@@ -101,7 +101,7 @@ SETTINGS = frame(0x4, 0, 0, struct.pack(">HI", 0x3, 100)) * 512  # SETTINGS_MAX_
 def test_http2_frames_whose_acknowledgements_go_unread_are_read_no_further(
     request: pytest.FixtureRequest, grpc_server: str, frames: bytes
 ):
-    server: DmsServer = request.getfixturevalue("oip_server" if grpc_server == "grpcio" else "oip_server_grpc_uvicorn")
+    server: DmsServer = request.getfixturevalue("oip_server_grpcio" if grpc_server == "grpcio" else "oip_server")
     host, port = server.grpc_address.rsplit(":", 1)
     before = frontend_rss_mib(server)
     sock, sent = flood(host, int(port), PREFACE, frames, FLOOD_S)

@@ -29,8 +29,8 @@ def server_options(fn: Any) -> Any:
         click.option("--grpc-address", help="host:port of the Open Inference Protocol gRPC service [127.0.0.1:7070]."),
         click.option(
             "--grpc-server",
-            type=click.Choice(["grpcio", "uvicorn"]),
-            help="What serves gRPC: grpcio, or uvicorn's HTTP/2 (less CPU per call) [grpcio].",
+            type=click.Choice(["uvicorn", "grpcio"]),
+            help="What serves gRPC: uvicorn's HTTP/2 (less CPU per call), or grpcio [uvicorn].",
         ),
         click.option("--default-workers-per-model", type=int, help="Workers per model version."),
         click.option(

@@ -368,7 +368,7 @@ def _grpcio_handler(method: RpcMethod) -> grpc.RpcMethodHandler:
 def build_grpc_server(
     dataplane: DataPlane, metrics: ServerMetrics, keys: KeyStore | None, repository: RepositoryChanges | None = None
 ) -> grpc.aio.Server:
-    """The service on grpcio's asyncio server (``grpc_server = "grpcio"``, the default)."""
+    """The service on grpcio's asyncio server (``grpc_server = "grpcio"``; uvicorn's HTTP/2 is the default)."""
     settings = dataplane.settings
     limit = settings.grpc_max_message_bytes
     server = grpc.aio.server(
