@@ -79,9 +79,11 @@ def _grpc_h2_server(
 
     settings = dataplane.settings
     servicer = InferenceServicer(dataplane, metrics, keys, repository)
-    app = GrpcApp(rpc_methods(servicer), settings.grpc_max_message_bytes)
+    read_timeout_s = settings.request_read_timeout_s
+    app = GrpcApp(rpc_methods(servicer), settings.grpc_max_message_bytes, read_timeout_s)
     # With the fast path, ModelInfer calls are answered from the HTTP/2 events (dms.grpc.h2_connection).
-    protocol = grpc_protocol(servicer if settings.inference_fast_path else None, settings.grpc_max_message_bytes)
+    lean = servicer if settings.inference_fast_path else None
+    protocol = grpc_protocol(lean, settings.grpc_max_message_bytes, read_timeout_s)
     # gRPC channels stay open between calls; uvicorn's 5 s idle limit would make clients reconnect often.
     return _uvicorn_server(
         app,

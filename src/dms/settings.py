@@ -102,7 +102,9 @@ class ServerSettings(BaseSettings):
     """Largest request body accepted (TorchServe's default); larger gets 413."""
     request_read_timeout_s: float = Field(default=60.0, gt=0)
     """How long an HTTP/1.1 request's head may take to arrive from its first byte, and how long its body may
-    pause between reads; past it the request gets 408 and its connection is closed (slow or stalled clients)."""
+    pause between reads; past it the request gets 408 and its connection is closed (slow or stalled clients).
+    On the gRPC port (uvicorn's HTTP/2), how long a unary call's request may pause: past it the call ends with
+    DEADLINE_EXCEEDED and the connection serves on. Streaming calls' requests may pause as long as they like."""
     max_json_depth: int = Field(default=64, ge=1)
     """Deepest JSON nesting a request may have."""
     max_tensor_elements: int = Field(default=50_000_000, ge=1)

@@ -1,6 +1,7 @@
 """Clients that send a request too slowly, or stop halfway: after ``request_read_timeout_s`` each gets
 408 with the JSON error body and its connection is closed, on every HTTP port, while the server goes
-on serving others. A slow body that keeps coming is served.
+on serving others. A slow body that keeps coming is served. On the gRPC port a unary call whose request
+stops arriving ends with DEADLINE_EXCEEDED; a stream's requests may pause as long as they like.
 
 Before, such connections stayed open for as long as their clients liked (slowloris): 3,000 of them,
 each holding half a request head, stayed open on one server, bounded only by its file limit.
@@ -9,12 +10,14 @@ each holding half a request head, stayed open on one server, bounded only by its
 from __future__ import annotations
 
 import json
+import queue
 import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
+import grpc
 import numpy as np
 import psutil
 import pytest
@@ -119,3 +122,70 @@ def test_a_slow_body_that_keeps_coming_is_served(server: DmsServer):
     assert head.startswith(b"HTTP/1.1 200 "), received
     values = np.asarray(json.loads(body), dtype=np.float32).ravel()
     np.testing.assert_allclose(values, ROW @ WEIGHTS + BIAS, rtol=1e-5)
+
+
+def test_grpc_calls_whose_requests_stop_arriving_end_with_deadline_exceeded(server: DmsServer):
+    """On the gRPC port (uvicorn's HTTP/2), with the lean ``ModelInfer`` path and the ASGI one for other methods:
+    each stalled call ends, while the connection and the server go on serving."""
+    zttp = pytest.importorskip("zttp")
+    host, port = server.grpc_address.rsplit(":", 1)
+    client = zttp.Connection(zttp.CLIENT, protocol=zttp.HTTP2)
+    client.initiate_connection()
+    headers = [(b"content-type", b"application/grpc"), (b"te", b"trailers")]
+    stalled = set()
+    for method in (b"ModelInfer", b"ServerMetadata"):
+        stream = client.send_request(b"POST", b"/inference.GRPCInferenceService/" + method, b"HTTP/2", headers)
+        stream.send_data(b"\x00\x00\x00\x00\x40\x0a")  # a message declared 64 bytes long, and one of them
+        stalled.add(stream.stream_id)
+    trailers: dict[int, dict[bytes, bytes]] = {}
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(client.data_to_send())
+        started = time.monotonic()
+        assert_serving(server)  # meanwhile everyone else is served
+        while len(trailers) < len(stalled):
+            data = sock.recv(65536)
+            assert data, f"the connection closed; answers so far: {trailers}"
+            client.receive_data(data)
+            for event in iter(client.next_event, zttp.NEED_DATA):
+                if isinstance(event, zttp.EndOfMessage):
+                    trailers[event.stream_id] = dict(event.trailers)
+            if reply := client.data_to_send():
+                sock.sendall(reply)
+        elapsed = time.monotonic() - started
+        assert READ_TIMEOUT_S * 0.9 <= elapsed < READ_TIMEOUT_S + 5
+        for stream_id in stalled:
+            assert trailers[stream_id][b"grpc-status"] == str(grpc.StatusCode.DEADLINE_EXCEEDED.value[0]).encode()
+            assert "request_read_timeout_s (1 s)" in unquote(trailers[stream_id][b"grpc-message"].decode())
+        # The same connection takes the next call.
+        stream = client.send_request(b"POST", b"/inference.GRPCInferenceService/ServerLive", b"HTTP/2", headers)
+        stream.send_data(b"\x00\x00\x00\x00\x00")
+        stream.end_message()
+        sock.sendall(client.data_to_send())
+        answered: dict[bytes, bytes] = {}
+        while not answered:
+            data = sock.recv(65536)
+            assert data, "the connection closed"
+            client.receive_data(data)
+            for event in iter(client.next_event, zttp.NEED_DATA):
+                if isinstance(event, zttp.EndOfMessage) and event.stream_id == stream.stream_id:
+                    answered = dict(event.trailers)
+        assert answered[b"grpc-status"] == b"0"
+
+
+def test_a_grpc_stream_may_pause_longer_than_the_read_timeout(server: DmsServer):
+    grpcclient = pytest.importorskip("tritonclient.grpc")
+    answers: queue.Queue[tuple[object, object]] = queue.Queue()
+    client = grpcclient.InferenceServerClient(server.grpc_address)
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    try:
+        for pause in (0.0, READ_TIMEOUT_S * 1.5):
+            time.sleep(pause)
+            tensor = grpcclient.InferInput("x", [1, 16], "FP32")
+            tensor.set_data_from_numpy(ROW[None, :])
+            client.async_stream_infer("linear", [tensor])
+            result, error = answers.get(timeout=30)
+            assert error is None, error
+            np.testing.assert_allclose(result.as_numpy("y").ravel(), ROW @ WEIGHTS + BIAS, rtol=1e-5)
+    finally:
+        client.stop_stream()
+        client.close()

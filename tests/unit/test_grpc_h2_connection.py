@@ -58,14 +58,20 @@ class Answer:
 
 class Harness:
     def __init__(
-        self, *, lean: bool = True, keys: KeyStore | None = None, max_bytes: int = 1 << 20, keep_alive_s: float = 5
+        self,
+        *,
+        lean: bool = True,
+        keys: KeyStore | None = None,
+        max_bytes: int = 1 << 20,
+        keep_alive_s: float = 5,
+        read_timeout_s: float = 60,
     ) -> None:
         settings = ServerSettings(inference_token_auth=keys is not None)
         self.dataplane = FakeDataPlane(settings)
         self.metrics = ServerMetrics()
         servicer = InferenceServicer(self.dataplane, self.metrics, keys)  # type: ignore[arg-type]
-        app = GrpcApp(rpc_methods(servicer), max_bytes)
-        protocol_class = grpc_protocol(servicer if lean else None, max_bytes)
+        app = GrpcApp(rpc_methods(servicer), max_bytes, read_timeout_s)
+        protocol_class = grpc_protocol(servicer if lean else None, max_bytes, read_timeout_s)
         config = uvicorn.Config(
             app,
             http=protocol_class,
@@ -438,6 +444,69 @@ def test_an_idle_connection_is_closed_after_the_keep_alive_timeout_and_a_busy_on
         assert h.protocol.timeout_keep_alive_task is not None
         h.protocol.connection_lost(None)
         assert h.protocol.timeout_keep_alive_task is None
+
+    run(loop, test)
+
+
+@pytest.mark.parametrize("lean", [True, False], ids=["lean", "asgi"])
+def test_a_request_that_stops_arriving_ends_its_call_and_the_connection_serves_on(
+    loop: asyncio.AbstractEventLoop, lean: bool
+):
+    async def test() -> None:
+        h = Harness(lean=lean, read_timeout_s=0.3)
+        await h.exchange()
+        stalled = h.start()
+        stalled.send_data(frame(REQUEST)[:8])  # a piece of its message, then nothing
+        h.send()
+        slow = h.start()  # another call on the connection, whose request keeps coming
+        whole = frame(REQUEST)
+        for piece in (whole[:4], whole[4:10]):
+            slow.send_data(piece)
+            h.send()
+            await h.exchange()
+            await asyncio.sleep(0.2)  # each pause under the timeout; 0.4 s in all, past it
+        assert not h.answers[slow.stream_id].ended
+        slow.send_data(whole[10:])
+        slow.end_message()
+        h.send()
+        await h.exchange()
+        assert len(h.dataplane.submitted) == 1  # the slow call reached its model; the stalled one did not
+        answer = h.answers[stalled.stream_id]
+        assert answer.code == grpc.StatusCode.DEADLINE_EXCEEDED, answer.trailers
+        assert "request_read_timeout_s (0.3 s)" in answer.details
+        if lean:
+            assert answer.reset  # the rest of its request is not wanted (RFC 9113 section 8.1)
+        h.answer(0, ResponseItem(200, b"ok", "application/grpc"))
+        await h.exchange()
+        assert h.answers[slow.stream_id].message == b"ok"
+        assert not h.transport.closed and not h.protocol.cycles
+        assert h.protocol.reading_since is None
+        sid = h.call()
+        await h.exchange()
+        h.answer(1, ResponseItem(200, b"again", "application/grpc"))
+        await h.exchange()
+        assert h.answers[sid].message == b"again"
+
+    run(loop, test)
+
+
+def test_a_streaming_call_may_pause_past_the_read_timeout(loop: asyncio.AbstractEventLoop):
+    async def test() -> None:
+        h = Harness(read_timeout_s=0.2)
+        await h.exchange()
+        stream = h.start(SERVICE + b"ModelStreamInfer")
+        stream.send_data(frame(REQUEST))
+        h.send()
+        await h.exchange()
+        await asyncio.sleep(0.5)
+        await h.exchange()
+        assert not h.answers[stream.stream_id].ended  # still open: a stream's requests come when they come
+        assert len(h.dataplane.submitted) == 1
+        stream.end_message()
+        h.send()
+        h.answer(0, ResponseItem(200, b"ok", "application/grpc"))
+        await h.exchange()
+        assert h.answers[stream.stream_id].code == grpc.StatusCode.OK
 
     run(loop, test)
 

@@ -176,10 +176,14 @@ def status_trailers(code: grpc.StatusCode, details: str) -> list[tuple[bytes, by
 class MessageReader:
     """Length-prefixed messages out of a request body that arrives in ASGI chunks."""
 
-    def __init__(self, receive: Receive, max_bytes: int, encoding: str | None) -> None:
+    def __init__(
+        self, receive: Receive, max_bytes: int, encoding: str | None, read_timeout_s: float | None = None
+    ) -> None:
         self._receive = receive
         self._max_bytes = max_bytes
         self._encoding = encoding
+        self._read_timeout_s = read_timeout_s
+        """How long the request may pause between chunks (a unary call's; None: a stream's, for ever)."""
         self._buffer = bytearray()
         self._ended = False
 
@@ -196,7 +200,18 @@ class MessageReader:
             await self._fill()
 
     async def _fill(self) -> None:
-        event: Message = await self._receive()
+        if self._read_timeout_s is None:
+            event: Message = await self._receive()
+        else:
+            try:
+                async with asyncio.timeout(self._read_timeout_s):
+                    event = await self._receive()
+            except TimeoutError:
+                raise CallAborted(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"the request stopped arriving: nothing of it came for request_read_timeout_s "
+                    f"({self._read_timeout_s:g} s)",
+                ) from None
         if event["type"] != "http.request":
             raise _ClientGone
         self._buffer += event.get("body", b"")
@@ -206,9 +221,11 @@ class MessageReader:
 class GrpcApp:
     """ASGI application serving ``inference.GRPCInferenceService`` calls over HTTP/2."""
 
-    def __init__(self, methods: dict[str, RpcMethod], max_message_bytes: int) -> None:
+    def __init__(self, methods: dict[str, RpcMethod], max_message_bytes: int, read_timeout_s: float = 60.0) -> None:
         self.methods = methods
         self.max_message_bytes = max_message_bytes
+        self.read_timeout_s = read_timeout_s
+        """How long a unary call's request may pause (``request_read_timeout_s``); a stream's may pause for ever."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -224,7 +241,8 @@ class GrpcApp:
             if method is None:
                 raise CallAborted(grpc.StatusCode.UNIMPLEMENTED, f"method {path} is not served here")
             deadline_s = parse_timeout(headers.timeout.decode("latin-1")) if headers.timeout else None
-            reader = MessageReader(receive, self.max_message_bytes, headers.encoding)
+            read_timeout_s = None if method.streaming else self.read_timeout_s
+            reader = MessageReader(receive, self.max_message_bytes, headers.encoding, read_timeout_s)
             context = CallContext(tuple(headers.metadata.items()))
             call = (self._stream if method.streaming else self._unary)(method, reader, context, responder)
             if deadline_s is None:

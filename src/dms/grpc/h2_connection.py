@@ -8,7 +8,10 @@
   does not cover), so a client that sent them in a stream and never read grew the frontend by as much
   as it sent (~400 MiB in 15 s; ``tests/e2e/test_unread_answers.py``); now the kernel's socket
   buffers hold it back;
-- it keeps one idle timer per connection rather than arming one after every call (``ConnectionDeadlines``);
+- it keeps one timer per connection rather than arming one after every call (``ConnectionDeadlines``), for
+  two deadlines: an idle connection is closed, and a ``ModelInfer`` call whose request stops arriving for
+  ``request_read_timeout_s`` ends with DEADLINE_EXCEEDED (uvicorn sets neither limit on a stream, so a
+  client could hold calls open for ever by never ending their requests);
 - it asks a client to move to a new connection before zttp's lifetime caps end this one with an error;
 - with a servicer (``grpc_protocol``; on unless ``inference_fast_path`` is off), it answers unary
   ``ModelInfer`` calls from the connection's events, without ASGI. The request's DATA frames are
@@ -25,6 +28,7 @@ answers ``ModelInfer`` the same way through the same servicer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from typing import Any, ClassVar, cast
@@ -39,7 +43,6 @@ from dms.errors import DMSError, InternalError, RequestTimeoutError
 from dms.grpc.h2 import (
     ANSWER_HEADERS,
     CallAborted,
-    CallHeaders,
     declared_length,
     frame,
     parse_timeout,
@@ -47,6 +50,7 @@ from dms.grpc.h2 import (
     status_trailers,
     take_message,
 )
+from dms.grpc.lean_call import LeanCall
 from dms.grpc.servicer import SERVICE, InferCall, InferenceServicer
 from dms.grpc.write_coalescing import CoalescedWrites
 from dms.rest.connection_deadlines import ConnectionDeadlines
@@ -62,52 +66,6 @@ STREAMS_PER_CONNECTION = 3840
 (GOAWAY ENHANCE_YOUR_CALM, failing the calls in flight) once a client opened 4096 streams on it."""
 RESETS_PER_CONNECTION = 192
 """Likewise for streams the client reset (zttp's cap: 256)."""
-
-
-class _UnaryInfer:
-    """A ``ModelInfer`` call the connection answers itself, from its request head to its status.
-
-    uvicorn's connection code keeps it among its streams' cycles and treats it as one: it appends DATA
-    to ``body``, clears ``more_body`` at the end of the request, sets ``disconnected`` when the client
-    resets the stream or leaves, reads ``response_complete``, and calls ``message_event.set()`` after
-    each of those; here that call is what moves the call on (``GrpcH2Protocol._on_news``).
-    """
-
-    __slots__ = (
-        "body",
-        "buffer",
-        "call",
-        "disconnected",
-        "expired",
-        "future",
-        "headers",
-        "more_body",
-        "news",
-        "response_complete",
-        "stream_id",
-        "timer",
-    )
-
-    def __init__(self, stream_id: int, headers: CallHeaders, news: Any) -> None:
-        self.stream_id = stream_id
-        self.headers = headers
-        self.news = news
-        self.body = bytearray()
-        self.buffer = bytearray()
-        self.more_body = True
-        self.disconnected = False
-        self.response_complete = False
-        self.expired = False
-        self.call: InferCall | None = None
-        self.future: asyncio.Future[ResponseItem] | None = None
-        self.timer: asyncio.TimerHandle | None = None
-
-    @property
-    def message_event(self) -> _UnaryInfer:
-        return self
-
-    def set(self) -> None:
-        self.news(self)
 
 
 class GrpcH2Protocol(ConnectionDeadlines, ZttpH2Protocol):
@@ -131,6 +89,8 @@ class GrpcH2Protocol(ConnectionDeadlines, ZttpH2Protocol):
         self._streams = 0
         self._resets = 0
         self._last_stream_id = 0
+        self._receiving = 0
+        """Lean calls whose requests are still arriving."""
         self._answer_headers: list[tuple[bytes, bytes]] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -147,6 +107,8 @@ class GrpcH2Protocol(ConnectionDeadlines, ZttpH2Protocol):
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
+        if not self._receiving:
+            self.reading_since = None  # no request is arriving (the usual case: a call comes whole in one read)
         if not self.cycles and not self.transport.is_closing():  # frames of no stream (PING, SETTINGS, ...)
             self.went_idle()
 
@@ -199,6 +161,12 @@ class GrpcH2Protocol(ConnectionDeadlines, ZttpH2Protocol):
             if event.end_stream:
                 unary.more_body = False
                 self._on_news(unary)
+            else:
+                unary.receiving = True
+                unary.heard = self.loop.time()
+                self._receiving += 1
+                if self.reading_since is None:
+                    self.request_began()  # the connection's timer is due by this call's read deadline at the latest
 
     def handle_rst_stream(self, event: Any) -> None:
         super().handle_rst_stream(event)
@@ -216,7 +184,7 @@ class GrpcH2Protocol(ConnectionDeadlines, ZttpH2Protocol):
             self._close_connection()
 
     # -- the lean ModelInfer path --------------------------------------------------------------------
-    def _take(self, event: Any) -> _UnaryInfer | None:
+    def _take(self, event: Any) -> LeanCall | None:
         """A lean call for this request when it is a plain unary ``ModelInfer``, else None (ASGI answers it)."""
         if self.servicer is None or self.shutdown_requested or self.limit_concurrency is not None or self.root_path:
             return None
@@ -231,15 +199,20 @@ class GrpcH2Protocol(ConnectionDeadlines, ZttpH2Protocol):
         call = read_call_headers(headers)
         if not call.content_type.startswith(b"application/grpc") or call.te != b"trailers":
             return None
-        return _UnaryInfer(event.stream_id, call, self._on_news)
+        return LeanCall(event.stream_id, call, self._on_news)
 
-    def _on_news(self, unary: _UnaryInfer) -> None:
+    def _on_news(self, unary: LeanCall) -> None:
         """uvicorn added body, ended the request, or saw the client go: move the call on."""
         if unary.response_complete:
             return
         if unary.disconnected:
             self._abandon(unary)
             return
+        if unary.receiving:
+            if unary.more_body:
+                unary.heard = self.loop.time()
+            else:
+                self._received(unary)
         body = unary.body
         if body:
             if unary.buffer:
@@ -265,7 +238,7 @@ class GrpcH2Protocol(ConnectionDeadlines, ZttpH2Protocol):
             return
         self._submit(unary, payload)
 
-    def _submit(self, unary: _UnaryInfer, payload: bytes) -> None:
+    def _submit(self, unary: LeanCall, payload: bytes) -> None:
         servicer = cast(InferenceServicer, self.servicer)
         try:
             unary.call = call = servicer.infer_arrived(payload, unary.headers.metadata)
@@ -283,7 +256,7 @@ class GrpcH2Protocol(ConnectionDeadlines, ZttpH2Protocol):
         unary.future = future
         future.add_done_callback(functools.partial(self._on_answer, unary))
 
-    def _on_answer(self, unary: _UnaryInfer, future: asyncio.Future[ResponseItem]) -> None:
+    def _on_answer(self, unary: LeanCall, future: asyncio.Future[ResponseItem]) -> None:
         outcome: Outcome
         if unary.expired and future.cancelled():
             outcome = RequestTimeoutError("deadline exceeded")
@@ -295,7 +268,7 @@ class GrpcH2Protocol(ConnectionDeadlines, ZttpH2Protocol):
                 return
         self._conclude(unary, outcome)
 
-    def _conclude(self, unary: _UnaryInfer, outcome: Outcome) -> None:
+    def _conclude(self, unary: LeanCall, outcome: Outcome) -> None:
         """Report the call (``infer_concluded``) and answer it."""
         call, unary.call = unary.call, None
         servicer = cast(InferenceServicer, self.servicer)
@@ -306,7 +279,7 @@ class GrpcH2Protocol(ConnectionDeadlines, ZttpH2Protocol):
             return
         self._finish(unary, code, details, answer)
 
-    def _fail(self, unary: _UnaryInfer, exc: BaseException) -> None:
+    def _fail(self, unary: LeanCall, exc: BaseException) -> None:
         """A bug on the way: log it; a call counted in flight ends as INTERNAL, one not counted with UNKNOWN."""
         log.error("gRPC call ModelInfer failed", exc_info=exc)
         details = f"{type(exc).__name__}: {exc}"
@@ -315,7 +288,7 @@ class GrpcH2Protocol(ConnectionDeadlines, ZttpH2Protocol):
         else:
             self._finish(unary, grpc.StatusCode.UNKNOWN, details)
 
-    def _expire(self, unary: _UnaryInfer) -> None:
+    def _expire(self, unary: LeanCall) -> None:
         """The call's ``grpc-timeout`` ran out."""
         unary.timer = None
         if unary.response_complete:
@@ -326,18 +299,48 @@ class GrpcH2Protocol(ConnectionDeadlines, ZttpH2Protocol):
             unary.expired = True
             unary.future.cancel()  # dropped from the model's queue; ``_on_answer`` reports and answers it
 
-    def _abandon(self, unary: _UnaryInfer) -> None:
+    def _abandon(self, unary: LeanCall) -> None:
         """The client reset the stream or left: nothing is sent; a call already with its model is cancelled."""
         if unary.future is not None:
             unary.future.cancel()  # ``_on_answer`` reports it as cancelled
             return
         unary.response_complete = True
+        self._received(unary)
         if unary.timer is not None:
             unary.timer.cancel()
 
-    def _finish(self, unary: _UnaryInfer, code: grpc.StatusCode, details: str, answer: bytes = b"") -> None:
+    def _received(self, unary: LeanCall) -> None:
+        """The call's request ended, or the call did: it no longer counts as arriving."""
+        if unary.receiving:
+            unary.receiving = False
+            self._receiving -= 1
+
+    def read_timed_out(self) -> None:
+        """The connection's timer found a call's read deadline passed: each call whose request brought nothing
+        for ``request_read_timeout_s`` ends with DEADLINE_EXCEEDED and a reset of its stream (RFC 9113 8.1:
+        the answer is complete, the rest of the request is not wanted). The connection serves on."""
+        now, limit = self.loop.time(), self.request_read_timeout
+        earliest: float | None = None
+        for cycle in list(self.cycles.values()):
+            if not isinstance(cycle, LeanCall) or not cycle.receiving:
+                continue
+            if cycle.heard + limit > now:
+                earliest = cycle.heard if earliest is None else min(earliest, cycle.heard)
+                continue
+            log.warning("gRPC call ModelInfer on stream %d: its request stopped arriving; ended", cycle.stream_id)
+            details = f"the request stopped arriving: nothing of it came for request_read_timeout_s ({limit:g} s)"
+            self._finish(cycle, grpc.StatusCode.DEADLINE_EXCEEDED, details)
+            with contextlib.suppress(zttp.LocalProtocolError):  # the stream is already closed
+                self.conn.stream(cycle.stream_id).reset(0)  # NO_ERROR
+            self.transport.write(self.conn.data_to_send())
+        self.reading_since = earliest
+        if earliest is not None:  # else the connection is idle (went_idle armed the timer) or busy answering
+            self._wake_by(earliest + limit)
+
+    def _finish(self, unary: LeanCall, code: grpc.StatusCode, details: str, answer: bytes = b"") -> None:
         """Write the call's answer (the message when OK) and its status, in one write; then close the stream."""
         unary.response_complete = True
+        self._received(unary)
         if unary.timer is not None:
             unary.timer.cancel()
         if unary.disconnected or self.transport.is_closing():
@@ -356,6 +359,9 @@ class GrpcH2Protocol(ConnectionDeadlines, ZttpH2Protocol):
         self.on_response_complete(unary.stream_id)
 
 
-def grpc_protocol(servicer: InferenceServicer | None, max_message_bytes: int) -> type[GrpcH2Protocol]:
+def grpc_protocol(
+    servicer: InferenceServicer | None, max_message_bytes: int, read_timeout_s: float = 60.0
+) -> type[GrpcH2Protocol]:
     """The HTTP/2 protocol class for one gRPC server (uvicorn's ``http=``); None: every call goes to ASGI."""
-    return type("GrpcH2Protocol", (GrpcH2Protocol,), {"servicer": servicer, "max_message_bytes": max_message_bytes})
+    attributes = {"servicer": servicer, "max_message_bytes": max_message_bytes, "request_read_timeout": read_timeout_s}
+    return type("GrpcH2Protocol", (GrpcH2Protocol,), attributes)

@@ -2,11 +2,13 @@
 
 - **Idle.** A connection with no request in progress is closed after ``timeout_keep_alive`` (uvicorn's
   keep-alive timeout), counted from its last answer or, before its first request, from its opening.
-- **Reading** (HTTP/1.1). A request must keep arriving: its head whole within ``request_read_timeout``
+- **Reading.** A request must keep arriving: over HTTP/1.1 its head whole within ``request_read_timeout``
   of its first byte, and its body with no pause longer than that between reads. A request that
-  overruns gets ``read_timed_out`` (408 and a closed connection). uvicorn sets no such limit, so a
-  client could hold a connection, and the file descriptor behind it, for ever with a request that
-  never ends (slowloris): 3,000 of them stayed open on one server here.
+  overruns gets ``read_timed_out`` (408 and a closed connection). Over HTTP/2 (``dms.grpc.h2_connection``)
+  ``reading_since`` brings the timer round no later than the earliest read deadline of the requests still
+  arriving, and ``read_timed_out`` ends the calls whose requests paused too long, each on its own.
+  uvicorn sets no such limit, so a client could hold a connection, and the file descriptor behind it,
+  for ever with a request that never ends (slowloris): 3,000 of them stayed open on one server here.
 
 uvicorn's protocols arm a timer (``loop.call_later``) each time a connection goes idle and cancel it
 when the next request arrives: about 3 µs of every request on the benchmark host, for a timer that
