@@ -15,6 +15,7 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import grpc
@@ -137,20 +138,11 @@ def test_grpc_calls_whose_requests_stop_arriving_end_with_deadline_exceeded(serv
         stream = client.send_request(b"POST", b"/inference.GRPCInferenceService/" + method, b"HTTP/2", headers)
         stream.send_data(b"\x00\x00\x00\x00\x40\x0a")  # a message declared 64 bytes long, and one of them
         stalled.add(stream.stream_id)
-    trailers: dict[int, dict[bytes, bytes]] = {}
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         sock.sendall(client.data_to_send())
         started = time.monotonic()
         assert_serving(server)  # meanwhile everyone else is served
-        while len(trailers) < len(stalled):
-            data = sock.recv(65536)
-            assert data, f"the connection closed; answers so far: {trailers}"
-            client.receive_data(data)
-            for event in iter(client.next_event, zttp.NEED_DATA):
-                if isinstance(event, zttp.EndOfMessage):
-                    trailers[event.stream_id] = dict(event.trailers)
-            if reply := client.data_to_send():
-                sock.sendall(reply)
+        trailers = read_trailers(sock, client, stalled)
         elapsed = time.monotonic() - started
         assert READ_TIMEOUT_S * 0.9 <= elapsed < READ_TIMEOUT_S + 5
         for stream_id in stalled:
@@ -161,15 +153,24 @@ def test_grpc_calls_whose_requests_stop_arriving_end_with_deadline_exceeded(serv
         stream.send_data(b"\x00\x00\x00\x00\x00")
         stream.end_message()
         sock.sendall(client.data_to_send())
-        answered: dict[bytes, bytes] = {}
-        while not answered:
-            data = sock.recv(65536)
-            assert data, "the connection closed"
-            client.receive_data(data)
-            for event in iter(client.next_event, zttp.NEED_DATA):
-                if isinstance(event, zttp.EndOfMessage) and event.stream_id == stream.stream_id:
-                    answered = dict(event.trailers)
-        assert answered[b"grpc-status"] == b"0"
+        assert read_trailers(sock, client, {stream.stream_id})[stream.stream_id][b"grpc-status"] == b"0"
+
+
+def read_trailers(sock: socket.socket, client: Any, streams: set[int]) -> dict[int, dict[bytes, bytes]]:
+    """Read the connection (a zttp client's) until each of ``streams`` has ended; their trailers."""
+    import zttp
+
+    trailers: dict[int, dict[bytes, bytes]] = {}
+    while not streams <= trailers.keys():
+        data = sock.recv(65536)
+        assert data, f"the connection closed; answers so far: {trailers}"
+        client.receive_data(data)
+        for event in iter(client.next_event, zttp.NEED_DATA):
+            if isinstance(event, zttp.EndOfMessage):
+                trailers[event.stream_id] = dict(event.trailers)
+        if reply := client.data_to_send():
+            sock.sendall(reply)
+    return trailers
 
 
 def test_a_grpc_stream_may_pause_longer_than_the_read_timeout(server: DmsServer):

@@ -165,6 +165,14 @@ def _decompress(message: bytes, max_bytes: int, encoding: str | None) -> bytes:
     return data
 
 
+def stalled_request(read_timeout_s: float) -> CallAborted:
+    """How a unary call ends whose request brought nothing for ``request_read_timeout_s``."""
+    return CallAborted(
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        f"the request stopped arriving: nothing of it came for request_read_timeout_s ({read_timeout_s:g} s)",
+    )
+
+
 def status_trailers(code: grpc.StatusCode, details: str) -> list[tuple[bytes, bytes]]:
     """A call's status as trailers: ``grpc-status``, and ``grpc-message`` percent-encoded when there are details."""
     trailers = [(b"grpc-status", str(code.value[0]).encode())]
@@ -207,11 +215,7 @@ class MessageReader:
                 async with asyncio.timeout(self._read_timeout_s):
                     event = await self._receive()
             except TimeoutError:
-                raise CallAborted(
-                    grpc.StatusCode.DEADLINE_EXCEEDED,
-                    f"the request stopped arriving: nothing of it came for request_read_timeout_s "
-                    f"({self._read_timeout_s:g} s)",
-                ) from None
+                raise stalled_request(self._read_timeout_s) from None
         if event["type"] != "http.request":
             raise _ClientGone
         self._buffer += event.get("body", b"")

@@ -47,6 +47,7 @@ from dms.grpc.h2 import (
     frame,
     parse_timeout,
     read_call_headers,
+    stalled_request,
     status_trailers,
     take_message,
 )
@@ -328,11 +329,11 @@ class GrpcH2Protocol(ConnectionDeadlines, ZttpH2Protocol):
                 earliest = cycle.heard if earliest is None else min(earliest, cycle.heard)
                 continue
             log.warning("gRPC call ModelInfer on stream %d: its request stopped arriving; ended", cycle.stream_id)
-            details = f"the request stopped arriving: nothing of it came for request_read_timeout_s ({limit:g} s)"
-            self._finish(cycle, grpc.StatusCode.DEADLINE_EXCEEDED, details)
+            stalled = stalled_request(limit)
+            self._finish(cycle, stalled.code, stalled.details)
             with contextlib.suppress(zttp.LocalProtocolError):  # the stream is already closed
                 self.conn.stream(cycle.stream_id).reset(0)  # NO_ERROR
-            self.transport.write(self.conn.data_to_send())
+            self.flush()
         self.reading_since = earliest
         if earliest is not None:  # else the connection is idle (went_idle armed the timer) or busy answering
             self._wake_by(earliest + limit)
