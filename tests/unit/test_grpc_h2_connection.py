@@ -219,6 +219,22 @@ def test_a_message_over_the_limit_is_refused_before_the_body_ends(loop: asyncio.
     run(loop, test)
 
 
+def test_a_second_message_is_refused_before_the_body_ends(loop: asyncio.AbstractEventLoop):
+    async def test() -> None:
+        h = Harness()
+        await h.exchange()
+        stream = h.start()
+        stream.send_data(frame(REQUEST) + frame(REQUEST)[:3])
+        h.send()
+        await h.exchange()
+        answer = h.answers[stream.stream_id]
+        assert answer.code == grpc.StatusCode.INTERNAL and "exactly one request message" in answer.details
+        assert not h.dataplane.submitted and not h.protocol.cycles
+        assert h.protocol.reading_since is None  # nothing is arriving any more: no read deadline is kept
+
+    run(loop, test)
+
+
 @pytest.mark.parametrize(
     ("body", "details"),
     [

@@ -19,6 +19,8 @@
   ends, and a callback on the model's future writes the answer: headers, message and status
   trailers in one write. uvicorn's ASGI cycle (a scope, a task, an ``asyncio.Event``, ``receive``
   and three ``send`` calls) was the largest cost of a call in the frontend (docs/performance.md).
+  Its DATA and end of request are taken in ``events``, before uvicorn's dispatch; its read deadline and
+  early refusal are looked at after a read only if its request is still arriving (seldom: most come whole).
 
 Every other call (the other methods, ``ModelStreamInfer``, a request without ``te: trailers``, calls
 that arrive while the connection is closing) goes through uvicorn's ASGI cycle to ``GrpcApp``, which
@@ -31,6 +33,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+from collections.abc import Callable, Generator
 from typing import Any, ClassVar, cast
 
 import grpc
@@ -51,7 +54,7 @@ from dms.grpc.h2 import (
     status_trailers,
     take_message,
 )
-from dms.grpc.lean_call import LeanCall
+from dms.grpc.lean_call import FRESH, LeanCall
 from dms.grpc.servicer import SERVICE, InferCall, InferenceServicer
 from dms.grpc.write_coalescing import CoalescedWrites
 from dms.rest.connection_deadlines import ConnectionDeadlines
@@ -92,6 +95,8 @@ class GrpcH2Protocol(ConnectionDeadlines, ZttpH2Protocol):
         self._last_stream_id = 0
         self._receiving = 0
         """Lean calls whose requests are still arriving."""
+        self._fresh: list[LeanCall] = []
+        """Lean calls whose requests began or brought bytes in the read being handled (``heard`` is FRESH)."""
         self._answer_headers: list[tuple[bytes, bytes]] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -108,10 +113,56 @@ class GrpcH2Protocol(ConnectionDeadlines, ZttpH2Protocol):
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
+        if self._receiving:
+            self._still_arriving()
+        else:
+            self._fresh.clear()  # each ended in this read
         if not self._receiving:
             self.reading_since = None  # no request is arriving (the usual case: a call comes whole in one read)
         if not self.cycles and not self.transport.is_closing():  # frames of no stream (PING, SETTINGS, ...)
             self.went_idle()
+
+    def events(self) -> Generator[zttp.Event]:
+        """uvicorn's events of one read, less a lean call's DATA and end of request, taken here (uvicorn's dispatch
+        would test the event's kind, then set the call's event to have it looked at)."""
+        next_event: Callable[[], Any] = self.conn.next_event
+        cycles: dict[int, Any] = self.cycles
+        while (event := next_event()) is not zttp.NEED_DATA:
+            kind = type(event)
+            if kind is zttp.Data or kind is zttp.EndOfMessage:
+                unary = cycles.get(event.stream_id)
+                if type(unary) is LeanCall:
+                    if unary.response_complete:
+                        continue
+                    if kind is zttp.EndOfMessage:
+                        self._received(unary)
+                        self._take_request(unary)
+                    else:
+                        unary.buffer += event.data
+                        if unary.heard != FRESH:
+                            unary.heard = FRESH
+                            self._fresh.append(unary)
+                    continue
+            yield event
+
+    def _still_arriving(self) -> None:
+        """After a read, each call whose request began or brought bytes in it and goes on is heard now, and refused
+        early for a message over the limit or a second message; the timer is due by their read deadline."""
+        fresh, self._fresh = self._fresh, []
+        now = self.loop.time()
+        for unary in fresh:
+            unary.heard = now
+            if not unary.receiving or unary.response_complete:
+                continue
+            buffer = unary.buffer
+            try:
+                length = declared_length(buffer, self.max_message_bytes)
+                if length is not None and len(buffer) > 5 + length:
+                    raise CallAborted(grpc.StatusCode.INTERNAL, "ModelInfer takes exactly one request message")
+            except CallAborted as exc:
+                self._finish(unary, exc.code, exc.details)
+        if self._receiving and self.reading_since is None:
+            self.request_began()  # the connection's timer is due by this call's read deadline at the latest
 
     def on_stream_closed(self) -> None:
         # uvicorn's, except that the connection going idle is noted (ConnectionDeadlines), not given a new timer.
@@ -137,8 +188,9 @@ class GrpcH2Protocol(ConnectionDeadlines, ZttpH2Protocol):
         self.resume_reading_if_idle()
 
     def resume_reading_if_idle(self) -> None:
-        # uvicorn's (no stream's body over its buffer limit), and the client reading what is sent to it.
-        if not self.flow.write_paused:
+        # uvicorn's (no stream's body over its buffer limit), and the client reading what is sent to it. Called
+        # as each call ends: uvicorn's looks at every stream's body, so only when reading is paused.
+        if self.flow.read_paused and not self.flow.write_paused:
             super().resume_reading_if_idle()
 
     def handle_request(self, event: Any) -> None:
@@ -160,14 +212,12 @@ class GrpcH2Protocol(ConnectionDeadlines, ZttpH2Protocol):
                 self._finish(unary, exc.code, exc.details)
                 return
             if event.end_stream:
-                unary.more_body = False
-                self._on_news(unary)
+                self._take_request(unary)
             else:
                 unary.receiving = True
-                unary.heard = self.loop.time()
                 self._receiving += 1
-                if self.reading_since is None:
-                    self.request_began()  # the connection's timer is due by this call's read deadline at the latest
+                unary.heard = FRESH
+                self._fresh.append(unary)
 
     def handle_rst_stream(self, event: Any) -> None:
         super().handle_rst_stream(event)
@@ -200,34 +250,12 @@ class GrpcH2Protocol(ConnectionDeadlines, ZttpH2Protocol):
         call = read_call_headers(headers)
         if not call.content_type.startswith(b"application/grpc") or call.te != b"trailers":
             return None
-        return LeanCall(event.stream_id, call, self._on_news)
+        return LeanCall(event.stream_id, call, self._abandon)
 
-    def _on_news(self, unary: LeanCall) -> None:
-        """uvicorn added body, ended the request, or saw the client go: move the call on."""
-        if unary.response_complete:
-            return
-        if unary.disconnected:
-            self._abandon(unary)
-            return
-        if unary.receiving:
-            if unary.more_body:
-                unary.heard = self.loop.time()
-            else:
-                self._received(unary)
-        body = unary.body
-        if body:
-            if unary.buffer:
-                unary.buffer += body
-                body.clear()
-            else:
-                unary.buffer, unary.body = body, bytearray()
+    def _take_request(self, unary: LeanCall) -> None:
+        """The request ended: its one message goes to the model."""
         buffer = unary.buffer
         try:
-            if unary.more_body:  # refused early: a message over the limit, or a second message
-                length = declared_length(buffer, self.max_message_bytes)
-                if length is not None and len(buffer) > 5 + length:
-                    raise CallAborted(grpc.StatusCode.INTERNAL, "ModelInfer takes exactly one request message")
-                return
             payload = take_message(buffer, self.max_message_bytes, unary.headers.encoding)
             if payload is None:
                 details = "the request ended inside a message" if buffer else "ModelInfer takes a request message"
@@ -301,7 +329,9 @@ class GrpcH2Protocol(ConnectionDeadlines, ZttpH2Protocol):
             unary.future.cancel()  # dropped from the model's queue; ``_on_answer`` reports and answers it
 
     def _abandon(self, unary: LeanCall) -> None:
-        """The client reset the stream or left: nothing is sent; a call already with its model is cancelled."""
+        """uvicorn saw the client reset the stream or leave: nothing is sent; a call with its model is cancelled."""
+        if unary.response_complete or not unary.disconnected:
+            return
         if unary.future is not None:
             unary.future.cancel()  # ``_on_answer`` reports it as cancelled
             return

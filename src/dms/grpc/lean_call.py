@@ -9,18 +9,21 @@ from dms.engine.messages import ResponseItem
 from dms.grpc.h2 import CallHeaders
 from dms.grpc.servicer import InferCall
 
+FRESH = -1.0
+"""``heard`` of a call whose request began or brought bytes in the read being handled (timed after it)."""
+
 
 class LeanCall:
     """A ``ModelInfer`` call the connection answers itself (``GrpcH2Protocol``), from its request head to its status.
 
-    uvicorn's connection code keeps it among its streams' cycles and treats it as one: it appends DATA
-    to ``body``, clears ``more_body`` at the end of the request, sets ``disconnected`` when the client
-    resets the stream or leaves, reads ``response_complete``, and calls ``message_event.set()`` after
-    each of those; here that call is what moves the call on (``GrpcH2Protocol._on_news``).
+    uvicorn's connection code keeps it among its streams' cycles and treats it as one: it reads
+    ``body`` (empty: the request gathers in ``buffer``) and ``response_complete``, and when the
+    client resets the stream or leaves it sets ``disconnected`` and calls ``message_event.set()``,
+    which here ends the call (``GrpcH2Protocol._abandon``). The request's DATA and its end never
+    reach uvicorn's dispatch (``GrpcH2Protocol.events``).
     """
 
     __slots__ = (
-        "body",
         "buffer",
         "call",
         "disconnected",
@@ -28,21 +31,19 @@ class LeanCall:
         "future",
         "headers",
         "heard",
-        "more_body",
         "news",
         "receiving",
         "response_complete",
         "stream_id",
         "timer",
     )
+    body = b""  # uvicorn measures each stream's buffered body; this call gathers its own in ``buffer``
 
     def __init__(self, stream_id: int, headers: CallHeaders, news: Any) -> None:
         self.stream_id = stream_id
         self.headers = headers
         self.news = news
-        self.body = bytearray()
         self.buffer = bytearray()
-        self.more_body = True
         self.disconnected = False
         self.response_complete = False
         self.expired = False
@@ -52,7 +53,7 @@ class LeanCall:
         self.receiving = False
         """Its request has begun and not ended (counted in the connection's ``_receiving``)."""
         self.heard = 0.0
-        """When (the loop's clock) its request last brought bytes, while ``receiving``."""
+        """When (the loop's clock) its request last brought bytes, while ``receiving`` (FRESH within a read)."""
 
     @property
     def message_event(self) -> LeanCall:
