@@ -53,6 +53,14 @@ def test_rest_values_that_are_refused(datatype: str, data: list[float], message:
         decode_rest_request(rest([{"name": "x", "shape": [1], "datatype": datatype, "data": data}]), None, SIGNATURE)
 
 
+@pytest.mark.parametrize("shape", [[-1, -16], [-4, 2, -2], [-1, 16]], ids=["two negative", "matching size", "one"])
+def test_grpc_shapes_with_negative_dimensions_are_refused(shape: list[int]):
+    message = pb.ModelInferRequest(model_name="m", raw_input_contents=[bytes(64)])
+    message.inputs.add(name="x", datatype="FP32", shape=shape)
+    with pytest.raises(InputError, match="has a negative dimension"):
+        decode_grpc_request(message.SerializeToString())
+
+
 def test_rest_request_keeps_everything_it_was_sent():
     header = rest(
         [

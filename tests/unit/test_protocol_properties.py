@@ -12,8 +12,8 @@ from hypothesis.extra import numpy as hnp
 
 from dms._generated import inference_pb2 as pb
 from dms.errors import InputError
-from dms.oip.grpc_codec import decode_grpc_request, encode_grpc_response
-from dms.oip.request import InferRequest
+from dms.oip.grpc_codec import ResponseParts, decode_grpc_request, encode_grpc_response
+from dms.oip.request import InferRequest, RequestedOutput
 from dms.oip.rest_codec import decode_rest_request, encode_rest_response
 from dms.oip.tensors import datatype_of, from_json, from_raw, numpy_dtype, to_json_data, to_raw
 from dms.runtimes import TensorSpec
@@ -82,6 +82,41 @@ def test_rest_and_grpc_responses_decode_to_what_was_produced(arrays: list[np.nda
     message = pb.ModelInferResponse.FromString(encode_grpc_response("m", "1", request, produced))
     for output, raw, array in zip(message.outputs, message.raw_output_contents, arrays, strict=True):
         assert same(from_raw(output.name, output.datatype, list(output.shape), raw), array)
+
+
+def protobuf_serialized(name: str, version: str, request: InferRequest, produced: dict[str, np.ndarray]) -> bytes:
+    """The answer as protobuf itself serializes the whole message."""
+    response = pb.ModelInferResponse(model_name=name, model_version=version, id=request.id)
+    for output, array in request.select(produced):
+        response.outputs.add(name=output.name, datatype=datatype_of(array), shape=array.shape)
+        response.raw_output_contents.append(to_raw(array))
+    return response.SerializeToString()
+
+
+@SETTINGS
+@given(
+    arrays=st.lists(tensors(), min_size=1, max_size=3),
+    model=st.tuples(st.text(max_size=5), st.text(max_size=3)),
+    request_id=st.text(max_size=200),
+    picked=st.lists(st.integers(0, 2), max_size=3, unique=True),
+)
+def test_grpc_answers_are_the_bytes_protobuf_writes(
+    arrays: list[np.ndarray], model: tuple[str, str], request_id: str, picked: list[int]
+):
+    produced = {f"o{i}": a for i, a in enumerate(arrays)}
+    wanted = [RequestedOutput(f"o{i}") for i in picked if i < len(arrays)]
+    request = InferRequest(inputs={}, id=request_id, outputs=wanted)
+    for _ in range(2):  # the second time from the kept parts
+        assert encode_grpc_response(*model, request, produced) == protobuf_serialized(*model, request, produced)
+
+
+def test_grpc_answer_parts_are_bounded_and_stay_right():
+    parts = ResponseParts(limit=2)
+    for rows in [1, 2, 3, 1, 2, 3]:
+        part = parts.output("y", "FP32", (rows, 4))
+        tensor = pb.ModelInferResponse.FromString(part).outputs[0]
+        assert (tensor.name, tensor.datatype, list(tensor.shape)) == ("y", "FP32", [rows, 4])
+        assert len(parts._outputs) <= 2
 
 
 SPECS = [TensorSpec("x", "float32", (-1, 4))]

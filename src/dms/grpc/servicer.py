@@ -29,6 +29,7 @@ from dms.errors import DMSError, InputError, InternalError, ModelNotFoundError, 
 from dms.grpc.errors import GRPC_STATUS
 from dms.observability.metrics import ServerMetrics
 from dms.observability.request_ids import new_request_id
+from dms.oip.protobuf_wire import length_delimited
 from dms.rest.oip import EXTENSIONS
 
 log = logging.getLogger("dms.grpc")
@@ -50,21 +51,9 @@ class InferCall:
     """Its routing fields could be read (the request is protobuf)."""
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
 def stream_answer(infer_response: bytes) -> bytes:
     """A serialized ModelStreamInferResponse around a serialized ModelInferResponse (field 2)."""
-    return b"\x12" + _varint(len(infer_response)) + infer_response
+    return length_delimited(2, infer_response)
 
 
 class RepositoryChanges(Protocol):

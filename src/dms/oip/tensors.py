@@ -32,6 +32,7 @@ _NUMPY: dict[str, np.dtype[Any]] = {
     "FP64": np.dtype("<f8"),
     "BYTES": np.dtype(object),
 }
+_FIXED_SIZE = {name: dtype for name, dtype in _NUMPY.items() if name != "BYTES"}
 _DATATYPE_OF_KIND = {np.dtype(v).str if k != "BYTES" else "|O": k for k, v in _NUMPY.items()}
 DATATYPES = (*_NUMPY, "BF16")
 _LENGTH = struct.Struct("<I")
@@ -125,6 +126,12 @@ def _flatten(data: Any) -> Any:
 
 def from_raw(name: str, datatype: str, shape: Sequence[int], raw: bytes | memoryview) -> np.ndarray:
     """Decode the binary form of one tensor; fixed-size types share ``raw``'s memory."""
+    dtype = _FIXED_SIZE.get(datatype)
+    if dtype is not None and len(raw) == math.prod(shape) * dtype.itemsize:  # the usual case, checked in one step
+        try:
+            return np.ndarray(shape, dtype, raw)  # one step where frombuffer + reshape take two; read-only, no copy
+        except ValueError:
+            pass  # negative dimensions, an even number of them: explained below
     count = element_count(shape)
     if datatype == "BYTES":
         return _bytes_elements(name, raw, count).reshape(shape)
@@ -138,7 +145,7 @@ def from_raw(name: str, datatype: str, shape: Sequence[int], raw: bytes | memory
         raise InputError(
             f"input {name!r} has {len(raw)} bytes; {count} {datatype} elements need {count * dtype.itemsize}"
         )
-    return np.ndarray(shape, dtype, raw)  # one step where frombuffer + reshape take two; read-only, no copy
+    return np.ndarray(shape, dtype, raw)
 
 
 def _bytes_elements(name: str, raw: bytes | memoryview, count: int) -> np.ndarray:
