@@ -82,3 +82,17 @@ def test_close_sends_what_is_pending_and_abort_drops_it():
         assert real.writes == [] and real.aborted
 
     asyncio.run(scenario())
+
+
+def test_write_now_goes_out_at_once_after_what_was_pending():
+    async def scenario() -> None:
+        transport, real = coalesced()
+        transport.write_now(b"alone")
+        assert real.writes == [b"alone"]
+        transport.write(b"window-update|")
+        transport.write_now(b"answer")
+        assert real.writes == [b"alone", b"window-update|answer"]
+        await asyncio.sleep(0)
+        assert real.writes == [b"alone", b"window-update|answer"]  # nothing left for the turn's end
+
+    asyncio.run(scenario())

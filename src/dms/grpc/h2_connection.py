@@ -87,6 +87,7 @@ class GrpcH2Protocol(ConnectionDeadlines, ZttpH2Protocol):
     servicer: ClassVar[InferenceServicer | None] = None
     """Answers ``ModelInfer`` calls on the lean path; None sends every call to the ASGI app."""
     max_message_bytes: ClassVar[int] = 4 * 1024 * 1024
+    _writes: CoalescedWrites
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -102,7 +103,8 @@ class GrpcH2Protocol(ConnectionDeadlines, ZttpH2Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # An answer is three writes (headers, data, trailers): one socket write instead (write_coalescing).
         # uvloop's transports are not asyncio.Transport subclasses; they have its methods.
-        super().connection_made(CoalescedWrites(cast(asyncio.Transport, transport), self.loop))
+        self._writes = CoalescedWrites(cast(asyncio.Transport, transport), self.loop)
+        super().connection_made(self._writes)
         defaults = [(name.lower(), value) for name, value in self.server_state.default_headers]
         self._answer_headers = [(n, v) for n, v in defaults if n not in FORBIDDEN_HEADERS] + ANSWER_HEADERS
         self.went_idle()  # a connection that never sends a call is closed as an idle one is
@@ -241,13 +243,8 @@ class GrpcH2Protocol(ConnectionDeadlines, ZttpH2Protocol):
             return None
         if event.path != INFER_PATH or event.method != b"POST":
             return None
-        headers = event.headers
-        headers = (
-            headers.to_list(lowercase_names=True)
-            if isinstance(headers, zttp.HeaderBlock)
-            else [(name.lower(), value) for name, value in headers]
-        )
-        call = read_call_headers(headers)
+        headers = event.headers  # HTTP/2 names come lower-case (zttp resets a stream whose names do not)
+        call = read_call_headers(headers.to_list() if isinstance(headers, zttp.HeaderBlock) else headers)
         if not call.content_type.startswith(b"application/grpc") or call.te != b"trailers":
             return None
         return LeanCall(event.stream_id, call, self._abandon)
@@ -386,7 +383,10 @@ class GrpcH2Protocol(ConnectionDeadlines, ZttpH2Protocol):
                 stream.end_message(status_trailers(code, details))
         except zttp.LocalProtocolError as exc:  # the stream cannot take an answer now: it ends with a reset
             log.warning("gRPC call ModelInfer on stream %d could not be answered: %s", unary.stream_id, exc)
-        self.transport.write(self.conn.data_to_send())
+        if len(self.cycles) > 1:  # other calls may be answered in this turn: one socket write for all
+            self._writes.write(self.conn.data_to_send())
+        else:
+            self._writes.write_now(self.conn.data_to_send())
         self.on_response_complete(unary.stream_id)
 
 
