@@ -2,7 +2,8 @@
 
 ``GrpcH2Protocol`` is uvicorn's zttp HTTP/2 protocol with five changes:
 
-- it sends what one loop turn writes to a connection in one socket write (``write_coalescing``);
+- it sends what one loop turn writes to a connection in one socket write (``write_coalescing``), or a lean
+  answer at once when no other call is in flight on its connection;
 - it reads nothing more from a client while the transport holds more unsent bytes than its high-water
   mark. uvicorn read on, and zttp answers every PING and SETTINGS frame (which HTTP/2's flow control
   does not cover), so a client that sent them in a stream and never read grew the frontend by as much
