@@ -65,6 +65,7 @@ log = logging.getLogger("dms.grpc")
 INFER_PATH = f"/{SERVICE}/ModelInfer".encode()
 _OK = grpc.StatusCode.OK
 _OK_TRAILERS = status_trailers(_OK, "")
+_ONE_MESSAGE = "ModelInfer takes exactly one request message"
 
 STREAMS_PER_CONNECTION = 3840
 """New streams a connection takes before it is asked to close; zttp ends a connection with an error
@@ -118,10 +119,9 @@ class GrpcH2Protocol(ConnectionDeadlines, ZttpH2Protocol):
         super().data_received(data)
         if self._receiving:
             self._still_arriving()
-        else:
-            self._fresh.clear()  # each ended in this read
-        if not self._receiving:
-            self.reading_since = None  # no request is arriving (the usual case: a call comes whole in one read)
+        if not self._receiving:  # no request is arriving (the usual case: a call comes whole in one read)
+            self._fresh.clear()
+            self.reading_since = None
         if not self.cycles and not self.transport.is_closing():  # frames of no stream (PING, SETTINGS, ...)
             self.went_idle()
 
@@ -161,7 +161,7 @@ class GrpcH2Protocol(ConnectionDeadlines, ZttpH2Protocol):
             try:
                 length = declared_length(buffer, self.max_message_bytes)
                 if length is not None and len(buffer) > 5 + length:
-                    raise CallAborted(grpc.StatusCode.INTERNAL, "ModelInfer takes exactly one request message")
+                    raise CallAborted(grpc.StatusCode.INTERNAL, _ONE_MESSAGE)
             except CallAborted as exc:
                 self._finish(unary, exc.code, exc.details)
         if self._receiving and self.reading_since is None:
@@ -259,7 +259,7 @@ class GrpcH2Protocol(ConnectionDeadlines, ZttpH2Protocol):
                 details = "the request ended inside a message" if buffer else "ModelInfer takes a request message"
                 raise CallAborted(grpc.StatusCode.INTERNAL, details)
             if buffer:
-                raise CallAborted(grpc.StatusCode.INTERNAL, "ModelInfer takes exactly one request message")
+                raise CallAborted(grpc.StatusCode.INTERNAL, _ONE_MESSAGE)
         except CallAborted as exc:
             self._finish(unary, exc.code, exc.details)
             return

@@ -3,7 +3,7 @@
 An answer is put together from parts (``dms.oip.protobuf_wire``): the model's name and version, and each
 output's name, datatype and shape, are serialized by protobuf once and kept (``ResponseParts``); only
 the request id and the outputs' bytes are framed per answer. The bytes are those protobuf itself writes
-for the whole message (``tests/unit/test_oip_grpc_codec.py``), at half its cost for a small answer.
+for the whole message (``tests/unit/test_protocol_properties.py``), at half its cost for a small answer.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from google.protobuf.message import DecodeError
 
 from dms._generated import inference_pb2 as pb
 from dms.errors import InputError
-from dms.oip.protobuf_wire import length_delimited, varint
+from dms.oip.protobuf_wire import field_head, length_delimited
 from dms.oip.request import InferRequest, RequestedOutput
 from dms.oip.tensors import datatype_of, from_raw, numpy_dtype, to_raw
 
@@ -142,6 +142,6 @@ def encode_grpc_response(
         datatype = datatype_of(array)
         parts.append(_PARTS.output(name, datatype, array.shape))
         data = to_raw(array)
-        contents.append(b"\x32" + varint(len(data)))  # field 6, raw_output_contents, in the outputs' order
+        contents.append(field_head(6, len(data)))  # raw_output_contents, in the outputs' order; data not copied
         contents.append(data)
     return b"".join(parts + contents)

@@ -21,6 +21,14 @@ def varint(value: int) -> bytes:
     return bytes(out)
 
 
+def field_head(field_number: int, length: int) -> bytes:
+    """The key and length of a length-delimited field (wire type 2) of ``length`` bytes, which follow it."""
+    key = field_number << 3 | 2
+    if key < 0x80 and length < 0x80:  # fields 1 to 15 with under 128 bytes: two bytes
+        return bytes((key, length))
+    return varint(key) + varint(length)
+
+
 def length_delimited(field_number: int, data: bytes) -> bytes:
-    """A length-delimited field (wire type 2): key, length and ``data`` (fields 1 to 15: a one-byte key)."""
-    return varint(field_number << 3 | 2) + varint(len(data)) + data
+    """A length-delimited field: its head and ``data``."""
+    return field_head(field_number, len(data)) + data
