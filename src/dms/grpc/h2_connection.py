@@ -21,7 +21,8 @@
   trailers in one write. uvicorn's ASGI cycle (a scope, a task, an ``asyncio.Event``, ``receive``
   and three ``send`` calls) was the largest cost of a call in the frontend (docs/performance.md).
   Its DATA and end of request are taken in ``events``, before uvicorn's dispatch; its read deadline and
-  early refusal are looked at after a read only if its request is still arriving (seldom: most come whole).
+  early refusal are looked at after a read only if its request is still arriving (seldom: most come whole;
+  ``request_arrival``).
 
 Every other call (the other methods, ``ModelStreamInfer``, a request without ``te: trailers``, calls
 that arrive while the connection is closing) goes through uvicorn's ASGI cycle to ``GrpcApp``, which
@@ -31,7 +32,6 @@ answers ``ModelInfer`` the same way through the same servicer.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 from collections.abc import Callable, Generator
@@ -47,15 +47,14 @@ from dms.errors import DMSError, InternalError, RequestTimeoutError
 from dms.grpc.h2 import (
     ANSWER_HEADERS,
     CallAborted,
-    declared_length,
     frame,
     parse_timeout,
     read_call_headers,
-    stalled_request,
     status_trailers,
     take_message,
 )
 from dms.grpc.lean_call import FRESH, LeanCall
+from dms.grpc.request_arrival import ONE_MESSAGE, RequestArrival
 from dms.grpc.servicer import SERVICE, InferCall, InferenceServicer
 from dms.grpc.write_coalescing import CoalescedWrites
 from dms.rest.connection_deadlines import ConnectionDeadlines
@@ -65,7 +64,6 @@ log = logging.getLogger("dms.grpc")
 INFER_PATH = f"/{SERVICE}/ModelInfer".encode()
 _OK = grpc.StatusCode.OK
 _OK_TRAILERS = status_trailers(_OK, "")
-_ONE_MESSAGE = "ModelInfer takes exactly one request message"
 
 STREAMS_PER_CONNECTION = 3840
 """New streams a connection takes before it is asked to close; zttp ends a connection with an error
@@ -74,7 +72,7 @@ RESETS_PER_CONNECTION = 192
 """Likewise for streams the client reset (zttp's cap: 256)."""
 
 
-class GrpcH2Protocol(ConnectionDeadlines, ZttpH2Protocol):
+class GrpcH2Protocol(RequestArrival, ConnectionDeadlines, ZttpH2Protocol):
     """uvicorn's HTTP/2 protocol for gRPC: coalesced writes, reads paused while writes are, lifetime caps
     kept, one idle timer per connection (``ConnectionDeadlines``), and (with a servicer) ``ModelInfer`` answered
     without ASGI.
@@ -96,10 +94,7 @@ class GrpcH2Protocol(ConnectionDeadlines, ZttpH2Protocol):
         self._streams = 0
         self._resets = 0
         self._last_stream_id = 0
-        self._receiving = 0
-        """Lean calls whose requests are still arriving."""
-        self._fresh: list[LeanCall] = []
-        """Lean calls whose requests began or brought bytes in the read being handled (``heard`` is FRESH)."""
+        self._init_arrival()
         self._answer_headers: list[tuple[bytes, bytes]] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -117,11 +112,7 @@ class GrpcH2Protocol(ConnectionDeadlines, ZttpH2Protocol):
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
-        if self._receiving:
-            self._still_arriving()
-        if not self._receiving:  # no request is arriving (the usual case: a call comes whole in one read)
-            self._fresh.clear()
-            self.reading_since = None
+        self._after_read()
         if not self.cycles and not self.transport.is_closing():  # frames of no stream (PING, SETTINGS, ...)
             self.went_idle()
 
@@ -147,25 +138,6 @@ class GrpcH2Protocol(ConnectionDeadlines, ZttpH2Protocol):
                             self._fresh.append(unary)
                     continue
             yield event
-
-    def _still_arriving(self) -> None:
-        """After a read, each call whose request began or brought bytes in it and goes on is heard now, and refused
-        early for a message over the limit or a second message; the timer is due by their read deadline."""
-        fresh, self._fresh = self._fresh, []
-        now = self.loop.time()
-        for unary in fresh:
-            unary.heard = now
-            if not unary.receiving or unary.response_complete:
-                continue
-            buffer = unary.buffer
-            try:
-                length = declared_length(buffer, self.max_message_bytes)
-                if length is not None and len(buffer) > 5 + length:
-                    raise CallAborted(grpc.StatusCode.INTERNAL, _ONE_MESSAGE)
-            except CallAborted as exc:
-                self._finish(unary, exc.code, exc.details)
-        if self._receiving and self.reading_since is None:
-            self.request_began()  # the connection's timer is due by this call's read deadline at the latest
 
     def on_stream_closed(self) -> None:
         # uvicorn's, except that the connection going idle is noted (ConnectionDeadlines), not given a new timer.
@@ -201,7 +173,7 @@ class GrpcH2Protocol(ConnectionDeadlines, ZttpH2Protocol):
         if unary is None:
             super().handle_request(event)
         else:
-            self.cycles[event.stream_id] = unary  # type: ignore[assignment]  # uvicorn reads what it needs
+            self.cycles[event.stream_id] = unary  # uvicorn reads what it needs of a cycle
         self._streams += 1
         self._last_stream_id = max(self._last_stream_id, event.stream_id)
         if self._streams >= STREAMS_PER_CONNECTION:
@@ -217,10 +189,7 @@ class GrpcH2Protocol(ConnectionDeadlines, ZttpH2Protocol):
             if event.end_stream:
                 self._take_request(unary)
             else:
-                unary.receiving = True
-                self._receiving += 1
-                unary.heard = FRESH
-                self._fresh.append(unary)
+                self._began_arriving(unary)
 
     def handle_rst_stream(self, event: Any) -> None:
         super().handle_rst_stream(event)
@@ -259,7 +228,7 @@ class GrpcH2Protocol(ConnectionDeadlines, ZttpH2Protocol):
                 details = "the request ended inside a message" if buffer else "ModelInfer takes a request message"
                 raise CallAborted(grpc.StatusCode.INTERNAL, details)
             if buffer:
-                raise CallAborted(grpc.StatusCode.INTERNAL, _ONE_MESSAGE)
+                raise CallAborted(grpc.StatusCode.INTERNAL, ONE_MESSAGE)
         except CallAborted as exc:
             self._finish(unary, exc.code, exc.details)
             return
@@ -337,34 +306,6 @@ class GrpcH2Protocol(ConnectionDeadlines, ZttpH2Protocol):
         self._received(unary)
         if unary.timer is not None:
             unary.timer.cancel()
-
-    def _received(self, unary: LeanCall) -> None:
-        """The call's request ended, or the call did: it no longer counts as arriving."""
-        if unary.receiving:
-            unary.receiving = False
-            self._receiving -= 1
-
-    def read_timed_out(self) -> None:
-        """The connection's timer found a call's read deadline passed: each call whose request brought nothing
-        for ``request_read_timeout_s`` ends with DEADLINE_EXCEEDED and a reset of its stream (RFC 9113 8.1:
-        the answer is complete, the rest of the request is not wanted). The connection serves on."""
-        now, limit = self.loop.time(), self.request_read_timeout
-        earliest: float | None = None
-        for cycle in list(self.cycles.values()):
-            if not isinstance(cycle, LeanCall) or not cycle.receiving:
-                continue
-            if cycle.heard + limit > now:
-                earliest = cycle.heard if earliest is None else min(earliest, cycle.heard)
-                continue
-            log.warning("gRPC call ModelInfer on stream %d: its request stopped arriving; ended", cycle.stream_id)
-            stalled = stalled_request(limit)
-            self._finish(cycle, stalled.code, stalled.details)
-            with contextlib.suppress(zttp.LocalProtocolError):  # the stream is already closed
-                self.conn.stream(cycle.stream_id).reset(0)  # NO_ERROR
-            self.flush()
-        self.reading_since = earliest
-        if earliest is not None:  # else the connection is idle (went_idle armed the timer) or busy answering
-            self._wake_by(earliest + limit)
 
     def _finish(self, unary: LeanCall, code: grpc.StatusCode, details: str, answer: bytes = b"") -> None:
         """Write the call's answer (the message when OK) and its status, in one write; then close the stream."""

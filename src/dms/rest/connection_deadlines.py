@@ -4,7 +4,7 @@
   keep-alive timeout), counted from its last answer or, before its first request, from its opening.
 - **Reading.** A request must keep arriving: over HTTP/1.1 its head whole within ``request_read_timeout``
   of its first byte, and its body with no pause longer than that between reads. A request that
-  overruns gets ``read_timed_out`` (408 and a closed connection). Over HTTP/2 (``dms.grpc.h2_connection``)
+  overruns gets ``read_timed_out`` (408 and a closed connection). Over HTTP/2 (``dms.grpc.request_arrival``)
   ``reading_since`` brings the timer round no later than the earliest read deadline of the requests still
   arriving, and ``read_timed_out`` ends the calls whose requests paused too long, each on its own.
   uvicorn sets no such limit, so a client could hold a connection, and the file descriptor behind it,
