@@ -19,7 +19,7 @@ import uvicorn
 from dms.auth import KeyStore
 from dms.dataplane import DataPlane
 from dms.observability.metrics import ServerMetrics
-from dms.rest.http1_connection import http1_protocol
+from dms.rest.http1_connection import ReadLimits, http1_protocol
 from dms.rest.inference import build_inference_app, inference_forwarders
 from dms.rest.management import build_management_app
 from dms.rest.metrics import build_metrics_app
@@ -51,7 +51,7 @@ def _uvicorn_server(app: Any, address: str, settings: ServerSettings, http: Any 
         host=host,
         port=port,
         lifespan="off",
-        http=http or http1_protocol(settings.request_read_timeout_s),
+        http=http or http1_protocol(ReadLimits.of(settings)),
         ws="none",
         access_log=False,
         log_config=None,
@@ -107,7 +107,7 @@ def _inference_server(dataplane: DataPlane, metrics: ServerMetrics, keys: KeySto
     from dms.rest.http1 import inference_protocol
 
     fast_path = InferenceFastPath(app, forwarders, keys if settings.inference_token_auth else None)
-    protocol = inference_protocol(fast_path, settings.request_read_timeout_s)
+    protocol = inference_protocol(fast_path, ReadLimits.of(settings))
     return _uvicorn_server(fast_path, settings.inference_address, settings, http=protocol)
 
 

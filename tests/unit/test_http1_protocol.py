@@ -19,6 +19,7 @@ from dms.rest.errors import error_response
 from dms.rest.fastpath import InferenceFastPath
 from dms.rest.forwarding import Forwarder
 from dms.rest.http1 import InferenceHttpProtocol, inference_protocol
+from dms.rest.http1_connection import ReadLimits
 from dms.rest.inference import InferenceForwarders
 from dms.settings import ServerSettings
 from tests.unit.protocol_support import FakeDataPlane, FakeTransport, run
@@ -29,9 +30,13 @@ class RecordingApp:
 
     def __init__(self) -> None:
         self.paths: list[str] = []
+        self.gate: asyncio.Event | None = None
+        """When set, the app waits for it before it reads the body."""
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         self.paths.append(scope["path"])
+        if self.gate is not None:
+            await self.gate.wait()
         while (await receive()).get("more_body"):
             pass
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"4")]})
@@ -39,7 +44,14 @@ class RecordingApp:
 
 
 class Harness:
-    def __init__(self, keys: KeyStore | None = None, keep_alive_s: float = 5, read_timeout_s: float = 60) -> None:
+    def __init__(
+        self,
+        keys: KeyStore | None = None,
+        keep_alive_s: float = 5,
+        read_timeout_s: float = 60,
+        min_body_rate: float = 0.0,
+        body_rate_grace_s: float = 10.0,
+    ) -> None:
         self.dataplane = FakeDataPlane(ServerSettings(max_request_size_bytes=100))
         self.metrics = ServerMetrics()
         forwarder = Forwarder(
@@ -51,7 +63,7 @@ class Harness:
         )
         self.app = RecordingApp()
         fast_path = InferenceFastPath(self.app, InferenceForwarders(forwarder, forwarder, forwarder), keys=keys)
-        protocol_class = inference_protocol(fast_path, read_timeout_s)
+        protocol_class = inference_protocol(fast_path, ReadLimits(read_timeout_s, min_body_rate, body_rate_grace_s))
         config = uvicorn.Config(
             fast_path,
             http=protocol_class,

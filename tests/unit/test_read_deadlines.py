@@ -122,3 +122,113 @@ def test_an_http2_connection_that_never_sends_is_closed_after_its_idle_timeout(l
         assert h.transport.closed
 
     run(loop, test)
+
+
+def test_a_body_that_trickles_under_the_rate_floor_is_answered_408(loop: asyncio.AbstractEventLoop):
+    async def test() -> None:
+        h = Harness(read_timeout_s=1.0, min_body_rate=100.0, body_rate_grace_s=TIMEOUT_S)
+        request = post("/predictions/m", b"x" * 50, b"X-Request-ID: trickle")
+        h.feed(request[:-50])
+        sent = 0
+        while sent < 10 and not h.transport.closed:  # a byte every 0.03 s: 33 bytes/s, pauses far inside 1 s
+            await asyncio.sleep(0.03)
+            h.feed(b"x")
+            sent += 1
+        written = h.transport.take()
+        answer = error_body(written)
+        assert answer["type"] == "RequestReadTimeoutError"
+        assert "min_request_body_rate_bytes_s (100 bytes/s" in str(answer["message"])
+        assert b"\r\nx-request-id: trickle\r\n" in written  # answered by its route, as any of its errors
+        assert h.transport.closed and h.dataplane.submitted == [] and h.in_flight() == 0
+        assert sent < 10  # refused soon after the grace, not at the end of the body
+
+    run(loop, test)
+
+
+def test_a_body_above_the_rate_floor_is_served(loop: asyncio.AbstractEventLoop):
+    async def test() -> None:
+        h = Harness(read_timeout_s=1.0, min_body_rate=100.0, body_rate_grace_s=TIMEOUT_S)
+        request = post("/predictions/m", b"y" * 60)
+        h.feed(request[:-60])
+        for _ in range(6):  # 10 bytes every 0.03 s: 333 bytes/s, taking three graces in all
+            await asyncio.sleep(0.03)
+            h.feed(b"y" * 10)
+        [(_, _, item, _)] = h.dataplane.submitted
+        assert item.body == b"y" * 60 and not h.transport.closed
+        await asyncio.sleep(TIMEOUT_S * 2)  # waiting for its model is not reading: no floor
+        assert not h.transport.closed
+        h.answer(0, ResponseItem(200, b"ok", "text/plain"))
+        await settle()
+        assert h.transport.take().endswith(b"\r\n\r\nok") and not h.transport.closed
+
+    run(loop, test)
+
+
+def test_a_head_still_arriving_after_the_grace_is_too_slow(loop: asyncio.AbstractEventLoop):
+    async def test() -> None:
+        h = Harness(read_timeout_s=1.0, min_body_rate=100.0, body_rate_grace_s=TIMEOUT_S)
+        for piece in (b"POST /predictions/m HTTP/1.1\r\n", b"Host: x\r\n", b"Content-Length: 2\r\n", b"X-A: 1\r\n"):
+            h.feed(piece)
+            await asyncio.sleep(0.04)
+        await asyncio.sleep(TIMEOUT_S)
+        assert "min_request_body_rate_bytes_s" in str(error_body(h.transport.take())["message"])
+        assert h.transport.closed and h.dataplane.submitted == []
+
+    run(loop, test)
+
+
+def test_a_body_the_asgi_app_waits_for_is_held_to_the_rate_floor(loop: asyncio.AbstractEventLoop):
+    async def test() -> None:
+        h = Harness(read_timeout_s=1.0, min_body_rate=100.0, body_rate_grace_s=TIMEOUT_S)
+        h.feed(post("/elsewhere", b"z" * 40)[:-39])
+        await settle()
+        assert h.app.paths == ["/elsewhere"]
+        for _ in range(8):
+            await asyncio.sleep(0.03)
+            if h.transport.closed:
+                break
+            h.feed(b"z")
+        assert "min_request_body_rate_bytes_s" in str(error_body(h.transport.take())["message"])
+        assert h.transport.closed
+        await settle()
+        assert not h.protocol.tasks
+
+    run(loop, test)
+
+
+def test_with_no_floor_a_trickle_is_held_only_to_its_pauses(loop: asyncio.AbstractEventLoop):
+    async def test() -> None:
+        h = Harness(read_timeout_s=TIMEOUT_S)  # min_body_rate 0: the floor is off
+        request = post("/predictions/m", b"w" * 8)
+        h.feed(request[:-8])
+        for _ in range(8):  # 8 bytes over ~0.4 s: 20 bytes/s
+            await asyncio.sleep(TIMEOUT_S / 2)
+            h.feed(b"w")
+        [(_, _, item, _)] = h.dataplane.submitted
+        assert item.body == b"w" * 8 and not h.transport.closed
+
+    run(loop, test)
+
+
+def test_time_the_server_does_not_read_is_not_held_against_the_floor(loop: asyncio.AbstractEventLoop):
+    async def test() -> None:
+        h = Harness(read_timeout_s=1.0, min_body_rate=1_000_000.0, body_rate_grace_s=TIMEOUT_S)
+        gate = h.app.gate = asyncio.Event()
+        request = post("/elsewhere", b"q" * 100_000)
+        h.feed(request[:-30_000])  # 70 KB of body: more than uvicorn buffers for an app that has not asked for it
+        await settle()
+        assert not h.transport.reading  # the server stopped reading: the client cannot send
+        await asyncio.sleep(TIMEOUT_S * 3)  # three graces, at 70 KB where the floor asks 100 KB each
+        assert not h.transport.closed and h.transport.take() == b""
+        resumed_at = asyncio.get_running_loop().time()
+        gate.set()  # the app reads the body: reading resumes, and the floor counts from now
+        await settle()
+        assert h.transport.reading
+        assert h.protocol.request_since is not None and h.protocol.request_since >= resumed_at
+        assert h.protocol.body_bytes == 0
+        h.feed(request[-30_000:])
+        await settle()
+        written = h.transport.take()
+        assert written.startswith(b"HTTP/1.1 200 ") and written.endswith(b"asgi") and not h.transport.closed
+
+    run(loop, test)

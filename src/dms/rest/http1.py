@@ -30,7 +30,7 @@ from dms.errors import DMSError, InternalError
 from dms.rest.common import refuse_declared_size, refuse_read_size
 from dms.rest.fastpath import InferenceFastPath
 from dms.rest.forwarding import Forwarder, Reply
-from dms.rest.http1_connection import Http1Protocol
+from dms.rest.http1_connection import Http1Protocol, ReadLimits
 
 log = logging.getLogger("dms.http")
 
@@ -145,6 +145,7 @@ class InferenceHttpProtocol(Http1Protocol):
             super().on_body(body)
             return
         self.reading_since = self.loop.time()
+        self.body_bytes += len(body)
         if exchange.response_complete:
             return  # answered early (refused); the rest of the body is read and dropped
         exchange.size += len(body)
@@ -292,7 +293,7 @@ class InferenceHttpProtocol(Http1Protocol):
         self.on_response_complete()
 
 
-def inference_protocol(fast_path: InferenceFastPath, read_timeout_s: float = 60.0) -> type[InferenceHttpProtocol]:
+def inference_protocol(fast_path: InferenceFastPath, limits: ReadLimits) -> type[InferenceHttpProtocol]:
     """The HTTP/1.1 protocol class for one inference server (uvicorn's ``http=``)."""
-    attributes = {"fast_path": fast_path, "request_read_timeout": read_timeout_s}
+    attributes = {"fast_path": fast_path, **limits.attributes()}
     return type("InferenceHttpProtocol", (InferenceHttpProtocol,), attributes)

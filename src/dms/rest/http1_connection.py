@@ -2,9 +2,10 @@
 ready to answer (``dms.rest.paced_reading``), with the idle and read deadlines of
 ``dms.rest.connection_deadlines`` on one timer per connection.
 
-A request still arriving when its read deadline passes gets ``408`` with the JSON error body every
-endpoint uses (``RequestReadTimeoutError``), and its connection is closed; where the connection is
-still answering an earlier request, that answer is sent first and the connection closed after it.
+A request still arriving when its read deadline passes, or arriving slower than the body-rate floor,
+gets ``408`` with the JSON error body every endpoint uses (``RequestReadTimeoutError``), and its
+connection is closed; where the connection is still answering an earlier request, that answer is sent
+first and the connection closed after it.
 The inference port's protocol (``dms.rest.http1``) subclasses this one.
 """
 
@@ -12,7 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
@@ -21,6 +23,9 @@ from dms.rest.connection_deadlines import ConnectionDeadlines
 from dms.rest.errors import error_response
 from dms.rest.forwarding import Reply
 from dms.rest.paced_reading import PacedHttpToolsProtocol
+
+if TYPE_CHECKING:
+    from dms.settings import ServerSettings
 
 log = logging.getLogger("dms.http")
 
@@ -31,6 +36,9 @@ def _status_line(status: int) -> bytes:
 
 class Http1Protocol(ConnectionDeadlines, PacedHttpToolsProtocol):
     """uvicorn's HTTP/1.1 protocol with paced reading, closing idle connections and slow requests."""
+
+    too_slow = False
+    """The request being refused arrived slower than ``min_body_rate`` (rather than pausing too long)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -54,10 +62,22 @@ class Http1Protocol(ConnectionDeadlines, PacedHttpToolsProtocol):
     def on_body(self, body: bytes) -> None:
         super().on_body(body)
         self.reading_since = self.loop.time()
+        self.body_bytes += len(body)
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self.reading_since = None
+
+    def _too_slow_at(self) -> float | None:
+        if self.flow.read_paused and self.request_since is not None:  # the server is not reading: the clock waits
+            self.request_since, self.body_bytes = self.loop.time(), 0
+        return super()._too_slow_at()
+
+    def reading_resumed(self) -> None:
+        """The server paused reading (requests queued, answers unread, a body the app had not taken): a request
+        then arriving is held to the body-rate floor afresh, from now, since its client could not send."""
+        if self.reading_since is not None and self.request_since is not None:
+            self.request_since, self.body_bytes = self.loop.time(), 0
 
     # -- the connection's end --------------------------------------------------------------------
     def on_response_complete(self) -> None:
@@ -81,6 +101,15 @@ class Http1Protocol(ConnectionDeadlines, PacedHttpToolsProtocol):
         client = "{}:{}".format(*self.client) if self.client else "a client"
         timeout = self.request_read_timeout
         log.warning("%s: a request still arriving after %g s (request_read_timeout_s); closing", client, timeout)
+        self.refuse_slow_request()
+
+    def body_too_slow(self) -> None:
+        if self.transport.is_closing():
+            return
+        client = "{}:{}".format(*self.client) if self.client else "a client"
+        rate = self.min_body_rate
+        log.warning("%s: a request arriving slower than %g bytes/s (min_request_body_rate); closing", client, rate)
+        self.too_slow = True
         self.refuse_slow_request()
 
     def refuse_slow_request(self) -> None:
@@ -126,12 +155,44 @@ class Http1Protocol(ConnectionDeadlines, PacedHttpToolsProtocol):
         return parts
 
     def read_timeout_error(self) -> RequestReadTimeoutError:
+        if self.too_slow:
+            return RequestReadTimeoutError(
+                f"the request arrived slower than min_request_body_rate_bytes_s ({self.min_body_rate:g} bytes/s, "
+                f"on average from its first byte once request_body_rate_grace_s, {self.body_rate_grace:g} s, "
+                "had passed)"
+            )
         return RequestReadTimeoutError(
             f"the request was still arriving when request_read_timeout_s ({self.request_read_timeout:g} s) "
             "passed: its head must arrive within it, and its body may not pause for longer"
         )
 
 
-def http1_protocol(read_timeout_s: float) -> type[Http1Protocol]:
-    """The HTTP/1.1 protocol class for one server (uvicorn's ``http=``), with its read deadline."""
-    return type("Http1Protocol", (Http1Protocol,), {"request_read_timeout": read_timeout_s})
+@dataclass(frozen=True)
+class ReadLimits:
+    """How a request must keep arriving (``ServerSettings``' ``request_read_timeout_s``,
+    ``min_request_body_rate_bytes_s`` and ``request_body_rate_grace_s``)."""
+
+    timeout_s: float = 60.0
+    min_body_rate: float = 0.0
+    body_rate_grace_s: float = 10.0
+
+    @classmethod
+    def of(cls, settings: ServerSettings) -> ReadLimits:
+        return cls(
+            settings.request_read_timeout_s,
+            settings.min_request_body_rate_bytes_s,
+            settings.request_body_rate_grace_s,
+        )
+
+    def attributes(self) -> dict[str, float]:
+        """The class attributes of a protocol (``ConnectionDeadlines``) that keep these limits."""
+        return {
+            "request_read_timeout": self.timeout_s,
+            "min_body_rate": self.min_body_rate,
+            "body_rate_grace": self.body_rate_grace_s,
+        }
+
+
+def http1_protocol(limits: ReadLimits) -> type[Http1Protocol]:
+    """The HTTP/1.1 protocol class for one server (uvicorn's ``http=``), with its read limits."""
+    return type("Http1Protocol", (Http1Protocol,), limits.attributes())

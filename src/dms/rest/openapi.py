@@ -34,7 +34,8 @@ def _errors(*codes: int) -> dict[str, Any]:
         401: "no API key (Authorization: Bearer <key>)",
         403: "wrong API key, or not allowed",
         404: "unknown model or version",
-        408: "the request was still arriving after request_read_timeout_s (the connection closes)",
+        408: "the request was still arriving after request_read_timeout_s, or arrived slower than "
+        "min_request_body_rate_bytes_s (the connection closes)",
         409: "already registered",
         413: "body over max_request_size_bytes",
         500: "handler error or worker died",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from uvicorn.protocols.http.flow_control import FlowControl
@@ -26,14 +27,17 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 class PacedFlowControl(FlowControl):
     """uvicorn's flow control for one connection, resuming reads only when the connection is ready for more."""
 
-    def __init__(self, transport: asyncio.Transport, queued: deque[Any]) -> None:
+    def __init__(self, transport: asyncio.Transport, queued: deque[Any], resumed: Callable[[], None]) -> None:
         super().__init__(transport)
         self._queued = queued
         """The connection's pipelined requests, waiting for the one in progress."""
+        self._resumed = resumed
+        """Called when reading starts again after a pause."""
 
     def resume_reading(self) -> None:
-        if not self.write_paused and not self._queued:
+        if self.read_paused and not self.write_paused and not self._queued:
             super().resume_reading()
+            self._resumed()
 
 
 class PacedHttpToolsProtocol(HttpToolsProtocol):
@@ -41,7 +45,10 @@ class PacedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # as uvicorn's
         super().connection_made(transport)
-        self.flow = PacedFlowControl(transport, self.pipeline)
+        self.flow = PacedFlowControl(transport, self.pipeline, self.reading_resumed)
+
+    def reading_resumed(self) -> None:
+        """The connection reads again after a pause of the server's own (a subclass may take note)."""
 
     def pause_writing(self) -> None:
         """The transport holds more unsent bytes than its high-water mark: the client is not reading."""
