@@ -19,7 +19,8 @@ import uvicorn
 from dms.auth import KeyStore
 from dms.dataplane import DataPlane
 from dms.observability.metrics import ServerMetrics
-from dms.rest.http1_connection import ReadLimits, http1_protocol
+from dms.rest.connection_deadlines import ReadLimits
+from dms.rest.http1_connection import http1_protocol
 from dms.rest.inference import build_inference_app, inference_forwarders
 from dms.rest.management import build_management_app
 from dms.rest.metrics import build_metrics_app
@@ -83,7 +84,7 @@ def _grpc_h2_server(
     app = GrpcApp(rpc_methods(servicer), settings.grpc_max_message_bytes, read_timeout_s)
     # With the fast path, ModelInfer calls are answered from the HTTP/2 events (dms.grpc.h2_connection).
     lean = servicer if settings.inference_fast_path else None
-    protocol = grpc_protocol(lean, settings.grpc_max_message_bytes, read_timeout_s)
+    protocol = grpc_protocol(lean, settings.grpc_max_message_bytes, ReadLimits.of(settings))
     # gRPC channels stay open between calls; uvicorn's 5 s idle limit would make clients reconnect often.
     return _uvicorn_server(
         app,

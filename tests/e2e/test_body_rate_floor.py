@@ -1,6 +1,7 @@
 """The body-rate floor (``min_request_body_rate_bytes_s``): a client that keeps a request alive with a byte
 now and then, never pausing long enough for ``request_read_timeout_s``, gets 408 once the grace has passed
-and its connection is closed, on the inference and management ports alike; a body that keeps above the
+and its connection is closed, on the inference and management ports alike (on the gRPC port its call ends
+with DEADLINE_EXCEEDED and the connection serves on); a body that keeps above the
 floor is served however long it takes; everyone else is served meanwhile."""
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import unquote
 
+import grpc
 import numpy as np
 import pytest
 
-from tests.e2e.test_slow_clients import ROW, assert_serving, connect
+from tests.e2e.test_slow_clients import ROW, assert_serving, connect, read_trailers
 from tests.e2e.test_tensor_handler import BIAS, WEIGHTS, write_linear_archive
 from tests.support import DmsServer, running_server
 
@@ -102,3 +105,46 @@ def test_a_body_above_the_floor_is_served_however_long_it_takes(server: DmsServe
     np.testing.assert_allclose(
         np.asarray(json.loads(answer), dtype=np.float32).ravel(), ROW @ WEIGHTS + BIAS, rtol=1e-5
     )
+
+
+def test_a_grpc_call_trickling_under_the_floor_ends_and_its_connection_serves_on(server: DmsServer):
+    """On the gRPC port (uvicorn's HTTP/2, the lean ``ModelInfer`` path): DEADLINE_EXCEEDED naming the floor."""
+    zttp = pytest.importorskip("zttp")
+    host, port = server.grpc_address.rsplit(":", 1)
+    client = zttp.Connection(zttp.CLIENT, protocol=zttp.HTTP2)
+    client.initiate_connection()
+    headers = [(b"content-type", b"application/grpc"), (b"te", b"trailers")]
+    stream = client.send_request(b"POST", b"/inference.GRPCInferenceService/ModelInfer", b"HTTP/2", headers)
+    stream.send_data(b"\x00\x00\x00\x07\xd0")  # a message declared 2,000 bytes long
+    trailers: dict[bytes, bytes] = {}
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(client.data_to_send())
+        started = time.monotonic()
+        sock.settimeout(0.1)
+        while not trailers and time.monotonic() - started < GRACE_S + 10:
+            try:
+                data = sock.recv(65536)
+            except TimeoutError:
+                stream.send_data(b"\x0a")  # a byte every 0.1 s: 10 bytes/s, each pause far inside the 30 s timeout
+                sock.sendall(client.data_to_send())
+                continue
+            assert data, "the connection closed"
+            client.receive_data(data)
+            for event in iter(client.next_event, zttp.NEED_DATA):
+                if isinstance(event, zttp.EndOfMessage) and event.stream_id == stream.stream_id:
+                    trailers = dict(event.trailers)
+            if reply := client.data_to_send():
+                sock.sendall(reply)
+        assert trailers, "the call was still open after the grace and 10 s more"
+        assert trailers[b"grpc-status"] == str(grpc.StatusCode.DEADLINE_EXCEEDED.value[0]).encode()
+        assert f"min_request_body_rate_bytes_s ({FLOOR_BYTES_S:g} bytes/s" in unquote(
+            trailers[b"grpc-message"].decode()
+        )
+        assert time.monotonic() - started < GRACE_S + 8
+        sock.settimeout(10)
+        live = client.send_request(b"POST", b"/inference.GRPCInferenceService/ServerLive", b"HTTP/2", headers)
+        live.send_data(b"\x00\x00\x00\x00\x00")
+        live.end_message()
+        sock.sendall(client.data_to_send())
+        assert read_trailers(sock, client, {live.stream_id})[live.stream_id][b"grpc-status"] == b"0"
+    assert_serving(server)

@@ -22,6 +22,7 @@ from dms.grpc.h2 import GrpcApp, frame
 from dms.grpc.h2_connection import GrpcH2Protocol, grpc_protocol
 from dms.grpc.servicer import InferenceServicer, rpc_methods
 from dms.observability.metrics import ServerMetrics
+from dms.rest.connection_deadlines import ReadLimits
 from dms.settings import ServerSettings
 from tests.unit.protocol_support import FakeDataPlane, FakeTransport, run
 
@@ -65,13 +66,16 @@ class Harness:
         max_bytes: int = 1 << 20,
         keep_alive_s: float = 5,
         read_timeout_s: float = 60,
+        min_body_rate: float = 0.0,
+        body_rate_grace_s: float = 10.0,
     ) -> None:
         settings = ServerSettings(inference_token_auth=keys is not None)
         self.dataplane = FakeDataPlane(settings)
         self.metrics = ServerMetrics()
         servicer = InferenceServicer(self.dataplane, self.metrics, keys)  # type: ignore[arg-type]
         app = GrpcApp(rpc_methods(servicer), max_bytes, read_timeout_s)
-        protocol_class = grpc_protocol(servicer if lean else None, max_bytes, read_timeout_s)
+        limits = ReadLimits(read_timeout_s, min_body_rate, body_rate_grace_s)
+        protocol_class = grpc_protocol(servicer if lean else None, max_bytes, limits)
         config = uvicorn.Config(
             app,
             http=protocol_class,
@@ -552,5 +556,42 @@ def test_a_client_that_does_not_read_what_is_sent_to_it_is_read_no_further(loop:
         h.answer(1, ResponseItem(200, b"ok", "application/grpc"))
         await h.exchange()
         assert h.answers[second].code == grpc.StatusCode.OK
+
+    run(loop, test)
+
+
+def test_a_call_whose_request_trickles_under_the_floor_ends_and_the_connection_serves_on(
+    loop: asyncio.AbstractEventLoop,
+):
+    async def test() -> None:
+        h = Harness(read_timeout_s=1.0, min_body_rate=50.0, body_rate_grace_s=0.1)
+        await h.exchange()
+        trickling, steady = h.start(), h.start()
+        whole = frame(REQUEST)
+        steady_sent = 0
+        for index in range(len(whole)):  # one byte every 0.03 s: 33 bytes/s, each pause far inside the 1 s timeout
+            if h.answers[trickling.stream_id].ended:
+                break
+            trickling.send_data(whole[index : index + 1])
+            if index % 2 == 0:  # the other call: 7 bytes every 0.06 s, 116 bytes/s, over the floor
+                steady.send_data(whole[steady_sent : steady_sent + 7])
+                steady_sent += 7
+            h.send()
+            await h.exchange()
+            await asyncio.sleep(0.03)
+        answer = h.answers[trickling.stream_id]
+        assert answer.code == grpc.StatusCode.DEADLINE_EXCEEDED, answer.trailers
+        assert "min_request_body_rate_bytes_s (50 bytes/s" in answer.details
+        assert answer.reset  # the rest of its request is not wanted (RFC 9113 section 8.1)
+        assert h.dataplane.submitted == [] and not h.answers[steady.stream_id].ended
+        steady.send_data(whole[steady_sent:])
+        steady.end_message()
+        h.send()
+        await h.exchange()
+        [(_, _, item, _)] = h.dataplane.submitted
+        assert item.body == REQUEST  # the steady call's message, whole
+        h.answer(0, ResponseItem(200, b"ok", "application/grpc"))
+        await h.exchange()
+        assert h.answers[steady.stream_id].message == b"ok" and not h.transport.closed
 
     run(loop, test)

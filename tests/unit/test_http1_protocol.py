@@ -15,11 +15,11 @@ from dms.auth import KeyStore
 from dms.engine.messages import ResponseItem
 from dms.errors import DMSError
 from dms.observability.metrics import ServerMetrics
+from dms.rest.connection_deadlines import ReadLimits
 from dms.rest.errors import error_response
 from dms.rest.fastpath import InferenceFastPath
 from dms.rest.forwarding import Forwarder
 from dms.rest.http1 import InferenceHttpProtocol, inference_protocol
-from dms.rest.http1_connection import ReadLimits
 from dms.rest.inference import InferenceForwarders
 from dms.settings import ServerSettings
 from tests.unit.protocol_support import FakeDataPlane, FakeTransport, run

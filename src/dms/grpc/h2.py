@@ -173,6 +173,15 @@ def stalled_request(read_timeout_s: float) -> CallAborted:
     )
 
 
+def slow_request(min_rate: float, grace_s: float) -> CallAborted:
+    """How a unary call ends whose request arrived slower than ``min_request_body_rate_bytes_s``."""
+    return CallAborted(
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        f"the request arrived slower than min_request_body_rate_bytes_s ({min_rate:g} bytes/s, on average from "
+        f"its first byte once request_body_rate_grace_s, {grace_s:g} s, had passed)",
+    )
+
+
 def status_trailers(code: grpc.StatusCode, details: str) -> list[tuple[bytes, bytes]]:
     """A call's status as trailers: ``grpc-status``, and ``grpc-message`` percent-encoded when there are details."""
     trailers = [(b"grpc-status", str(code.value[0]).encode())]

@@ -57,7 +57,7 @@ from dms.grpc.lean_call import FRESH, LeanCall
 from dms.grpc.request_arrival import ONE_MESSAGE, RequestArrival
 from dms.grpc.servicer import SERVICE, InferCall, InferenceServicer
 from dms.grpc.write_coalescing import CoalescedWrites
-from dms.rest.connection_deadlines import ConnectionDeadlines
+from dms.rest.connection_deadlines import ConnectionDeadlines, ReadLimits
 
 log = logging.getLogger("dms.grpc")
 
@@ -333,8 +333,8 @@ class GrpcH2Protocol(RequestArrival, ConnectionDeadlines, ZttpH2Protocol):
 
 
 def grpc_protocol(
-    servicer: InferenceServicer | None, max_message_bytes: int, read_timeout_s: float = 60.0
+    servicer: InferenceServicer | None, max_message_bytes: int, limits: ReadLimits | None = None
 ) -> type[GrpcH2Protocol]:
     """The HTTP/2 protocol class for one gRPC server (uvicorn's ``http=``); None: every call goes to ASGI."""
-    attributes = {"servicer": servicer, "max_message_bytes": max_message_bytes, "request_read_timeout": read_timeout_s}
+    attributes = {"servicer": servicer, "max_message_bytes": max_message_bytes, **(limits or ReadLimits()).attributes()}
     return type("GrpcH2Protocol", (GrpcH2Protocol,), attributes)

@@ -24,6 +24,8 @@ class LeanCall:
     """
 
     __slots__ = (
+        "began",
+        "began_bytes",
         "buffer",
         "call",
         "disconnected",
@@ -54,6 +56,10 @@ class LeanCall:
         """Its request has begun and not ended (counted in the connection's ``_receiving``)."""
         self.heard = 0.0
         """When (the loop's clock) its request last brought bytes, while ``receiving`` (FRESH within a read)."""
+        self.began = 0.0
+        """When its request was first heard arriving (or reading last resumed): its body rate counts from then."""
+        self.began_bytes = 0
+        """Bytes of its request already in ``buffer`` at ``began``."""
 
     @property
     def message_event(self) -> LeanCall:

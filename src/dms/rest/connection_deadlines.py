@@ -35,7 +35,11 @@ calls ``stop_timer``.
 from __future__ import annotations
 
 import asyncio
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from dms.settings import ServerSettings
 
 
 class ConnectionDeadlines:
@@ -139,3 +143,29 @@ class ConnectionDeadlines:
 
     def body_too_slow(self) -> None:
         raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class ReadLimits:
+    """How a request must keep arriving (``ServerSettings``' ``request_read_timeout_s``,
+    ``min_request_body_rate_bytes_s`` and ``request_body_rate_grace_s``)."""
+
+    timeout_s: float = 60.0
+    min_body_rate: float = 0.0
+    body_rate_grace_s: float = 10.0
+
+    @classmethod
+    def of(cls, settings: ServerSettings) -> ReadLimits:
+        return cls(
+            settings.request_read_timeout_s,
+            settings.min_request_body_rate_bytes_s,
+            settings.request_body_rate_grace_s,
+        )
+
+    def attributes(self) -> dict[str, float]:
+        """The class attributes of a protocol (``ConnectionDeadlines``) that keep these limits."""
+        return {
+            "request_read_timeout": self.timeout_s,
+            "min_body_rate": self.min_body_rate,
+            "body_rate_grace": self.body_rate_grace_s,
+        }

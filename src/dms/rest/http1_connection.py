@@ -13,19 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from dms.errors import RequestReadTimeoutError
-from dms.rest.connection_deadlines import ConnectionDeadlines
+from dms.rest.connection_deadlines import ConnectionDeadlines, ReadLimits
 from dms.rest.errors import error_response
 from dms.rest.forwarding import Reply
 from dms.rest.paced_reading import PacedHttpToolsProtocol
-
-if TYPE_CHECKING:
-    from dms.settings import ServerSettings
 
 log = logging.getLogger("dms.http")
 
@@ -165,32 +161,6 @@ class Http1Protocol(ConnectionDeadlines, PacedHttpToolsProtocol):
             f"the request was still arriving when request_read_timeout_s ({self.request_read_timeout:g} s) "
             "passed: its head must arrive within it, and its body may not pause for longer"
         )
-
-
-@dataclass(frozen=True)
-class ReadLimits:
-    """How a request must keep arriving (``ServerSettings``' ``request_read_timeout_s``,
-    ``min_request_body_rate_bytes_s`` and ``request_body_rate_grace_s``)."""
-
-    timeout_s: float = 60.0
-    min_body_rate: float = 0.0
-    body_rate_grace_s: float = 10.0
-
-    @classmethod
-    def of(cls, settings: ServerSettings) -> ReadLimits:
-        return cls(
-            settings.request_read_timeout_s,
-            settings.min_request_body_rate_bytes_s,
-            settings.request_body_rate_grace_s,
-        )
-
-    def attributes(self) -> dict[str, float]:
-        """The class attributes of a protocol (``ConnectionDeadlines``) that keep these limits."""
-        return {
-            "request_read_timeout": self.timeout_s,
-            "min_body_rate": self.min_body_rate,
-            "body_rate_grace": self.body_rate_grace_s,
-        }
 
 
 def http1_protocol(limits: ReadLimits) -> type[Http1Protocol]:
