@@ -59,6 +59,9 @@ class ConnectionDeadlines:
     """Bytes a second a request's body must average once ``body_rate_grace`` has passed; 0: no floor."""
     body_rate_grace: ClassVar[float] = 10.0
     """Seconds from a request's first byte before its rate is looked at."""
+    first_look: ClassVar[float] = 60.0
+    """Seconds from a request's first byte to the timer's first look at it: the read timeout, or the grace
+    when that is sooner and there is a floor (``ReadLimits.attributes``)."""
     request_since: float | None = None
     """With a floor, when the request being read (or the last one) began."""
     body_bytes = 0
@@ -92,10 +95,10 @@ class ConnectionDeadlines:
         """
         now = self.loop.time()
         self.reading_since = now
-        due = now + self.request_read_timeout
         if self.min_body_rate:
-            self.request_since, self.body_bytes = now, 0
-            due = min(due, now + self.body_rate_grace)
+            self.request_since = now
+            self.body_bytes = 0
+        due = now + self.first_look
         if self.timeout_keep_alive_task is None or self._timer_due > due:
             self._wake_by(due)
 
@@ -164,8 +167,10 @@ class ReadLimits:
 
     def attributes(self) -> dict[str, float]:
         """The class attributes of a protocol (``ConnectionDeadlines``) that keep these limits."""
+        first_look = min(self.timeout_s, self.body_rate_grace_s) if self.min_body_rate else self.timeout_s
         return {
             "request_read_timeout": self.timeout_s,
             "min_body_rate": self.min_body_rate,
             "body_rate_grace": self.body_rate_grace_s,
+            "first_look": first_look,
         }
