@@ -54,13 +54,14 @@ def read_until_closed(sock: socket.socket) -> bytes:
     return received
 
 
-def assert_408(received: bytes) -> None:
+def assert_408(received: bytes, names: str = f"request_read_timeout_s ({READ_TIMEOUT_S:g} s)") -> None:
+    """A 408 with the JSON error body naming ``names`` (the limit the request overran), and the connection closed."""
     head, _, body = received.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 408 "), received[:200]
     assert b"\r\nconnection: close" in head.lower()
     answer = json.loads(body)
     assert answer["code"] == 408 and answer["type"] == "RequestReadTimeoutError"
-    assert f"request_read_timeout_s ({READ_TIMEOUT_S:g} s)" in answer["message"]
+    assert names in answer["message"]
 
 
 def assert_serving(server: DmsServer) -> None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
+
 from dms.engine.messages import ResponseItem
 from tests.unit.protocol_support import run
 from tests.unit.test_grpc_h2_connection import Harness as H2Harness
@@ -54,17 +56,27 @@ def test_a_body_that_stops_arriving_is_answered_408_as_a_request(loop: asyncio.A
     run(loop, test)
 
 
-def test_a_slow_body_that_keeps_coming_is_served(loop: asyncio.AbstractEventLoop):
+@pytest.mark.parametrize(
+    ("limits", "body", "piece", "interval_s"),
+    [
+        ({"read_timeout_s": TIMEOUT_S}, b"0123456789", 1, TIMEOUT_S / 2),  # a byte every half timeout: 5 timeouts
+        ({"read_timeout_s": 1.0, "min_body_rate": 100.0, "body_rate_grace_s": TIMEOUT_S}, b"y" * 60, 10, 0.03),
+    ],
+    ids=["pausing-under-the-timeout", "above-the-rate-floor"],  # the second: 333 bytes/s over three graces
+)
+def test_a_slow_body_that_keeps_coming_is_served(
+    loop: asyncio.AbstractEventLoop, limits: dict[str, float], body: bytes, piece: int, interval_s: float
+):
     async def test() -> None:
-        h = Harness(read_timeout_s=TIMEOUT_S)
-        request = post("/predictions/m", b"0123456789")
-        h.feed(request[:-10])
-        for byte in range(10):  # one byte every half timeout: the whole body takes five timeouts
-            await asyncio.sleep(TIMEOUT_S / 2)
-            h.feed(request[-10 + byte :][:1])
+        h = Harness(**limits)
+        request = post("/predictions/m", body)
+        h.feed(request[: -len(body)])
+        for start in range(0, len(body), piece):
+            await asyncio.sleep(interval_s)
+            h.feed(body[start : start + piece])
         [(_, _, item, _)] = h.dataplane.submitted
-        assert item.body == b"0123456789" and not h.transport.closed
-        await asyncio.sleep(TIMEOUT_S * 1.5)  # waiting for its model is not reading: no deadline
+        assert item.body == body and not h.transport.closed
+        await asyncio.sleep(TIMEOUT_S * 2)  # waiting for its model is not reading: no deadline, no floor
         assert not h.transport.closed
         h.answer(0, ResponseItem(200, b"ok", "text/plain"))
         await settle()
@@ -141,25 +153,6 @@ def test_a_body_that_trickles_under_the_rate_floor_is_answered_408(loop: asyncio
         assert b"\r\nx-request-id: trickle\r\n" in written  # answered by its route, as any of its errors
         assert h.transport.closed and h.dataplane.submitted == [] and h.in_flight() == 0
         assert sent < 10  # refused soon after the grace, not at the end of the body
-
-    run(loop, test)
-
-
-def test_a_body_above_the_rate_floor_is_served(loop: asyncio.AbstractEventLoop):
-    async def test() -> None:
-        h = Harness(read_timeout_s=1.0, min_body_rate=100.0, body_rate_grace_s=TIMEOUT_S)
-        request = post("/predictions/m", b"y" * 60)
-        h.feed(request[:-60])
-        for _ in range(6):  # 10 bytes every 0.03 s: 333 bytes/s, taking three graces in all
-            await asyncio.sleep(0.03)
-            h.feed(b"y" * 10)
-        [(_, _, item, _)] = h.dataplane.submitted
-        assert item.body == b"y" * 60 and not h.transport.closed
-        await asyncio.sleep(TIMEOUT_S * 2)  # waiting for its model is not reading: no floor
-        assert not h.transport.closed
-        h.answer(0, ResponseItem(200, b"ok", "text/plain"))
-        await settle()
-        assert h.transport.take().endswith(b"\r\n\r\nok") and not h.transport.closed
 
     run(loop, test)
 

@@ -92,20 +92,17 @@ class Http1Protocol(ConnectionDeadlines, PacedHttpToolsProtocol):
         HttpToolsProtocol.timeout_keep_alive_handler(self)
 
     def read_timed_out(self) -> None:
-        if self.transport.is_closing():
-            return
-        client = "{}:{}".format(*self.client) if self.client else "a client"
-        timeout = self.request_read_timeout
-        log.warning("%s: a request still arriving after %g s (request_read_timeout_s); closing", client, timeout)
-        self.refuse_slow_request()
+        self._refuse_arriving(f"still arriving after {self.request_read_timeout:g} s (request_read_timeout_s)")
 
     def body_too_slow(self) -> None:
+        self.too_slow = True
+        self._refuse_arriving(f"arriving slower than {self.min_body_rate:g} bytes/s (min_request_body_rate_bytes_s)")
+
+    def _refuse_arriving(self, how: str) -> None:
         if self.transport.is_closing():
             return
         client = "{}:{}".format(*self.client) if self.client else "a client"
-        rate = self.min_body_rate
-        log.warning("%s: a request arriving slower than %g bytes/s (min_request_body_rate); closing", client, rate)
-        self.too_slow = True
+        log.warning("%s: a request %s; closing", client, how)
         self.refuse_slow_request()
 
     def refuse_slow_request(self) -> None:
