@@ -80,11 +80,11 @@ def _grpc_h2_server(
 
     settings = dataplane.settings
     servicer = InferenceServicer(dataplane, metrics, keys, repository)
-    read_timeout_s = settings.request_read_timeout_s
-    app = GrpcApp(rpc_methods(servicer), settings.grpc_max_message_bytes, read_timeout_s)
+    limits = ReadLimits.of(settings)
+    app = GrpcApp(rpc_methods(servicer), settings.grpc_max_message_bytes, limits)
     # With the fast path, ModelInfer calls are answered from the HTTP/2 events (dms.grpc.h2_connection).
     lean = servicer if settings.inference_fast_path else None
-    protocol = grpc_protocol(lean, settings.grpc_max_message_bytes, ReadLimits.of(settings))
+    protocol = grpc_protocol(lean, settings.grpc_max_message_bytes, limits)
     # gRPC channels stay open between calls; uvicorn's 5 s idle limit would make clients reconnect often.
     return _uvicorn_server(
         app,

@@ -108,8 +108,8 @@ class ServerSettings(BaseSettings):
     min_request_body_rate_bytes_s: float = Field(default=500.0, ge=0)
     """Bytes a second an HTTP/1.1 request must average, counted from its first byte (its head counts as no
     bytes) once ``request_body_rate_grace_s`` has passed; slower gets 408 and its connection is closed. On the
-    gRPC port (uvicorn's HTTP/2, unary ``ModelInfer`` on the fast path) a call's request is held to the same
-    floor, from its first read, and ends with DEADLINE_EXCEEDED; the connection serves on. A pause limit alone
+    gRPC port (uvicorn's HTTP/2) a unary call's request is held to the same floor, from its first read, and
+    ends with DEADLINE_EXCEEDED; the connection serves on (streams' requests are not held to it). A pause limit alone
     lets a client hold a request for ever with a byte now and then. 0 turns the floor off."""
     request_body_rate_grace_s: float = Field(default=10.0, gt=0)
     """Seconds from a request's first byte before ``min_request_body_rate_bytes_s`` is looked at."""

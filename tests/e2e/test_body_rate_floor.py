@@ -101,39 +101,45 @@ def test_a_body_above_the_floor_is_served_however_long_it_takes(server: DmsServe
     )
 
 
-def test_a_grpc_call_trickling_under_the_floor_ends_and_its_connection_serves_on(server: DmsServer):
-    """On the gRPC port (uvicorn's HTTP/2, the lean ``ModelInfer`` path): DEADLINE_EXCEEDED naming the floor."""
+def test_grpc_calls_trickling_under_the_floor_end_and_their_connection_serves_on(server: DmsServer):
+    """On the gRPC port (uvicorn's HTTP/2), on the lean ``ModelInfer`` path and the ASGI one for other methods:
+    DEADLINE_EXCEEDED naming the floor, and the connection takes the next call."""
     zttp = pytest.importorskip("zttp")
     host, port = server.grpc_address.rsplit(":", 1)
     client = zttp.Connection(zttp.CLIENT, protocol=zttp.HTTP2)
     client.initiate_connection()
     headers = [(b"content-type", b"application/grpc"), (b"te", b"trailers")]
-    stream = client.send_request(b"POST", b"/inference.GRPCInferenceService/ModelInfer", b"HTTP/2", headers)
-    stream.send_data(b"\x00\x00\x00\x07\xd0")  # a message declared 2,000 bytes long
-    trailers: dict[bytes, bytes] = {}
+    streams = []
+    for method in (b"ModelInfer", b"ModelMetadata"):
+        stream = client.send_request(b"POST", b"/inference.GRPCInferenceService/" + method, b"HTTP/2", headers)
+        stream.send_data(b"\x00\x00\x00\x07\xd0")  # a message declared 2,000 bytes long
+        streams.append(stream)
+    trailers: dict[int, dict[bytes, bytes]] = {}
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         sock.sendall(client.data_to_send())
         started = time.monotonic()
         sock.settimeout(0.1)
-        while not trailers and time.monotonic() - started < GRACE_S + 10:
+        while len(trailers) < len(streams) and time.monotonic() - started < GRACE_S + 10:
             try:
                 data = sock.recv(65536)
             except TimeoutError:
-                stream.send_data(b"\x0a")  # a byte every 0.1 s: 10 bytes/s, each pause far inside the 30 s timeout
+                for stream in streams:  # a byte every 0.1 s: 10 bytes/s, each pause far inside the 30 s timeout
+                    if stream.stream_id not in trailers:
+                        stream.send_data(b"\x0a")
                 sock.sendall(client.data_to_send())
                 continue
             assert data, "the connection closed"
             client.receive_data(data)
             for event in iter(client.next_event, zttp.NEED_DATA):
-                if isinstance(event, zttp.EndOfMessage) and event.stream_id == stream.stream_id:
-                    trailers = dict(event.trailers)
+                if isinstance(event, zttp.EndOfMessage):
+                    trailers[event.stream_id] = dict(event.trailers)
             if reply := client.data_to_send():
                 sock.sendall(reply)
-        assert trailers, "the call was still open after the grace and 10 s more"
-        assert trailers[b"grpc-status"] == str(grpc.StatusCode.DEADLINE_EXCEEDED.value[0]).encode()
-        assert f"min_request_body_rate_bytes_s ({FLOOR_BYTES_S:g} bytes/s" in unquote(
-            trailers[b"grpc-message"].decode()
-        )
+        assert len(trailers) == len(streams), f"calls still open after the grace and 10 s more: {trailers}"
+        for ended in trailers.values():
+            assert ended[b"grpc-status"] == str(grpc.StatusCode.DEADLINE_EXCEEDED.value[0]).encode()
+            details = unquote(ended[b"grpc-message"].decode())
+            assert f"min_request_body_rate_bytes_s ({FLOOR_BYTES_S:g} bytes/s" in details
         assert time.monotonic() - started < GRACE_S + 8
         sock.settimeout(10)
         live = client.send_request(b"POST", b"/inference.GRPCInferenceService/ServerLive", b"HTTP/2", headers)

@@ -31,6 +31,7 @@ from dms.errors import DMSError
 from dms.grpc.errors import GRPC_STATUS
 from dms.grpc.servicer import SERVICE, Metadata, RpcMethod
 from dms.rest.compression import inflate
+from dms.rest.connection_deadlines import ReadLimits
 
 log = logging.getLogger("dms.grpc")
 
@@ -194,15 +195,18 @@ class MessageReader:
     """Length-prefixed messages out of a request body that arrives in ASGI chunks."""
 
     def __init__(
-        self, receive: Receive, max_bytes: int, encoding: str | None, read_timeout_s: float | None = None
+        self, receive: Receive, max_bytes: int, encoding: str | None, limits: ReadLimits | None = None
     ) -> None:
         self._receive = receive
         self._max_bytes = max_bytes
         self._encoding = encoding
-        self._read_timeout_s = read_timeout_s
-        """How long the request may pause between chunks (a unary call's; None: a stream's, for ever)."""
+        self._limits = limits
+        """How the request must keep arriving: no pause over the read timeout, and (with a floor) on average at
+        least ``min_body_rate`` once the grace has passed. A unary call's; None: a stream's, as it likes."""
         self._buffer = bytearray()
         self._ended = False
+        self._began = 0.0
+        self._received = 0
 
     async def next(self) -> bytes | None:
         """The next message, or None once the client has sent them all."""
@@ -217,28 +221,40 @@ class MessageReader:
             await self._fill()
 
     async def _fill(self) -> None:
-        if self._read_timeout_s is None:
+        limits = self._limits
+        if limits is None:
             event: Message = await self._receive()
         else:
+            now = asyncio.get_running_loop().time()
+            self._began = self._began or now
+            due = now + limits.timeout_s
+            too_slow_at = None
+            if limits.min_body_rate:
+                too_slow_at = self._began + max(limits.body_rate_grace_s, self._received / limits.min_body_rate)
             try:
-                async with asyncio.timeout(self._read_timeout_s):
+                async with asyncio.timeout_at(due if too_slow_at is None else min(due, too_slow_at)):
                     event = await self._receive()
             except TimeoutError:
-                raise stalled_request(self._read_timeout_s) from None
+                if too_slow_at is not None and too_slow_at < due:  # nothing came meanwhile: under the floor
+                    raise slow_request(limits.min_body_rate, limits.body_rate_grace_s) from None
+                raise stalled_request(limits.timeout_s) from None
         if event["type"] != "http.request":
             raise _ClientGone
-        self._buffer += event.get("body", b"")
+        body = event.get("body", b"")
+        self._received += len(body)
+        self._buffer += body
         self._ended = not event.get("more_body", False)
 
 
 class GrpcApp:
     """ASGI application serving ``inference.GRPCInferenceService`` calls over HTTP/2."""
 
-    def __init__(self, methods: dict[str, RpcMethod], max_message_bytes: int, read_timeout_s: float = 60.0) -> None:
+    def __init__(self, methods: dict[str, RpcMethod], max_message_bytes: int, limits: ReadLimits | None = None) -> None:
         self.methods = methods
         self.max_message_bytes = max_message_bytes
-        self.read_timeout_s = read_timeout_s
-        """How long a unary call's request may pause (``request_read_timeout_s``); a stream's may pause for ever."""
+        self.limits = limits or ReadLimits()
+        """How a unary call's request must keep arriving (``request_read_timeout_s``, the body-rate floor); a
+        stream's may pause for ever."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -254,8 +270,8 @@ class GrpcApp:
             if method is None:
                 raise CallAborted(grpc.StatusCode.UNIMPLEMENTED, f"method {path} is not served here")
             deadline_s = parse_timeout(headers.timeout.decode("latin-1")) if headers.timeout else None
-            read_timeout_s = None if method.streaming else self.read_timeout_s
-            reader = MessageReader(receive, self.max_message_bytes, headers.encoding, read_timeout_s)
+            limits = None if method.streaming else self.limits
+            reader = MessageReader(receive, self.max_message_bytes, headers.encoding, limits)
             context = CallContext(tuple(headers.metadata.items()))
             call = (self._stream if method.streaming else self._unary)(method, reader, context, responder)
             if deadline_s is None:
