@@ -6,6 +6,7 @@ floor is served however long it takes; everyone else is served meanwhile."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import time
@@ -114,28 +115,19 @@ def test_grpc_calls_trickling_under_the_floor_end_and_their_connection_serves_on
         stream = client.send_request(b"POST", b"/inference.GRPCInferenceService/" + method, b"HTTP/2", headers)
         stream.send_data(b"\x00\x00\x00\x07\xd0")  # a message declared 2,000 bytes long
         streams.append(stream)
-    trailers: dict[int, dict[bytes, bytes]] = {}
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         sock.sendall(client.data_to_send())
         started = time.monotonic()
+
+        def send_a_byte_each() -> None:  # every 0.1 s: 10 bytes/s, each pause far inside the 30 s read timeout
+            assert time.monotonic() - started < GRACE_S + 10, "calls still open after the grace and 10 s more"
+            for stream in streams:
+                with contextlib.suppress(zttp.LocalProtocolError):  # that call has ended
+                    stream.send_data(b"\x0a")
+            sock.sendall(client.data_to_send())
+
         sock.settimeout(0.1)
-        while len(trailers) < len(streams) and time.monotonic() - started < GRACE_S + 10:
-            try:
-                data = sock.recv(65536)
-            except TimeoutError:
-                for stream in streams:  # a byte every 0.1 s: 10 bytes/s, each pause far inside the 30 s timeout
-                    if stream.stream_id not in trailers:
-                        stream.send_data(b"\x0a")
-                sock.sendall(client.data_to_send())
-                continue
-            assert data, "the connection closed"
-            client.receive_data(data)
-            for event in iter(client.next_event, zttp.NEED_DATA):
-                if isinstance(event, zttp.EndOfMessage):
-                    trailers[event.stream_id] = dict(event.trailers)
-            if reply := client.data_to_send():
-                sock.sendall(reply)
-        assert len(trailers) == len(streams), f"calls still open after the grace and 10 s more: {trailers}"
+        trailers = read_trailers(sock, client, {stream.stream_id for stream in streams}, send_a_byte_each)
         for ended in trailers.values():
             assert ended[b"grpc-status"] == str(grpc.StatusCode.DEADLINE_EXCEEDED.value[0]).encode()
             details = unquote(ended[b"grpc-message"].decode())
