@@ -31,7 +31,7 @@ from dms.errors import DMSError
 from dms.grpc.errors import GRPC_STATUS
 from dms.grpc.servicer import SERVICE, Metadata, RpcMethod
 from dms.rest.compression import inflate
-from dms.rest.connection_deadlines import ReadLimits
+from dms.rest.connection_deadlines import ReadLimits, too_slow_at, too_slow_message
 
 log = logging.getLogger("dms.grpc")
 
@@ -176,11 +176,7 @@ def stalled_request(read_timeout_s: float) -> CallAborted:
 
 def slow_request(min_rate: float, grace_s: float) -> CallAborted:
     """How a unary call ends whose request arrived slower than ``min_request_body_rate_bytes_s``."""
-    return CallAborted(
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        f"the request arrived slower than min_request_body_rate_bytes_s ({min_rate:g} bytes/s, on average from "
-        f"its first byte once request_body_rate_grace_s, {grace_s:g} s, had passed)",
-    )
+    return CallAborted(grpc.StatusCode.DEADLINE_EXCEEDED, too_slow_message(min_rate, grace_s))
 
 
 def status_trailers(code: grpc.StatusCode, details: str) -> list[tuple[bytes, bytes]]:
@@ -228,14 +224,14 @@ class MessageReader:
             now = asyncio.get_running_loop().time()
             self._began = self._began or now
             due = now + limits.timeout_s
-            too_slow_at = None
+            slow_at = None
             if limits.min_body_rate:
-                too_slow_at = self._began + max(limits.body_rate_grace_s, self._received / limits.min_body_rate)
+                slow_at = too_slow_at(self._began, self._received, limits.min_body_rate, limits.body_rate_grace_s)
             try:
-                async with asyncio.timeout_at(due if too_slow_at is None else min(due, too_slow_at)):
+                async with asyncio.timeout_at(due if slow_at is None else min(due, slow_at)):
                     event = await self._receive()
             except TimeoutError:
-                if too_slow_at is not None and too_slow_at < due:  # nothing came meanwhile: under the floor
+                if slow_at is not None and slow_at < due:  # nothing came meanwhile: under the floor
                     raise slow_request(limits.min_body_rate, limits.body_rate_grace_s) from None
                 raise stalled_request(limits.timeout_s) from None
         if event["type"] != "http.request":

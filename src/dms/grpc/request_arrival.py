@@ -24,6 +24,7 @@ from uvicorn.protocols.http.flow_control import FlowControl
 
 from dms.grpc.h2 import CallAborted, declared_length, slow_request, stalled_request
 from dms.grpc.lean_call import FRESH, LeanCall
+from dms.rest.connection_deadlines import too_slow_at
 
 log = logging.getLogger("dms.grpc")
 
@@ -118,7 +119,7 @@ class RequestArrival:
         # While the connection is not reading (its client cannot send), the call's rate counts afresh from now.
         if self.flow.read_paused or not unary.began:
             unary.began, unary.began_bytes = now, len(unary.buffer)
-        return unary.began + max(self.body_rate_grace, (len(unary.buffer) - unary.began_bytes) / self.min_body_rate)
+        return too_slow_at(unary.began, len(unary.buffer) - unary.began_bytes, self.min_body_rate, self.body_rate_grace)
 
     def _sweep(self) -> None:
         """The connection's timer found a call's deadline passed: each call whose request brought nothing for
@@ -131,14 +132,14 @@ class RequestArrival:
         for cycle in list(self.cycles.values()):
             if not isinstance(cycle, LeanCall) or not cycle.receiving:
                 continue
-            too_slow_at = self._call_too_slow_at(cycle, now) if self.min_body_rate else None
+            slow_at = self._call_too_slow_at(cycle, now) if self.min_body_rate else None
             if cycle.heard + limit <= now:
                 ended, why = stalled_request(limit), "stopped arriving"
-            elif too_slow_at is not None and too_slow_at <= now:
+            elif slow_at is not None and slow_at <= now:
                 ended, why = slow_request(self.min_body_rate, self.body_rate_grace), "arrived too slowly"
             else:
                 earliest = cycle.heard if earliest is None else min(earliest, cycle.heard)
-                next_look = cycle.heard + limit if too_slow_at is None else min(cycle.heard + limit, too_slow_at)
+                next_look = cycle.heard + limit if slow_at is None else min(cycle.heard + limit, slow_at)
                 due = next_look if due is None else min(due, next_look)
                 continue
             log.warning("gRPC call ModelInfer on stream %d: its request %s; ended", cycle.stream_id, why)

@@ -106,7 +106,7 @@ class ConnectionDeadlines:
         """When the body's bytes so far stop covering the request's time at ``min_body_rate``; None: no floor."""
         if self.request_since is None:
             return None
-        return self.request_since + max(self.body_rate_grace, self.body_bytes / self.min_body_rate)
+        return too_slow_at(self.request_since, self.body_bytes, self.min_body_rate, self.body_rate_grace)
 
     def _wake_by(self, due: float) -> None:
         """Have the timer fire at ``due`` (it was not armed, or due later)."""
@@ -123,12 +123,12 @@ class ConnectionDeadlines:
             if due <= now:
                 self.read_timed_out()
                 return
-            too_slow_at = self._too_slow_at()
-            if too_slow_at is not None:
-                if too_slow_at <= now:
+            slow_at = self._too_slow_at()
+            if slow_at is not None:
+                if slow_at <= now:
                     self.body_too_slow()
                     return
-                due = min(due, too_slow_at)
+                due = min(due, slow_at)
         elif self.idle_since is not None:
             due = self.idle_since + self.timeout_keep_alive
             if due <= now:
@@ -146,6 +146,20 @@ class ConnectionDeadlines:
 
     def body_too_slow(self) -> None:
         raise NotImplementedError
+
+
+def too_slow_at(since: float, received: int, min_rate: float, grace_s: float) -> float:
+    """When ``received`` bytes since ``since`` stop covering the time taken at ``min_rate`` (not before the grace):
+    a request still arriving then, with nothing more come, is under the floor."""
+    return since + max(grace_s, received / min_rate)
+
+
+def too_slow_message(min_rate: float, grace_s: float) -> str:
+    """What a request under the body-rate floor is told, on either protocol."""
+    return (
+        f"the request arrived slower than min_request_body_rate_bytes_s ({min_rate:g} bytes/s, on average from "
+        f"its first byte once request_body_rate_grace_s, {grace_s:g} s, had passed)"
+    )
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from dms.errors import RequestReadTimeoutError
-from dms.rest.connection_deadlines import ConnectionDeadlines, ReadLimits
+from dms.rest.connection_deadlines import ConnectionDeadlines, ReadLimits, too_slow_message
 from dms.rest.errors import error_response
 from dms.rest.forwarding import Reply
 from dms.rest.paced_reading import PacedHttpToolsProtocol
@@ -149,11 +149,7 @@ class Http1Protocol(ConnectionDeadlines, PacedHttpToolsProtocol):
 
     def read_timeout_error(self) -> RequestReadTimeoutError:
         if self.too_slow:
-            return RequestReadTimeoutError(
-                f"the request arrived slower than min_request_body_rate_bytes_s ({self.min_body_rate:g} bytes/s, "
-                f"on average from its first byte once request_body_rate_grace_s, {self.body_rate_grace:g} s, "
-                "had passed)"
-            )
+            return RequestReadTimeoutError(too_slow_message(self.min_body_rate, self.body_rate_grace))
         return RequestReadTimeoutError(
             f"the request was still arriving when request_read_timeout_s ({self.request_read_timeout:g} s) "
             "passed: its head must arrive within it, and its body may not pause for longer"
