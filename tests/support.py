@@ -35,6 +35,17 @@ def shared_path(relative: str) -> Path:
     return path
 
 
+def open_descriptors() -> set[str]:
+    """This process's open descriptors, each as "number -> what it points to" (Linux: /proc/self/fd)."""
+    found = set()
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            found.add(f"{name} -> {os.readlink(f'/proc/self/fd/{name}')}")
+        except FileNotFoundError:
+            continue  # the directory listing's own descriptor, closed by now
+    return found
+
+
 def free_ports(count: int) -> list[int]:
     sockets = []
     for _ in range(count):

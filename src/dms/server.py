@@ -21,6 +21,7 @@ from typing import Any
 
 from dms.auth import KeyStore
 from dms.dataplane import DataPlane
+from dms.engine import interpreters
 from dms.errors import DMSError, ModelAlreadyExistsError
 from dms.listeners import Listeners
 from dms.observability.metrics import ServerMetrics
@@ -146,7 +147,17 @@ async def _stop_when_idle(metrics: ServerMetrics, idle_s: float, stop: asyncio.E
 
 
 async def _load_startup_models(dataplane: DataPlane, settings: ServerSettings) -> None:
-    """The last snapshot's models, then ``--models`` (the default model only when there is nothing else)."""
+    """The last snapshot's models, then ``--models`` (the default model only when there is nothing else).
+
+    Then the worker interpreters ``dms serve`` started ahead of need and no worker took are ended.
+    """
+    try:
+        await _load_models(dataplane, settings)
+    finally:
+        await interpreters.discard_prestarted()
+
+
+async def _load_models(dataplane: DataPlane, settings: ServerSettings) -> None:
     restored = await dataplane.restore_snapshot()
     if restored:
         log.info("restored %d model versions from %s", restored, settings.snapshot_file)

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import os
-import sys
-from asyncio.subprocess import DEVNULL, PIPE, STDOUT
+import socket
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -25,17 +23,7 @@ from dms.engine.messages import Batch, LoadModel, RequestItem
 from dms.engine.worker_process import WorkerProcess, WorkerStartError
 from dms.errors import RequestTimeoutError, WorkerDiedError
 from tests.conftest import make_probe_archive
-
-
-def open_descriptors() -> set[str]:
-    """This process's open descriptors, each as "number -> what it points to"."""
-    found = set()
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            found.add(f"{name} -> {os.readlink(f'/proc/self/fd/{name}')}")
-        except FileNotFoundError:
-            continue  # the directory listing's own descriptor, closed by now
-    return found
+from tests.support import open_descriptors
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +63,15 @@ async def started(load: LoadModel) -> WorkerProcess:
     return worker
 
 
+async def first_stream() -> None:
+    """Open and close a stream on the running loop: libuv keeps a /dev/null open from its first one on."""
+    ours, theirs = socket.socketpair()
+    transport, _ = await asyncio.get_running_loop().create_unix_connection(asyncio.Protocol, sock=ours)
+    transport.close()
+    theirs.close()
+    await asyncio.sleep(0)
+
+
 def leaves_nothing_open(scenario: Callable[[], Awaitable[WorkerProcess]]) -> set[str]:
     """Run ``scenario`` on uvloop: the descriptors it opened and left open, with what they point to.
 
@@ -82,11 +79,7 @@ def leaves_nothing_open(scenario: Callable[[], Awaitable[WorkerProcess]]) -> set
     """
 
     async def measured() -> set[str]:
-        # uvloop keeps a /dev/null open from its first child process with a stdout pipe on.
-        warm_up = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", "", stdin=DEVNULL, stdout=PIPE, stderr=STDOUT
-        )
-        await warm_up.communicate()
+        await first_stream()
         before = open_descriptors()
         worker = await scenario()
         await asyncio.sleep(0.05)  # the log pipe's transport closes on the turn after its EOF

@@ -14,6 +14,7 @@ import click
 from pydantic import ValidationError
 
 from dms.auth import read_key
+from dms.engine import interpreters
 from dms.observability.logs import configure_logging
 from dms.settings import ServerSettings, load_settings
 
@@ -122,6 +123,20 @@ _BOOL_FLAGS = {
 }
 
 
+def likely_startup_workers(settings: ServerSettings) -> int:
+    """The workers the start-up models will likely start: the default count for each model named (the bundled
+    model when none is), at most one per core, since more would only slow the start they are started for.
+
+    A guess made before the server (and the models' configs) are read: interpreters left over are ended once
+    the models have loaded, and a worker with none left starts its own.
+    """
+    if settings.wrapper is not None or settings.model_dir is not None:
+        models = 1
+    else:
+        models = sum(len(entry.replace(",", " ").split()) for entry in settings.models) or int(settings.default_model)
+    return min(models * settings.default_workers_per_model, os.cpu_count() or 1)
+
+
 def _running_pid(pid_file: Path) -> int | None:
     try:
         pid = int(pid_file.read_text().strip())
@@ -151,6 +166,8 @@ def serve(foreground: bool, **kwargs: Any) -> None:
             f"a DMS server is already running with pid {pid} ({settings.pid_file}); run 'dms stop' first"
         )
     configure_logging(settings.log_level, settings.log_format, dict(settings.logger_levels), settings.access_log)
+    # The workers' interpreters start now, to overlap with the server's own imports (each core does one).
+    interpreters.prestart(likely_startup_workers(settings))
     from dms.server import run
 
     sys.exit(run(settings))

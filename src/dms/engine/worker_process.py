@@ -1,7 +1,7 @@
 """The server's handle on one worker process: spawn it, load the model, send it batches.
 
-A worker is a fresh interpreter (``python -m dms.worker``) holding one end of a socket pair.
-Its death is seen at once: the socket reaches EOF and the process's exit status says why.
+A worker is a fresh interpreter (``python -m dms.worker``, see ``dms.engine.interpreters``) holding one end
+of a socket pair. Its death is seen at once: the socket reaches EOF and the process's exit status says why.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import contextlib
 import logging
 import signal
 import socket
-import sys
 import time
 from enum import StrEnum
 
+from dms.engine.interpreters import WorkerInterpreter, take
 from dms.engine.messages import (
     Batch,
     BatchResult,
@@ -81,48 +81,29 @@ class WorkerProcess:
         """The batch waiting in its socket behind the one it is working on, if any."""
         self.kill_reason: str | None = None
         self.loaded: ModelLoaded | None = None
-        self._proc: asyncio.subprocess.Process | None = None
+        self._interpreter: WorkerInterpreter | None = None
         self._link: WorkerLink | None = None
-        self._log_task: asyncio.Task[None] | None = None
+        self._output_ended: asyncio.Future[None] | None = None
 
     @property
     def returncode(self) -> int | None:
-        return self._proc.returncode if self._proc else None
+        return self._interpreter.returncode if self._interpreter else None
 
     async def start(self, timeout_s: float) -> None:
-        parent, child = socket.socketpair()
+        self._interpreter = interpreter = take()
+        self.pid = interpreter.pid
         try:
-            self._proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-u",
-                "-m",
-                "dms.worker",
-                "--fd",
-                str(child.fileno()),
-                pass_fds=(child.fileno(),),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True,
-            )
-        except BaseException:
-            parent.close()
-            raise
-        finally:
-            child.close()
-        self.pid = self._proc.pid
-        self._log_task = asyncio.create_task(self._pump_logs())
-        try:
-            await self._handshake(parent, timeout_s)
+            self._output_ended = await interpreter.forward_output(self._log_line)
+            await self._handshake(interpreter.channel, timeout_s)
         except BaseException:
             self.kill()
             self._close_channel()
             raise
         self.state = WorkerState.READY
 
-    async def _handshake(self, parent: socket.socket, timeout_s: float) -> None:
+    async def _handshake(self, channel: socket.socket, timeout_s: float) -> None:
         loop = asyncio.get_running_loop()
-        _, self._link = await loop.create_unix_connection(lambda: WorkerLink(self._garbled), sock=parent)
+        _, self._link = await loop.create_unix_connection(lambda: WorkerLink(self._garbled), sock=channel)
         self._link.send(encode_frame(self.load))
         try:
             reply = await self._link.receive(timeout_s)
@@ -208,19 +189,19 @@ class WorkerProcess:
             self._link.notify(encode_frame(Withdraw(batch_id=queued.batch_id, indices=indices)))
 
     async def wait_exit(self, timeout_s: float = _STOP_GRACE_S) -> int | None:
-        if self._proc is None:
+        if self._interpreter is None:
             return None
         try:
             async with asyncio.timeout(timeout_s):
-                await self._proc.wait()
+                code = await self._interpreter.wait()
         except TimeoutError:
             self.kill()
-            await self._proc.wait()
+            code = await self._interpreter.wait()
         self._close_channel()  # its callers are done reading
-        if self._log_task is not None:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._log_task, 1.0)
-        return self._proc.returncode
+        if self._output_ended is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._output_ended), 1.0)
+        return code
 
     async def wait_dead(self) -> int | None:
         """Wait (without a limit) until the process ends, however it ends; then close its socket.
@@ -229,9 +210,9 @@ class WorkerProcess:
         still holds the socket (a fork inherits every descriptor). So a batch still reading a little after the
         death is ended from this side: closing the socket ends its read the same way.
         """
-        if self._proc is None:
+        if self._interpreter is None:
             return None
-        code = await self._proc.wait()
+        code = await self._interpreter.wait()
         deadline = time.monotonic() + _LAST_WORDS_S
         while self.state == WorkerState.BUSY and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
@@ -254,6 +235,8 @@ class WorkerProcess:
         """
         if self._link is not None:
             self._link.close()
+        elif self._interpreter is not None:  # its socket never reached the loop
+            self._interpreter.close()
 
     def _garbled(self, reason: str) -> None:
         """The worker broke the frame protocol: it cannot be trusted with another batch."""
@@ -265,22 +248,11 @@ class WorkerProcess:
     def kill(self, reason: str | None = None) -> None:
         if reason and not self.kill_reason:
             self.kill_reason = reason
-        if self._proc is not None and self._proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self._proc.kill()
+        if self._interpreter is not None and self._interpreter.returncode is None:
+            self._interpreter.kill()
 
-    async def _pump_logs(self) -> None:
-        assert self._proc is not None and self._proc.stdout is not None
-        prefix = f"[{self.label} pid {self._proc.pid}]"
-        stream = self._proc.stdout
-        while True:
-            try:
-                line = await stream.readline()
-            except (ValueError, asyncio.LimitOverrunError):
-                continue
-            if not line:
-                return
-            log.info("%s %s", prefix, line.decode("utf-8", "replace").rstrip())
+    def _log_line(self, line: bytes) -> None:
+        log.info("[%s pid %s] %s", self.label, self.pid, line.decode("utf-8", "replace").rstrip())
 
 
 def unavailable(model: str, reason: str) -> ModelUnavailableError:

@@ -104,10 +104,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def serve(channel: Channel) -> int:
     """Load the model named by the first frame, then answer batches until the server closes the socket."""
+    # Imported before the first frame arrives: an interpreter started ahead of need (dms.engine.interpreters)
+    # does this while the server is still starting.
+    from dms.worker.service import ModelService
+
     load = channel.recv()
     if not isinstance(load, LoadModel):
         return 2
-    from dms.worker.service import ModelService  # heavy imports only after the handshake
 
     try:
         service = ModelService(load)

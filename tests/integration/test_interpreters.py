@@ -1,0 +1,111 @@
+"""Worker interpreters started ahead of need: ``dms serve`` starts them before it imports the server.
+
+A worker takes a prestarted interpreter while one is running and starts its own otherwise; the ones no
+worker took are ended, leaving neither a process nor a descriptor behind. Real interpreters, on uvloop.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+import uvloop
+
+from dms.archive.reader import open_archive
+from dms.engine import interpreters
+from dms.engine.messages import Batch, LoadModel, RequestItem
+from dms.engine.worker_process import WorkerProcess
+from tests.conftest import make_probe_archive
+from tests.support import open_descriptors, wait_for
+
+pytestmark = pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to list descriptors")
+
+
+@pytest.fixture(scope="module")
+def load(tmp_path_factory: pytest.TempPathFactory) -> LoadModel:
+    work = tmp_path_factory.mktemp("interpreters")
+    archive = open_archive(make_probe_archive(work / "store", "probe"), work / "cache", 10**9)
+    return LoadModel(
+        model_name="probe",
+        model_version="1.0",
+        model_dir=str(archive.model_dir),
+        manifest=dict(archive.manifest.raw),
+        config={},
+        batch_size=1,
+        gpu_id=None,
+        worker_id="1",
+        cpu_threads=1,
+    )
+
+
+@pytest.fixture(autouse=True)
+def none_left_over() -> Iterator[None]:
+    yield
+    uvloop.run(interpreters.discard_prestarted())
+
+
+def worker_children() -> set[int]:
+    return {
+        child.pid
+        for child in psutil.Process().children()
+        if child.status() != psutil.STATUS_ZOMBIE and "dms.worker" in " ".join(child.cmdline())
+    }
+
+
+async def answering_pid(load: LoadModel) -> tuple[WorkerProcess, int]:
+    """A worker started the way the pool starts one, and the pid its model answered from."""
+    worker = WorkerProcess("1", load, "probe w1")
+    await worker.start(60)
+    result = await worker.run_batch(Batch(batch_id=1, items=[RequestItem("r1", b"{}", "application/json", [], [])]), 60)
+    assert result.items[0].status == 200
+    pid: int = json.loads(result.items[0].body)["pid"]
+    return worker, pid
+
+
+def test_workers_take_the_prestarted_interpreters_then_start_their_own(load: LoadModel) -> None:
+    before = worker_children()
+    interpreters.prestart(2)
+    prestarted = worker_children() - before
+    assert len(prestarted) == 2
+
+    async def three_workers() -> list[int]:
+        started = [await answering_pid(load) for _ in range(3)]
+        for worker, _ in started:
+            await worker.stop()
+        return [pid for _, pid in started]
+
+    first, second, third = uvloop.run(three_workers())
+    assert {first, second} == prestarted  # each model loaded into a prestarted interpreter
+    assert third not in prestarted and third != os.getpid()
+
+
+def test_a_prestarted_interpreter_that_died_is_passed_over(load: LoadModel) -> None:
+    before = worker_children()
+    interpreters.prestart(1)
+    [dead] = worker_children() - before
+    os.kill(dead, signal.SIGKILL)
+    wait_for(lambda: psutil.Process(dead).status() == psutil.STATUS_ZOMBIE, what="the killed interpreter to end")
+
+    async def one_worker() -> int:
+        worker, pid = await answering_pid(load)
+        await worker.stop()
+        return pid
+
+    assert uvloop.run(one_worker()) != dead
+
+
+def test_interpreters_no_worker_took_are_ended_leaving_nothing_open() -> None:
+    descriptors = open_descriptors()
+    before = worker_children()
+    interpreters.prestart(2)
+    prestarted = [psutil.Process(pid) for pid in worker_children() - before]
+    assert len(prestarted) == 2
+    uvloop.run(interpreters.discard_prestarted())
+    for process in prestarted:  # ended and reaped: not even a zombie is left
+        assert not process.is_running()
+    assert open_descriptors() == descriptors
