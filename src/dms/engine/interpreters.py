@@ -1,7 +1,7 @@
 """Worker interpreters: the processes a ``WorkerProcess`` loads its model into.
 
 An interpreter is ``python -m dms.worker`` holding one end of a socket pair for its messages and writing
-its output to another. Starting one and importing the worker's code takes a few hundred milliseconds of a
+its output to another. Starting one and importing the worker's code takes 0.1-0.2 s of a
 core, before any model is loaded. ``dms serve`` starts the ones its start-up models will likely need
 (:func:`prestart`) before it imports the server itself, so that on a machine with more than one core the two
 overlap. A worker takes a prestarted interpreter while one is left (:func:`take`) and starts its own
