@@ -16,31 +16,12 @@ import psutil
 import pytest
 import uvloop
 
-from dms.archive.reader import open_archive
 from dms.engine import interpreters
 from dms.engine.messages import Batch, LoadModel, RequestItem
 from dms.engine.worker_process import WorkerProcess
-from tests.conftest import make_probe_archive
 from tests.support import open_descriptors, wait_for
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to list descriptors")
-
-
-@pytest.fixture(scope="module")
-def load(tmp_path_factory: pytest.TempPathFactory) -> LoadModel:
-    work = tmp_path_factory.mktemp("interpreters")
-    archive = open_archive(make_probe_archive(work / "store", "probe"), work / "cache", 10**9)
-    return LoadModel(
-        model_name="probe",
-        model_version="1.0",
-        model_dir=str(archive.model_dir),
-        manifest=dict(archive.manifest.raw),
-        config={},
-        batch_size=1,
-        gpu_id=None,
-        worker_id="1",
-        cpu_threads=1,
-    )
 
 
 @pytest.fixture(autouse=True)

@@ -18,29 +18,10 @@ from pathlib import Path
 import pytest
 import uvloop
 
-from dms.archive.reader import open_archive
 from dms.engine.messages import Batch, LoadModel, RequestItem
 from dms.engine.worker_process import WorkerProcess, WorkerStartError
 from dms.errors import RequestTimeoutError, WorkerDiedError
-from tests.conftest import make_probe_archive
 from tests.support import open_descriptors
-
-
-@pytest.fixture(scope="module")
-def load(tmp_path_factory: pytest.TempPathFactory) -> LoadModel:
-    work = tmp_path_factory.mktemp("worker-process")
-    archive = open_archive(make_probe_archive(work / "store", "probe"), work / "cache", 10**9)
-    return LoadModel(
-        model_name="probe",
-        model_version="1.0",
-        model_dir=str(archive.model_dir),
-        manifest=dict(archive.manifest.raw),
-        config={},
-        batch_size=1,
-        gpu_id=None,
-        worker_id="1",
-        cpu_threads=1,
-    )
 
 
 @pytest.fixture
