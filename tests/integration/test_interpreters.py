@@ -31,11 +31,14 @@ def none_left_over() -> Iterator[None]:
 
 
 def worker_children() -> set[int]:
-    return {
-        child.pid
-        for child in psutil.Process().children()
-        if child.status() != psutil.STATUS_ZOMBIE and "dms.worker" in " ".join(child.cmdline())
-    }
+    found = set()
+    for child in psutil.Process().children():
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE and "dms.worker" in " ".join(child.cmdline()):
+                found.add(child.pid)
+        except psutil.NoSuchProcess:  # it ended while being looked at
+            pass
+    return found
 
 
 async def answering_pid(load: LoadModel) -> tuple[WorkerProcess, int]:
