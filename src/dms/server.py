@@ -37,7 +37,7 @@ def default_model_archive() -> Path:
 
 def startup_models(settings: ServerSettings, default_allowed: bool = True) -> list[tuple[str | None, str]]:
     """``(name or None, url)`` pairs from ``--models``, TorchServe's flag syntax."""
-    items = [part for entry in settings.models for part in entry.replace(",", " ").split()]
+    items = settings.model_items
     if settings.wrapper is not None or settings.model_dir is not None:
         from dms.archive.wrapper import WRAPPER_MODEL_NAME, wrapper_archive
 

@@ -173,6 +173,12 @@ class ServerSettings(BaseSettings):
         return self.state_dir / "snapshot.json"
 
     @property
+    def model_items(self) -> list[str]:
+        """Each model ``--models`` names (``name=archive``, an archive, or ``all``): entries may hold several,
+        separated by commas or spaces, as TorchServe's flag allows."""
+        return [part for entry in self.models for part in entry.replace(",", " ").split()]
+
+    @property
     def log_file(self) -> Path:
         return self.state_dir / "dms.log"
 

@@ -133,7 +133,7 @@ def likely_startup_workers(settings: ServerSettings) -> int:
     if settings.wrapper is not None or settings.model_dir is not None:
         models = 1
     else:
-        models = sum(len(entry.replace(",", " ").split()) for entry in settings.models) or int(settings.default_model)
+        models = len(settings.model_items) or int(settings.default_model)
     return min(models * settings.default_workers_per_model, os.cpu_count() or 1)
 
 

@@ -248,7 +248,7 @@ class WorkerProcess:
     def kill(self, reason: str | None = None) -> None:
         if reason and not self.kill_reason:
             self.kill_reason = reason
-        if self._interpreter is not None and self._interpreter.returncode is None:
+        if self._interpreter is not None:
             self._interpreter.kill()
 
     def _log_line(self, line: bytes) -> None:
