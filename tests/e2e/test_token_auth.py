@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import stat
 import subprocess
 import sys
 from pathlib import Path
 
+import grpc
 import httpx
+import numpy as np
 import pytest
+from PIL import Image
 
+from dms._generated import inference_pb2 as pb
 from dms.server import _warn_about_exposure, default_model_archive
 from dms.settings import load_settings
 from tests.support import DmsServer, running_server
@@ -56,6 +61,30 @@ def test_inference_auth_when_enabled_keeps_health_open(server: DmsServer):
     answered = server.predict("digits", SAMPLE, headers=bearer(server.key("inference")))
     assert answered.status_code == 200 and next(iter(answered.json())) == "1"
     assert httpx.get(f"{server.inference_url}/ping").status_code == 200
+
+
+def test_grpc_calls_on_one_channel_are_each_checked_with_their_own_key(server: DmsServer):
+    """A channel sends the same headers call after call, and the server reads them once; a call whose key differs
+    from the last one's is judged by its own."""
+    image = np.asarray(Image.open(io.BytesIO(SAMPLE)).convert("L").resize((8, 8)), dtype=np.float32) / 16
+    request = pb.ModelInferRequest(model_name="digits")
+    request.inputs.add(name="image", datatype="FP32", shape=[1, 1, 8, 8])
+    request.raw_input_contents.append(image.tobytes())
+    inference, management = server.key("inference"), server.key()
+    sent = [inference, inference, None, inference, management, "not-the-key", inference, inference]
+    codes = []
+    with grpc.insecure_channel(server.grpc_address) as channel:
+        infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        for key in sent:
+            metadata = [("authorization", f"Bearer {key}")] if key else []
+            try:
+                answer = pb.ModelInferResponse.FromString(infer(request.SerializeToString(), metadata=metadata))
+                assert answer.model_name == "digits" and len(answer.raw_output_contents[0]) == 10 * 4
+                codes.append(grpc.StatusCode.OK)
+            except grpc.RpcError as exc:
+                codes.append(exc.code())
+    ok, missing, wrong = grpc.StatusCode.OK, grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED
+    assert codes == [ok, ok, missing, ok, wrong, wrong, ok, ok]
 
 
 def test_keys_rotate_through_the_management_api(server: DmsServer):

@@ -359,6 +359,24 @@ def test_an_inference_key_is_required_when_inference_auth_is_on(loop: asyncio.Ab
     run(loop, test)
 
 
+def test_each_call_reads_its_own_headers_when_a_connection_repeats_or_changes_them(loop: asyncio.AbstractEventLoop):
+    async def test() -> None:
+        h = Harness()
+        first = [*GRPC_HEADERS, (b"x-request-id", b"r-1"), (b"tag", b"a")]
+        second = [*GRPC_HEADERS, (b"x-request-id", b"r-2")]
+        timed = [*GRPC_HEADERS, (b"grpc-timeout", b"1n"), (b"x-request-id", b"r-3")]
+        for headers in (first, first, second, first, timed, second):
+            h.call(headers=headers)
+            await h.exchange()
+        items = [item for _, _, item, _ in h.dataplane.submitted]
+        assert [item.request_id for item in items] == ["r-1", "r-1", "r-2", "r-1", "r-3", "r-2"]
+        assert [("tag", "a") in item.headers for item in items] == [True, True, False, True, False, False]
+        expired = [a for a in h.answers.values() if a.ended and a.code == grpc.StatusCode.DEADLINE_EXCEEDED]
+        assert len(expired) == 1  # the call with a deadline, and only it
+
+    run(loop, test)
+
+
 def test_other_calls_and_the_lean_path_turned_off_go_through_the_asgi_app(loop: asyncio.AbstractEventLoop):
     async def test() -> None:
         for lean in (True, False):

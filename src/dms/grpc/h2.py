@@ -71,7 +71,10 @@ class CallContext:
 
 @dataclass(slots=True)
 class CallHeaders:
-    """A call's request headers, read in one pass: what gRPC's transport uses, and the rest as metadata."""
+    """A call's request headers, read in one pass: what gRPC's transport uses, and the rest as metadata.
+
+    Read-only once made: a gRPC connection shares one among its calls that came with the same headers.
+    """
 
     content_type: bytes = b""
     te: bytes = b""

@@ -20,8 +20,11 @@
   ends, and a callback on the model's future writes the answer: headers, message and status
   trailers in one write. uvicorn's ASGI cycle (a scope, a task, an ``asyncio.Event``, ``receive``
   and three ``send`` calls) was the largest cost of a call in the frontend (docs/performance.md).
-  Its DATA and end of request are taken in ``events``, before uvicorn's dispatch; its read deadline and
-  early refusal are looked at after a read only if its request is still arriving (seldom: most come whole;
+  A read's events are handled in one loop (``_take_events``): new streams, a lean call's DATA and end of
+  request, and the frames that need nothing; uvicorn's dispatch runs only from the first event that needs
+  it (a reset, a GOAWAY, an ASGI call's body). The request headers are read once for a run of calls that
+  send the same ones, as a channel does (``read_call_headers``). A lean call's read deadline and early
+  refusal are looked at after a read only if its request is still arriving (seldom: most come whole;
   ``request_arrival``).
 
 Every other call (the other methods, ``ModelStreamInfer``, a request without ``te: trailers``, calls
@@ -47,6 +50,7 @@ from dms.errors import DMSError, InternalError, RequestTimeoutError
 from dms.grpc.h2 import (
     ANSWER_HEADERS,
     CallAborted,
+    CallHeaders,
     frame,
     parse_timeout,
     read_call_headers,
@@ -96,6 +100,13 @@ class GrpcH2Protocol(RequestArrival, ConnectionDeadlines, ZttpH2Protocol):
         self._last_stream_id = 0
         self._init_arrival()
         self._answer_headers: list[tuple[bytes, bytes]] = []
+        self._other: Any = None
+        self._last_headers: list[tuple[bytes, bytes]] = []
+        self._last_call = CallHeaders()
+        """The last lean call's request headers, and what ``read_call_headers`` made of them (read-only, shared)."""
+        self._lean = self.servicer is not None and self.limit_concurrency is None and not self.root_path
+        """``ModelInfer`` calls may be answered on the lean path (while the connection is not closing)."""
+        """The event ``_take_events`` left to uvicorn's dispatch, while it runs."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # An answer is three writes (headers, data, trailers): one socket write instead (write_coalescing).
@@ -111,33 +122,76 @@ class GrpcH2Protocol(RequestArrival, ConnectionDeadlines, ZttpH2Protocol):
         self.stop_timer()
 
     def data_received(self, data: bytes) -> None:
-        super().data_received(data)
+        # uvicorn's (read, handle the events, write what zttp queued), in one method: a lean call's events are
+        # taken in one loop here, and uvicorn's dispatch runs only from the first event it has to look at.
+        self.idle_since = None  # busy (ConnectionDeadlines)
+        try:
+            self.conn.receive_data(data)
+            other = self._take_events()
+            if other is not None:
+                self._other = other
+                self.handle_events()  # uvicorn's, over ``events``: ``other``, then the rest of this read
+        except zttp.RemoteProtocolError as exc:
+            self.logger.warning("Invalid HTTP/2 frame received: %s", exc)
+            self.flush()
+            self.transport.close()
+            return
+        self.flush()
         self._after_read()
         if not self.cycles and not self.transport.is_closing():  # frames of no stream (PING, SETTINGS, ...)
             self.went_idle()
 
-    def events(self) -> Generator[zttp.Event]:
-        """uvicorn's events of one read, less a lean call's DATA and end of request, taken here (uvicorn's dispatch
-        would test the event's kind, then set the call's event to have it looked at)."""
+    def _take_events(self) -> Any:
+        """Handle this read's events up to the first that uvicorn's dispatch must see (returned; None: all done).
+
+        New streams go to ``handle_request``; a lean call's DATA and end of request are taken here (uvicorn's
+        dispatch would test the event's kind, then set the call's event to have it looked at); SETTINGS, PING
+        and WINDOW_UPDATE need nothing (zttp answers and applies them, and ``flush`` writes what they release).
+        """
         next_event: Callable[[], Any] = self.conn.next_event
         cycles: dict[int, Any] = self.cycles
         while (event := next_event()) is not zttp.NEED_DATA:
             kind = type(event)
-            if kind is zttp.Data or kind is zttp.EndOfMessage:
-                unary = cycles.get(event.stream_id)
-                if type(unary) is LeanCall:
-                    if unary.response_complete:
-                        continue
-                    if kind is zttp.EndOfMessage:
-                        self._received(unary)
-                        self._take_request(unary)
-                    else:
-                        unary.buffer += event.data
-                        if unary.heard != FRESH:
-                            unary.heard = FRESH
-                            self._fresh.append(unary)
-                    continue
+            if kind is zttp.Request:
+                self.handle_request(event)
+            elif kind is zttp.Data or kind is zttp.EndOfMessage:
+                if not self._took(event, kind, cycles.get(event.stream_id)):
+                    return event
+            elif kind is not zttp.WindowUpdate and kind is not zttp.Settings and kind is not zttp.Ping:
+                return event
+        return None
+
+    def _took(self, event: Any, kind: type, unary: Any) -> bool:
+        """Whether the DATA or end of request ``event`` was a lean call's, and taken."""
+        if type(unary) is not LeanCall:
+            return False
+        if unary.response_complete:
+            return True
+        if kind is zttp.EndOfMessage:
+            self._received(unary)
+            self._take_request(unary)
+        else:
+            unary.buffer += event.data
+            if unary.heard != FRESH:
+                unary.heard = FRESH
+                self._fresh.append(unary)
+        return True
+
+    def events(self) -> Generator[zttp.Event]:
+        """What uvicorn's dispatch (``handle_events``) handles of a read: the event ``_take_events`` stopped at, then
+        the rest, less a lean call's DATA and end of request (taken here, as there)."""
+        event, self._other = self._other, None
+        if event is not None:
             yield event
+        next_event: Callable[[], Any] = self.conn.next_event
+        cycles: dict[int, Any] = self.cycles
+        while (event := next_event()) is not zttp.NEED_DATA:
+            kind = type(event)
+            taken = (kind is zttp.Data or kind is zttp.EndOfMessage) and self._took(
+                event, kind, cycles.get(event.stream_id)
+            )
+            if not taken:
+                yield event
 
     def on_stream_closed(self) -> None:
         # uvicorn's, except that the connection going idle is noted (ConnectionDeadlines), not given a new timer.
@@ -170,12 +224,14 @@ class GrpcH2Protocol(RequestArrival, ConnectionDeadlines, ZttpH2Protocol):
 
     def handle_request(self, event: Any) -> None:
         unary = self._take(event)
+        stream_id = event.stream_id
         if unary is None:
             super().handle_request(event)
         else:
-            self.cycles[event.stream_id] = unary  # uvicorn reads what it needs of a cycle
+            self.cycles[stream_id] = unary  # uvicorn reads what it needs of a cycle
         self._streams += 1
-        self._last_stream_id = max(self._last_stream_id, event.stream_id)
+        if stream_id > self._last_stream_id:
+            self._last_stream_id = stream_id
         if self._streams >= STREAMS_PER_CONNECTION:
             self._retire()
         if unary is not None:
@@ -209,12 +265,18 @@ class GrpcH2Protocol(RequestArrival, ConnectionDeadlines, ZttpH2Protocol):
     # -- the lean ModelInfer path --------------------------------------------------------------------
     def _take(self, event: Any) -> LeanCall | None:
         """A lean call for this request when it is a plain unary ``ModelInfer``, else None (ASGI answers it)."""
-        if self.servicer is None or self.shutdown_requested or self.limit_concurrency is not None or self.root_path:
+        if not self._lean or self.shutdown_requested:
             return None
         if event.path != INFER_PATH or event.method != b"POST":
             return None
         headers = event.headers  # HTTP/2 names come lower-case (zttp resets a stream whose names do not)
-        call = read_call_headers(headers.to_list() if isinstance(headers, zttp.HeaderBlock) else headers)
+        if type(headers) is not list:
+            headers = headers.to_list()
+        if headers == self._last_headers:  # a channel sends the same headers call after call, most often
+            call = self._last_call
+        else:
+            call = self._last_call = read_call_headers(headers)
+            self._last_headers = headers
         if not call.content_type.startswith(b"application/grpc") or call.te != b"trailers":
             return None
         return LeanCall(event.stream_id, call, self._abandon)
@@ -310,7 +372,8 @@ class GrpcH2Protocol(RequestArrival, ConnectionDeadlines, ZttpH2Protocol):
     def _finish(self, unary: LeanCall, code: grpc.StatusCode, details: str, answer: bytes = b"") -> None:
         """Write the call's answer (the message when OK) and its status, in one write; then close the stream."""
         unary.response_complete = True
-        self._received(unary)
+        if unary.receiving:
+            self._received(unary)
         if unary.timer is not None:
             unary.timer.cancel()
         if unary.disconnected or self.transport.is_closing():
@@ -329,7 +392,9 @@ class GrpcH2Protocol(RequestArrival, ConnectionDeadlines, ZttpH2Protocol):
             self._writes.write(self.conn.data_to_send())
         else:
             self._writes.write_now(self.conn.data_to_send())
-        self.on_response_complete(unary.stream_id)
+        self.server_state.total_requests += 1  # uvicorn's on_response_complete, less a call
+        self.cycles.pop(unary.stream_id, None)
+        self.on_stream_closed()
 
 
 def grpc_protocol(
