@@ -101,12 +101,12 @@ class GrpcH2Protocol(RequestArrival, ConnectionDeadlines, ZttpH2Protocol):
         self._init_arrival()
         self._answer_headers: list[tuple[bytes, bytes]] = []
         self._other: Any = None
+        """The event ``_take_events`` left to uvicorn's dispatch, while it runs."""
         self._last_headers: list[tuple[bytes, bytes]] = []
         self._last_call = CallHeaders()
         """The last lean call's request headers, and what ``read_call_headers`` made of them (read-only, shared)."""
         self._lean = self.servicer is not None and self.limit_concurrency is None and not self.root_path
         """``ModelInfer`` calls may be answered on the lean path (while the connection is not closing)."""
-        """The event ``_take_events`` left to uvicorn's dispatch, while it runs."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # An answer is three writes (headers, data, trailers): one socket write instead (write_coalescing).
