@@ -176,6 +176,33 @@ def test_many_calls_in_flight_are_answered_each_on_its_own_stream(loop: asyncio.
     run(loop, test)
 
 
+def test_one_read_that_mixes_asgi_and_lean_calls_and_a_reset_is_handled_in_order(loop: asyncio.AbstractEventLoop):
+    async def test() -> None:
+        h = Harness()
+        await h.exchange()
+        first = h.call()  # on the wire already, waiting for its model
+        streams = []
+        for path, message in [(SERVICE + b"ServerLive", b""), (INFER, REQUEST), (INFER, REQUEST)]:
+            if len(streams) == 2:
+                h.client.stream(first).reset(8)  # CANCEL, after the ASGI call and before the last lean call
+            stream = h.start(path)
+            stream.send_data(frame(message))
+            stream.end_message()
+            streams.append(stream)
+        h.send()  # all of it in one read: uvicorn's dispatch takes over at the ASGI call's body
+        await h.exchange()
+        live, second, third = (int(stream.stream_id) for stream in streams)
+        assert pb.ServerLiveResponse.FromString(h.answers[live].message).live
+        assert len(h.dataplane.submitted) == 3 and h.dataplane.submitted[0][3].cancelled()
+        h.answer(1, ResponseItem(200, b"second", "application/grpc"))
+        h.answer(2, ResponseItem(200, b"third", "application/grpc"))
+        await h.exchange()
+        assert (h.answers[second].message, h.answers[third].message) == (b"second", b"third")
+        assert not h.answers[first].ended and h.in_flight() == 0 and not h.protocol.cycles
+
+    run(loop, test)
+
+
 def test_a_big_message_in_many_frames_is_put_back_together(loop: asyncio.AbstractEventLoop):
     async def test() -> None:
         h = Harness()
