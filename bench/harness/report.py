@@ -1,10 +1,12 @@
-"""The results file: a Markdown table per scenario (median over rounds) and a PNG chart beside it."""
+"""The results files: a Markdown table per scenario (median over rounds), a PNG chart beside it, and every window's
+figures as JSON (``<run>.json``), for whoever wants more than the medians."""
 
 from __future__ import annotations
 
+import json
 import statistics
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,7 @@ def medians(rows: list[Row], scenario: str) -> dict[str, dict[int, dict[str, flo
             c: {
                 "rps": statistics.median(r.result.rps for r in runs),
                 "p50": statistics.median(r.result.p50_ms for r in runs),
+                "p90": statistics.median(r.result.p90_ms for r in runs),
                 "p99": statistics.median(r.result.p99_ms for r in runs),
                 "cpu": statistics.median(r.cpu_us_per_request for r in runs),
                 "min_rps": min(r.result.rps for r in runs),
@@ -99,13 +102,15 @@ def _ratio_table(rows: list[Row], scenario: str, comparisons: list[Comparison]) 
 
 def _table(stats: dict[str, dict[int, dict[str, float]]]) -> list[str]:
     concurrencies = sorted({c for by_c in stats.values() for c in by_c})
-    head = "| server | " + " | ".join(f"c={c} req/s (p50 / p99 ms) [CPU µs/req]" for c in concurrencies) + " |"
+    head = "| server | " + " | ".join(f"c={c} req/s (p50 / p90 / p99 ms) [CPU µs/req]" for c in concurrencies) + " |"
     lines = [head, "|---|" + "---|" * len(concurrencies)]
     for label, by_c in stats.items():
         cells = []
         for c in concurrencies:
             s = by_c.get(c)
-            cells.append(f"{s['rps']:,.0f} ({s['p50']:.2f} / {s['p99']:.1f}) [{s['cpu']:.0f}]" if s else "-")
+            cells.append(
+                f"{s['rps']:,.0f} ({s['p50']:.2f} / {s['p90']:.2f} / {s['p99']:.1f}) [{s['cpu']:.0f}]" if s else "-"
+            )
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return lines
 
@@ -181,9 +186,38 @@ def write_report(out: Path, rows: list[Row], extras: dict[str, Any], machine: st
                 f"DMS ÷ {STARTUP_PEER}: cold start {ours[0] / theirs[0]:.2f}, idle RSS {ours[1] / theirs[1]:.2f}.",
                 "",
             ]
-    lines.append(f"Chart: `{out.with_suffix('.png').name}`.")
+    lines.append(f"Chart: `{out.with_suffix('.png').name}`; every window's figures: `{out.with_suffix('.json').name}`.")
     out.write_text("\n".join(lines) + "\n")
+    write_windows(out.with_suffix(".json"), rows, extras, machine, window)
     chart(out.with_suffix(".png"), rows)
+
+
+def write_windows(path: Path, rows: list[Row], extras: dict[str, Any], machine: str, window: float) -> None:
+    """Every measured window (scenario, server, concurrency, round, requests, percentiles, CPU), and the in-process
+    loop's and start-up's figures: the data the Markdown's medians and ratios come from."""
+    windows = [
+        {
+            "scenario": row.scenario,
+            "server": row.label,
+            "concurrency": row.concurrency,
+            "round": row.round_index,
+            **asdict(row.result),
+            "rps": row.result.rps,
+            "cpu_us_per_request": row.cpu_us_per_request,
+        }
+        for row in rows
+    ]
+    startup = {
+        name: {"cold_start_s": cold, "idle_rss_mib": rss} for name, (cold, rss) in (extras.get("startup") or {}).items()
+    }
+    record = {
+        "machine": machine,
+        "window_s": window,
+        "windows": windows,
+        "in_process_images_per_s": extras.get("in_process_images_per_s") or [],
+        "startup_medians": startup,
+    }
+    path.write_text(json.dumps(record, indent=1) + "\n")
 
 
 def chart(path: Path, rows: list[Row]) -> None:

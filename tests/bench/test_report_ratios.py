@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from bench.harness.load import LoadResult
 from bench.harness.report import IN_PROCESS_LOOP, Row, ratios, write_report
 
@@ -43,6 +45,18 @@ def test_the_report_shows_the_ratio_table_with_every_round(tmp_path):
     text = out.read_text()
     assert "| DMS ÷ the best peer | **3.00** (by round: 2.50, 3.00) | **2.00** (by round: 2.00) |" in text
     assert "(reversed every other round), so that the windows compared are seconds apart: DMS, MMS." in text
+
+
+def test_the_report_gives_p50_p90_p99_and_keeps_every_window_as_json(tmp_path):
+    out = tmp_path / "run.md"
+    write_report(out, ROWS, {"startup": {"DMS": (0.4, 140.0)}}, "a test machine", 8, 2)
+    assert "| DMS | 10,500 (1.00 / 2.00 / 3.0) [100] | 10,000 (1.00 / 2.00 / 3.0) [100] |" in out.read_text()
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert len(record["windows"]) == len(ROWS) and record["machine"] == "a test machine"
+    first = record["windows"][0]
+    assert (first["server"], first["concurrency"], first["round"], first["rps"]) == ("DMS", 16, 0, 9_000)
+    assert (first["p50_ms"], first["p90_ms"], first["p99_ms"]) == (1.0, 2.0, 3.0)
+    assert record["startup_medians"] == {"DMS": {"cold_start_s": 0.4, "idle_rss_mib": 140.0}}
 
 
 def test_the_report_divides_squeezenet_by_the_loop_and_torchserve_round_by_round_and_start_up_by_torchserve(
