@@ -124,7 +124,7 @@ class GrpcH2Protocol(RequestArrival, ConnectionDeadlines, ZttpH2Protocol):
     def data_received(self, data: bytes) -> None:
         # uvicorn's (read, handle the events, write what zttp queued), in one method: a lean call's events are
         # taken in one loop here, and uvicorn's dispatch runs only from the first event it has to look at.
-        self.idle_since = None  # busy (ConnectionDeadlines)
+        self._unset_keepalive_if_required()  # busy (ConnectionDeadlines)
         try:
             self.conn.receive_data(data)
             other = self._take_events()
@@ -144,9 +144,10 @@ class GrpcH2Protocol(RequestArrival, ConnectionDeadlines, ZttpH2Protocol):
     def _take_events(self) -> Any:
         """Handle this read's events up to the first that uvicorn's dispatch must see (returned; None: all done).
 
-        New streams go to ``handle_request``; a lean call's DATA and end of request are taken here (uvicorn's
-        dispatch would test the event's kind, then set the call's event to have it looked at); SETTINGS, PING
-        and WINDOW_UPDATE need nothing (zttp answers and applies them, and ``flush`` writes what they release).
+        New streams go to ``handle_request`` (as uvicorn's dispatch would send them); a lean call's DATA and end
+        of request are taken here (uvicorn's dispatch would test the event's kind, then set the call's event to
+        have it looked at); SETTINGS, PING and WINDOW_UPDATE need nothing (zttp answers and applies them, and
+        ``flush`` writes what they release).
         """
         next_event: Callable[[], Any] = self.conn.next_event
         cycles: dict[int, Any] = self.cycles
@@ -155,43 +156,30 @@ class GrpcH2Protocol(RequestArrival, ConnectionDeadlines, ZttpH2Protocol):
             if kind is zttp.Request:
                 self.handle_request(event)
             elif kind is zttp.Data or kind is zttp.EndOfMessage:
-                if not self._took(event, kind, cycles.get(event.stream_id)):
+                unary = cycles.get(event.stream_id)
+                if type(unary) is not LeanCall:
                     return event
+                if unary.response_complete:
+                    continue
+                if kind is zttp.EndOfMessage:
+                    self._received(unary)
+                    self._take_request(unary)
+                else:
+                    unary.buffer += event.data
+                    if unary.heard != FRESH:
+                        unary.heard = FRESH
+                        self._fresh.append(unary)
             elif kind is not zttp.WindowUpdate and kind is not zttp.Settings and kind is not zttp.Ping:
                 return event
         return None
 
-    def _took(self, event: Any, kind: type, unary: Any) -> bool:
-        """Whether the DATA or end of request ``event`` was a lean call's, and taken."""
-        if type(unary) is not LeanCall:
-            return False
-        if unary.response_complete:
-            return True
-        if kind is zttp.EndOfMessage:
-            self._received(unary)
-            self._take_request(unary)
-        else:
-            unary.buffer += event.data
-            if unary.heard != FRESH:
-                unary.heard = FRESH
-                self._fresh.append(unary)
-        return True
-
     def events(self) -> Generator[zttp.Event]:
         """What uvicorn's dispatch (``handle_events``) handles of a read: the event ``_take_events`` stopped at, then
-        the rest, less a lean call's DATA and end of request (taken here, as there)."""
+        each next one it stops at."""
         event, self._other = self._other, None
-        if event is not None:
+        while event is not None:
             yield event
-        next_event: Callable[[], Any] = self.conn.next_event
-        cycles: dict[int, Any] = self.cycles
-        while (event := next_event()) is not zttp.NEED_DATA:
-            kind = type(event)
-            taken = (kind is zttp.Data or kind is zttp.EndOfMessage) and self._took(
-                event, kind, cycles.get(event.stream_id)
-            )
-            if not taken:
-                yield event
+            event = self._take_events()
 
     def on_stream_closed(self) -> None:
         # uvicorn's, except that the connection going idle is noted (ConnectionDeadlines), not given a new timer.
@@ -372,8 +360,7 @@ class GrpcH2Protocol(RequestArrival, ConnectionDeadlines, ZttpH2Protocol):
     def _finish(self, unary: LeanCall, code: grpc.StatusCode, details: str, answer: bytes = b"") -> None:
         """Write the call's answer (the message when OK) and its status, in one write; then close the stream."""
         unary.response_complete = True
-        if unary.receiving:
-            self._received(unary)
+        self._received(unary)
         if unary.timer is not None:
             unary.timer.cancel()
         if unary.disconnected or self.transport.is_closing():
@@ -392,9 +379,7 @@ class GrpcH2Protocol(RequestArrival, ConnectionDeadlines, ZttpH2Protocol):
             self._writes.write(self.conn.data_to_send())
         else:
             self._writes.write_now(self.conn.data_to_send())
-        self.server_state.total_requests += 1  # uvicorn's on_response_complete, less a call
-        self.cycles.pop(unary.stream_id, None)
-        self.on_stream_closed()
+        self.on_response_complete(unary.stream_id)
 
 
 def grpc_protocol(
