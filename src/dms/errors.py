@@ -7,6 +7,7 @@ framework.
     DMSError
     ├── InputError                 invalid request data (a handler may raise it)
     ├── PayloadTooLargeError       body over ``max_request_size_bytes``
+    ├── HeadersTooLargeError       a request head over ``max_header_bytes`` or ``max_header_count``
     ├── UnsupportedMediaTypeError  a payload kind the server refuses to decode
     ├── ModelNotFoundError         unknown model or version
     ├── ModelAlreadyExistsError    registering a name/version twice
@@ -18,6 +19,7 @@ framework.
     ├── RequestTimeoutError        a worker overran ``response_timeout_s``
     ├── RequestReadTimeoutError    the client took longer than ``request_read_timeout_s`` to send it
     ├── WorkerDiedError            the worker process died while it held the request
+    ├── InsufficientStorageError   the state folder's disk is full: the change was undone
     ├── HandlerError               the user's handler raised or broke its contract
     └── InternalError              anything else
 """
@@ -30,6 +32,8 @@ from enum import StrEnum
 class ErrorKind(StrEnum):
     INVALID_INPUT = "invalid_input"
     TOO_LARGE = "too_large"
+    HEADERS_TOO_LARGE = "headers_too_large"
+    NO_STORAGE = "no_storage"
     UNSUPPORTED_MEDIA = "unsupported_media"
     NOT_FOUND = "not_found"
     CONFLICT = "conflict"
@@ -64,6 +68,10 @@ class InputError(DMSError):
 
 class PayloadTooLargeError(DMSError):
     kind = ErrorKind.TOO_LARGE
+
+
+class HeadersTooLargeError(DMSError):
+    kind = ErrorKind.HEADERS_TOO_LARGE
 
 
 class UnsupportedMediaTypeError(DMSError):
@@ -121,6 +129,12 @@ class BatchNotStartedError(WorkerDiedError):
     worker (the batcher queues it again), so a client sees this only if none is left to take it."""
 
 
+class InsufficientStorageError(DMSError):
+    """A change could not be written to the state folder (its disk is full): it was undone."""
+
+    kind = ErrorKind.NO_STORAGE
+
+
 class HandlerError(DMSError):
     kind = ErrorKind.INTERNAL
 
@@ -134,6 +148,7 @@ _BY_NAME: dict[str, type[DMSError]] = {
     for cls in (
         InputError,
         PayloadTooLargeError,
+        HeadersTooLargeError,
         UnsupportedMediaTypeError,
         ModelNotFoundError,
         ModelAlreadyExistsError,
@@ -145,6 +160,7 @@ _BY_NAME: dict[str, type[DMSError]] = {
         RequestTimeoutError,
         RequestReadTimeoutError,
         WorkerDiedError,
+        InsufficientStorageError,
         HandlerError,
         InternalError,
     )

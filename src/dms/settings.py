@@ -113,6 +113,11 @@ class ServerSettings(BaseSettings):
     lets a client hold a request for ever with a byte now and then. 0 turns the floor off."""
     request_body_rate_grace_s: float = Field(default=10.0, gt=0)
     """Seconds from a request's first byte before ``min_request_body_rate_bytes_s`` is looked at."""
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024)
+    """Largest HTTP/1.1 request head (request line and headers) on every HTTP port; past it the request gets
+    431 and its connection is closed, the moment the limit is passed (nothing more of it is read)."""
+    max_header_count: int = Field(default=100, ge=1)
+    """Most headers an HTTP/1.1 request may have on every HTTP port; more gets 431 and a closed connection."""
     max_json_depth: int = Field(default=64, ge=1)
     """Deepest JSON nesting a request may have."""
     max_tensor_elements: int = Field(default=50_000_000, ge=1)

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from dms._generated import inference_pb2 as pb
-from dms.errors import InputError
+from dms.errors import InputError, PayloadTooLargeError
 from dms.oip.grpc_codec import decode_grpc_request
 from dms.oip.rest_codec import decode_rest_request
-from dms.oip.tensors import to_raw
+from dms.oip.tensors import element_count, from_json, from_raw, to_raw
 from dms.runtimes import TensorSpec
 from dms.worker.tensor_exec import conform, prepare
 
@@ -135,3 +135,58 @@ def test_binary_outputs_are_little_endian_and_row_major(array: np.ndarray):
     expected = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
     assert to_raw(array) == expected
     assert np.array_equal(np.frombuffer(to_raw(array), dtype=array.dtype.newbyteorder("<")).reshape(array.shape), array)
+
+
+@pytest.mark.parametrize(
+    ("shape", "error", "message"),
+    [
+        ([0, 2**40, 2**40], PayloadTooLargeError, "over max_tensor_elements \\(100\\)"),
+        ([101], PayloadTooLargeError, "over max_tensor_elements"),
+        ([2**63, 2**63, 0], PayloadTooLargeError, "over max_tensor_elements"),
+        ([3, -1], InputError, "negative dimension"),
+    ],
+)
+def test_shapes_are_checked_against_the_cap_before_their_product_is_used(shape, error, message):
+    with pytest.raises(error, match=message):
+        element_count(shape, 100, "x")
+    assert element_count([0, 100, 1], 100) == 0 and element_count([10, 10], 100) == 100
+
+
+def test_bytes_elements_need_four_bytes_each_before_any_is_allocated():
+    with pytest.raises(InputError, match="too few for 1000000 BYTES elements"):
+        from_raw("x", "BYTES", [1_000_000], b"\0" * 8)
+    with pytest.raises(PayloadTooLargeError):
+        from_json("x", "BYTES", [2**40], [], 1000)
+
+
+def test_worker_answers_an_undecodable_request_alone(monkeypatch: pytest.MonkeyPatch):
+    """Anything a request's decoding raises (MemoryError, numpy's ValueError) is that request's 400; the rest of
+    its batch is answered, and nothing reaches the worker's loop."""
+    from dms.engine.messages import PROTOCOL_V2_REST, RequestItem
+    from dms.worker import protocols
+    from dms.worker.service import _error_item
+
+    real = protocols.decode_rest_request
+
+    def decode(body: bytes, *args: object) -> object:
+        if body == b"bad":
+            raise MemoryError("unable to allocate 8 TiB")
+        return real(body, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(protocols, "decode_rest_request", decode)
+    model = protocols.TensorModel("m", "1", None, SIGNATURE, ["y"], lambda rows, _: rows, _Context(), 100)
+    good = rest([{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}])
+    items = [
+        (i, RequestItem(str(i), body, "application/json", [], [], PROTOCOL_V2_REST))
+        for i, body in enumerate([good, b"bad", good])
+    ]
+    answers, _ = protocols.run_tensor_requests(model, items, _error_item)
+    by_index = dict(answers)
+    assert by_index[1].error is not None and by_index[1].error.type_name == "InputError"
+    assert "MemoryError: unable to allocate 8 TiB" in by_index[1].error.message
+    assert by_index[0].status == by_index[2].status == 200
+
+
+class _Context:
+    def start_batch(self, processors: object) -> None:
+        pass

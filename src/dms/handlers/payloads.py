@@ -14,6 +14,8 @@ import msgspec
 import numpy as np
 
 from dms.errors import InputError, UnsupportedMediaTypeError
+from dms.handlers.numpy_files import load_npz_body
+from dms.oip.tensors import DEFAULT_MAX_ELEMENTS
 
 PICKLE_TYPES = (
     "application/python-pickle",
@@ -36,7 +38,9 @@ def body_kind(content_type: str, payload: Any) -> str:
     return "json"
 
 
-def decode_named(payload: Any, kind: str, allow_pickle: bool) -> dict[str, np.ndarray]:
+def decode_named(
+    payload: Any, kind: str, allow_pickle: bool, max_elements: int = DEFAULT_MAX_ELEMENTS
+) -> dict[str, np.ndarray]:
     if kind == "pickle":
         if not allow_pickle:
             raise UnsupportedMediaTypeError(
@@ -51,11 +55,7 @@ def decode_named(payload: Any, kind: str, allow_pickle: bool) -> dict[str, np.nd
             raise InputError(f"the msgpack body cannot be decoded: {exc}") from exc
         named = {_text(k): _from_msgpack(v) for k, v in named.items()} if isinstance(named, dict) else named
     elif kind == "npz":
-        try:
-            with np.load(io.BytesIO(bytes(payload)), allow_pickle=False) as archive:
-                named = {name: archive[name] for name in archive.files}
-        except (ValueError, OSError) as exc:
-            raise InputError(f"the .npz body cannot be read: {exc}") from exc
+        named = load_npz_body(bytes(payload), max_elements)
     else:
         named = payload
     if not isinstance(named, dict):

@@ -7,33 +7,15 @@ without the batch dimension), ``{"inputs": ...}`` with a list or a dict of named
 
 from __future__ import annotations
 
-import io
 from typing import Any
-
-import numpy as np
 
 from dms.errors import DMSError, InputError, UnsupportedMediaTypeError
 from dms.handlers.base import BaseHandler, request_payload
+from dms.handlers.numpy_files import load_numpy_body
 from dms.handlers.payloads import PICKLE_TYPES
+from dms.oip.tensors import DEFAULT_MAX_ELEMENTS
 from dms.worker.context import Context
 from dms.worker.tensor_exec import expected_inputs, run_named
-
-_NPY_MAGIC = b"\x93NUMPY"
-_ZIP_MAGIC = b"PK\x03\x04"
-
-
-def _load_numpy_file(raw: bytes) -> Any:
-    """A ``.npy`` body as one array, a ``.npz`` body as named arrays; never unpickled."""
-    if raw[:6] != _NPY_MAGIC and raw[:4] != _ZIP_MAGIC:
-        raise InputError("a binary request body must be a .npy or .npz file (or send JSON)")
-    try:
-        loaded = np.load(io.BytesIO(raw), allow_pickle=False)
-        if isinstance(loaded, np.lib.npyio.NpzFile):
-            with loaded:
-                return {name: loaded[name] for name in loaded.files}
-        return loaded
-    except (ValueError, OSError) as exc:
-        raise InputError(f"could not read the .npy/.npz body: {exc}") from exc
 
 
 class TensorHandler(BaseHandler):
@@ -41,8 +23,8 @@ class TensorHandler(BaseHandler):
         if data is None:
             return None
         self._refuse_pickle(len(data))
-        named = [self._named_values(request_payload(row)) for row in data]
-        max_elements = int(self.limits.get("max_tensor_elements", 50_000_000))
+        max_elements = int(self.limits.get("max_tensor_elements", DEFAULT_MAX_ELEMENTS))
+        named = [self._named_values(request_payload(row), max_elements) for row in data]
         results = []
         for outcome in run_named(self.runtime, named, max_elements):
             if isinstance(outcome, DMSError):
@@ -60,10 +42,10 @@ class TensorHandler(BaseHandler):
                     "Send JSON or .npy instead."
                 )
 
-    def _named_values(self, payload: Any) -> dict[str, Any]:
+    def _named_values(self, payload: Any, max_elements: int) -> dict[str, Any]:
         specs = self.runtime.inputs
         if isinstance(payload, bytes | bytearray):
-            payload = _load_numpy_file(bytes(payload))
+            payload = load_numpy_body(bytes(payload), max_elements)
             if isinstance(payload, dict):
                 return payload  # .npz: arrays by input name
         if isinstance(payload, dict):

@@ -19,6 +19,7 @@ import numpy as np
 
 from dms.errors import ArchiveError, HandlerError
 from dms.handlers.payloads import body_kind, decode_named, encode_named
+from dms.oip.tensors import DEFAULT_MAX_ELEMENTS
 from dms.runtimes import detect_kind, load_runtime
 from dms.worker.context import Context
 from dms.worker.tensor_exec import prepare
@@ -43,7 +44,9 @@ class WrapperHandler:
         self.context = context
         options = dict(context.model_yaml_config.get("handler") or {})
         self.model_dir = Path(str(options.get("model_dir") or context.system_properties["model_dir"]))
-        self.allow_pickle = bool((context.system_properties.get("limits") or {}).get("allow_pickle", False))
+        limits = context.system_properties.get("limits") or {}
+        self.allow_pickle = bool(limits.get("allow_pickle", False))
+        self.max_elements = int(limits.get("max_tensor_elements", DEFAULT_MAX_ELEMENTS))
         wrapper = options.get("wrapper")
         self.model: Model = self._from_wrapper(Path(str(wrapper))) if wrapper else self._from_folder()
 
@@ -68,7 +71,7 @@ class WrapperHandler:
         log.info("serving the newest checkpoint in %s: %s", self.model_dir, checkpoint.name)
         threads = int(self.context.system_properties.get("cpu_threads") or 1)
         runtime = load_runtime(checkpoint, {}, threads)
-        max_elements = int((self.context.system_properties.get("limits") or {}).get("max_tensor_elements", 50_000_000))
+        max_elements = self.max_elements
 
         def run(named: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             feeds, added = prepare(named, runtime.inputs, max_elements)  # dtypes and shapes of the signature
@@ -84,7 +87,7 @@ class WrapperHandler:
         for index, row in enumerate(data):
             payload = row.get("body", row)
             kind = body_kind(context.get_request_header(index, "content-type") or "", payload)
-            outputs = self.model(decode_named(payload, kind, self.allow_pickle))
+            outputs = self.model(decode_named(payload, kind, self.allow_pickle, self.max_elements))
             if not isinstance(outputs, dict):
                 raise HandlerError(f"the model returned {type(outputs).__name__}, not a dict of named arrays")
             body, content_type = encode_named(outputs, kind)

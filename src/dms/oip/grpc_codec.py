@@ -17,7 +17,7 @@ from dms._generated import inference_pb2 as pb
 from dms.errors import InputError
 from dms.oip.protobuf_wire import field_head, length_delimited
 from dms.oip.request import InferRequest, RequestedOutput
-from dms.oip.tensors import datatype_of, from_raw, numpy_dtype, to_raw
+from dms.oip.tensors import DEFAULT_MAX_ELEMENTS, datatype_of, element_count, from_raw, numpy_dtype, to_raw
 
 _TYPED_FIELD = {
     "BOOL": "bool_contents",
@@ -45,7 +45,7 @@ def parameters_to_dict(parameters: Any) -> dict[str, Any]:
     return result
 
 
-def decode_grpc_request(payload: bytes) -> InferRequest:
+def decode_grpc_request(payload: bytes, max_elements: int = DEFAULT_MAX_ELEMENTS) -> InferRequest:
     try:
         message = pb.ModelInferRequest.FromString(payload)
     except DecodeError as exc:
@@ -58,7 +58,10 @@ def decode_grpc_request(payload: bytes) -> InferRequest:
     input_parameters: dict[str, dict[str, Any]] = {}
     for index, tensor in enumerate(tensors):
         name, shape = tensor.name, tensor.shape[:]  # a slice is a list, and cheaper than list(...)
-        array = from_raw(name, tensor.datatype, shape, raw[index]) if raw else _typed(tensor, shape)
+        if raw:
+            array = from_raw(name, tensor.datatype, shape, raw[index], max_elements)
+        else:
+            array = _typed(tensor, shape, max_elements)
         if name in inputs:
             raise InputError(f"input {name!r} appears twice")
         inputs[name] = array
@@ -74,18 +77,15 @@ def decode_grpc_request(payload: bytes) -> InferRequest:
     )
 
 
-def _typed(tensor: Any, shape: list[int]) -> np.ndarray:
+def _typed(tensor: Any, shape: list[int], max_elements: int) -> np.ndarray:
     field = _TYPED_FIELD.get(tensor.datatype)
     if field is None:
         numpy_dtype(tensor.datatype)  # raises for unknown datatypes
         raise InputError(f"input {tensor.name!r}: {tensor.datatype} data must come in raw_input_contents")
-    values = list(getattr(tensor.contents, field))
-    from dms.oip.tensors import element_count
-
-    if len(values) != element_count(shape):
-        raise InputError(
-            f"input {tensor.name!r} has {len(values)} elements; shape {shape} needs {element_count(shape)}"
-        )
+    count = element_count(shape, max_elements, tensor.name)
+    values = list(getattr(tensor.contents, field))  # as many as the message holds
+    if len(values) != count:
+        raise InputError(f"input {tensor.name!r} has {len(values)} elements; shape {shape} needs {count}")
     if tensor.datatype == "BYTES":
         array = np.empty(len(values), dtype=object)
         array[:] = values

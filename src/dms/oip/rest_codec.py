@@ -14,13 +14,15 @@ import orjson
 
 from dms.errors import InputError
 from dms.oip.request import InferRequest, RequestedOutput
-from dms.oip.tensors import datatype_of, from_json, from_raw, to_json_data, to_raw
+from dms.oip.tensors import DEFAULT_MAX_ELEMENTS, datatype_of, from_json, from_raw, to_json_data, to_raw
 from dms.runtimes.base import TensorSpec
 
 HEADER_LENGTH = "inference-header-content-length"
 
 
-def decode_rest_request(body: bytes, header_length: str | None, signature: list[TensorSpec]) -> InferRequest:
+def decode_rest_request(
+    body: bytes, header_length: str | None, signature: list[TensorSpec], max_elements: int = DEFAULT_MAX_ELEMENTS
+) -> InferRequest:
     if header_length is not None:
         try:
             split = int(header_length)
@@ -38,10 +40,10 @@ def decode_rest_request(body: bytes, header_length: str | None, signature: list[
         raise InputError(f"the inference request is not valid JSON: {exc}") from exc
     if not isinstance(header, dict) or not isinstance(header.get("inputs"), list):
         raise InputError('the inference request needs an "inputs" list')
-    return _from_header(header, memoryview(body)[split:])
+    return _from_header(header, memoryview(body)[split:], max_elements)
 
 
-def _from_header(header: dict[str, Any], binary: memoryview) -> InferRequest:
+def _from_header(header: dict[str, Any], binary: memoryview, max_elements: int) -> InferRequest:
     inputs: dict[str, np.ndarray] = {}
     input_parameters: dict[str, dict[str, Any]] = {}
     offset = 0
@@ -54,12 +56,12 @@ def _from_header(header: dict[str, Any], binary: memoryview) -> InferRequest:
         if size is not None:
             if not isinstance(size, int) or size < 0 or offset + size > len(binary):
                 raise InputError(f"input {name!r}: binary_data_size {size} runs past the binary data")
-            array = from_raw(name, datatype, shape, binary[offset : offset + size])
+            array = from_raw(name, datatype, shape, binary[offset : offset + size], max_elements)
             offset += size
         else:
             if "data" not in spec:
                 raise InputError(f"input {name!r} has neither data nor a binary_data_size parameter")
-            array = from_json(name, datatype, shape, spec["data"])
+            array = from_json(name, datatype, shape, spec["data"], max_elements)
         if name in inputs:
             raise InputError(f"input {name!r} appears twice")
         inputs[name] = array

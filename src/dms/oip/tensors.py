@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from dms.errors import InputError
+from dms.errors import InputError, PayloadTooLargeError
 
 _NUMPY: dict[str, np.dtype[Any]] = {
     "BOOL": np.dtype(np.bool_),
@@ -78,26 +78,49 @@ def datatype_of_numpy_name(name: str) -> str:
     return datatype_of(np.empty(0, dtype=name))
 
 
-def element_count(shape: Sequence[int]) -> int:
-    if shape and min(shape) < 0:
-        raise InputError(f"shape {list(shape)} has a negative dimension")
-    return math.prod(shape)
+DEFAULT_MAX_ELEMENTS = 50_000_000
+"""``max_tensor_elements``'s default: the most elements one input tensor may have."""
 
 
-def from_json(name: str, datatype: str, shape: Sequence[int], data: Any) -> np.ndarray:
+def element_count(shape: Sequence[int], max_elements: int = DEFAULT_MAX_ELEMENTS, name: str = "") -> int:
+    """The number of elements ``shape`` describes, checked before anything of that size is allocated.
+
+    A negative dimension is an ``InputError``; a shape over ``max_elements`` a ``PayloadTooLargeError``,
+    also when a zero elsewhere makes its product 0 (numpy cannot describe ``[0, 2**40, 2**40]`` either).
+    The product stops growing past the cap, so no shape makes a huge integer.
+    """
+    what = f"input {name!r}: shape" if name else "shape"
+    count = 1
+    nonzero_product = 1
+    for dimension in shape:
+        if dimension < 0:
+            raise InputError(f"{what} {list(shape)} has a negative dimension")
+        count *= dimension
+        if dimension:
+            nonzero_product *= dimension
+            if nonzero_product > max_elements:
+                raise PayloadTooLargeError(
+                    f"{what} {list(shape)} describes over max_tensor_elements ({max_elements}) elements"
+                )
+    return count
+
+
+def from_json(
+    name: str, datatype: str, shape: Sequence[int], data: Any, max_elements: int = DEFAULT_MAX_ELEMENTS
+) -> np.ndarray:
     """Decode the JSON ``data`` of one tensor (nested or flat, row-major) and check its size."""
     dtype = numpy_dtype(datatype)
     if datatype == "BF16":
         raise InputError(f"input {name!r}: BF16 tensors must use the binary data extension")
-    count = element_count(shape)
+    count = element_count(shape, max_elements, name)
     try:
         if datatype == "BYTES":
-            flat = np.empty(count, dtype=object)
-            values = list(_flatten(data))
+            values = list(_flatten(data))  # as many as the body holds: counted before anything is sized by shape
             if len(values) != count:
                 raise InputError(f"input {name!r} has {len(values)} elements; shape {list(shape)} needs {count}")
             if not all(isinstance(v, str) for v in values):
                 raise InputError(f"input {name!r}: BYTES elements in JSON must be strings")
+            flat = np.empty(count, dtype=object)
             flat[:] = [v.encode("utf-8") for v in values]
             return flat.reshape(shape)
         array = _numeric(data, dtype)
@@ -124,16 +147,24 @@ def _flatten(data: Any) -> Any:
         yield data
 
 
-def from_raw(name: str, datatype: str, shape: Sequence[int], raw: bytes | memoryview) -> np.ndarray:
-    """Decode the binary form of one tensor; fixed-size types share ``raw``'s memory."""
+def from_raw(
+    name: str, datatype: str, shape: Sequence[int], raw: bytes | memoryview, max_elements: int = DEFAULT_MAX_ELEMENTS
+) -> np.ndarray:
+    """Decode the binary form of one tensor; fixed-size types share ``raw``'s memory.
+
+    Nothing is allocated by the shape's size before the shape is checked against ``raw`` and
+    ``max_elements``: a view shares the bytes that came, and BYTES elements are counted against them.
+    """
     dtype = _FIXED_SIZE.get(datatype)
     if dtype is not None and len(raw) == math.prod(shape) * dtype.itemsize:  # the usual case, checked in one step
         try:
             return np.ndarray(shape, dtype, raw)  # one step where frombuffer + reshape take two; read-only, no copy
         except ValueError:
-            pass  # negative dimensions, an even number of them: explained below
-    count = element_count(shape)
+            pass  # negative dimensions (an even number of them), or too many with a zero: explained below
+    count = element_count(shape, max_elements, name)
     if datatype == "BYTES":
+        if count * _LENGTH.size > len(raw):  # each element takes its 4-byte length at least
+            raise InputError(f"input {name!r} has {len(raw)} bytes: too few for {count} BYTES elements")
         return _bytes_elements(name, raw, count).reshape(shape)
     if datatype == "BF16":
         if len(raw) != count * 2:

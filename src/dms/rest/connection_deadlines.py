@@ -165,11 +165,14 @@ def too_slow_message(min_rate: float, grace_s: float) -> str:
 @dataclass(frozen=True)
 class ReadLimits:
     """How a request must keep arriving (``ServerSettings``' ``request_read_timeout_s``,
-    ``min_request_body_rate_bytes_s`` and ``request_body_rate_grace_s``)."""
+    ``min_request_body_rate_bytes_s`` and ``request_body_rate_grace_s``) and how large its head may be
+    (``max_header_bytes``, ``max_header_count``)."""
 
     timeout_s: float = 60.0
     min_body_rate: float = 0.0
     body_rate_grace_s: float = 10.0
+    max_header_bytes: int = 64 * 1024
+    max_header_count: int = 100
 
     @classmethod
     def of(cls, settings: ServerSettings) -> ReadLimits:
@@ -177,6 +180,8 @@ class ReadLimits:
             settings.request_read_timeout_s,
             settings.min_request_body_rate_bytes_s,
             settings.request_body_rate_grace_s,
+            settings.max_header_bytes,
+            settings.max_header_count,
         )
 
     def attributes(self) -> dict[str, float]:
@@ -187,4 +192,6 @@ class ReadLimits:
             "min_body_rate": self.min_body_rate,
             "body_rate_grace": self.body_rate_grace_s,
             "first_look": first_look,
+            "max_header_bytes": self.max_header_bytes,
+            "max_header_count": self.max_header_count,
         }

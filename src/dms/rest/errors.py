@@ -22,10 +22,12 @@ HTTP_STATUS: dict[ErrorKind, int] = {
     ErrorKind.CONFLICT: 409,
     ErrorKind.TOO_LARGE: 413,
     ErrorKind.UNSUPPORTED_MEDIA: 415,
+    ErrorKind.HEADERS_TOO_LARGE: 431,
     ErrorKind.INTERNAL: 500,
     ErrorKind.WORKER_DIED: 500,
     ErrorKind.UNAVAILABLE: 503,
     ErrorKind.TIMEOUT: 504,
+    ErrorKind.NO_STORAGE: 507,
 }
 
 _HTTP_TYPES = {404: "ResourceNotFound", 405: "MethodNotAllowed"}

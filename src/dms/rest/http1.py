@@ -120,8 +120,10 @@ class InferenceHttpProtocol(Http1Protocol):
         self.exchange = None
         self.answering_before = self.cycle
         self.request_began()
+        self.head_began()
 
     def on_headers_complete(self) -> None:
+        self.head_arrived()
         exchange = self._take()
         if exchange is None:
             self._asgi_headers_complete()

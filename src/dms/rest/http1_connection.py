@@ -2,6 +2,9 @@
 ready to answer (``dms.rest.paced_reading``), with the idle and read deadlines of
 ``dms.rest.connection_deadlines`` on one timer per connection.
 
+A request whose head passes ``max_header_bytes`` or ``max_header_count`` gets ``431`` the moment it
+does, and its connection is closed: nothing more of it is read (httptools gathers a header in memory
+until it ends, so the bytes are counted as they arrive, not per header).
 A request still arriving when its read deadline passes, or arriving slower than the body-rate floor,
 gets ``408`` with the JSON error body every endpoint uses (``RequestReadTimeoutError``), and its
 connection is closed; where the connection is still answering an earlier request, that answer is sent
@@ -13,11 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from dms.errors import RequestReadTimeoutError
+from dms.errors import DMSError, HeadersTooLargeError, RequestReadTimeoutError
 from dms.rest.connection_deadlines import ConnectionDeadlines, ReadLimits, too_slow_message
 from dms.rest.errors import error_response
 from dms.rest.forwarding import Reply
@@ -35,6 +38,15 @@ class Http1Protocol(ConnectionDeadlines, PacedHttpToolsProtocol):
 
     too_slow = False
     """The request being refused arrived slower than ``min_body_rate`` (rather than pausing too long)."""
+    max_header_bytes: ClassVar[int] = 64 * 1024
+    """Largest request head (``max_header_bytes``): request line, headers and their line ends."""
+    max_header_count: ClassVar[int] = 100
+    """Most headers a request may have (``max_header_count``)."""
+    head_bytes = 0
+    """Bytes received while the head of the request being read was not complete."""
+    head_complete = False
+    """The head of the request being read has been parsed (until the next request begins)."""
+    header_count = 0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -49,11 +61,68 @@ class Http1Protocol(ConnectionDeadlines, PacedHttpToolsProtocol):
         super().connection_lost(exc)
         self.stop_timer()
 
+    def data_received(self, data: bytes) -> None:
+        # Bytes read while a head is incomplete count against the limit: an upper bound of the head's size
+        # (a read may also carry its body), looked at closely only when past the limit (``head_arrived``).
+        counted = not self.head_complete
+        if counted:
+            self.head_bytes += len(data)
+        super().data_received(data)
+        if not self.head_complete:
+            if not counted:  # the read that ended one request and began the next
+                self.head_bytes += len(data)
+            if self.head_bytes > self.max_header_bytes and not self.transport.is_closing():
+                self.refuse_head(self.head_too_large())
+
+    def head_too_large(self) -> str:
+        return f"the request's head passed max_header_bytes ({self.max_header_bytes} bytes)"
+
+    def refuse_head(self, why: str) -> None:
+        """Answer 431 naming the limit, and close: the rest of the request is never read."""
+        client = "{}:{}".format(*self.client) if self.client else "a client"
+        log.warning("%s: %s; closing", client, why)
+        self.send_error_and_close(HeadersTooLargeError(why))
+
+    def send_400_response(self, msg: str) -> None:
+        if self.transport.is_closing():  # refused by a limit from a parser callback, which stopped the parser
+            return
+        super().send_400_response(msg)
+
     # -- parser callbacks ------------------------------------------------------------------------
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self.answering_before = self.cycle
         self.request_began()
+        self.head_began()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.count_header()
+        super().on_header(name, value)
+
+    def count_header(self) -> None:
+        """One header more; past ``max_header_count`` the request is refused and the parser stopped."""
+        self.header_count += 1
+        if self.header_count > self.max_header_count:
+            self.refuse_head(f"the request has more than max_header_count ({self.max_header_count}) headers")
+            raise HeadersTooLargeError("too many headers")  # httptools stops; uvicorn's 400 is not sent
+
+    def on_headers_complete(self) -> None:
+        self.head_arrived()
+        super().on_headers_complete()
+
+    def head_began(self) -> None:
+        self.head_complete, self.header_count = False, 0
+
+    def head_arrived(self) -> None:
+        """The head is parsed: if the bytes read with it passed the limit, measure it, and refuse it if too large."""
+        if self.head_bytes > self.max_header_bytes and self._head_size() > self.max_header_bytes:
+            self.refuse_head(self.head_too_large())
+            raise HeadersTooLargeError("head too large")  # httptools stops; uvicorn's 400 is not sent
+        self.head_complete, self.head_bytes = True, 0
+
+    def _head_size(self) -> int:
+        """The head's size as parsed: request line and headers, with their separators and line ends."""
+        return len(self.url) + 16 + sum(len(name) + len(value) + 4 for name, value in self.headers)
 
     def on_body(self, body: bytes) -> None:
         super().on_body(body)
@@ -122,7 +191,11 @@ class Http1Protocol(ConnectionDeadlines, PacedHttpToolsProtocol):
 
     def send_read_timeout(self) -> None:
         """Answer 408 with the JSON error body, and close."""
-        reply = Reply.of(error_response(self.read_timeout_error()))
+        self.send_error_and_close(self.read_timeout_error())
+
+    def send_error_and_close(self, error: DMSError) -> None:
+        """Answer ``error``'s status with the JSON error body, and close the connection."""
+        reply = Reply.of(error_response(error))
         self.transport.write(b"".join([*self._head(reply, keep_alive=False), reply.body]))
         self.transport.close()
 

@@ -128,7 +128,11 @@ def serve(channel: Channel) -> int:
         if request is None:
             return 0
         if isinstance(request, Batch):
-            channel.send(service.run_batch(request, channel.withdrawn(request)))
+            try:
+                result = service.run_batch(request, channel.withdrawn(request))
+            except Exception as exc:  # each request's own errors are handled inside; this is the last resort
+                result = service.failed_batch(request, exc)
+            channel.send(result)
         # A Withdraw read here came after its batch had started: there is nothing left to skip.
 
 

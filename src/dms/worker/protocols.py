@@ -7,6 +7,7 @@ requests along dimension 0; custom handlers get each request's tensors as named 
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,8 @@ from dms.oip.v1_codec import decode_v1_body, encode_v1_response
 from dms.runtimes import Runtime, TensorSpec
 from dms.worker.context import Context, RequestProcessor
 from dms.worker.tensor_exec import run_named
+
+log = logging.getLogger("dms.worker")
 
 
 @dataclass
@@ -58,6 +61,8 @@ def run_tensor_requests(
             decoded.append(_decode(model, index, item))
         except DMSError as exc:
             answers.append((index, error_item(exc)))
+        except Exception as exc:  # MemoryError, numpy's ValueError...: this request's fault, never the worker's end
+            answers.append((index, error_item(undecodable(item.request_id, exc))))
     inferred = time.perf_counter_ns()
     outcomes = _infer(model, decoded) if decoded else []
     finished = time.perf_counter_ns()
@@ -68,12 +73,22 @@ def run_tensor_requests(
             answers.append((entry.index, _encode(model, entry, outcome)))
         except DMSError as exc:
             answers.append((entry.index, error_item(exc)))
+        except Exception as exc:
+            log.exception("model %s, request %s: the answer could not be encoded", model.name, entry.item.request_id)
+            message = f"model {model.name}: the answer could not be encoded: {type(exc).__name__}: {exc}"
+            answers.append((entry.index, error_item(HandlerError(message[:1000]))))
     return answers, (inferred - started, finished - inferred, time.perf_counter_ns() - finished)
+
+
+def undecodable(request_id: str, exc: Exception) -> InputError:
+    """The error of a request whose decoding raised something other than a ``DMSError``: a 400 naming it."""
+    log.warning("request %s could not be decoded: %s: %s", request_id, type(exc).__name__, exc)
+    return InputError(f"the request could not be decoded: {type(exc).__name__}: {exc}"[:1000])
 
 
 def _decode(model: TensorModel, index: int, item: RequestItem) -> Decoded:
     if item.protocol == PROTOCOL_V2_GRPC:
-        return Decoded(index, item, decode_grpc_request(item.body))
+        return Decoded(index, item, decode_grpc_request(item.body, model.max_elements))
     if item.protocol == PROTOCOL_V1:
         key, values = decode_v1_body(item.body)
         if model.runtime is None:
@@ -85,12 +100,15 @@ def _decode(model: TensorModel, index: int, item: RequestItem) -> Decoded:
             raise InputError(f'this model has {len(model.inputs)} inputs: send {{"inputs": {{name: data}}}}')
         return Decoded(index, item, InferRequest(inputs={model.inputs[0].name: values}), key)
     header = next((value for name, value in item.headers if name.lower() == HEADER_LENGTH), None)
-    return Decoded(index, item, decode_rest_request(item.body, header, model.inputs))
+    return Decoded(index, item, decode_rest_request(item.body, header, model.inputs, model.max_elements))
 
 
 def _as_array(values: Any) -> np.ndarray:
     """KServe v1 JSON values as an array; bytes (from ``{"b64": ...}``) as an object array."""
-    array = np.asarray(values)
+    try:
+        array = np.asarray(values)
+    except ValueError as exc:  # ragged rows, such as [[1, 2], [3]]
+        raise InputError(f"the values do not form a tensor (rows of different lengths?): {exc}") from None
     if array.dtype.kind in ("S", "U", "O"):
         array = np.asarray(values, dtype=object)
     return array

@@ -22,14 +22,14 @@ from dms.engine.messages import (
     ResponseItem,
     TensorMeta,
 )
-from dms.errors import DMSError, HandlerError, InputError
+from dms.errors import DMSError, HandlerError, InputError, InternalError
 from dms.runtimes import TensorSpec
 from dms.runtimes.base import declared_specs
 from dms.worker.context import Context, RequestProcessor
 from dms.worker.handler_loader import load_handler
 from dms.worker.inputs import build_request_data
 from dms.worker.outputs import encode_output
-from dms.worker.protocols import TensorModel, run_tensor_requests
+from dms.worker.protocols import TensorModel, run_tensor_requests, undecodable
 
 log = logging.getLogger("dms.worker")
 _MAX_MESSAGE = 1000
@@ -103,6 +103,13 @@ class ModelService:
             timings.output_ns += encode_ns
         return BatchResult(batch_id=batch.batch_id, items=[r for r in results if r is not None], timings=timings)
 
+    def failed_batch(self, batch: Batch, exc: BaseException) -> BatchResult:
+        """Every request of ``batch`` answered with ``exc``: what a batch gets when running it raised past the
+        per-request handling (the worker lives on to take the next one)."""
+        log.error("model %s: batch %d failed\n%s", self.model_name, batch.batch_id, traceback.format_exc())
+        error = _error_item(InternalError(f"model {self.model_name}: the batch failed: {type(exc).__name__}: {exc}"))
+        return BatchResult(batch_id=batch.batch_id, items=[error] * len(batch.items), timings=BatchTimings())
+
     def _run_raw(
         self, indexed: list[tuple[int, RequestItem]], results: list[ResponseItem | None], timings: BatchTimings
     ) -> None:
@@ -116,6 +123,8 @@ class ModelService:
                 ready.append(index)
             except DMSError as exc:
                 results[index] = _error_item(exc)
+            except Exception as exc:
+                results[index] = _error_item(undecodable(item.request_id, exc))
         decoded = time.perf_counter_ns()
         if ready:
             for index, result in zip(ready, self._call(inputs, [procs[i] for i in ready]), strict=True):
