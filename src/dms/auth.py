@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import hmac
 import json
-import os
 import secrets
 from pathlib import Path
 from typing import Literal
 
 from dms.errors import ForbiddenError, InputError, UnauthorizedError
+from dms.state_files import write_atomically
 
 KeyKind = Literal["management", "inference"]
 KEY_KINDS: tuple[KeyKind, ...] = ("management", "inference")
@@ -27,7 +27,7 @@ class KeyStore:
     def __init__(self, key_file: Path) -> None:
         self.key_file = key_file
         self._keys: dict[str, str] = {kind: new_key() for kind in KEY_KINDS}
-        self._write()
+        self._write(self._keys)
 
     @classmethod
     def reading(cls, key_file: Path) -> KeyStore:
@@ -46,11 +46,14 @@ class KeyStore:
         return self._keys[kind]
 
     def rotate(self, kind: str) -> str:
+        """A new key of ``kind``, in force once the key file holds it: if the file cannot be written
+        (``InsufficientStorageError``), the old key stays in force, and in the file."""
         if kind not in KEY_KINDS:
             raise InputError(f"key type must be one of {', '.join(KEY_KINDS)}, got {kind!r}")
-        self._keys[kind] = new_key()
-        self._write()
-        return self._keys[kind]
+        keys = {**self._keys, kind: new_key()}
+        self._write(keys)
+        self._keys = keys
+        return keys[kind]
 
     def check(self, kind: KeyKind, authorization: str | None) -> None:
         """Raise 401 without a bearer key, 403 with a wrong one."""
@@ -65,14 +68,9 @@ class KeyStore:
         if not hmac.compare_digest(presented.strip().encode(), self._keys[kind].encode()):
             raise ForbiddenError(f"the {kind} key is not valid")
 
-    def _write(self) -> None:
-        self.key_file.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.key_file.with_name(f".{self.key_file.name}.{os.getpid()}")
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "w") as out:
-            json.dump({kind: {"key": key} for kind, key in self._keys.items()}, out, indent=2)
-        os.chmod(temporary, 0o600)
-        os.replace(temporary, self.key_file)
+    def _write(self, keys: dict[str, str]) -> None:
+        document = json.dumps({kind: {"key": key} for kind, key in keys.items()}, indent=2)
+        write_atomically(self.key_file, document.encode(), mode=0o600)
 
 
 def read_key(key_file: Path, kind: KeyKind) -> str:

@@ -16,6 +16,7 @@ framework.
     ├── ForbiddenError             a wrong key, or a URL or path outside what the operator allowed
     ├── QueueFullError             the model's bounded queue is full
     ├── ModelUnavailableError      no worker can serve (model failed, stopping)
+    ├── ServerBusyError            the server has ``max_connections`` connections open
     ├── RequestTimeoutError        a worker overran ``response_timeout_s``
     ├── RequestReadTimeoutError    the client took longer than ``request_read_timeout_s`` to send it
     ├── WorkerDiedError            the worker process died while it held the request
@@ -110,6 +111,13 @@ class ModelUnavailableError(DMSError):
     kind = ErrorKind.UNAVAILABLE
 
 
+class ServerBusyError(DMSError):
+    """A connection over ``max_connections``: refused at once, to be tried again shortly."""
+
+    kind = ErrorKind.UNAVAILABLE
+    retry_after_s = 1
+
+
 class RequestTimeoutError(DMSError):
     kind = ErrorKind.TIMEOUT
 
@@ -157,6 +165,7 @@ _BY_NAME: dict[str, type[DMSError]] = {
         ForbiddenError,
         QueueFullError,
         ModelUnavailableError,
+        ServerBusyError,
         RequestTimeoutError,
         RequestReadTimeoutError,
         WorkerDiedError,

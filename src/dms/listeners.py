@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import socket
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
@@ -19,7 +20,7 @@ import uvicorn
 from dms.auth import KeyStore
 from dms.dataplane import DataPlane
 from dms.observability.metrics import ServerMetrics
-from dms.rest.connection_deadlines import ReadLimits
+from dms.rest.connection_deadlines import ConnectionBudget, ReadLimits
 from dms.rest.http1_connection import http1_protocol
 from dms.rest.inference import build_inference_app, inference_forwarders
 from dms.rest.management import build_management_app
@@ -42,9 +43,11 @@ class _Server(uvicorn.Server):
         yield
 
 
-def _uvicorn_server(app: Any, address: str, settings: ServerSettings, http: Any = None, **options: Any) -> _Server:
+def _uvicorn_server(
+    app: Any, address: str, settings: ServerSettings, limits: ReadLimits, http: Any = None, **options: Any
+) -> _Server:
     """A uvicorn server; ``http`` is its protocol class, by default ``Http1Protocol`` (``dms.rest.http1_connection``:
-    uvicorn's httptools one with paced reading and the idle and read deadlines)."""
+    uvicorn's httptools one with paced reading, the idle and read deadlines and ``limits``)."""
     host, port = parse_address(address)
     grace_s = settings.graceful_shutdown_s
     config = uvicorn.Config(
@@ -52,7 +55,7 @@ def _uvicorn_server(app: Any, address: str, settings: ServerSettings, http: Any 
         host=host,
         port=port,
         lifespan="off",
-        http=http or http1_protocol(ReadLimits.of(settings)),
+        http=http or http1_protocol(limits),
         ws="none",
         access_log=False,
         log_config=None,
@@ -67,11 +70,15 @@ def _uvicorn_server(app: Any, address: str, settings: ServerSettings, http: Any 
 
 def unix_socket_server(app: Any, path: str, settings: ServerSettings) -> _Server:
     """An HTTP server on a Unix socket (the control API of a frontend after the first)."""
-    return _uvicorn_server(app, "127.0.0.1:0", settings, uds=path)
+    return _uvicorn_server(app, "127.0.0.1:0", settings, ReadLimits.of(settings), uds=path)
 
 
 def _grpc_h2_server(
-    dataplane: DataPlane, metrics: ServerMetrics, keys: KeyStore | None, repository: RepositoryChanges | None
+    dataplane: DataPlane,
+    metrics: ServerMetrics,
+    keys: KeyStore | None,
+    repository: RepositoryChanges | None,
+    limits: ReadLimits,
 ) -> _Server:
     """The gRPC service on uvicorn's HTTP/2 (``grpc_server = "uvicorn"``)."""
     from dms.grpc.h2 import GrpcApp
@@ -80,36 +87,58 @@ def _grpc_h2_server(
 
     settings = dataplane.settings
     servicer = InferenceServicer(dataplane, metrics, keys, repository)
-    limits = ReadLimits.of(settings)
-    app = GrpcApp(rpc_methods(servicer), settings.grpc_max_message_bytes, limits)
+    app = GrpcApp(rpc_methods(servicer), settings.grpc_message_limit, limits)
     # With the fast path, ModelInfer calls are answered from the HTTP/2 events (dms.grpc.h2_connection).
     lean = servicer if settings.inference_fast_path else None
-    protocol = grpc_protocol(lean, settings.grpc_max_message_bytes, limits)
+    protocol = grpc_protocol(lean, settings.grpc_message_limit, limits, settings.grpc_max_concurrent_streams)
     # gRPC channels stay open between calls; uvicorn's 5 s idle limit would make clients reconnect often.
     return _uvicorn_server(
         app,
         settings.grpc_address,
         settings,
+        limits,
         http=protocol,
         date_header=False,
         timeout_keep_alive=GRPC_IDLE_CONNECTION_S,
     )
 
 
-def _inference_server(dataplane: DataPlane, metrics: ServerMetrics, keys: KeyStore | None) -> _Server:
+def _inference_server(
+    dataplane: DataPlane, metrics: ServerMetrics, keys: KeyStore | None, limits: ReadLimits
+) -> _Server:
     """The inference API; with ``inference_fast_path``, the forwarding routes skip Starlette (an ASGI
     fast path) and, on connections that uvicorn's httptools protocol serves, ASGI itself (``dms.rest.http1``)."""
     settings = dataplane.settings
     forwarders = inference_forwarders(dataplane, metrics)
     app = build_inference_app(dataplane, metrics, keys, forwarders)
     if not settings.inference_fast_path:
-        return _uvicorn_server(app, settings.inference_address, settings)
+        return _uvicorn_server(app, settings.inference_address, settings, limits)
     from dms.rest.fastpath import InferenceFastPath
     from dms.rest.http1 import inference_protocol
 
     fast_path = InferenceFastPath(app, forwarders, keys if settings.inference_token_auth else None)
-    protocol = inference_protocol(fast_path, ReadLimits.of(settings))
-    return _uvicorn_server(fast_path, settings.inference_address, settings, http=protocol)
+    protocol = inference_protocol(fast_path, limits)
+    return _uvicorn_server(fast_path, settings.inference_address, settings, limits, http=protocol)
+
+
+RESERVED_DESCRIPTORS_MIN = 64
+
+
+def connection_limit(settings: ServerSettings) -> int:
+    """``max_connections``, or what the descriptor limit leaves once the server's own needs are kept aside.
+
+    The soft limit is raised to the hard one first (as the Go runtime does for its servers): the default soft
+    limit of 1,024 is a relic that a few hundred held connections would exhaust."""
+    if settings.max_connections is not None:
+        return settings.max_connections
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = min(hard, 1 << 20) if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+    soft = min(soft, 1 << 20) if soft != resource.RLIM_INFINITY else 1 << 20
+    return max(1, soft - max(RESERVED_DESCRIPTORS_MIN, soft // 8))
 
 
 def shared_port_socket(address: str) -> socket.socket:
@@ -164,21 +193,23 @@ class Listeners:
     ) -> None:
         self.settings = settings
         self.second_frontend = second_frontend
-        inference = _inference_server(dataplane, metrics, keys)
+        # One budget of open connections for all the ports: the descriptors they take are the process's.
+        limits = ReadLimits.of(settings, ConnectionBudget(connection_limit(settings)))
+        inference = _inference_server(dataplane, metrics, keys, limits)
         self.http = [inference]
         self.shared: dict[_Server, str] = {inference: settings.inference_address} if settings.frontends > 1 else {}
         if not second_frontend:
             management = build_management_app(dataplane, metrics, keys, frontends)
             self.http += [
-                _uvicorn_server(management, settings.management_address, settings),
-                _uvicorn_server(build_metrics_app(metrics, frontends), settings.metrics_address, settings),
+                _uvicorn_server(management, settings.management_address, settings, limits),
+                _uvicorn_server(build_metrics_app(metrics, frontends), settings.metrics_address, settings, limits),
             ]
         self.tasks: list[asyncio.Task[None]] = []
         self.grpc: Any = None
         self.grpc_h2: _Server | None = None
         repository = _repository_changes(settings, dataplane, keys, frontends, second_frontend)
         if settings.grpc_enabled and settings.grpc_server == "uvicorn":
-            self.grpc_h2 = _grpc_h2_server(dataplane, metrics, keys, repository)
+            self.grpc_h2 = _grpc_h2_server(dataplane, metrics, keys, repository, limits)
             self.http.append(self.grpc_h2)
             if settings.frontends > 1:
                 self.shared[self.grpc_h2] = settings.grpc_address

@@ -8,6 +8,10 @@ from dms.errors import InputError
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _MAX_LEN = 128
+MAX_NAME_LENGTH = _MAX_LEN
+"""The longest model name or version: longer ones cannot be registered, and requests naming one get 400."""
+LOGGED_LENGTH = 128
+"""The most characters of a client's text (a request id, a model name) a log line carries."""
 
 
 def validate_model_name(name: str) -> str:
@@ -25,3 +29,20 @@ def validate_model_version(version: str) -> str:
             f"invalid model version {version!r}: use letters, digits, '_', '.', '-', starting with a letter or digit"
         )
     return version
+
+
+def check_requested_name(name: str, what: str = "model name") -> None:
+    """Refuse (400) a requested model name or version longer than any registered one can be."""
+    if len(name) > _MAX_LEN:
+        raise InputError(f"the {what} is {len(name)} characters long; at most {_MAX_LEN} are allowed")
+
+
+def loggable(text: str) -> str:
+    """A client's text as one log line may carry it: control characters escaped, cut to ``LOGGED_LENGTH``.
+
+    A request id or model name holding a newline would otherwise start a forged line of the log."""
+    if len(text) > LOGGED_LENGTH:
+        text = text[:LOGGED_LENGTH] + "..."
+    if text.isprintable():
+        return text
+    return text.encode("unicode_escape").decode("ascii")

@@ -62,8 +62,19 @@ class ServerSettings(BaseSettings):
     """What serves gRPC: uvicorn's HTTP/2 (zttp), the stack the REST ports run on, which spends about half the
     CPU per inference call that grpcio's asyncio server does and ends HTTP/2 floods sooner
     (docs/performance.md); or grpcio's asyncio server, the older of the two."""
-    grpc_max_message_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)
-    """Largest gRPC message received or sent."""
+    grpc_max_concurrent_streams: int = Field(default=128, ge=1)
+    """Calls one gRPC connection may have open at once; a call past it is refused (REFUSED_STREAM)."""
+    max_connections: int | None = Field(default=None, ge=1)
+    """Connections the server may have open at once, over all its ports; one more is refused at once (HTTP: 503
+    with ``Retry-After``; gRPC: GOAWAY). None: the process's descriptor limit (raised to its hard limit at
+    start) less an eighth of it (at least 64) kept for the server itself: worker sockets, archives, logs."""
+    grpc_stream_idle_timeout_s: float = Field(default=300.0, gt=0)
+    """A ``ModelStreamInfer`` stream that brings no request for this long, with none of its requests in flight,
+    ends with DEADLINE_EXCEEDED naming this setting (streams dropped or held open by a client end)."""
+    grpc_max_message_bytes: int | None = Field(default=None, ge=1024)
+    """Largest gRPC request message, before and after decompression (inflated only up to it); larger ends the
+    call with RESOURCE_EXHAUSTED naming this setting. None: ``max_request_size_bytes``, REST's body limit, as
+    TorchServe bounds its gRPC messages by ``max_request_size`` too."""
 
     model_store: Path | None = None
     """Folder of model archives that ``--models`` and the management API name."""
@@ -182,6 +193,11 @@ class ServerSettings(BaseSettings):
         """Each model ``--models`` names (``name=archive``, an archive, or ``all``): entries may hold several,
         separated by commas or spaces, as TorchServe's flag allows."""
         return [part for entry in self.models for part in entry.replace(",", " ").split()]
+
+    @property
+    def grpc_message_limit(self) -> int:
+        """The largest gRPC request message: ``grpc_max_message_bytes``, or REST's ``max_request_size_bytes``."""
+        return self.grpc_max_message_bytes or self.max_request_size_bytes
 
     @property
     def log_file(self) -> Path:

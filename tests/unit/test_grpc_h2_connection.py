@@ -571,6 +571,7 @@ def test_a_streaming_call_may_pause_past_the_read_timeout(loop: asyncio.Abstract
         h.send()
         h.answer(0, ResponseItem(200, b"ok", "application/grpc"))
         await h.exchange()
+        await h.exchange()
         assert h.answers[stream.stream_id].code == grpc.StatusCode.OK
 
     run(loop, test)

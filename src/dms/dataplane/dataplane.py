@@ -20,7 +20,7 @@ from dms.engine.batcher import Batcher
 from dms.engine.messages import LoadModel, RequestItem, RequestLimits, ResponseItem
 from dms.engine.pool import PoolSettings, PoolState, WorkerPool
 from dms.engine.stats import BatchObserver
-from dms.errors import DMSError, InputError, ModelUnavailableError
+from dms.errors import DMSError, InputError, InsufficientStorageError, ModelUnavailableError
 from dms.naming import validate_model_name
 from dms.settings import ServerSettings
 
@@ -142,16 +142,26 @@ class DataPlane:
         if synchronous and pool.state == PoolState.FAILED and not loaded_at_startup:
             await self._stop_model(self.registry.remove(model.name, model.version), drain=False)
             raise ModelUnavailableError(f"model {model_name} failed to start: {pool.last_error}")
+        try:
+            self._changed()
+        except InsufficientStorageError:  # not recorded: not registered either
+            await self._stop_model(self.registry.remove(model.name, model.version), drain=False)
+            raise
         log.info(
             "registered %s from %s with %d workers (state %s)", label, url, config.initial_workers, pool.state.value
         )
-        self._changed()
         return model
 
     async def unregister(self, name: str, version: str | None = None) -> ModelVersion:
         model = self.registry.get(name, version)
+        default = self.registry.default_version(model.name)
         self.registry.remove(model.name, model.version)
-        self._changed()
+        try:
+            self._changed()
+        except InsufficientStorageError:  # still recorded: still registered, its workers untouched
+            self.registry.add(model)
+            self.registry.set_default(model.name, default)
+            raise
         await self._stop_model(model, drain=True)
         return model
 
@@ -164,14 +174,25 @@ class DataPlane:
         if min_workers > ceiling:
             raise InputError(f"min_worker {min_workers} is over max_workers_per_model ({ceiling})")
         model = self.registry.get(name, version)
+        before = (model.pool.target, model.extra.get("max_workers"))
         model.extra["max_workers"] = max(min_workers, max_workers or min_workers)
         await model.pool.scale(min_workers, wait=synchronous)
-        self._changed()
+        try:
+            self._changed()
+        except InsufficientStorageError:  # not recorded: back to the workers it had
+            model.extra["max_workers"] = before[1]
+            await model.pool.scale(before[0], wait=False)
+            raise
         return model
 
     def set_default(self, name: str, version: str) -> None:
+        before = self.registry.default_version(name)
         self.registry.set_default(name, version)
-        self._changed()
+        try:
+            self._changed()
+        except InsufficientStorageError:
+            self.registry.set_default(name, before)
+            raise
 
     # -- snapshots ----------------------------------------------------------------------------
     def _changed(self) -> None:
@@ -226,7 +247,10 @@ class DataPlane:
     def startup_complete(self) -> None:
         """Start-up models are registered: report healthy from now on, start writing snapshots, write one now."""
         self._starting = False
-        self._changed()
+        try:
+            self._changed()
+        except InsufficientStorageError as exc:  # serving matters more than the record of it; the next change retries
+            log.error("%s", exc.message)
 
     async def _stop_model(self, model: ModelVersion, drain: bool) -> None:
         if drain:

@@ -12,6 +12,7 @@ from dms.engine.pool import WorkerPool
 from dms.engine.worker_process import WorkerProcess
 from dms.errors import ModelAlreadyExistsError, ModelNotFoundError
 from dms.model_config import ResolvedModelConfig
+from dms.naming import check_requested_name, loggable
 
 
 @dataclass
@@ -56,16 +57,19 @@ class ModelRegistry:
     def get(self, name: str, version: str | None = None) -> ModelVersion:
         versions = self._models.get(name)
         if versions is None:
-            raise ModelNotFoundError(f"model {name} is not registered")
+            check_requested_name(name)
+            raise ModelNotFoundError(f"model {loggable(name)} is not registered")
         key = version or self._defaults[name]
         model = versions.get(key)
         if model is None:
-            raise ModelNotFoundError(f"model {name} has no version {key}")
+            check_requested_name(key, "model version")
+            raise ModelNotFoundError(f"model {name} has no version {loggable(key)}")
         return model
 
     def versions(self, name: str) -> list[ModelVersion]:
         if name not in self._models:
-            raise ModelNotFoundError(f"model {name} is not registered")
+            check_requested_name(name)
+            raise ModelNotFoundError(f"model {loggable(name)} is not registered")
         return list(self._models[name].values())
 
     def default_version(self, name: str) -> str:
@@ -78,6 +82,10 @@ class ModelRegistry:
 
     def names(self) -> list[str]:
         return sorted(self._models)
+
+    def has(self, name: str, version: str) -> bool:
+        """``version`` of ``name`` is registered."""
+        return version in self._models.get(name, ())
 
     def __iter__(self) -> Iterator[ModelVersion]:
         for versions in self._models.values():

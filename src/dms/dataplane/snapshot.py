@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import msgspec
+
+from dms.state_files import write_atomically
 
 log = logging.getLogger("dms.snapshot")
 
@@ -31,10 +32,8 @@ class Snapshot(msgspec.Struct):
 
 
 def write_snapshot(path: Path, entries: list[SnapshotEntry]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}")
-    temporary.write_bytes(msgspec.json.format(msgspec.json.encode(Snapshot(models=entries)), indent=2))
-    os.replace(temporary, path)
+    """Replace the snapshot with ``entries``; ``InsufficientStorageError`` (nothing changed on disk) if it cannot."""
+    write_atomically(path, msgspec.json.format(msgspec.json.encode(Snapshot(models=entries)), indent=2))
 
 
 def read_snapshot(path: Path) -> list[SnapshotEntry]:

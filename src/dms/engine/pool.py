@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import itertools
 import logging
 import os
@@ -40,6 +41,18 @@ from dms.engine.worker_process import (
 from dms.errors import DMSError, RequestTimeoutError, WorkerDiedError
 
 log = logging.getLogger("dms.pool")
+
+
+_SHORTAGES = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN, errno.ENOSPC}
+_SHORTAGE_TEXTS = ("Too many open files", "Cannot allocate memory", "Resource temporarily unavailable")
+
+
+def short_of_resources(exc: BaseException) -> bool:
+    """A worker's start failed for lack of descriptors, processes or memory: in the server (an ``OSError``) or in
+    the worker, which reports it as text."""
+    if isinstance(exc, OSError) and exc.errno in _SHORTAGES:
+        return True
+    return any(text in str(exc) for text in _SHORTAGE_TEXTS)
 
 
 class PoolState(StrEnum):
@@ -89,6 +102,8 @@ class WorkerPool:
         self._spares_out = 0
         """Workers holding a second batch behind the one they work on (``take_spare``)."""
         self._startup_failures = 0
+        self._shortages = 0
+        """Starts in a row that failed for lack of descriptors, processes or memory (``short_of_resources``)."""
         self._restart_delay_s = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
         self._memory_task: asyncio.Task[None] | None = None
@@ -161,14 +176,28 @@ class WorkerPool:
             await worker.start(self.settings.startup_timeout_s)
         except (WorkerStartError, OSError) as exc:
             self.workers.pop(worker_id, None)
-            self._on_start_failure(str(exc))
+            if short_of_resources(exc):
+                self._on_resource_shortage(str(exc))
+            else:
+                self._on_start_failure(str(exc))
             return
-        self._startup_failures = 0
+        self._startup_failures = self._shortages = 0
         if worker.loaded is not None:
             self.signature = worker.loaded
         self._track(self._watch(worker))
         self._make_idle(worker)
         self._settle_state()
+
+    def _on_resource_shortage(self, reason: str) -> None:
+        """The machine, not the model, stopped the start (no descriptors, processes or memory to spare): retried
+        with backoff for as long as it takes, never counted towards FAILED, so the model recovers by itself."""
+        self._shortages += 1
+        self.last_error = reason
+        delay = min(2.0 ** (self._shortages - 1), max(1.0, self.settings.restart_backoff_max_s))
+        log.warning(
+            "%s worker could not start for lack of resources (%s); retrying in %.1f s", self.label, reason, delay
+        )
+        self._track(self._spawn(delay))
 
     def _on_start_failure(self, reason: str) -> None:
         self._startup_failures += 1

@@ -268,6 +268,8 @@ class GrpcApp:
             method = self.methods.get(path[len(_PREFIX) :]) if path.startswith(_PREFIX) else None
             if method is None:
                 raise CallAborted(grpc.StatusCode.UNIMPLEMENTED, f"method {path} is not served here")
+            if method.authorize is not None:
+                method.authorize(headers.metadata)  # before any of the message is read or inflated
             deadline_s = parse_timeout(headers.timeout.decode("latin-1")) if headers.timeout else None
             limits = None if method.streaming else self.limits
             reader = MessageReader(receive, self.max_message_bytes, headers.encoding, limits)

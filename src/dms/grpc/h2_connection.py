@@ -47,6 +47,7 @@ from uvicorn.protocols.http.zttp_h2_impl import FORBIDDEN_HEADERS, ZttpH2Protoco
 from dms.dataplane.outcomes import Outcome, outcome_of
 from dms.engine.messages import ResponseItem
 from dms.errors import DMSError, InternalError, RequestTimeoutError
+from dms.grpc.errors import GRPC_STATUS
 from dms.grpc.h2 import (
     ANSWER_HEADERS,
     CallAborted,
@@ -69,6 +70,9 @@ INFER_PATH = f"/{SERVICE}/ModelInfer".encode()
 _OK = grpc.StatusCode.OK
 _OK_TRAILERS = status_trailers(_OK, "")
 
+_REFUSED_STREAM = 0x7
+_ENHANCE_YOUR_CALM = 0xB
+"""HTTP/2 error codes (RFC 9113, section 7)."""
 STREAMS_PER_CONNECTION = 3840
 """New streams a connection takes before it is asked to close; zttp ends a connection with an error
 (GOAWAY ENHANCE_YOUR_CALM, failing the calls in flight) once a client opened 4096 streams on it."""
@@ -91,6 +95,9 @@ class GrpcH2Protocol(RequestArrival, ConnectionDeadlines, ZttpH2Protocol):
     servicer: ClassVar[InferenceServicer | None] = None
     """Answers ``ModelInfer`` calls on the lean path; None sends every call to the ASGI app."""
     max_message_bytes: ClassVar[int] = 4 * 1024 * 1024
+    max_concurrent_streams: ClassVar[int] = 128
+    """Calls one connection may have open at once (``grpc_max_concurrent_streams``); a stream past it is reset
+    with REFUSED_STREAM at once, so a client cannot make the server keep thousands of calls for it."""
     _writes: CoalescedWrites
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -107,6 +114,8 @@ class GrpcH2Protocol(RequestArrival, ConnectionDeadlines, ZttpH2Protocol):
         """The last lean call's request headers, and what ``read_call_headers`` made of them (read-only, shared)."""
         self._lean = self.servicer is not None and self.limit_concurrency is None and not self.root_path
         """``ModelInfer`` calls may be answered on the lean path (while the connection is not closing)."""
+        self._keyed = self.servicer is not None and self.servicer.key_required("inference")
+        """Lean calls need the inference key: checked from their headers, before their message is read."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # An answer is three writes (headers, data, trailers): one socket write instead (write_coalescing).
@@ -115,11 +124,18 @@ class GrpcH2Protocol(RequestArrival, ConnectionDeadlines, ZttpH2Protocol):
         super().connection_made(self._writes)
         defaults = [(name.lower(), value) for name, value in self.server_state.default_headers]
         self._answer_headers = [(n, v) for n, v in defaults if n not in FORBIDDEN_HEADERS] + ANSWER_HEADERS
+        if not self.admitted():  # over max_connections: told to go away (ENHANCE_YOUR_CALM) before any call
+            log.warning("a gRPC connection was refused: %s are open, max_connections", self.connection_budget.limit)
+            self.conn.close(_ENHANCE_YOUR_CALM, 0)
+            self.flush()
+            self.transport.close()
+            return
         self.went_idle()  # a connection that never sends a call is closed as an idle one is
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         self.stop_timer()
+        self.released()
 
     def data_received(self, data: bytes) -> None:
         # uvicorn's (read, handle the events, write what zttp queued), in one method: a lean call's events are
@@ -211,8 +227,11 @@ class GrpcH2Protocol(RequestArrival, ConnectionDeadlines, ZttpH2Protocol):
             super().resume_reading_if_idle()
 
     def handle_request(self, event: Any) -> None:
-        unary = self._take(event)
         stream_id = event.stream_id
+        if len(self.cycles) >= self.max_concurrent_streams:  # refused before anything is kept for it
+            self.conn.stream(stream_id).reset(_REFUSED_STREAM)
+            return
+        unary = self._take(event)
         if unary is None:
             super().handle_request(event)
         else:
@@ -224,11 +243,16 @@ class GrpcH2Protocol(RequestArrival, ConnectionDeadlines, ZttpH2Protocol):
             self._retire()
         if unary is not None:
             try:
+                if self._keyed:
+                    cast(InferenceServicer, self.servicer).authorize(unary.headers.metadata, "inference")
                 if unary.headers.timeout:
                     seconds = parse_timeout(unary.headers.timeout.decode("latin-1"))
                     unary.timer = self.loop.call_later(seconds, self._expire, unary)
             except CallAborted as exc:
                 self._finish(unary, exc.code, exc.details)
+                return
+            except DMSError as exc:  # no key, or a wrong one: refused before any of its message is read
+                self._finish(unary, GRPC_STATUS[exc.kind], exc.message)
                 return
             if event.end_stream:
                 self._take_request(unary)
@@ -383,8 +407,16 @@ class GrpcH2Protocol(RequestArrival, ConnectionDeadlines, ZttpH2Protocol):
 
 
 def grpc_protocol(
-    servicer: InferenceServicer | None, max_message_bytes: int, limits: ReadLimits | None = None
+    servicer: InferenceServicer | None,
+    max_message_bytes: int,
+    limits: ReadLimits | None = None,
+    max_concurrent_streams: int = 128,
 ) -> type[GrpcH2Protocol]:
     """The HTTP/2 protocol class for one gRPC server (uvicorn's ``http=``); None: every call goes to ASGI."""
-    attributes = {"servicer": servicer, "max_message_bytes": max_message_bytes, **(limits or ReadLimits()).attributes()}
+    attributes = {
+        "servicer": servicer,
+        "max_message_bytes": max_message_bytes,
+        "max_concurrent_streams": max_concurrent_streams,
+        **(limits or ReadLimits()).attributes(),
+    }
     return type("GrpcH2Protocol", (GrpcH2Protocol,), attributes)

@@ -9,10 +9,11 @@ server runs); inference calls need the inference key when inference auth is on.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeAlias
+from typing import Any, Protocol, TypeAlias, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -25,7 +26,14 @@ from dms.dataplane.outcomes import Outcome
 from dms.dataplane.queries import model_metadata, model_ready, repository_index, repository_load, repository_unload
 from dms.dataplane.queries import statistics as model_statistics
 from dms.engine.messages import PROTOCOL_V2_GRPC, RequestItem, ResponseItem
-from dms.errors import DMSError, InputError, InternalError, ModelNotFoundError, error_from_wire
+from dms.errors import (
+    DMSError,
+    InputError,
+    InternalError,
+    ModelNotFoundError,
+    RequestTimeoutError,
+    error_from_wire,
+)
 from dms.grpc.errors import GRPC_STATUS
 from dms.observability.metrics import ServerMetrics
 from dms.observability.request_ids import new_request_id
@@ -34,6 +42,7 @@ from dms.rest.oip import EXTENSIONS
 
 log = logging.getLogger("dms.grpc")
 
+_T = TypeVar("_T")
 Context: TypeAlias = Any  # grpc.aio.ServicerContext (grpc ships no type hints)
 Metadata: TypeAlias = dict[str, str | bytes]
 """A call's custom metadata by name (``-bin`` values are bytes)."""
@@ -49,6 +58,39 @@ class InferCall:
     request_id: str
     valid: bool = True
     """Its routing fields could be read (the request is protobuf)."""
+
+
+STREAM_IN_FLIGHT = 64
+"""Requests of one ``ModelStreamInfer`` stream read and not yet answered, at most: the stream is read no
+further until one is (so a client that sends without reading answers is held back by HTTP/2 flow control)."""
+
+
+def stream_idle_error(idle_s: float) -> RequestTimeoutError:
+    """How a stream that brought nothing for ``grpc_stream_idle_timeout_s`` ends (DEADLINE_EXCEEDED)."""
+    return RequestTimeoutError(
+        f"the stream sent no request for {idle_s:g} s with none in flight (grpc_stream_idle_timeout_s)"
+    )
+
+
+async def _unless_ended(awaited: asyncio.Future[_T], reader: asyncio.Future[None], timeout_s: float | None) -> _T:
+    """``awaited``'s result; but the exception that ended ``reader`` if it ends the stream first (the client gone,
+    a bad message), and ``TimeoutError`` after ``timeout_s``. ``awaited`` is cancelled if its result is not taken
+    (a request's own future is cancelled that way when its client leaves)."""
+    try:
+        if not reader.done():
+            await asyncio.wait((awaited, reader), timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        if not awaited.done():
+            failure = reader.exception() if reader.done() else None
+            if failure is not None:
+                raise failure
+            if reader.done():  # every request read: only this one is left to wait for
+                await asyncio.wait((awaited,), timeout=timeout_s)
+            if not awaited.done():
+                raise TimeoutError
+        return awaited.result()
+    finally:
+        if not awaited.done():
+            awaited.cancel()
 
 
 def stream_answer(infer_response: bytes) -> bytes:
@@ -95,12 +137,19 @@ class InferenceServicer:
         await context.abort(GRPC_STATUS[exc.kind], exc.message)
 
     def _check_key(self, context: Context, kind: KeyKind) -> None:
-        self._authorize(dict(context.invocation_metadata() or ()), kind)
+        self.authorize(dict(context.invocation_metadata() or ()), kind)
 
-    def _authorize(self, metadata: Metadata, kind: KeyKind) -> None:
+    def key_required(self, kind: KeyKind) -> bool:
+        """Calls of this kind need a key (token auth on for it, and keys kept)."""
         settings = self.dataplane.settings
         required = settings.token_auth if kind == "management" else settings.inference_token_auth
-        if self.keys is None or not required:
+        return self.keys is not None and required
+
+    def authorize(self, metadata: Metadata, kind: KeyKind) -> None:
+        """Raise ``UnauthorizedError``/``ForbiddenError`` unless the call's metadata carries the key ``kind`` needs.
+
+        The transports call it with a call's headers, before any of its message is read or inflated."""
+        if self.keys is None or not self.key_required(kind):
             return
         key = metadata.get("authorization")
         self.keys.check(kind, key if isinstance(key, str) else None)
@@ -162,6 +211,7 @@ class InferenceServicer:
         call = self.infer_arrived(payload, metadata)
         outcome: Outcome = None
         try:
+            self.authorize(metadata, "inference")  # grpcio reads the message first; uvicorn's HTTP/2 does not
             outcome = await self.infer_submit(call, payload, metadata)
         except DMSError as exc:
             outcome = exc
@@ -187,10 +237,9 @@ class InferenceServicer:
         return InferCall(started_ns, routing.model_name, routing.model_version or None, request_id)
 
     def infer_submit(self, call: InferCall, payload: bytes, metadata: Metadata) -> asyncio.Future[ResponseItem]:
-        """Hand the call to its model (raises ``DMSError`` when it cannot go)."""
+        """Hand the call to its model (raises ``DMSError`` when it cannot go); its key was checked by then."""
         if not call.valid:
             raise InputError("the request is not a valid ModelInferRequest")
-        self._authorize(metadata, "inference")
         return self._submit(payload, call.model, call.version, call.request_id, metadata)
 
     def infer_concluded(self, call: InferCall, outcome: Outcome) -> tuple[grpc.StatusCode, str, bytes]:
@@ -223,30 +272,57 @@ class InferenceServicer:
         return code, details, answer
 
     async def model_stream_infer(self, requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[bytes]:
+        """Each request of the stream answered in order. The stream ends when its client ends it or leaves, at
+        its first message that is not a ``ModelInferRequest`` (INVALID_ARGUMENT), and when it has brought
+        nothing for ``grpc_stream_idle_timeout_s`` with nothing in flight (DEADLINE_EXCEEDED). At most
+        ``STREAM_IN_FLIGHT`` requests wait for their answers: past that, no more is read until one is sent."""
         try:
             self._check_key(context, "inference")
         except DMSError as exc:
             await self._abort(context, exc)
         metadata = dict(context.invocation_metadata() or ())
-        pending: asyncio.Queue[asyncio.Task[tuple[bytes, int]] | None] = asyncio.Queue()
+        pending: asyncio.Queue[asyncio.Future[tuple[bytes, int]] | None] = asyncio.Queue(maxsize=STREAM_IN_FLIGHT)
 
         async def read_all() -> None:
+            """Read the requests, each handed to its model as it comes; raises what ends the stream (the client
+            gone, a message that is not a request)."""
             async for payload in requests:
-                routing = pb.ModelInferRequestRouting.FromString(payload)
+                try:
+                    routing = pb.ModelInferRequestRouting.FromString(payload)
+                except DecodeError:
+                    raise InputError("a message of the stream is not a ModelInferRequest") from None
                 request_id = str(routing.id or new_request_id())
-                pending.put_nowait(asyncio.ensure_future(self._infer(payload, routing, request_id, metadata)))
-            pending.put_nowait(None)
+                await pending.put(asyncio.ensure_future(self._infer(payload, routing, request_id, metadata)))
+            await pending.put(None)
 
+        idle_s = self.dataplane.settings.grpc_stream_idle_timeout_s
         reader = asyncio.ensure_future(read_all())
         try:
-            while (task := await pending.get()) is not None:
+            while True:
                 try:
-                    answer, _ = await task
+                    task = await _unless_ended(asyncio.ensure_future(pending.get()), reader, idle_s)
+                except TimeoutError:
+                    await self._abort(context, stream_idle_error(idle_s))
+                    return
+                except DMSError as exc:
+                    await self._abort(context, exc)
+                    return
+                if task is None:
+                    return
+                try:
+                    answer, _ = await _unless_ended(task, reader, None)
                     yield stream_answer(answer)
                 except DMSError as exc:
+                    if reader.done() and reader.exception() is exc:
+                        await self._abort(context, exc)
+                        return
                     yield pb.ModelStreamInferResponse(error_message=exc.message).SerializeToString()
         finally:
             reader.cancel()
+            while not pending.empty():  # requests read and not answered: their clients are gone
+                left = pending.get_nowait()
+                if left is not None:
+                    left.cancel()
 
     async def model_statistics(self, request: Any, context: Context) -> Any:
         try:
@@ -312,6 +388,9 @@ class RpcMethod:
     """The protobuf class of the answer, or None: the handler returns serialized bytes."""
     streaming: bool = False
     """Requests and answers are both streams (``ModelStreamInfer``)."""
+    authorize: Callable[[Metadata], None] | None = None
+    """Checks a call's headers for the key its calls need (``InferenceServicer.authorize``), before any of its
+    message is read; None for the health calls, which need none."""
 
 
 SERVICE = "inference.GRPCInferenceService"
@@ -320,27 +399,45 @@ SERVICE = "inference.GRPCInferenceService"
 def rpc_methods(servicer: InferenceServicer) -> dict[str, RpcMethod]:
     """The service's methods by name."""
     s = servicer
+    inference: Callable[[Metadata], None] = functools.partial(s.authorize, kind="inference")
+    management: Callable[[Metadata], None] = functools.partial(s.authorize, kind="management")
     methods = [
         RpcMethod("ServerLive", s.server_live, pb.ServerLiveRequest, pb.ServerLiveResponse),
         RpcMethod("ServerReady", s.server_ready, pb.ServerReadyRequest, pb.ServerReadyResponse),
         RpcMethod("ModelReady", s.model_ready, pb.ModelReadyRequest, pb.ModelReadyResponse),
         RpcMethod("ServerMetadata", s.server_metadata, pb.ServerMetadataRequest, pb.ServerMetadataResponse),
-        RpcMethod("ModelMetadata", s.model_metadata, pb.ModelMetadataRequest, pb.ModelMetadataResponse),
-        RpcMethod("ModelInfer", s.model_infer, None, None),
-        RpcMethod("ModelStreamInfer", s.model_stream_infer, None, None, streaming=True),
-        RpcMethod("ModelStatistics", s.model_statistics, pb.ModelStatisticsRequest, pb.ModelStatisticsResponse),
-        RpcMethod("RepositoryIndex", s.repository_index, pb.RepositoryIndexRequest, pb.RepositoryIndexResponse),
+        RpcMethod(
+            "ModelMetadata", s.model_metadata, pb.ModelMetadataRequest, pb.ModelMetadataResponse, authorize=inference
+        ),
+        RpcMethod("ModelInfer", s.model_infer, None, None, authorize=inference),
+        RpcMethod("ModelStreamInfer", s.model_stream_infer, None, None, streaming=True, authorize=inference),
+        RpcMethod(
+            "ModelStatistics",
+            s.model_statistics,
+            pb.ModelStatisticsRequest,
+            pb.ModelStatisticsResponse,
+            authorize=inference,
+        ),
+        RpcMethod(
+            "RepositoryIndex",
+            s.repository_index,
+            pb.RepositoryIndexRequest,
+            pb.RepositoryIndexResponse,
+            authorize=management,
+        ),
         RpcMethod(
             "RepositoryModelLoad",
             s.repository_model_load,
             pb.RepositoryModelLoadRequest,
             pb.RepositoryModelLoadResponse,
+            authorize=management,
         ),
         RpcMethod(
             "RepositoryModelUnload",
             s.repository_model_unload,
             pb.RepositoryModelUnloadRequest,
             pb.RepositoryModelUnloadResponse,
+            authorize=management,
         ),
     ]
     return {method.name: method for method in methods}
@@ -359,9 +456,13 @@ def build_grpc_server(
 ) -> grpc.aio.Server:
     """The service on grpcio's asyncio server (``grpc_server = "grpcio"``; uvicorn's HTTP/2 is the default)."""
     settings = dataplane.settings
-    limit = settings.grpc_max_message_bytes
+    # Answers are as large as their models make them (grpcio's default: no limit on what is sent).
     server = grpc.aio.server(
-        options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
+        options=[
+            ("grpc.max_receive_message_length", settings.grpc_message_limit),
+            ("grpc.max_send_message_length", -1),
+            ("grpc.max_concurrent_streams", settings.grpc_max_concurrent_streams),
+        ]
     )
     methods = rpc_methods(InferenceServicer(dataplane, metrics, keys, repository))
     handlers = {name: _grpcio_handler(method) for name, method in methods.items()}

@@ -69,7 +69,7 @@ def _check_npy(stream: io.IOBase, size: int, max_elements: int, what: str) -> No
     except (ValueError, OSError, EOFError, SyntaxError, TypeError) as exc:
         raise InputError(f"{what} has no valid .npy header: {exc}") from exc
     if dtype.hasobject:
-        raise InputError(f"{what} holds Python objects, which are never unpickled: send numbers or strings")
+        raise InputError(f"could not read the .npy/.npz body: {what} holds Python objects, which are never unpickled")
     try:
         count = element_count(shape, max_elements)
     except PayloadTooLargeError as exc:

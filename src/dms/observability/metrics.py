@@ -22,6 +22,7 @@ from prometheus_client.registry import Collector
 
 from dms.dataplane import DataPlane
 from dms.engine.pool import PoolState
+from dms.naming import LOGGED_LENGTH, loggable
 from dms.observability.recent import WINDOW_S, RecentOutcomes
 from dms.observability.tallies import Buckets, Count, CounterTally, HistogramTally, TallyCollector
 
@@ -30,6 +31,8 @@ access_log = logging.getLogger("dms.access")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 MODEL = ("model", "version")
+UNREGISTERED = "_unregistered"
+"""The model label of requests for a name (or version) nothing registered: one series for all of them."""
 
 
 class _DataPlaneCollector(Collector):
@@ -136,10 +139,12 @@ class ServerMetrics:
         self._in_flight: dict[str, int] = {}
         # Labelled children looked up once per label set, not per request (labels() is a hot-path cost).
         self._series: dict[tuple[str, str, str, str], _Series] = {}
+        self._dataplane: DataPlane | None = None
         if dataplane is not None:
             self.attach(dataplane)
 
     def attach(self, dataplane: DataPlane) -> None:
+        self._dataplane = dataplane
         registry = self.registry
         registry.register(_DataPlaneCollector(dataplane, self.recent))
 
@@ -178,12 +183,14 @@ class ServerMetrics:
         key = (model, version, transport, code)
         series = self._series.get(key)
         if series is None:
-            series = self._series[key] = self._new_series(model, version, transport, code)
+            series = self._series_of(model, version, transport, code)
         series.count.inc()
         series.latency.observe(seconds)
         self.recent.add(series.model, series.server_error, now)
         if not access_log.isEnabledFor(logging.INFO):
             return
+        if not (request_id.isprintable() and model.isprintable()) or len(request_id) + len(model) > LOGGED_LENGTH:
+            request_id, model, version = loggable(request_id), loggable(model), loggable(version)
         access_log.info(
             "%s %s %s %s %s %.2fms batch=%d",
             request_id,
@@ -207,6 +214,20 @@ class ServerMetrics:
     def _count_in_flight(self, transport: str) -> None:
         self._in_flight[transport] = 0
         self.in_flight.labels(transport).set_function(lambda: self._in_flight[transport])
+
+    def _series_of(self, model: str, version: str, transport: str, code: str) -> _Series:
+        """The series of a label set seen for the first time: a registered model version's own, or, for a name or
+        version nothing registered, the one series of ``UNREGISTERED`` (so clients cannot add series at will)."""
+        dataplane = self._dataplane
+        if dataplane is not None and not dataplane.registry.has(model, version):
+            model, version = UNREGISTERED, ""
+            unknown = (model, version, transport, code)
+            series = self._series.get(unknown)
+            if series is None:
+                series = self._series[unknown] = self._new_series(model, version, transport, code)
+            return series
+        series = self._series[(model, version, transport, code)] = self._new_series(model, version, transport, code)
+        return series
 
     def _new_series(self, model: str, version: str, transport: str, code: str) -> _Series:
         outcome = _outcome(code)

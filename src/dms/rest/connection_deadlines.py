@@ -35,11 +35,34 @@ calls ``stop_timer``.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
     from dms.settings import ServerSettings
+
+
+class ConnectionBudget:
+    """The connections this process may have open across all its ports (``max_connections``): one object
+    shared by every port's protocol, which takes a place as a connection opens and gives it back as it
+    closes. A connection over the budget is refused at once (HTTP/1.1: 503 with ``Retry-After``; HTTP/2: a
+    GOAWAY), so the descriptors the server needs for itself (workers' sockets, files) are never all taken."""
+
+    __slots__ = ("limit", "open")
+
+    def __init__(self, limit: int | None = None) -> None:
+        self.limit = limit
+        self.open = 0
+
+    def take(self) -> bool:
+        """One place for a new connection; False (and nothing taken) when none is left."""
+        if self.limit is not None and self.open >= self.limit:
+            return False
+        self.open += 1
+        return True
+
+    def give_back(self) -> None:
+        self.open -= 1
 
 
 class ConnectionDeadlines:
@@ -67,6 +90,21 @@ class ConnectionDeadlines:
     body_bytes = 0
     """With a floor, the bytes of its body received so far (the protocol adds each read's)."""
     _timer_due = 0.0
+    connection_budget: ClassVar[ConnectionBudget] = ConnectionBudget()
+    """The process's budget of open connections (``ReadLimits.connections``)."""
+    counted = False
+    """This connection holds a place in ``connection_budget``."""
+
+    def admitted(self) -> bool:
+        """Take a place in the connection budget as the connection opens; False: refuse it (no place taken)."""
+        self.counted = self.connection_budget.take()
+        return self.counted
+
+    def released(self) -> None:
+        """Give the connection's place back as it closes (once)."""
+        if self.counted:
+            self.counted = False
+            self.connection_budget.give_back()
 
     def _unset_keepalive_if_required(self) -> None:
         """Data arrived, or the connection is gone: it is busy. The timer stays, and stops when it fires."""
@@ -173,18 +211,21 @@ class ReadLimits:
     body_rate_grace_s: float = 10.0
     max_header_bytes: int = 64 * 1024
     max_header_count: int = 100
+    connections: ConnectionBudget = field(default_factory=ConnectionBudget)
+    """Shared by every port built with these limits."""
 
     @classmethod
-    def of(cls, settings: ServerSettings) -> ReadLimits:
+    def of(cls, settings: ServerSettings, connections: ConnectionBudget | None = None) -> ReadLimits:
         return cls(
             settings.request_read_timeout_s,
             settings.min_request_body_rate_bytes_s,
             settings.request_body_rate_grace_s,
             settings.max_header_bytes,
             settings.max_header_count,
+            connections or ConnectionBudget(),
         )
 
-    def attributes(self) -> dict[str, float]:
+    def attributes(self) -> dict[str, float | ConnectionBudget]:
         """The class attributes of a protocol (``ConnectionDeadlines``) that keep these limits."""
         first_look = min(self.timeout_s, self.body_rate_grace_s) if self.min_body_rate else self.timeout_s
         return {
@@ -194,4 +235,5 @@ class ReadLimits:
             "first_look": first_look,
             "max_header_bytes": self.max_header_bytes,
             "max_header_count": self.max_header_count,
+            "connection_budget": self.connections,
         }

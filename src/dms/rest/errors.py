@@ -9,7 +9,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from dms.errors import DMSError, ErrorKind, InternalError, QueueFullError
+from dms.errors import DMSError, ErrorKind, InternalError
 
 log = logging.getLogger("dms.rest")
 
@@ -40,7 +40,8 @@ def json_error(status: int, type_name: str, message: str, headers: dict[str, str
 
 def error_response(exc: DMSError) -> Response:
     status = HTTP_STATUS[exc.kind]
-    headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, QueueFullError) else None
+    retry_after_s = getattr(exc, "retry_after_s", None)  # QueueFullError, ServerBusyError
+    headers = {"Retry-After": str(retry_after_s)} if retry_after_s is not None else None
     return json_error(status, exc.type_name, exc.message, headers)
 
 

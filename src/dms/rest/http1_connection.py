@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from dms.errors import DMSError, HeadersTooLargeError, RequestReadTimeoutError
+from dms.errors import DMSError, HeadersTooLargeError, RequestReadTimeoutError, ServerBusyError
 from dms.rest.connection_deadlines import ConnectionDeadlines, ReadLimits, too_slow_message
 from dms.rest.errors import error_response
 from dms.rest.forwarding import Reply
@@ -55,11 +55,19 @@ class Http1Protocol(ConnectionDeadlines, PacedHttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # as uvicorn's
         super().connection_made(transport)
+        if not self.admitted():
+            limit = self.connection_budget.limit
+            log.warning("a connection was refused: %s are open, max_connections", limit)
+            self.send_error_and_close(
+                ServerBusyError(f"the server has max_connections ({limit}) connections open; try again shortly")
+            )
+            return
         self.went_idle()  # a connection that never sends a request is closed as an idle one is
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         self.stop_timer()
+        self.released()
 
     def data_received(self, data: bytes) -> None:
         # Bytes read while a head is incomplete count against the limit: an upper bound of the head's size
