@@ -90,7 +90,8 @@ class ServerSettings(BaseSettings):
     """Largest total size an archive may extract to."""
     max_download_bytes: int = 2 * 1024**3
     """Largest archive downloaded from an allowed URL."""
-    download_timeout_s: float = 300.0
+    download_timeout_s: float = Field(default=300.0, gt=0)
+    """The most a whole download (redirects included) may take, however its server paces its bytes."""
 
     default_workers_per_model: int = Field(default_factory=_default_workers, ge=0)
     """Workers per model version when neither its config nor the request says."""

@@ -9,9 +9,14 @@ matches their ``file://`` URL.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
+import socket
 import tempfile
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -87,12 +92,18 @@ def download_archive(url: str, settings: ServerSettings) -> Path:
 
 
 def _fetch(url: str, target: Path, settings: ServerSettings) -> None:
+    """Download ``url`` (redirects included) to ``target`` within ``download_timeout_s`` in all."""
     import httpx
 
+    limit_s = settings.download_timeout_s
+    deadline = time.monotonic() + limit_s
     current = url
-    with httpx.Client(timeout=settings.download_timeout_s, follow_redirects=False) as client:
+    with httpx.Client(timeout=limit_s, follow_redirects=False) as client:
         for _ in range(_MAX_REDIRECTS + 1):
-            with client.stream("GET", current) as response:
+            left_s = deadline - time.monotonic()
+            if left_s <= 0:
+                raise ArchiveError(f"downloading {url!r} took longer than download_timeout_s ({limit_s:g} s)")
+            with client.stream("GET", current, timeout=left_s) as response, _cut_off_at(response, deadline) as cut:
                 if response.is_redirect:
                     current = str(response.url.join(response.headers.get("location", "")))
                     if not url_allowed(current, settings.allowed_urls):
@@ -100,9 +111,41 @@ def _fetch(url: str, target: Path, settings: ServerSettings) -> None:
                     continue
                 if response.status_code != 200:
                     raise ArchiveError(f"downloading {url!r} failed with HTTP {response.status_code}")
-                _save_capped(response, target, settings.max_download_bytes)
+                try:
+                    _save_capped(response, target, settings.max_download_bytes)
+                except httpx.HTTPError:
+                    if cut.is_set():
+                        raise ArchiveError(
+                            f"downloading {url!r} took longer than download_timeout_s ({limit_s:g} s)"
+                        ) from None
+                    raise
                 return
     raise ArchiveError(f"{url!r} redirected more than {_MAX_REDIRECTS} times")
+
+
+@contextlib.contextmanager
+def _cut_off_at(response: Any, deadline: float) -> Iterator[threading.Event]:
+    """Shut the response's socket at ``deadline`` (monotonic), waking a read blocked on it, so a server that drips
+    its bytes cannot stretch a download past the deadline; the event tells whether it was cut off."""
+    cut = threading.Event()
+    stream = response.extensions.get("network_stream")
+    sock: socket.socket | None = stream.get_extra_info("socket") if stream is not None else None
+
+    def cut_off() -> None:
+        cut.set()
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    timer = threading.Timer(max(0.0, deadline - time.monotonic()), cut_off) if sock is not None else None
+    if timer is not None:
+        timer.daemon = True
+        timer.start()
+    try:
+        yield cut
+    finally:
+        if timer is not None:
+            timer.cancel()
 
 
 def _save_capped(response: Any, target: Path, cap: int) -> None:

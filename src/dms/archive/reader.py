@@ -1,7 +1,8 @@
 """Open a model archive (zip ``.mar``, tgz or folder) and extract it safely, once, into a cache.
 
 Extraction refuses absolute paths, ``..``, links, device files and duplicate names, and stops at
-a total size cap and a per-entry compression-ratio cap (zip bombs). A finished extraction lives in
+a total size cap and a compression-ratio cap checked as it writes, for every member of every format
+(bombs). A finished extraction lives in
 ``<cache>/<sha256 of the archive>`` and is reused.
 """
 
@@ -15,6 +16,7 @@ import stat
 import tarfile
 import tempfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO
@@ -25,7 +27,7 @@ from dms.legacy.archive import LEGACY_MANIFEST, is_legacy_archive, translate_man
 from dms.model_config import ModelConfig, parse_model_config
 
 _COMPLETE_MARKER = ".dms-extracted"
-_MAX_RATIO = 200
+_MAX_RATIO = 100
 _RATIO_FLOOR_BYTES = 4 * 1024 * 1024
 _CHUNK = 1024 * 1024
 
@@ -122,6 +124,25 @@ def _extract_cached(path: Path, cache_dir: Path, max_bytes: int) -> Path:
     return target
 
 
+def remove_extraction(model_dir: Path, cache_dir: Path) -> bool:
+    """Delete the cache folder ``model_dir`` was extracted into (a folder archive, outside the cache, is left);
+    True if one was removed. The caller makes sure nothing registered uses it any more."""
+    entry = extraction_of(model_dir, cache_dir)
+    if entry is None:
+        return False
+    shutil.rmtree(entry, ignore_errors=True)
+    return True
+
+
+def extraction_of(model_dir: Path, cache_dir: Path) -> Path | None:
+    """The cache folder holding ``model_dir``, or None when it is not in the cache."""
+    try:
+        relative = model_dir.resolve().relative_to(cache_dir.resolve())
+    except ValueError:
+        return None
+    return cache_dir / relative.parts[0] if relative.parts else None
+
+
 def safe_member_path(name: str) -> PurePosixPath:
     """Validate an archive member name; return it as a relative path."""
     if not name or "\x00" in name:
@@ -157,22 +178,35 @@ class _MemberCheck:
 
 
 class _Budget:
-    def __init__(self, max_bytes: int) -> None:
+    """What an extraction may still write: ``max_archive_bytes`` in all, and never more than ``_MAX_RATIO`` times
+    the compressed bytes read so far (past ``_RATIO_FLOOR_BYTES``), checked as each chunk is written, so a bomb
+    stops a few megabytes in whatever its format and however its members are cut."""
+
+    def __init__(self, max_bytes: int, compressed_read: Callable[[], int]) -> None:
         self.left = max_bytes
         self.max_bytes = max_bytes
+        self.written = 0
+        self.compressed_read = compressed_read
+        """The archive's bytes read so far (for a zip: the compressed sizes of the members taken so far)."""
 
-    def copy(self, source: IO[bytes], destination: Path) -> None:
+    def copy(self, source: IO[bytes], destination: Path, name: str) -> None:
         destination.parent.mkdir(parents=True, exist_ok=True)
         with destination.open("xb") as out:
             while chunk := source.read(_CHUNK):
                 self.left -= len(chunk)
+                self.written += len(chunk)
                 if self.left < 0:
                     raise ArchiveError(f"archive extracts to more than {self.max_bytes} bytes")
+                if self.written > _RATIO_FLOOR_BYTES and self.written > _MAX_RATIO * max(1, self.compressed_read()):
+                    raise ArchiveError(
+                        f"archive expands more than {_MAX_RATIO}:1 (at member {name!r}): a decompression bomb?"
+                    )
                 out.write(chunk)
 
 
 def _extract_zip(path: Path, destination: Path, max_bytes: int) -> None:
-    budget = _Budget(max_bytes)
+    taken = [0]  # compressed bytes of the members taken so far
+    budget = _Budget(max_bytes, lambda: taken[0])
     members = _MemberCheck(destination)
     with zipfile.ZipFile(path) as zf:
         infos = zf.infolist()
@@ -191,25 +225,29 @@ def _extract_zip(path: Path, destination: Path, max_bytes: int) -> None:
             ratio = info.file_size / max(info.compress_size, 1)
             if info.file_size > _RATIO_FLOOR_BYTES and ratio > _MAX_RATIO:
                 raise ArchiveError(f"archive member {info.filename!r} compresses {ratio:.0f}:1 (zip bomb?)")
+            taken[0] += info.compress_size  # zipfile reads no more of a member than this
             with zf.open(info) as source:
-                budget.copy(source, target)
+                budget.copy(source, target, info.filename)
 
 
 def _extract_tar(path: Path, destination: Path, max_bytes: int) -> None:
-    budget = _Budget(max_bytes)
+    with path.open("rb") as raw, tarfile.open(fileobj=raw) as tar:  # compressed or not, as tarfile finds it
+        _extract_tar_members(tar, destination, _Budget(max_bytes, raw.tell))
+
+
+def _extract_tar_members(tar: tarfile.TarFile, destination: Path, budget: _Budget) -> None:
     members = _MemberCheck(destination)
-    with tarfile.open(path) as tar:
-        for info in tar:
-            target = members.target(info.name, info.isdir())
-            if target is None:
-                continue
-            if info.isdir():
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            if not info.isfile():
-                raise ArchiveError(f"archive member {info.name!r} is a link or special file")
-            source = tar.extractfile(info)
-            if source is None:
-                raise ArchiveError(f"archive member {info.name!r} cannot be read")
-            with source:
-                budget.copy(source, target)
+    for info in tar:
+        target = members.target(info.name, info.isdir())
+        if target is None:
+            continue
+        if info.isdir():
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        if not info.isfile():
+            raise ArchiveError(f"archive member {info.name!r} is a link or special file")
+        source = tar.extractfile(info)
+        if source is None:
+            raise ArchiveError(f"archive member {info.name!r} cannot be read")
+        with source:
+            budget.copy(source, target, info.name)

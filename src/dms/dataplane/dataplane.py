@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from dms.archive.locate import locate_archive
-from dms.archive.reader import open_archive
+from dms.archive.reader import extraction_of, open_archive, remove_extraction
 from dms.dataplane.registry import ModelRegistry, ModelVersion
 from dms.dataplane.snapshot import SnapshotEntry, read_snapshot, write_snapshot
 from dms.engine.batcher import Batcher
@@ -141,11 +141,13 @@ class DataPlane:
         await pool.scale(config.initial_workers, wait=synchronous)
         if synchronous and pool.state == PoolState.FAILED and not loaded_at_startup:
             await self._stop_model(self.registry.remove(model.name, model.version), drain=False)
+            await self._drop_extraction(model)
             raise ModelUnavailableError(f"model {model_name} failed to start: {pool.last_error}")
         try:
             self._changed()
         except InsufficientStorageError:  # not recorded: not registered either
             await self._stop_model(self.registry.remove(model.name, model.version), drain=False)
+            await self._drop_extraction(model)
             raise
         log.info(
             "registered %s from %s with %d workers (state %s)", label, url, config.initial_workers, pool.state.value
@@ -163,7 +165,20 @@ class DataPlane:
             self.registry.set_default(model.name, default)
             raise
         await self._stop_model(model, drain=True)
+        await self._drop_extraction(model)
         return model
+
+    async def _drop_extraction(self, model: ModelVersion) -> None:
+        """Remove the extracted archive of a model version no longer registered, unless another registered version
+        was extracted from the same archive (the cache is keyed by the archive's hash). With several frontends, which
+        share the cache and are all told of the change, only the first removes it."""
+        cache_dir = self.settings.archive_cache_dir
+        entry = extraction_of(model.archive.model_dir, cache_dir)
+        if entry is None or self._frontend_index != 0:
+            return
+        if any(extraction_of(other.archive.model_dir, cache_dir) == entry for other in self.registry):
+            return
+        await asyncio.to_thread(remove_extraction, model.archive.model_dir, cache_dir)
 
     async def scale(
         self, name: str, version: str | None, min_workers: int, max_workers: int | None, synchronous: bool
@@ -174,14 +189,14 @@ class DataPlane:
         if min_workers > ceiling:
             raise InputError(f"min_worker {min_workers} is over max_workers_per_model ({ceiling})")
         model = self.registry.get(name, version)
-        before = (model.pool.target, model.extra.get("max_workers"))
+        target_before, extra_before = model.pool.target, dict(model.extra)
         model.extra["max_workers"] = max(min_workers, max_workers or min_workers)
         await model.pool.scale(min_workers, wait=synchronous)
         try:
             self._changed()
         except InsufficientStorageError:  # not recorded: back to the workers it had
-            model.extra["max_workers"] = before[1]
-            await model.pool.scale(before[0], wait=False)
+            model.extra = extra_before
+            await model.pool.scale(target_before, wait=False)
             raise
         return model
 
