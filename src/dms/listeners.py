@@ -2,13 +2,14 @@
 (grpcio, or uvicorn's HTTP/2), built from the settings, opened together and closed with a grace period.
 
 With several frontends (``dms.frontends``) the inference and gRPC ports are bound with ``SO_REUSEPORT``
-(``shared_port_socket``), and a frontend after the first opens the inference API and gRPC only.
+(``listening_socket``), and a frontend after the first opens the inference API and gRPC only.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import resource
 import socket
@@ -141,14 +142,32 @@ def connection_limit(settings: ServerSettings) -> int:
     return max(1, soft - max(RESERVED_DESCRIPTORS_MIN, soft // 8))
 
 
-def shared_port_socket(address: str) -> socket.socket:
-    """A listening socket that the server's other frontends bind too (``SO_REUSEPORT``)."""
+class PortError(Exception):
+    """A port could not be opened: the message says which, why, and what to do (printed as one line)."""
+
+
+def port_problem(address: str, setting: str, exc: BaseException) -> str:
+    flag = "--" + setting.replace("_", "-")
+    if (isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE) or "in use" in str(exc):
+        return f"{address} is in use (another DMS? dms stop, or {flag})"
+    if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM):
+        return f"{address} may not be opened by this user (ports under 1024 need privileges; {flag})"
+    if isinstance(exc, OSError) and exc.errno == errno.EADDRNOTAVAIL:
+        return f"{address} is not an address of this machine ({flag})"
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return f"{address} could not be opened: {reason} ({flag})"
+
+
+def listening_socket(address: str, shared: bool = False) -> socket.socket:
+    """The listening socket of a port, bound here so that a failure is told plainly; with ``shared``, one the
+    server's other frontends bind too (``SO_REUSEPORT``)."""
     host, port = parse_address(address)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if shared:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
     except OSError:
         sock.close()
@@ -197,13 +216,16 @@ class Listeners:
         limits = ReadLimits.of(settings, ConnectionBudget(connection_limit(settings)))
         inference = _inference_server(dataplane, metrics, keys, limits)
         self.http = [inference]
-        self.shared: dict[_Server, str] = {inference: settings.inference_address} if settings.frontends > 1 else {}
+        self.addresses: dict[_Server, str] = {inference: "inference_address"}
+        """Each HTTP server's address, by the name of its setting."""
+        self.shared: set[_Server] = {inference} if settings.frontends > 1 else set()
+        """The servers whose ports the other frontends bind too."""
         if not second_frontend:
             management = build_management_app(dataplane, metrics, keys, frontends)
-            self.http += [
-                _uvicorn_server(management, settings.management_address, settings, limits),
-                _uvicorn_server(build_metrics_app(metrics, frontends), settings.metrics_address, settings, limits),
-            ]
+            manage = _uvicorn_server(management, settings.management_address, settings, limits)
+            measure = _uvicorn_server(build_metrics_app(metrics, frontends), settings.metrics_address, settings, limits)
+            self.http += [manage, measure]
+            self.addresses.update({manage: "management_address", measure: "metrics_address"})
         self.tasks: list[asyncio.Task[None]] = []
         self.grpc: Any = None
         self.grpc_h2: _Server | None = None
@@ -211,40 +233,38 @@ class Listeners:
         if settings.grpc_enabled and settings.grpc_server == "uvicorn":
             self.grpc_h2 = _grpc_h2_server(dataplane, metrics, keys, repository, limits)
             self.http.append(self.grpc_h2)
+            self.addresses[self.grpc_h2] = "grpc_address"
             if settings.frontends > 1:
-                self.shared[self.grpc_h2] = settings.grpc_address
+                self.shared.add(self.grpc_h2)
         elif settings.grpc_enabled:
             from dms.grpc.servicer import build_grpc_server
 
             self.grpc = build_grpc_server(dataplane, metrics, keys, repository)
 
-    async def open(self) -> bool:
-        """Bind every port; False (after closing what opened) when one could not be bound."""
+    async def open(self) -> None:
+        """Bind every port, or raise ``PortError`` saying which could not be bound and why (closing what opened)."""
         sockets: dict[_Server, list[socket.socket]] = {}
-        for server, address in self.shared.items():
+        for server, setting in self.addresses.items():
+            address = getattr(self.settings, setting)
             try:
-                sockets[server] = [shared_port_socket(address)]
+                sockets[server] = [listening_socket(address, shared=server in self.shared)]
             except OSError as exc:
-                log.error("could not open %s: %s; stopping", address, exc)
                 for opened in sockets.values():
                     opened[0].close()
-                return False
-        self.tasks = [asyncio.create_task(server.serve(sockets=sockets.get(server))) for server in self.http]
+                raise PortError(port_problem(address, setting, exc)) from None
+        self.tasks = [asyncio.create_task(server.serve(sockets=sockets[server])) for server in self.http]
         while not all(server.started for server in self.http):
             if any(task.done() for task in self.tasks):
-                log.error("could not open the HTTP%s ports; stopping", "" if self.grpc_h2 is None else " and gRPC")
                 await self.close(0)
-                return False
+                raise PortError("the HTTP ports could not be served (see the log above)")
             await asyncio.sleep(0.01)
         if self.grpc is not None:
             try:
                 await self.grpc.start()
             except RuntimeError as exc:
-                log.error("could not open the gRPC port %s: %s", self.settings.grpc_address, exc)
                 self.grpc = None
                 await self.close(0)
-                return False
-        return True
+                raise PortError(port_problem(self.settings.grpc_address, "grpc_address", exc)) from None
 
     async def close(self, grace_s: float) -> None:
         """Stop accepting; in-flight requests get up to ``grace_s`` to finish."""

@@ -23,7 +23,7 @@ from dms.auth import KeyStore
 from dms.dataplane import DataPlane
 from dms.engine import interpreters
 from dms.errors import DMSError, ModelAlreadyExistsError
-from dms.listeners import Listeners
+from dms.listeners import Listeners, PortError
 from dms.observability.metrics import ServerMetrics
 from dms.settings import ServerSettings, parse_address
 
@@ -101,7 +101,12 @@ async def serve_forever(settings: ServerSettings) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    if not await listeners.open():
+    try:
+        await listeners.open()
+    except PortError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)  # one line, where the operator looks
+        await interpreters.discard_prestarted()
+        await dataplane.shutdown(0)
         return 1
     try:
         await _load_startup_models(dataplane, settings)
@@ -158,9 +163,18 @@ async def _load_startup_models(dataplane: DataPlane, settings: ServerSettings) -
 
 
 async def _load_models(dataplane: DataPlane, settings: ServerSettings) -> None:
-    restored = await dataplane.restore_snapshot()
+    named = bool(settings.model_items) or settings.wrapper is not None or settings.model_dir is not None
+    restored = 0
+    if not named:  # models named on the command line are what this run serves; the snapshot is for plain restarts
+        restored = await dataplane.restore_snapshot()
+    elif settings.snapshot and settings.snapshot_file.is_file():
+        log.info("not restoring %s: models were named on the command line", settings.snapshot_file)
     if restored:
-        log.info("restored %d model versions from %s", restored, settings.snapshot_file)
+        log.info(
+            "restored %d model versions from %s (the last run's; name models, or --no-snapshot, to start without)",
+            restored,
+            settings.snapshot_file,
+        )
 
     async def load(name: str | None, url: str) -> None:
         try:

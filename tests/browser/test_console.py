@@ -95,3 +95,11 @@ def test_the_console_page_is_public_but_its_api_is_not(server: DmsServer):
     assert httpx.get(f"{server.management_url}/console/static/console.js").status_code == 200
     assert httpx.get(f"{server.management_url}/console/api/summary").status_code == 401
     assert httpx.post(f"{server.management_url}/console/api/predict/digits", content=b"x").status_code == 401
+
+
+def test_the_console_page_may_not_be_framed_by_another_site(server: DmsServer):
+    import httpx
+
+    page = httpx.get(f"{server.management_url}/console")
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    assert page.headers["x-frame-options"] == "DENY"

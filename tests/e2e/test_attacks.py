@@ -115,3 +115,15 @@ def test_paths_outside_the_store_are_refused(setup, url: str):
     server, _, _ = setup
     response = server.manage("POST", "/models", params={"url": url})
     assert response.status_code == 403, response.text
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [("a\x00b.mar", "control character"), ("x" * 5000 + ".mar", "at most 4096"), ("a\nb.mar", "control character")],
+    ids=["nul", "long", "newline"],
+)
+def test_unusable_register_urls_get_400(setup, url: str, message: str):
+    server, _, _ = setup
+    response = server.manage("POST", "/models", params={"url": url})
+    assert response.status_code == 400, response.text
+    assert message in response.json()["message"]

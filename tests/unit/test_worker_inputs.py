@@ -34,6 +34,12 @@ def test_multipart_fields_and_urlencoded_forms_arrive_by_name():
     assert build_request_data(request(b"a=1&b=two", "application/x-www-form-urlencoded")) == {"a": "1", "b": "two"}
 
 
+@pytest.mark.parametrize("body", [b"\xff\xd8\xff\xe0JFIF", b'{"instances": [[1, 2]]}'], ids=["jpeg", "json"])
+def test_a_body_labelled_as_a_form_that_is_not_one_arrives_as_it_came(body: bytes):
+    """curl's --data-binary @kitten.jpg and -d @request.json label their bodies as forms."""
+    assert build_request_data(request(body, "application/x-www-form-urlencoded")) == {"body": body}
+
+
 @pytest.mark.parametrize(
     ("body", "content_type", "message"),
     [

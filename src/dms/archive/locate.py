@@ -31,9 +31,17 @@ def url_allowed(url: str, allowed: list[str]) -> bool:
     return any(re.fullmatch(pattern, url) for pattern in allowed)
 
 
+MAX_URL_LENGTH = 4096
+"""The longest registration ``url`` (Linux's longest path)."""
+
+
 def locate_archive(url: str, settings: ServerSettings, trusted_local: bool) -> Path:
     if not url:
         raise InputError("parameter 'url' is required")
+    if len(url) > MAX_URL_LENGTH:
+        raise InputError(f"parameter 'url' is {len(url)} characters long; at most {MAX_URL_LENGTH} are allowed")
+    if not url.isprintable():
+        raise InputError("parameter 'url' holds a control character (a NUL byte, a newline, ...)")
     scheme = urlparse(url).scheme.lower()
     if scheme in ("http", "https"):
         return download_archive(url, settings)

@@ -192,6 +192,7 @@ def _start_background(
     log_path = log_file or settings.log_file
     log_path.parent.mkdir(parents=True, exist_ok=True)
     settings.pid_file.unlink(missing_ok=True)
+    log_start = log_path.stat().st_size if log_path.exists() else 0
     with log_path.open("ab") as log_out:
         child = subprocess.Popen(
             [sys.executable, "-m", "dms", "serve", "--state-dir", str(settings.state_dir), *argv],
@@ -203,13 +204,32 @@ def _start_background(
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         if child.poll() is not None:
-            raise click.ClickException(f"the server exited with code {child.returncode}; see {log_path}")
+            reason = failure_reason(log_path, log_start)
+            raise click.ClickException(
+                f"the server exited with code {child.returncode}{': ' + reason if reason else ''} (log: {log_path})"
+            )
         if _running_pid(settings.pid_file) == child.pid:
             click.echo(f"DMS started (pid {child.pid}); log: {log_path}")
             return
         time.sleep(0.1)
     child.terminate()
     raise click.ClickException(f"the server was not ready within {wait_s:g} s; see {log_path}")
+
+
+def failure_reason(log_path: Path, start: int) -> str:
+    """Why a server that ``dms start`` started has ended, from what it wrote to its log from ``start`` on: its own
+    one-line ``error:`` (a busy port, say) or a command-line error, else the message of its last ERROR line."""
+    try:
+        with log_path.open("rb") as log:
+            log.seek(start)
+            lines = log.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return ""
+    plain = [line.strip() for line in lines if line.startswith(("error: ", "Error: "))]
+    if plain:
+        return plain[-1]
+    logged = [line.split(" ERROR ", 1)[1].strip() for line in lines if " ERROR " in line]
+    return logged[-1] if logged else ""
 
 
 def _state_settings(state_dir: Path | None) -> ServerSettings:
@@ -240,10 +260,17 @@ def stop(state_dir: Path | None, wait_s: float) -> None:
 @click.option("--type", "kind", type=click.Choice(["management", "inference"]), default="management")
 def token(state_dir: Path | None, kind: str) -> None:
     """Print the running server's API key, e.g. curl -H "Authorization: Bearer $(dms token)" ..."""
-    key_file = _state_settings(state_dir).key_file
+    settings = _state_settings(state_dir)
+    key_file = settings.key_file
     try:
         click.echo(read_key(key_file, kind))  # type: ignore[arg-type]
     except (FileNotFoundError, KeyError, ValueError) as exc:
         raise click.ClickException(
             f"no {kind} key in {key_file} ({exc}); is the server running with token auth?"
         ) from None
+    if _running_pid(settings.pid_file) is None:  # keys are new at every start: this one may be of a server gone
+        click.echo(
+            f"warning: no DMS server is running with this state folder ({settings.pid_file}): the key may be stale; "
+            "the next server writes new keys when it starts",
+            err=True,
+        )

@@ -29,7 +29,7 @@ log = logging.getLogger("dms.frontends")
 async def serve_replica(settings: ServerSettings, index: int, control_path: str) -> int:
     """Answer the control API at once; open the shared ports once the first registry is in place, so that
     no connection reaches a frontend without its models (one started again after a crash included)."""
-    from dms.listeners import Listeners, unix_socket_server
+    from dms.listeners import Listeners, PortError, unix_socket_server
 
     metrics = ServerMetrics()
     dataplane = DataPlane(settings, metrics.observer_for, frontend_index=index)
@@ -49,7 +49,13 @@ async def serve_replica(settings: ServerSettings, index: int, control_path: str)
     await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     for waiting in waits:
         waiting.cancel()
-    opened = not stop.is_set() and await listeners.open()
+    opened = not stop.is_set()
+    if opened:
+        try:
+            await listeners.open()
+        except PortError as exc:
+            log.error("frontend %d: %s", index, exc)
+            opened = False
     follower.ports_open.set()
     if opened:
         dataplane.startup_complete()

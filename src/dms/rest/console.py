@@ -30,6 +30,15 @@ OPEN_PREFIXES = ("/console/static/",)
 OPEN_PATHS = ("/console", "/console/")
 
 
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+"""The console page may not be framed by another site (clickjacking) and loads only its own assets."""
+
+
 def is_console_asset(path: str) -> bool:
     return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
 
@@ -38,7 +47,7 @@ def console_routes(
     dataplane: DataPlane, metrics: ServerMetrics, frontends: FrontendGroup | None = None
 ) -> list[Route | Mount]:
     async def page(request: Request) -> Response:
-        return FileResponse(STATIC / "index.html", media_type="text/html; charset=utf-8")
+        return FileResponse(STATIC / "index.html", media_type="text/html; charset=utf-8", headers=PAGE_HEADERS)
 
     async def summary(request: Request) -> Response:
         models: list[dict[str, Any]] = []
