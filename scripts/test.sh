@@ -3,12 +3,15 @@
 # This is exactly what CI runs (.ci/run). Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+step() { echo "== $* ($(date +%T))"; }
+step "setting up .venv: pip, torch 2.13.0 (CPU), DMS with every extra; a few minutes the first time"
 [ -x .venv/bin/python ] || "${PYTHON:-python3}" -m venv .venv
 pip=(.venv/bin/python -m pip install -q)
 "${pip[@]}" --upgrade pip
 # torch first and pinned: installed later as a dependency it could pull a CUDA build.
 "${pip[@]}" torch==2.13.0
 "${pip[@]}" -e '.[all,bench,test]'
+step "the peer archivers the tests run (torch-model-archiver, model-archiver)"
 # The two peer archivers both ship a top-level `model_archiver` package, so each gets its own
 # folder; tests run them with PYTHONPATH pointing there.
 [ -d .tools/torch-model-archiver ] || "${pip[@]}" --target .tools/torch-model-archiver torch-model-archiver==0.12.0
@@ -22,6 +25,7 @@ for tool in chromium curl jq wrk h2load; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("$([ "$tool" = h2load ] && echo nghttp2-client || echo "$tool")")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
+  step "Debian packages the tests use: ${missing[*]}"
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" fonts-dejavu-core >/dev/null
