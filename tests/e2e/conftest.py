@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from dms.archive.writer import ArchiveSpec, write_archive
@@ -31,16 +33,19 @@ def oip_server_grpcio(tmp_path_factory: pytest.TempPathFactory):
     yield from _protocol_server(tmp_path_factory, ["--grpc-server", "grpcio"])
 
 
+def write_echo_archive(work: Path, store: Path) -> Path:
+    """``echo`` 1.0 in ``store``: the protocol tests' custom handler (each input x back as out_x)."""
+    (work / "echo.yaml").write_text(ECHO_CONFIG)
+    spec = ArchiveSpec(
+        model_name="echo", version="1.0", handler=str(FIXTURES / "echo_handler.py"), config_file=work / "echo.yaml"
+    )
+    return write_archive(spec, store)
+
+
 def _protocol_server(tmp_path_factory: pytest.TempPathFactory, extra: list[str]):
     work = tmp_path_factory.mktemp("oip")
     store = work / "store"
-    (work / "echo.yaml").write_text(ECHO_CONFIG)
-    write_archive(
-        ArchiveSpec(
-            model_name="echo", version="1.0", handler=str(FIXTURES / "echo_handler.py"), config_file=work / "echo.yaml"
-        ),
-        store,
-    )
+    write_echo_archive(work, store)
     write_linear_archive(work, store, "initial_workers: 1\nbatch_size: 8\n")
     models = ["echo=echo.mar", "linear=linear.mar"]
     squeezenet = shared_path_or_none("models/squeezenet/squeezenet_v1.1.onnx")

@@ -9,11 +9,10 @@ from __future__ import annotations
 import io
 import json
 import tarfile
-import threading
 import time
 import zipfile
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ import pytest
 from tests.conftest import make_probe_archive
 from tests.e2e.hostile import watched
 from tests.e2e.test_tensor_handler import write_linear_archive
-from tests.support import DmsServer, running_server
+from tests.support import DmsServer, http_host, running_server
 
 MANIFEST = json.dumps(
     {"runtime": "python", "model": {"modelName": "bomb", "modelVersion": "1.0", "handler": "h.py"}}
@@ -50,15 +49,8 @@ def dripping_host() -> Iterator[str]:
         def log_message(self, *args: object) -> None:
             pass
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    with http_host(Handler) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

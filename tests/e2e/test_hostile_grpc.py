@@ -16,7 +16,6 @@ import httpx
 import pytest
 
 from dms._generated import inference_pb2 as pb
-from tests.e2e.conftest import ECHO_CONFIG
 from tests.e2e.h2_client import RawGrpc, grpc_frame
 from tests.e2e.hostile import watched
 from tests.e2e.test_tensor_handler import write_linear_archive
@@ -34,7 +33,6 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     work = tmp_path_factory.mktemp("hostile-grpc")
     store = work / "store"
     store.mkdir()
-    (work / "echo.yaml").write_text(ECHO_CONFIG)
     write_linear_archive(work, store, "initial_workers: 1\nbatch_size: 8\n")
     args = [
         "--model-store",

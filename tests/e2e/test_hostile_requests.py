@@ -16,11 +16,10 @@ import numpy as np
 import pytest
 
 from dms._generated import inference_pb2 as pb
-from dms.archive.writer import ArchiveSpec, write_archive
-from tests.e2e.conftest import ECHO_CONFIG
+from tests.e2e.conftest import write_echo_archive
 from tests.e2e.hostile import watched
 from tests.e2e.test_tensor_handler import write_linear_archive
-from tests.support import FIXTURES, DmsServer, running_server
+from tests.support import DmsServer, running_server
 
 HUGE = 1 << 40
 LINEAR_ROW = {"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32", "data": [0.5] * 16}]}
@@ -30,13 +29,7 @@ LINEAR_ROW = {"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32", "da
 def server(tmp_path_factory: pytest.TempPathFactory):
     work = tmp_path_factory.mktemp("hostile")
     store = work / "store"
-    (work / "echo.yaml").write_text(ECHO_CONFIG)
-    write_archive(
-        ArchiveSpec(
-            model_name="echo", version="1.0", handler=str(FIXTURES / "echo_handler.py"), config_file=work / "echo.yaml"
-        ),
-        store,
-    )
+    write_echo_archive(work, store)
     write_linear_archive(work, store, "initial_workers: 1\nbatch_size: 8\n")
     args = ["--model-store", str(store), "--models", "echo=echo.mar", "linear=linear.mar", "--no-snapshot"]
     with running_server(work, args) as running:

@@ -2,9 +2,10 @@
 ready to answer (``dms.rest.paced_reading``), with the idle and read deadlines of
 ``dms.rest.connection_deadlines`` on one timer per connection.
 
-A request whose head passes ``max_header_bytes`` or ``max_header_count`` gets ``431`` the moment it
-does, and its connection is closed: nothing more of it is read (httptools gathers a header in memory
-until it ends, so the bytes are counted as they arrive, not per header).
+A request whose head passes ``max_header_bytes`` gets ``431`` the moment it does, and its connection
+is closed: nothing more of it is read (httptools gathers a header in memory until it ends, so the bytes
+are counted as they arrive, not per header). One with more than ``max_header_count`` headers gets the
+same as its head ends.
 A request still arriving when its read deadline passes, or arriving slower than the body-rate floor,
 gets ``408`` with the JSON error body every endpoint uses (``RequestReadTimeoutError``), and its
 connection is closed; where the connection is still answering an earlier request, that answer is sent
@@ -46,7 +47,6 @@ class Http1Protocol(ConnectionDeadlines, PacedHttpToolsProtocol):
     """Bytes received while the head of the request being read was not complete."""
     head_complete = False
     """The head of the request being read has been parsed (until the next request begins)."""
-    header_count = 0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -103,29 +103,23 @@ class Http1Protocol(ConnectionDeadlines, PacedHttpToolsProtocol):
         self.request_began()
         self.head_began()
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.count_header()
-        super().on_header(name, value)
-
-    def count_header(self) -> None:
-        """One header more; past ``max_header_count`` the request is refused and the parser stopped."""
-        self.header_count += 1
-        if self.header_count > self.max_header_count:
-            self.refuse_head(f"the request has more than max_header_count ({self.max_header_count}) headers")
-            raise HeadersTooLargeError("too many headers")  # httptools stops; uvicorn's 400 is not sent
-
     def on_headers_complete(self) -> None:
         self.head_arrived()
         super().on_headers_complete()
 
     def head_began(self) -> None:
-        self.head_complete, self.header_count = False, 0
+        self.head_complete = False
 
     def head_arrived(self) -> None:
-        """The head is parsed: if the bytes read with it passed the limit, measure it, and refuse it if too large."""
+        """The head is parsed: refuse it if it has too many headers, or if the bytes read with it passed the size
+        limit and the head itself does. (Headers are counted here rather than one by one as they are parsed: the
+        size limit already bounds how many can arrive.)"""
+        if len(self.headers) > self.max_header_count:
+            self.refuse_head(f"the request has more than max_header_count ({self.max_header_count}) headers")
+            raise HeadersTooLargeError("too many headers")  # httptools stops; uvicorn's 400 is not sent
         if self.head_bytes > self.max_header_bytes and self._head_size() > self.max_header_bytes:
             self.refuse_head(self.head_too_large())
-            raise HeadersTooLargeError("head too large")  # httptools stops; uvicorn's 400 is not sent
+            raise HeadersTooLargeError("head too large")
         self.head_complete, self.head_bytes = True, 0
 
     def _head_size(self) -> int:
