@@ -4,6 +4,7 @@ on a body that is not a form. Each gets a plain answer."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -92,3 +93,30 @@ def test_a_body_curl_labels_as_a_form_reaches_the_handler_as_it_came(tmp_path: P
         )
     assert answer.status_code == 200, answer.text
     assert max(answer.json(), key=answer.json().get) == "3"
+
+
+def test_a_snapshot_still_finds_its_archives_after_the_store_and_the_install_move(tmp_path: Path):
+    store = tmp_path / "store"
+    make_probe_archive(store, "probe", config="initial_workers: 1\n")
+    with running_server(tmp_path, ["--model-store", str(store), "--models", "probe=probe-1.0.mar"]) as first:
+        snapshot_file = first.state_dir / "snapshot.json"
+    snapshot = json.loads(snapshot_file.read_text())
+    assert snapshot["models"][0]["relative"] == "store:probe-1.0.mar"
+    snapshot["models"].append(  # the bundled model, recorded by an installation that has moved since
+        {
+            "name": "digits",
+            "version": "1.0",
+            "url": "digits.mar",
+            "archive": "/nowhere/site-packages/dms/default_model/digits.mar",
+            "workers": 1,
+            "is_default": True,
+            "relative": "package:default_model/digits.mar",
+        }
+    )
+    snapshot_file.write_text(json.dumps(snapshot))
+    moved = tmp_path / "moved-store"
+    store.rename(moved)
+    with running_server(tmp_path, ["--model-store", str(moved)]) as second:
+        names = sorted(m["modelName"] for m in second.manage("GET", "/models").json()["models"])
+        assert names == ["digits", "probe"], second.log()
+        assert second.predict("probe", {"echo": 1}).json()["echo"] == 1

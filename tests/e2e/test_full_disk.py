@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import make_probe_archive
+from tests.e2e.hostile import watched
 from tests.e2e.test_tensor_handler import write_linear_archive
 from tests.support import DmsServer, wait_for
 
@@ -86,33 +87,15 @@ def models(server: DmsServer) -> list[str]:
 def test_a_change_that_cannot_be_recorded_is_undone_and_answered_507(server: DmsServer):
     linear_workers = server.worker_pids("linear")
     old_key = server.key()
+    url = f"{server.inference_url}/v2/models/linear/infer"
     with full_disk(server):
-        registered = server.manage("POST", "/models", params={"url": "probe-1.0.mar"})
-        assert registered.status_code == 507, registered.text
-        assert registered.json()["type"] == "InsufficientStorageError"
-        assert (
-            "snapshot.json" in registered.json()["message"]
-            and "the change was not made" in registered.json()["message"]
-        )
-        assert models(server) == ["linear"]
-
-        removed = server.manage("DELETE", "/models/linear")
-        assert removed.status_code == 507, removed.text
-        assert models(server) == ["linear"] and server.worker_pids("linear") == linear_workers
-        answer = server.http.post(f"{server.inference_url}/v2/models/linear/infer", json=LINEAR_ROW)
-        assert answer.status_code == 200, answer.text
-
+        with watched(server, lambda client: client.post(url, json=LINEAR_ROW)):
+            refused_changes(server, linear_workers, old_key)
+        # Scaling back may keep the new worker rather than the old one: outside the watch on workers.
         scaled = server.manage("PUT", "/models/linear", params={"min_worker": "2", "synchronous": "true"})
         assert scaled.status_code == 507, scaled.text
         wait_for(lambda: len(server.worker_pids("linear")) == 1, what="back to one worker")
         assert server.describe("linear")[0]["minWorkers"] == 1
-
-        rotated = server.manage("POST", "/token", params={"type": "management"})
-        assert rotated.status_code == 507, rotated.text
-        assert "key_file.json" in rotated.json()["message"]
-        assert json.loads(server.key_file.read_text())["management"]["key"] == old_key
-        assert server.manage("GET", "/models").status_code == 200  # the old key still opens the API
-
         assert stray_files(server) == [], "temporary files were left behind"
 
     assert server.manage("POST", "/models", params={"url": "probe-1.0.mar"}).status_code == 200
@@ -120,3 +103,25 @@ def test_a_change_that_cannot_be_recorded_is_undone_and_answered_507(server: Dms
     assert server.manage("DELETE", "/models/probe").status_code == 200
     assert server.manage("POST", "/token", params={"type": "management"}).status_code == 200
     assert server.key() != old_key
+
+
+def refused_changes(server: DmsServer, linear_workers: set[int], old_key: str) -> None:
+    """Register, unregister and key rotation on a full disk: each 507, and nothing changed."""
+    registered = server.manage("POST", "/models", params={"url": "probe-1.0.mar"})
+    assert registered.status_code == 507, registered.text
+    assert registered.json()["type"] == "InsufficientStorageError"
+    assert "snapshot.json" in registered.json()["message"] and "the change was not made" in registered.json()["message"]
+    assert models(server) == ["linear"]
+
+    removed = server.manage("DELETE", "/models/linear")
+    assert removed.status_code == 507, removed.text
+    assert models(server) == ["linear"] and server.worker_pids("linear") == linear_workers
+    answer = server.http.post(f"{server.inference_url}/v2/models/linear/infer", json=LINEAR_ROW)
+    assert answer.status_code == 200, answer.text
+
+    rotated = server.manage("POST", "/token", params={"type": "management"})
+    assert rotated.status_code == 507, rotated.text
+    assert "key_file.json" in rotated.json()["message"]
+    assert json.loads(server.key_file.read_text())["management"]["key"] == old_key
+    assert server.manage("GET", "/models").status_code == 200  # the old key still opens the API
+    assert stray_files(server) == [], "temporary files were left behind"

@@ -235,7 +235,7 @@ def key_metadata(server: DmsServer) -> list[tuple[str, str]]:
 
 def test_a_request_id_with_a_newline_is_escaped_in_the_access_log(server: DmsServer):
     forged = "abc\n2026-01-01 00:00:00,000 INFO dms.access: forged v2-grpc linear 1.0 OK 0.01ms batch=1"
-    with grpc.insecure_channel(server.grpc_address) as channel:
+    with watched(server, bystander(server)), grpc.insecure_channel(server.grpc_address) as channel:
         call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
         answer = pb.ModelInferResponse.FromString(call(infer_request(request_id=forged), metadata=key_metadata(server)))
     assert answer.id == forged  # the client gets its id back as it sent it

@@ -15,7 +15,7 @@ from typing import Any
 from dms.archive.locate import locate_archive
 from dms.archive.reader import extraction_of, open_archive, remove_extraction
 from dms.dataplane.registry import ModelRegistry, ModelVersion
-from dms.dataplane.snapshot import SnapshotEntry, read_snapshot, write_snapshot
+from dms.dataplane.snapshot import SnapshotEntry, located, read_snapshot, relative_location, write_snapshot
 from dms.engine.batcher import Batcher
 from dms.engine.messages import LoadModel, RequestItem, RequestLimits, ResponseItem
 from dms.engine.pool import PoolSettings, PoolState, WorkerPool
@@ -225,6 +225,7 @@ class DataPlane:
                 is_default=self.registry.default_version(model.name) == model.version,
                 overrides=model.overrides,
                 handler=model.handler_override,
+                relative=relative_location(model.archive.source, self.settings.model_store),
             )
             for model in self.registry
         ]
@@ -232,7 +233,7 @@ class DataPlane:
     async def register_entry(self, entry: SnapshotEntry, loaded_at_startup: bool = False) -> ModelVersion:
         """Register a snapshot entry's model again: its local archive, workers, overrides, handler and URL."""
         model = await self.register(
-            entry.archive,
+            located(entry, self.settings.model_store),
             name=entry.name,
             overrides={**entry.overrides, "initial_workers": entry.workers},
             handler=entry.handler,

@@ -24,6 +24,34 @@ class SnapshotEntry(msgspec.Struct):
     is_default: bool
     overrides: dict[str, Any] = {}
     handler: str | None = None
+    relative: str | None = None
+    """``archive`` as ``store:<path in the model store>`` or ``package:<path in the dms package>``, so that a
+    restore finds it again when the store or the installation has moved since (``located``)."""
+
+
+PACKAGE = Path(__file__).resolve().parent.parent
+"""The installed ``dms`` package (the bundled default model lives in it)."""
+
+
+def relative_location(archive: Path, model_store: Path | None) -> str | None:
+    """Where ``archive`` is, relative to the model store or the dms package, if it is in either."""
+    resolved = archive.resolve()
+    for prefix, root in (("store", model_store), ("package", PACKAGE)):
+        if root is not None and resolved.is_relative_to(root.resolve()):
+            return f"{prefix}:{resolved.relative_to(root.resolve()).as_posix()}"
+    return None
+
+
+def located(entry: SnapshotEntry, model_store: Path | None) -> str:
+    """The archive to register ``entry`` from: its recorded path while it exists, else the same file found
+    relative to today's model store or dms package (an installation or a store that moved)."""
+    if Path(entry.archive).exists() or not entry.relative:
+        return entry.archive
+    prefix, _, rest = entry.relative.partition(":")
+    root = model_store if prefix == "store" else PACKAGE if prefix == "package" else None
+    if root is not None and (root / rest).exists():
+        return str(root / rest)
+    return entry.archive
 
 
 class Snapshot(msgspec.Struct):

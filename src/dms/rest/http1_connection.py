@@ -114,13 +114,18 @@ class Http1Protocol(ConnectionDeadlines, PacedHttpToolsProtocol):
         """The head is parsed: refuse it if it has too many headers, or if the bytes read with it passed the size
         limit and the head itself does. (Headers are counted here rather than one by one as they are parsed: the
         size limit already bounds how many can arrive.)"""
+        if self.head_bytes > self.max_header_bytes or len(self.headers) > self.max_header_count:
+            self._check_head()
+        self.head_complete = True
+        self.head_bytes = 0
+
+    def _check_head(self) -> None:
         if len(self.headers) > self.max_header_count:
             self.refuse_head(f"the request has more than max_header_count ({self.max_header_count}) headers")
             raise HeadersTooLargeError("too many headers")  # httptools stops; uvicorn's 400 is not sent
-        if self.head_bytes > self.max_header_bytes and self._head_size() > self.max_header_bytes:
+        if self._head_size() > self.max_header_bytes:
             self.refuse_head(self.head_too_large())
             raise HeadersTooLargeError("head too large")
-        self.head_complete, self.head_bytes = True, 0
 
     def _head_size(self) -> int:
         """The head's size as parsed: request line and headers, with their separators and line ends."""
