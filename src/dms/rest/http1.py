@@ -120,7 +120,7 @@ class InferenceHttpProtocol(Http1Protocol):
         self.exchange = None
         self.answering_before = self.cycle
         self.request_began()
-        self.head_began()
+        self.head_complete = False  # what arrives now is a head (Http1Protocol.data_received counts it)
 
     def on_headers_complete(self) -> None:
         self.head_arrived()

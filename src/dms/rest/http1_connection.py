@@ -43,15 +43,16 @@ class Http1Protocol(ConnectionDeadlines, PacedHttpToolsProtocol):
     """Largest request head (``max_header_bytes``): request line, headers and their line ends."""
     max_header_count: ClassVar[int] = 100
     """Most headers a request may have (``max_header_count``)."""
-    head_bytes = 0
-    """Bytes received while the head of the request being read was not complete."""
-    head_complete = False
-    """The head of the request being read has been parsed (until the next request begins)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.answering_before: Any = None
         """The request in progress when the one being read began (uvicorn's ``cycle``), if any."""
+        self.head_bytes = 0
+        """Bytes received while the head of the request being read was not complete."""
+        self.head_complete = False
+        """The head of the request being read has been parsed (until the next request begins)."""
+        self.counted = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # as uvicorn's
         super().connection_made(transport)
@@ -75,7 +76,7 @@ class Http1Protocol(ConnectionDeadlines, PacedHttpToolsProtocol):
         counted = not self.head_complete
         if counted:
             self.head_bytes += len(data)
-        super().data_received(data)
+        HttpToolsProtocol.data_received(self, data)  # (no class between defines it: a direct call costs less)
         if not self.head_complete:
             if not counted:  # the read that ended one request and began the next
                 self.head_bytes += len(data)
@@ -101,14 +102,11 @@ class Http1Protocol(ConnectionDeadlines, PacedHttpToolsProtocol):
         super().on_message_begin()
         self.answering_before = self.cycle
         self.request_began()
-        self.head_began()
+        self.head_complete = False  # what arrives now is a head
 
     def on_headers_complete(self) -> None:
         self.head_arrived()
         super().on_headers_complete()
-
-    def head_began(self) -> None:
-        self.head_complete = False
 
     def head_arrived(self) -> None:
         """The head is parsed: refuse it if it has too many headers, or if the bytes read with it passed the size
