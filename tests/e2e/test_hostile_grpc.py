@@ -47,6 +47,17 @@ def server(tmp_path_factory: pytest.TempPathFactory):
         yield running
 
 
+@pytest.fixture(scope="module")
+def grpcio_server(tmp_path_factory: pytest.TempPathFactory):
+    """The same, with gRPC served by grpcio (``--grpc-server grpcio``) rather than uvicorn's HTTP/2."""
+    work = tmp_path_factory.mktemp("hostile-grpcio")
+    store = work / "store"
+    write_linear_archive(work, store, "initial_workers: 1\nbatch_size: 8\n")
+    args = ["--model-store", str(store), "--models", "linear=linear.mar", "--no-snapshot"]
+    with running_server(work, [*args, "--enable-inference-token-auth", "--grpc-server", "grpcio"]) as running:
+        yield running
+
+
 def key(server: DmsServer) -> list[tuple[bytes, bytes]]:
     return [(b"authorization", f"Bearer {server.key('inference')}".encode())]
 
@@ -100,6 +111,20 @@ def test_compression_bomb_with_the_key_is_inflated_only_to_the_limit(server: Dms
                 connection.close()
             assert answer.status == RESOURCE_EXHAUSTED, (answer.headers, answer.trailers)
             assert "grpc_max_message_bytes (6553500)" in answer.message
+
+
+def test_grpcio_checks_the_key_before_it_reads_a_compressed_message(grpcio_server: DmsServer):
+    bomb = grpc_frame(gzip_bomb(), compressed=True)
+    with watched(grpcio_server, bystander(grpcio_server)):
+        for _ in range(4):
+            connection = RawGrpc(grpcio_server)
+            try:
+                refused = connection.call("ModelInfer", bomb, [(b"grpc-encoding", b"gzip")])
+                keyed = connection.call("ModelInfer", bomb, [(b"grpc-encoding", b"gzip"), *key(grpcio_server)])
+            finally:
+                connection.close()
+            assert refused.status == UNAUTHENTICATED, (refused.headers, refused.trailers)
+            assert keyed.status == RESOURCE_EXHAUSTED, (keyed.headers, keyed.trailers)  # inflated up to the limit
 
 
 def test_a_compressed_call_under_the_limit_is_served(server: DmsServer):
