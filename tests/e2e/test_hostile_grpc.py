@@ -86,31 +86,24 @@ def gzip_bomb(inflated: int = 400 << 20) -> bytes:
 # -- hole 4: a compressed message is inflated only for a caller with the key, and only up to the limit -----
 
 
-def test_compression_bomb_without_a_key_is_refused_before_anything_is_read(server: DmsServer):
+@pytest.mark.parametrize(
+    ("with_key", "status", "named"),
+    [(False, UNAUTHENTICATED, "Authorization"), (True, RESOURCE_EXHAUSTED, "grpc_max_message_bytes (6553500)")],
+    ids=["no key: refused before anything is read", "key: inflated only to the limit"],
+)
+def test_compression_bomb(server: DmsServer, with_key: bool, status: int, named: str):
     bomb = grpc_frame(gzip_bomb(), compressed=True)
     assert len(bomb) < 1 << 20
+    metadata = [(b"grpc-encoding", b"gzip"), *(key(server) if with_key else [])]
     with watched(server, bystander(server)):
         for _ in range(4):
             connection = RawGrpc(server)
             try:
-                answer = connection.call("ModelInfer", bomb, [(b"grpc-encoding", b"gzip")])
+                answer = connection.call("ModelInfer", bomb, metadata)
             finally:
                 connection.close()
-            assert answer.status == UNAUTHENTICATED, (answer.headers, answer.trailers)
-            assert "Authorization" in answer.message
-
-
-def test_compression_bomb_with_the_key_is_inflated_only_to_the_limit(server: DmsServer):
-    bomb = grpc_frame(gzip_bomb(), compressed=True)
-    with watched(server, bystander(server)):
-        for _ in range(4):
-            connection = RawGrpc(server)
-            try:
-                answer = connection.call("ModelInfer", bomb, [(b"grpc-encoding", b"gzip"), *key(server)])
-            finally:
-                connection.close()
-            assert answer.status == RESOURCE_EXHAUSTED, (answer.headers, answer.trailers)
-            assert "grpc_max_message_bytes (6553500)" in answer.message
+            assert answer.status == status, (answer.headers, answer.trailers)
+            assert named in answer.message
 
 
 def test_grpcio_checks_the_key_before_it_reads_a_compressed_message(grpcio_server: DmsServer):
