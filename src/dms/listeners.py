@@ -237,7 +237,7 @@ class Listeners:
             if settings.frontends > 1:
                 self.shared.add(self.grpc_h2)
         elif settings.grpc_enabled:
-            from dms.grpc.servicer import build_grpc_server
+            from dms.grpc.grpcio_server import build_grpc_server
 
             self.grpc = build_grpc_server(dataplane, metrics, keys, repository)
 

@@ -13,12 +13,13 @@
   two deadlines: an idle connection is closed, and a ``ModelInfer`` call whose request stops arriving for
   ``request_read_timeout_s`` ends with DEADLINE_EXCEEDED (uvicorn sets neither limit on a stream, so a
   client could hold calls open for ever by never ending their requests);
-- it asks a client to move to a new connection before zttp's lifetime caps end this one with an error;
+- it asks a client to move to a new connection before zttp's lifetime caps end this one with an error, refuses
+  a stream past ``grpc_max_concurrent_streams`` and a connection past ``max_connections``;
 - with a servicer (``grpc_protocol``; on unless ``inference_fast_path`` is off), it answers unary
   ``ModelInfer`` calls from the connection's events, without ASGI. The request's DATA frames are
   gathered as they arrive, the message goes to ``InferenceServicer.infer_submit`` when the stream
   ends, and a callback on the model's future writes the answer: headers, message and status
-  trailers in one write. uvicorn's ASGI cycle (a scope, a task, an ``asyncio.Event``, ``receive``
+  trailers in one write (``lean_answers``). uvicorn's ASGI cycle (a scope, a task, an ``asyncio.Event``, ``receive``
   and three ``send`` calls) was the largest cost of a call in the frontend (docs/performance.md).
   A read's events are handled in one loop (``_take_events``): new streams, a lean call's DATA and end of
   request, and the frames that need nothing; uvicorn's dispatch runs only from the first event that needs
@@ -35,7 +36,6 @@ answers ``ModelInfer`` the same way through the same servicer.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from collections.abc import Callable, Generator
 from typing import Any, ClassVar, cast
@@ -44,31 +44,26 @@ import grpc
 import zttp
 from uvicorn.protocols.http.zttp_h2_impl import FORBIDDEN_HEADERS, ZttpH2Protocol
 
-from dms.dataplane.outcomes import Outcome, outcome_of
-from dms.engine.messages import ResponseItem
-from dms.errors import DMSError, InternalError, RequestTimeoutError
+from dms.errors import DMSError
 from dms.grpc.errors import GRPC_STATUS
 from dms.grpc.h2 import (
     ANSWER_HEADERS,
     CallAborted,
     CallHeaders,
-    frame,
     parse_timeout,
     read_call_headers,
-    status_trailers,
     take_message,
 )
+from dms.grpc.lean_answers import LeanAnswers
 from dms.grpc.lean_call import FRESH, LeanCall
 from dms.grpc.request_arrival import ONE_MESSAGE, RequestArrival
-from dms.grpc.servicer import SERVICE, InferCall, InferenceServicer
+from dms.grpc.servicer import SERVICE, InferenceServicer
 from dms.grpc.write_coalescing import CoalescedWrites
 from dms.rest.connection_deadlines import ConnectionDeadlines, ReadLimits
 
 log = logging.getLogger("dms.grpc")
 
 INFER_PATH = f"/{SERVICE}/ModelInfer".encode()
-_OK = grpc.StatusCode.OK
-_OK_TRAILERS = status_trailers(_OK, "")
 
 _REFUSED_STREAM = 0x7
 _ENHANCE_YOUR_CALM = 0xB
@@ -80,7 +75,7 @@ RESETS_PER_CONNECTION = 192
 """Likewise for streams the client reset (zttp's cap: 256)."""
 
 
-class GrpcH2Protocol(RequestArrival, ConnectionDeadlines, ZttpH2Protocol):
+class GrpcH2Protocol(LeanAnswers, RequestArrival, ConnectionDeadlines, ZttpH2Protocol):
     """uvicorn's HTTP/2 protocol for gRPC: coalesced writes, reads paused while writes are, lifetime caps
     kept, one idle timer per connection (``ConnectionDeadlines``), and (with a servicer) ``ModelInfer`` answered
     without ASGI.
@@ -307,103 +302,6 @@ class GrpcH2Protocol(RequestArrival, ConnectionDeadlines, ZttpH2Protocol):
             self._finish(unary, exc.code, exc.details)
             return
         self._submit(unary, payload)
-
-    def _submit(self, unary: LeanCall, payload: bytes) -> None:
-        servicer = cast(InferenceServicer, self.servicer)
-        try:
-            unary.call = call = servicer.infer_arrived(payload, unary.headers.metadata)
-        except Exception as exc:
-            self._fail(unary, exc)
-            return
-        try:
-            future = servicer.infer_submit(call, payload, unary.headers.metadata)
-        except DMSError as exc:
-            self._conclude(unary, exc)
-            return
-        except Exception as exc:
-            self._fail(unary, exc)
-            return
-        unary.future = future
-        future.add_done_callback(functools.partial(self._on_answer, unary))
-
-    def _on_answer(self, unary: LeanCall, future: asyncio.Future[ResponseItem]) -> None:
-        outcome: Outcome
-        if unary.expired and future.cancelled():
-            outcome = RequestTimeoutError("deadline exceeded")
-        else:
-            try:
-                outcome = outcome_of(future, gone=unary.disconnected)
-            except Exception as exc:
-                self._fail(unary, exc)
-                return
-        self._conclude(unary, outcome)
-
-    def _conclude(self, unary: LeanCall, outcome: Outcome) -> None:
-        """Report the call (``infer_concluded``) and answer it."""
-        call, unary.call = unary.call, None
-        servicer = cast(InferenceServicer, self.servicer)
-        try:
-            code, details, answer = servicer.infer_concluded(cast(InferCall, call), outcome)
-        except Exception as exc:
-            self._fail(unary, exc)
-            return
-        self._finish(unary, code, details, answer)
-
-    def _fail(self, unary: LeanCall, exc: BaseException) -> None:
-        """A bug on the way: log it; a call counted in flight ends as INTERNAL, one not counted with UNKNOWN."""
-        log.error("gRPC call ModelInfer failed", exc_info=exc)
-        details = f"{type(exc).__name__}: {exc}"
-        if unary.call is not None:
-            self._conclude(unary, InternalError(details))
-        else:
-            self._finish(unary, grpc.StatusCode.UNKNOWN, details)
-
-    def _expire(self, unary: LeanCall) -> None:
-        """The call's ``grpc-timeout`` ran out."""
-        unary.timer = None
-        if unary.response_complete:
-            return
-        if unary.future is None:
-            self._finish(unary, grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
-        else:
-            unary.expired = True
-            unary.future.cancel()  # dropped from the model's queue; ``_on_answer`` reports and answers it
-
-    def _abandon(self, unary: LeanCall) -> None:
-        """uvicorn saw the client reset the stream or leave: nothing is sent; a call with its model is cancelled."""
-        if unary.response_complete or not unary.disconnected:
-            return
-        if unary.future is not None:
-            unary.future.cancel()  # ``_on_answer`` reports it as cancelled
-            return
-        unary.response_complete = True
-        self._received(unary)
-        if unary.timer is not None:
-            unary.timer.cancel()
-
-    def _finish(self, unary: LeanCall, code: grpc.StatusCode, details: str, answer: bytes = b"") -> None:
-        """Write the call's answer (the message when OK) and its status, in one write; then close the stream."""
-        unary.response_complete = True
-        self._received(unary)
-        if unary.timer is not None:
-            unary.timer.cancel()
-        if unary.disconnected or self.transport.is_closing():
-            return
-        try:
-            stream = self.conn.stream(unary.stream_id)
-            stream.send_response(200, self._answer_headers)
-            if code is _OK:
-                stream.send_data(frame(answer))
-                stream.end_message(_OK_TRAILERS)
-            else:
-                stream.end_message(status_trailers(code, details))
-        except zttp.LocalProtocolError as exc:  # the stream cannot take an answer now: it ends with a reset
-            log.warning("gRPC call ModelInfer on stream %d could not be answered: %s", unary.stream_id, exc)
-        if len(self.cycles) > 1:  # other calls may be answered in this turn: one socket write for all
-            self._writes.write(self.conn.data_to_send())
-        else:
-            self._writes.write_now(self.conn.data_to_send())
-        self.on_response_complete(unary.stream_id)
 
 
 def grpc_protocol(

@@ -13,7 +13,7 @@ import functools
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeAlias, TypeVar
+from typing import Any, Protocol, TypeAlias
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -31,18 +31,16 @@ from dms.errors import (
     InputError,
     InternalError,
     ModelNotFoundError,
-    RequestTimeoutError,
     error_from_wire,
 )
 from dms.grpc.errors import GRPC_STATUS
+from dms.grpc.streams import answer_stream
 from dms.observability.metrics import ServerMetrics
 from dms.observability.request_ids import new_request_id
-from dms.oip.protobuf_wire import length_delimited
 from dms.rest.oip import EXTENSIONS
 
 log = logging.getLogger("dms.grpc")
 
-_T = TypeVar("_T")
 Context: TypeAlias = Any  # grpc.aio.ServicerContext (grpc ships no type hints)
 Metadata: TypeAlias = dict[str, str | bytes]
 """A call's custom metadata by name (``-bin`` values are bytes)."""
@@ -58,44 +56,6 @@ class InferCall:
     request_id: str
     valid: bool = True
     """Its routing fields could be read (the request is protobuf)."""
-
-
-STREAM_IN_FLIGHT = 64
-"""Requests of one ``ModelStreamInfer`` stream read and not yet answered, at most: the stream is read no
-further until one is (so a client that sends without reading answers is held back by HTTP/2 flow control)."""
-
-
-def stream_idle_error(idle_s: float) -> RequestTimeoutError:
-    """How a stream that brought nothing for ``grpc_stream_idle_timeout_s`` ends (DEADLINE_EXCEEDED)."""
-    return RequestTimeoutError(
-        f"the stream sent no request for {idle_s:g} s with none in flight (grpc_stream_idle_timeout_s)"
-    )
-
-
-async def _unless_ended(awaited: asyncio.Future[_T], reader: asyncio.Future[None], timeout_s: float | None) -> _T:
-    """``awaited``'s result; but the exception that ended ``reader`` if it ends the stream first (the client gone,
-    a bad message), and ``TimeoutError`` after ``timeout_s``. ``awaited`` is cancelled if its result is not taken
-    (a request's own future is cancelled that way when its client leaves)."""
-    try:
-        if not reader.done():
-            await asyncio.wait((awaited, reader), timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
-        if not awaited.done():
-            failure = reader.exception() if reader.done() else None
-            if failure is not None:
-                raise failure
-            if reader.done():  # every request read: only this one is left to wait for
-                await asyncio.wait((awaited,), timeout=timeout_s)
-            if not awaited.done():
-                raise TimeoutError
-        return awaited.result()
-    finally:
-        if not awaited.done():
-            awaited.cancel()
-
-
-def stream_answer(infer_response: bytes) -> bytes:
-    """A serialized ModelStreamInferResponse around a serialized ModelInferResponse (field 2)."""
-    return length_delimited(2, infer_response)
 
 
 class RepositoryChanges(Protocol):
@@ -272,57 +232,17 @@ class InferenceServicer:
         return code, details, answer
 
     async def model_stream_infer(self, requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[bytes]:
-        """Each request of the stream answered in order. The stream ends when its client ends it or leaves, at
-        its first message that is not a ``ModelInferRequest`` (INVALID_ARGUMENT), and when it has brought
-        nothing for ``grpc_stream_idle_timeout_s`` with nothing in flight (DEADLINE_EXCEEDED). At most
-        ``STREAM_IN_FLIGHT`` requests wait for their answers: past that, no more is read until one is sent."""
+        """Each request of the stream answered in order (``dms.grpc.streams``); what ends the stream ends the call."""
         try:
             self._check_key(context, "inference")
         except DMSError as exc:
             await self._abort(context, exc)
-        metadata = dict(context.invocation_metadata() or ())
-        pending: asyncio.Queue[asyncio.Future[tuple[bytes, int]] | None] = asyncio.Queue(maxsize=STREAM_IN_FLIGHT)
-
-        async def read_all() -> None:
-            """Read the requests, each handed to its model as it comes; raises what ends the stream (the client
-            gone, a message that is not a request)."""
-            async for payload in requests:
-                try:
-                    routing = pb.ModelInferRequestRouting.FromString(payload)
-                except DecodeError:
-                    raise InputError("a message of the stream is not a ModelInferRequest") from None
-                request_id = str(routing.id or new_request_id())
-                await pending.put(asyncio.ensure_future(self._infer(payload, routing, request_id, metadata)))
-            await pending.put(None)
-
-        idle_s = self.dataplane.settings.grpc_stream_idle_timeout_s
-        reader = asyncio.ensure_future(read_all())
+        infer = functools.partial(self._infer, metadata=dict(context.invocation_metadata() or ()))
         try:
-            while True:
-                try:
-                    task = await _unless_ended(asyncio.ensure_future(pending.get()), reader, idle_s)
-                except TimeoutError:
-                    await self._abort(context, stream_idle_error(idle_s))
-                    return
-                except DMSError as exc:
-                    await self._abort(context, exc)
-                    return
-                if task is None:
-                    return
-                try:
-                    answer, _ = await _unless_ended(task, reader, None)
-                    yield stream_answer(answer)
-                except DMSError as exc:
-                    if reader.done() and reader.exception() is exc:
-                        await self._abort(context, exc)
-                        return
-                    yield pb.ModelStreamInferResponse(error_message=exc.message).SerializeToString()
-        finally:
-            reader.cancel()
-            while not pending.empty():  # requests read and not answered: their clients are gone
-                left = pending.get_nowait()
-                if left is not None:
-                    left.cancel()
+            async for answer in answer_stream(requests, infer, self.dataplane.settings.grpc_stream_idle_timeout_s):
+                yield answer
+        except DMSError as exc:  # a message that is not a request, or a stream gone idle
+            await self._abort(context, exc)
 
     async def model_statistics(self, request: Any, context: Context) -> Any:
         try:
@@ -441,58 +361,3 @@ def rpc_methods(servicer: InferenceServicer) -> dict[str, RpcMethod]:
         ),
     ]
     return {method.name: method for method in methods}
-
-
-def _grpcio_handler(method: RpcMethod) -> grpc.RpcMethodHandler:
-    decode = method.request_type.FromString if method.request_type is not None else None
-    encode = method.response_type.SerializeToString if method.response_type is not None else None
-    if method.streaming:
-        return grpc.stream_stream_rpc_method_handler(method.handler, decode, encode)
-    return grpc.unary_unary_rpc_method_handler(method.handler, decode, encode)
-
-
-class KeyFirst(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc ships no type hints
-    """grpcio reads (and inflates) a unary call's message before its handler runs: this checks the call's key
-    from its metadata first, and answers a call without the right one by a handler that never asks for its
-    message, so none of it is read or inflated (as on uvicorn's HTTP/2, where the transport does the same)."""
-
-    def __init__(self, methods: dict[str, RpcMethod]) -> None:
-        self.methods = methods
-
-    async def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
-        method = self.methods.get(details.method.rpartition("/")[2])
-        if method is not None and method.authorize is not None:
-            try:
-                method.authorize(dict(details.invocation_metadata or ()))
-            except DMSError as exc:
-                return grpc.stream_unary_rpc_method_handler(_refusing(exc))
-        return await continuation(details)
-
-
-def _refusing(exc: DMSError) -> Callable[[Any, Context], Any]:
-    async def refuse(requests: Any, context: Context) -> None:
-        await context.abort(GRPC_STATUS[exc.kind], exc.message)
-
-    return refuse
-
-
-def build_grpc_server(
-    dataplane: DataPlane, metrics: ServerMetrics, keys: KeyStore | None, repository: RepositoryChanges | None = None
-) -> grpc.aio.Server:
-    """The service on grpcio's asyncio server (``grpc_server = "grpcio"``; uvicorn's HTTP/2 is the default)."""
-    settings = dataplane.settings
-    methods = rpc_methods(InferenceServicer(dataplane, metrics, keys, repository))
-    keyed = keys is not None and (settings.token_auth or settings.inference_token_auth)
-    # Answers are as large as their models make them (grpcio's default: no limit on what is sent).
-    server = grpc.aio.server(
-        interceptors=[KeyFirst(methods)] if keyed else None,
-        options=[
-            ("grpc.max_receive_message_length", settings.grpc_message_limit),
-            ("grpc.max_send_message_length", -1),
-            ("grpc.max_concurrent_streams", settings.grpc_max_concurrent_streams),
-        ],
-    )
-    handlers = {name: _grpcio_handler(method) for name, method in methods.items()}
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-    server.add_insecure_port(settings.grpc_address)
-    return server
