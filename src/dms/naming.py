@@ -8,8 +8,6 @@ from dms.errors import InputError
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _MAX_LEN = 128
-MAX_NAME_LENGTH = _MAX_LEN
-"""The longest model name or version: longer ones cannot be registered, and requests naming one get 400."""
 LOGGED_LENGTH = 128
 """The most characters of a client's text (a request id, a model name) a log line carries."""
 

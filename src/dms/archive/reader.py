@@ -124,14 +124,10 @@ def _extract_cached(path: Path, cache_dir: Path, max_bytes: int) -> Path:
     return target
 
 
-def remove_extraction(model_dir: Path, cache_dir: Path) -> bool:
-    """Delete the cache folder ``model_dir`` was extracted into (a folder archive, outside the cache, is left);
-    True if one was removed. The caller makes sure nothing registered uses it any more."""
-    entry = extraction_of(model_dir, cache_dir)
-    if entry is None:
-        return False
+def remove_extraction(entry: Path) -> None:
+    """Delete an extraction (a cache folder, as ``extraction_of`` names it); the caller makes sure nothing
+    registered uses it any more."""
     shutil.rmtree(entry, ignore_errors=True)
-    return True
 
 
 def extraction_of(model_dir: Path, cache_dir: Path) -> Path | None:

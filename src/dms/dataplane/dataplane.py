@@ -140,14 +140,12 @@ class DataPlane:
         batcher.start()
         await pool.scale(config.initial_workers, wait=synchronous)
         if synchronous and pool.state == PoolState.FAILED and not loaded_at_startup:
-            await self._stop_model(self.registry.remove(model.name, model.version), drain=False)
-            await self._drop_extraction(model)
+            await self._withdraw(model)
             raise ModelUnavailableError(f"model {model_name} failed to start: {pool.last_error}")
         try:
             self._changed()
         except InsufficientStorageError:  # not recorded: not registered either
-            await self._stop_model(self.registry.remove(model.name, model.version), drain=False)
-            await self._drop_extraction(model)
+            await self._withdraw(model)
             raise
         log.info(
             "registered %s from %s with %d workers (state %s)", label, url, config.initial_workers, pool.state.value
@@ -168,6 +166,12 @@ class DataPlane:
         await self._drop_extraction(model)
         return model
 
+    async def _withdraw(self, model: ModelVersion) -> None:
+        """Undo a registration that did not go through: the model version out of the registry, its workers
+        stopped, its extraction dropped."""
+        await self._stop_model(self.registry.remove(model.name, model.version), drain=False)
+        await self._drop_extraction(model)
+
     async def _drop_extraction(self, model: ModelVersion) -> None:
         """Remove the extracted archive of a model version no longer registered, unless another registered version
         was extracted from the same archive (the cache is keyed by the archive's hash). With several frontends, which
@@ -178,7 +182,7 @@ class DataPlane:
             return
         if any(extraction_of(other.archive.model_dir, cache_dir) == entry for other in self.registry):
             return
-        await asyncio.to_thread(remove_extraction, model.archive.model_dir, cache_dir)
+        await asyncio.to_thread(remove_extraction, entry)
 
     async def scale(
         self, name: str, version: str | None, min_workers: int, max_workers: int | None, synchronous: bool

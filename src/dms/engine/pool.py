@@ -193,11 +193,7 @@ class WorkerPool:
         with backoff for as long as it takes, never counted towards FAILED, so the model recovers by itself."""
         self._shortages += 1
         self.last_error = reason
-        delay = min(2.0 ** (self._shortages - 1), max(1.0, self.settings.restart_backoff_max_s))
-        log.warning(
-            "%s worker could not start for lack of resources (%s); retrying in %.1f s", self.label, reason, delay
-        )
-        self._track(self._spawn(delay))
+        self._start_again(self._shortages, f"could not start for lack of resources ({reason})", floor_s=1.0)
 
     def _on_start_failure(self, reason: str) -> None:
         self._startup_failures += 1
@@ -208,8 +204,13 @@ class WorkerPool:
             self._idle_event.set()
             self._state_changed.set()
             return
-        delay = min(2.0 ** (self._startup_failures - 1), self.settings.restart_backoff_max_s)
-        log.warning("%s worker failed to start (%s); retrying in %.1f s", self.label, reason, delay)
+        self._start_again(self._startup_failures, f"failed to start ({reason})")
+
+    def _start_again(self, attempts: int, why: str, floor_s: float = 0.0) -> None:
+        """Start a worker again after a doubling delay (1, 2, 4 s, ... at most ``restart_backoff_max_s``, and at
+        least ``floor_s`` there: a start that fails for the machine's sake is not retried in a tight loop)."""
+        delay = min(2.0 ** (attempts - 1), max(floor_s, self.settings.restart_backoff_max_s))
+        log.warning("%s worker %s; retrying in %.1f s", self.label, why, delay)
         self._track(self._spawn(delay))
 
     async def _watch(self, worker: WorkerProcess) -> None:

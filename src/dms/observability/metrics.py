@@ -221,12 +221,10 @@ class ServerMetrics:
         dataplane = self._dataplane
         if dataplane is not None and not dataplane.registry.has(model, version):
             model, version = UNREGISTERED, ""
-            unknown = (model, version, transport, code)
-            series = self._series.get(unknown)
-            if series is None:
-                series = self._series[unknown] = self._new_series(model, version, transport, code)
-            return series
-        series = self._series[(model, version, transport, code)] = self._new_series(model, version, transport, code)
+        key = (model, version, transport, code)
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = self._new_series(model, version, transport, code)
         return series
 
     def _new_series(self, model: str, version: str, transport: str, code: str) -> _Series:

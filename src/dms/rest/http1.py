@@ -242,7 +242,7 @@ class InferenceHttpProtocol(Http1Protocol):
         HttpToolsProtocol.on_message_begin(self)  # uvicorn's scope for this request, then its ASGI path
         self.url, self.headers, self.expect_100_continue = url, headers, expect
         self.scope["headers"] = headers
-        super().on_headers_complete()
+        HttpToolsProtocol.on_headers_complete(self)  # the head was looked at already (``head_arrived`` above)
 
     @staticmethod
     def _max_bytes(exchange: _Exchange) -> int:
