@@ -19,7 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from dms.auth import KeyStore
+from dms.auth import KEY_KINDS, KeyStore, supplied_keys
 from dms.dataplane import DataPlane
 from dms.engine import interpreters
 from dms.errors import DMSError, ModelAlreadyExistsError
@@ -84,13 +84,20 @@ def _is_loopback(host: str) -> bool:
 
 
 async def serve_forever(settings: ServerSettings) -> int:
+    try:
+        given_keys = supplied_keys(settings)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 1
     _warn_about_exposure(settings)
     metrics = ServerMetrics()
     dataplane = DataPlane(settings, metrics.observer_for)
     metrics.attach(dataplane)
-    keys = KeyStore(settings.key_file) if settings.token_auth or settings.inference_token_auth else None
-    if keys is not None:
-        log.info("API keys are in %s (readable by this user only)", settings.key_file)
+    keys = None
+    if settings.token_auth or settings.inference_token_auth:
+        keys = KeyStore(settings.key_file, given_keys)
+        if len(keys.supplied) < len(KEY_KINDS):
+            log.info("API keys are in %s (readable by this user only)", settings.key_file)
     frontends = None
     if settings.frontends > 1:
         from dms.frontends.group import FrontendGroup  # httpx: imported only when it is needed
@@ -177,8 +184,9 @@ async def _load_models(dataplane: DataPlane, settings: ServerSettings) -> None:
         )
 
     async def load(name: str | None, url: str) -> None:
+        overrides = settings.model_settings.get(name or archive_stem(url))
         try:
-            await dataplane.register(url, name=name, trusted_local=True, loaded_at_startup=True)
+            await dataplane.register(url, name=name, overrides=overrides, trusted_local=True, loaded_at_startup=True)
         except ModelAlreadyExistsError:
             log.info("model %s is already registered (from the snapshot)", name or url)
         except DMSError as exc:
@@ -186,7 +194,22 @@ async def _load_models(dataplane: DataPlane, settings: ServerSettings) -> None:
 
     wanted = startup_models(settings, default_allowed=restored == 0)
     await asyncio.gather(*(load(name, url) for name, url in wanted))
+    for name, version in settings.default_versions.items():
+        try:
+            dataplane.registry.set_default(name, version)
+        except DMSError as exc:
+            raise DMSError(f"default_versions: model {name}: {exc.message}") from exc
     dataplane.startup_complete()
+
+
+def archive_stem(url: str) -> str:
+    """An archive's file name without its extension: the name ``model_settings`` knows a model by when it was
+    named by its archive alone."""
+    name = url.rstrip("/").rpartition("/")[2]
+    for suffix in (".mar", ".tar.gz", ".zip", ".tgz"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
 
 
 def _write_pid_file(pid_file: Path) -> None:

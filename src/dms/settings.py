@@ -1,8 +1,8 @@
 """Server settings: one validated model.
 
-Precedence, lowest to highest: field defaults, a TOML file (``--config``), ``DMS_*``
-environment variables, CLI flags. ``load_settings`` is the only place that reads them; nothing
-reads the environment at import time.
+Precedence, lowest to highest: field defaults, a TOML file (``--config``), TorchServe's
+``config.properties`` (``--ts-config``), ``DMS_*`` environment variables, CLI flags.
+``load_settings`` is the only place that reads them; nothing reads the environment at import time.
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ import socket
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
+    InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -33,6 +34,9 @@ def _default_cache_dir() -> Path:
 
 def _default_state_dir() -> Path:
     return Path.home() / ".dms"
+
+
+_ANY_ADDRESS = {"0.0.0.0", "::", ""}
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -80,6 +84,12 @@ class ServerSettings(BaseSettings):
     """Folder of model archives that ``--models`` and the management API name."""
     models: list[str] = Field(default_factory=list)
     """Models to load at start-up: ``name=archive``, bare archive names, or ``all``."""
+    model_settings: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Settings of the models loaded at start-up, by model name: the keys of a model config (``initial_workers``,
+    ``max_workers``, ``batch_size``, ``max_batch_delay_ms``, ``response_timeout_s``...), over the archive's own.
+    A model named by its archive alone is looked up by the archive's file name without its extension."""
+    default_versions: dict[str, str] = Field(default_factory=dict)
+    """The version to serve by default, by model name, for models loaded at start-up in several versions."""
     default_model: bool = True
     """Serve the bundled ``digits`` model when no model is named."""
     allowed_urls: list[str] = Field(default_factory=list)
@@ -112,6 +122,9 @@ class ServerSettings(BaseSettings):
 
     max_request_size_bytes: int = Field(default=6_553_500, ge=1)
     """Largest request body accepted (TorchServe's default); larger gets 413."""
+    max_response_size_bytes: int | None = Field(default=None, ge=1)
+    """Largest answer body a model may send back; a larger answer becomes a 500 naming this setting (the
+    worker drops it before it travels). None: no limit. TorchServe's ``max_response_size``."""
     request_read_timeout_s: float = Field(default=60.0, gt=0)
     """How long an HTTP/1.1 request's head may take to arrive from its first byte, and how long its body may
     pause between reads; past it the request gets 408 and its connection is closed (slow or stalled clients).
@@ -138,6 +151,13 @@ class ServerSettings(BaseSettings):
     """Most pixels an image may decode to (decompression bombs)."""
     max_multipart_parts: int = Field(default=100, ge=1)
     """Most parts a multipart/form-data body may have."""
+    service_envelope: Literal["none", "kserve", "kservev2"] = "none"
+    """How KServe requests reach a model whose handler has no runtime (a TorchServe-style handler), as
+    TorchServe's ``service_envelope`` says: ``kserve`` hands it a v1 ``:predict``'s instances one row each and
+    answers ``{"predictions": [...]}``; ``kservev2`` hands it an Open Inference Protocol request's inputs one row
+    each and answers one ``predict`` output per row. ``none``: the named tensors, as for any model. TorchServe's
+    spellings ``kfserving``, ``kfservingv2``, ``json`` and ``body`` are read as ``kserve``, ``kservev2`` and
+    ``none``. ``/predictions`` is never enveloped."""
     allow_pickle: bool = False
     """Let the wrapper workflow unpickle request bodies (every client must be trusted)."""
     wrapper: Path | None = None
@@ -153,6 +173,15 @@ class ServerSettings(BaseSettings):
     """Runtime files of one server: ``dms.pid``, ``key_file.json``, ``snapshot.json``, ``dms.log``."""
     token_auth: bool = True
     """Require ``Authorization: Bearer <management key>`` on the management API."""
+    management_key: SecretStr | None = None
+    """The management API's key, given rather than made at each start (``DMS_MANAGEMENT_KEY``; 16 characters or
+    more). Never written to the key file; it cannot be rotated through the API."""
+    management_key_file: Path | None = None
+    """A file holding the management key (a mounted Kubernetes Secret); over ``management_key``."""
+    inference_key: SecretStr | None = None
+    """The inference API's key, given (``DMS_INFERENCE_KEY``), as ``management_key``."""
+    inference_key_file: Path | None = None
+    """A file holding the inference key, as ``management_key_file``."""
     inference_token_auth: bool = False
     """Also require the inference key on the inference API (health stays open)."""
     snapshot: bool = True
@@ -210,6 +239,34 @@ class ServerSettings(BaseSettings):
         parse_address(value)
         return value
 
+    @field_validator("service_envelope", mode="before")
+    @classmethod
+    def _torchserve_envelope_names(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            spelled = value.strip().lower()
+            return {"kfserving": "kserve", "kfservingv2": "kservev2", "json": "none", "body": "none", "": "none"}.get(
+                spelled, spelled
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _check_ports_apart(self) -> ServerSettings:
+        """Each API on its own port (TorchServe can serve management on the inference port; DMS cannot yet)."""
+        seen: dict[tuple[str, int], str] = {}
+        named = ["inference_address", "management_address", "metrics_address"]
+        for name in [*named, *(["grpc_address"] if self.grpc_enabled else [])]:
+            host, port = parse_address(getattr(self, name))
+            if port == 0:
+                continue
+            for (other_host, other_port), other in seen.items():
+                if port == other_port and (host == other_host or {host, other_host} & _ANY_ADDRESS):
+                    raise ValueError(
+                        f"{other} and {name} are both on port {port}: DMS serves each API on its own port; "
+                        f"give {name} another (--{name.replace('_', '-')})"
+                    )
+            seen[(host, port)] = name
+        return self
+
     @model_validator(mode="after")
     def _check_frontends(self) -> ServerSettings:
         if self.frontends == 1:
@@ -235,25 +292,35 @@ class ServerSettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        toml_file = _TOML_FILE.get("path")
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        if toml_file is not None:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        if _FILES.torchserve is not None:
+            sources.append(InitSettingsSource(settings_cls, init_kwargs=_FILES.torchserve))
+        if _FILES.toml is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=_FILES.toml))
         return tuple(sources)
 
 
-# The TOML path is an argument of ``load_settings``; pydantic-settings asks for sources on the
-# class, so the path is handed over here for the duration of one construction.
-_TOML_FILE: dict[str, Path | None] = {"path": None}
+class _Files:
+    """The files of one ``load_settings`` call: pydantic-settings asks for sources on the class, so they are
+    handed over here for the duration of one construction."""
+
+    toml: Path | None = None
+    torchserve: dict[str, Any] | None = None
 
 
-def load_settings(config_file: Path | None = None, **overrides: Any) -> ServerSettings:
-    """Build settings from defaults < TOML file < ``DMS_*`` env < ``overrides`` (CLI flags)."""
+_FILES = _Files()
+
+
+def load_settings(
+    config_file: Path | None = None, torchserve: dict[str, Any] | None = None, **overrides: Any
+) -> ServerSettings:
+    """Build settings from defaults < TOML file < TorchServe's ``config.properties`` (``torchserve``: what
+    ``dms.torchserve_config`` read from it) < ``DMS_*`` env < ``overrides`` (CLI flags)."""
     if config_file is not None and not config_file.is_file():
         raise FileNotFoundError(f"config file {config_file} does not exist")
-    _TOML_FILE["path"] = config_file
+    _FILES.toml, _FILES.torchserve = config_file, torchserve
     try:
         clean = {key: value for key, value in overrides.items() if value is not None}
         return ServerSettings(**clean)
     finally:
-        _TOML_FILE["path"] = None
+        _FILES.toml = _FILES.torchserve = None

@@ -21,6 +21,7 @@ LIMITS = {
     "DMS_MAX_TENSOR_ELEMENTS": "64",
     "DMS_MAX_MULTIPART_PARTS": "3",
     "DMS_MAX_IMAGE_PIXELS": "1000000",
+    "DMS_MAX_RESPONSE_SIZE_BYTES": "4096",
 }
 
 
@@ -75,6 +76,12 @@ def test_image_pixels_decompression_bomb(server: DmsServer):
     Image.new("1", (5000, 5000)).save(buffer, format="PNG")  # 25 M pixels in a few KiB
     assert len(buffer.getvalue()) < 50_000
     refused(server.predict("digits", buffer.getvalue()), 413, "max_image_pixels (1000000)")
+    healthy(server)
+
+
+def test_answers_over_the_response_size_limit(server: DmsServer):
+    refused(server.predict("probe", {"echo": "x" * 5000}), 500, "max_response_size_bytes (4096)")
+    assert server.predict("probe", {"echo": "x" * 3000}).json()["echo"] == "x" * 3000
     healthy(server)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -17,11 +18,24 @@ from dms.auth import read_key
 from dms.engine import interpreters
 from dms.observability.logs import configure_logging
 from dms.settings import ServerSettings, load_settings
+from dms.torchserve_config import TorchServeConfig, TorchServeConfigError, read_torchserve_config
 
 
 def server_options(fn: Any) -> Any:
     options = [
         click.option("--config", "config_file", type=click.Path(path_type=Path), help="TOML settings file."),
+        click.option(
+            "--ts-config",
+            "ts_config_file",
+            type=click.Path(path_type=Path),
+            envvar="TS_CONFIG_FILE",
+            help="TorchServe's config.properties (over the TOML file; env and flags over both).",
+        ),
+        click.option(
+            "--service-envelope",
+            type=click.Choice(["none", "kserve", "kservev2", "kfserving", "kfservingv2", "json", "body"]),
+            help="How KServe requests reach a TorchServe-style handler (TorchServe's service_envelope) [none].",
+        ),
         click.option("--model-store", type=click.Path(path_type=Path), help="Folder of model archives."),
         click.option("--models", multiple=True, help="name=archive, archive, or 'all' (repeatable)."),
         click.option("--inference-address", help="host:port of the inference API [127.0.0.1:8080]."),
@@ -69,6 +83,8 @@ def server_options(fn: Any) -> Any:
 def settings_from_cli(kwargs: dict[str, Any]) -> tuple[ServerSettings, list[str]]:
     """Settings from the CLI flags on top of env and TOML; also the argv to re-run ``serve``."""
     config_file = kwargs.pop("config_file")
+    ts_config_file = kwargs.pop("ts_config_file")
+    torchserve = _read_ts_config(ts_config_file) if ts_config_file else None
     models = [*kwargs.pop("models"), *kwargs.pop("extra_models")]
     allowed = list(kwargs.pop("allowed_urls"))
     logger_levels = dict(entry.split("=", 1) for entry in kwargs.pop("logger_levels") if "=" in entry)
@@ -93,10 +109,12 @@ def settings_from_cli(kwargs: dict[str, Any]) -> tuple[ServerSettings, list[str]
     if logger_levels:
         overrides["logger_levels"] = logger_levels
     try:
-        settings = load_settings(config_file, **overrides)
+        settings = load_settings(config_file, torchserve.settings if torchserve else None, **overrides)
     except (ValidationError, FileNotFoundError, ValueError) as exc:
         raise click.ClickException(f"invalid settings: {exc}") from exc
     argv = ["--config", str(config_file)] if config_file else []
+    if ts_config_file:
+        argv += ["--ts-config", str(ts_config_file)]
     # Each value goes back under the flag it came from: the options' own first spelling.
     flags = {param.name: param.opts[0] for param in serve.params if isinstance(param, click.Option)}
     for key, value in overrides.items():
@@ -111,6 +129,24 @@ def settings_from_cli(kwargs: dict[str, Any]) -> tuple[ServerSettings, list[str]
         else:
             argv += [flags[key], str(value)]
     return settings, argv
+
+
+def _read_ts_config(path: Path) -> TorchServeConfig:
+    try:
+        return read_torchserve_config(path)
+    except TorchServeConfigError as exc:
+        raise click.ClickException(f"--ts-config {path}: {exc}") from None
+
+
+def log_unused_ts_keys(path: Path | None) -> None:
+    """Name, once, the keys of TorchServe's ``config.properties`` that DMS does not use."""
+    if path is None:
+        return
+    unused = _read_ts_config(path).unused
+    if unused:
+        logging.getLogger("dms.server").warning(
+            "--ts-config %s: DMS does not use %s (see docs/deploy.md)", path, ", ".join(unused)
+        )
 
 
 _BOOL_FLAGS = {
@@ -156,6 +192,7 @@ def _running_pid(pid_file: Path) -> int | None:
 @click.option("--foreground/--background", default=True, help="serve runs in the foreground (default).")
 def serve(foreground: bool, **kwargs: Any) -> None:
     """Serve models (the bundled digits model when none is named)."""
+    ts_config_file = kwargs.get("ts_config_file")
     settings, argv = settings_from_cli(kwargs)
     if not foreground:
         _start_background(settings, argv)
@@ -166,6 +203,7 @@ def serve(foreground: bool, **kwargs: Any) -> None:
             f"a DMS server is already running with pid {pid} ({settings.pid_file}); run 'dms stop' first"
         )
     configure_logging(settings.log_level, settings.log_format, dict(settings.logger_levels), settings.access_log)
+    log_unused_ts_keys(ts_config_file)
     # The workers' interpreters start now, to overlap with the server's own imports (each core does one).
     interpreters.prestart(likely_startup_workers(settings))
     from dms.server import run

@@ -105,7 +105,9 @@ class DataPlane:
                 max_image_pixels=self.settings.max_image_pixels,
                 max_multipart_parts=self.settings.max_multipart_parts,
                 allow_pickle=self.settings.allow_pickle,
+                max_response_bytes=self.settings.max_response_size_bytes or 0,
             ),
+            service_envelope=self.settings.service_envelope,
         )
         pool = WorkerPool(
             label,

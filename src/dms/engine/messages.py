@@ -28,6 +28,8 @@ class RequestLimits(msgspec.Struct, array_like=True, frozen=True):
     max_multipart_parts: int = 100
     allow_pickle: bool = False
     """The operator's --allow-pickle: pickled request bodies may be unpickled (wrapper workflow)."""
+    max_response_bytes: int = 0
+    """The largest answer body a worker sends back; a larger one becomes a 500 naming the limit. 0: none."""
 
 
 class LoadModel(msgspec.Struct, tag="load", array_like=True):
@@ -41,6 +43,8 @@ class LoadModel(msgspec.Struct, tag="load", array_like=True):
     worker_id: str
     cpu_threads: int
     limits: RequestLimits = RequestLimits()
+    service_envelope: str = "none"
+    """``ServerSettings.service_envelope``: how KServe requests reach a handler without a runtime."""
 
 
 class TensorMeta(msgspec.Struct, array_like=True, frozen=True):

@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 
-from dms.auth import KeyStore
+from dms.auth import KeyStore, supplied_keys
 from dms.dataplane import DataPlane
 from dms.frontends.control import RegistryFollower, build_control_app
 from dms.frontends.group import CONTROL_ENV, INDEX_ENV, SETTINGS_ENV
@@ -34,7 +34,11 @@ async def serve_replica(settings: ServerSettings, index: int, control_path: str)
     metrics = ServerMetrics()
     dataplane = DataPlane(settings, metrics.observer_for, frontend_index=index)
     metrics.attach(dataplane)
-    keys = KeyStore.reading(settings.key_file) if settings.token_auth or settings.inference_token_auth else None
+    keys = (
+        KeyStore.reading(settings.key_file, supplied_keys(settings))
+        if settings.token_auth or settings.inference_token_auth
+        else None
+    )
     follower = RegistryFollower(dataplane, keys)
     grace = settings.graceful_shutdown_s
     control = unix_socket_server(build_control_app(follower, dataplane, metrics), control_path, settings)

@@ -7,6 +7,7 @@ requests along dimension 0; custom handlers get each request's tensors as named 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from dms.oip.request import InferRequest
 from dms.oip.rest_codec import HEADER_LENGTH, decode_rest_request, encode_rest_response
 from dms.oip.v1_codec import decode_v1_body, encode_v1_response
 from dms.runtimes import Runtime, TensorSpec
+from dms.worker import envelopes
 from dms.worker.context import Context, RequestProcessor
 from dms.worker.tensor_exec import run_named
 
@@ -47,12 +49,23 @@ class TensorModel:
     handle: Any
     context: Context
     max_elements: int
+    envelope: str = ""
+    """TorchServe's ``service_envelope`` for a handler without a runtime (``dms.worker.envelopes``)."""
 
 
 def run_tensor_requests(
     model: TensorModel, indexed: list[tuple[int, RequestItem]], error_item: Any
 ) -> tuple[list[tuple[int, ResponseItem]], tuple[int, int, int]]:
     """Answer each (index, item); also (decode, infer, encode) nanoseconds."""
+    if model.envelope and model.runtime is None:
+        enveloped = [(i, item) for i, item in indexed if envelopes.applies(model.envelope, item.protocol)]
+        if enveloped:
+            done, timings = _run_enveloped(model, enveloped, error_item)
+            rest = [(i, item) for i, item in indexed if not envelopes.applies(model.envelope, item.protocol)]
+            if not rest:
+                return done, timings
+            more, (decode_ns, infer_ns, encode_ns) = run_tensor_requests(_plain(model), rest, error_item)
+            return done + more, (timings[0] + decode_ns, timings[1] + infer_ns, timings[2] + encode_ns)
     answers: list[tuple[int, ResponseItem]] = []
     decoded: list[Decoded] = []
     started = time.perf_counter_ns()
@@ -78,6 +91,55 @@ def run_tensor_requests(
             message = f"model {model.name}: the answer could not be encoded: {type(exc).__name__}: {exc}"
             answers.append((entry.index, error_item(HandlerError(message[:1000]))))
     return answers, (inferred - started, finished - inferred, time.perf_counter_ns() - finished)
+
+
+def _plain(model: TensorModel) -> TensorModel:
+    return dataclasses.replace(model, envelope="")
+
+
+def _run_enveloped(
+    model: TensorModel, indexed: list[tuple[int, RequestItem]], error_item: Any
+) -> tuple[list[tuple[int, ResponseItem]], tuple[int, int, int]]:
+    """Requests under a service envelope: every row of the batch's requests through the handler in one call."""
+    answers: list[tuple[int, ResponseItem]] = []
+    entries: list[envelopes.Enveloped] = []
+    started = time.perf_counter_ns()
+    for index, item in indexed:
+        try:
+            entries.append(envelopes.unwrap(index, item, model.max_elements))
+        except DMSError as exc:
+            answers.append((index, error_item(exc)))
+        except Exception as exc:
+            answers.append((index, error_item(undecodable(item.request_id, exc))))
+    inferred = time.perf_counter_ns()
+    outcomes = _handle_rows(model, entries) if entries else []
+    finished = time.perf_counter_ns()
+    for entry, outcome in zip(entries, outcomes, strict=True):
+        try:
+            if isinstance(outcome, DMSError):
+                raise outcome
+            answers.append((entry.index, envelopes.wrap(entry, outcome, model.name, model.version)))
+        except DMSError as exc:
+            answers.append((entry.index, error_item(exc)))
+        except Exception as exc:
+            answers.append((entry.index, error_item(envelopes.failure(exc, model.name))))
+    return answers, (inferred - started, finished - inferred, time.perf_counter_ns() - finished)
+
+
+def _handle_rows(model: TensorModel, entries: list[envelopes.Enveloped]) -> list[list[Any] | DMSError]:
+    """Each request's share of the handler's results; a batch that fails is run again request by request, so
+    that one bad request fails alone."""
+    model.context.start_batch(envelopes.processors(entries))
+    try:
+        rows = [row for entry in entries for row in entry.rows]
+        results = model.handle(rows, model.context)
+        return list(envelopes.split(results, entries, model.name))
+    except Exception as exc:
+        if len(entries) > 1:
+            return [outcome for entry in entries for outcome in _handle_rows(model, [entry])]
+        if not isinstance(exc, DMSError):
+            log.error("model %s, request %s: handler raised", model.name, entries[0].item.request_id, exc_info=True)
+        return [envelopes.failure(exc, model.name)]
 
 
 def undecodable(request_id: str, exc: Exception) -> InputError:

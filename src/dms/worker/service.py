@@ -69,6 +69,7 @@ class ModelService:
             handle=self.handle,
             context=self.context,
             max_elements=load.limits.max_tensor_elements,
+            envelope="" if load.service_envelope == "none" else load.service_envelope,
         )
 
     def loaded_message(self, pid: int) -> ModelLoaded:
@@ -101,7 +102,17 @@ class ModelService:
             timings.input_ns += decode_ns
             timings.infer_ns += infer_ns
             timings.output_ns += encode_ns
+        if self.limits.max_response_bytes:
+            self._drop_oversized(results)
         return BatchResult(batch_id=batch.batch_id, items=[r for r in results if r is not None], timings=timings)
+
+    def _drop_oversized(self, results: list[ResponseItem | None]) -> None:
+        limit = self.limits.max_response_bytes
+        for index, result in enumerate(results):
+            if result is not None and len(result.body) > limit:
+                log.error("model %s: an answer of %d bytes is over %d", self.model_name, len(result.body), limit)
+                message = f"model {self.model_name}: the answer of {len(result.body)} bytes is over "
+                results[index] = _error_item(InternalError(message + f"max_response_size_bytes ({limit})"))
 
     def failed_batch(self, batch: Batch, exc: BaseException) -> BatchResult:
         """Every request of ``batch`` answered with ``exc``: what a batch gets when running it raised past the

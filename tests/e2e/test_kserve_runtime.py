@@ -1,0 +1,204 @@
+"""DMS as KServe runs it: the ServingRuntime's own arguments and environment, on a folder laid out as KServe's
+storage initializer leaves a TorchServe model (``model-store/mnist.mar``, ``config/config.properties``), and
+the requests of KServe's TorchServe MNIST examples, v1 and v2, answered as TorchServe answers them.
+
+The runtime's arguments are read from ``deploy/kserve/clusterservingruntime.yaml``; only ``/mnt/models`` is
+replaced by the test's folder and the four addresses by free loopback ports.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from dms._generated import inference_pb2
+from tests.e2e.test_peer_archives import archiver
+from tests.support import FIXTURES, REPO, running_server
+
+torch = pytest.importorskip("torch", reason="the [torch] extra (torch==2.13.0) is not installed")
+
+RUNTIME = REPO / "deploy" / "kserve" / "clusterservingruntime.yaml"
+SAMPLES = REPO / "src" / "dms" / "default_model" / "samples"
+ADDRESS_FLAGS = ("--inference-address", "--management-address", "--metrics-address", "--grpc-address")
+
+# The config.properties of KServe's TorchServe MNIST v2 example, with the model store where this test puts it.
+CONFIG = """\
+inference_address=http://0.0.0.0:8085
+management_address=http://0.0.0.0:8085
+metrics_address=http://0.0.0.0:8082
+grpc_inference_port=7070
+grpc_management_port=7071
+enable_envvars_config=true
+install_py_dep_per_model=true
+enable_metrics_api=true
+service_envelope={envelope}
+metrics_format=prometheus
+NUM_WORKERS=1
+number_of_netty_threads=4
+job_queue_size=10
+model_store=/mnt/models/model-store
+model_snapshot={{"name":"startup.cfg","modelCount":1,"models":{{"mnist":{{"1.0":{{"defaultVersion":true,\
+"marName":"mnist.mar","minWorkers":1,"maxWorkers":5,"batchSize":4,"maxBatchDelay":50,"responseTimeout":120}}}}}}}}
+"""
+
+
+def runtime_container() -> dict[str, Any]:
+    document = yaml.safe_load(RUNTIME.read_text())
+    (container,) = document["spec"]["containers"]
+    assert container["name"] == "kserve-container"
+    return container
+
+
+def runtime_arguments(models_root: Path) -> list[str]:
+    """The container's arguments for a pod whose /mnt/models is ``models_root``, addresses left to DmsServer."""
+    args = [arg.replace("/mnt/models", str(models_root)) for arg in runtime_container()["args"]]
+    return [arg for arg in args if not arg.startswith(ADDRESS_FLAGS)]
+
+
+def runtime_environment(labels: dict[str, str]) -> dict[str, str]:
+    """The container's environment, with KServe's ``{{.Labels.x}}`` templates filled from ``labels`` (empty
+    when the InferenceService has no such label, as KServe renders them)."""
+    env = {}
+    for entry in runtime_container().get("env", []):
+        value = str(entry["value"])
+        for name in ("serviceEnvelope",):
+            value = value.replace(f"{{{{.Labels.{name}}}}}", labels.get(name, ""))
+        env[entry["name"]] = value
+    return env
+
+
+@pytest.fixture(scope="module")
+def mnist(tmp_path_factory: pytest.TempPathFactory):
+    """A TorchServe MNIST-style archive in KServe's layout, and the network it holds."""
+    sys.path.insert(0, str(FIXTURES))
+    from torch_digit_net import DigitNet
+
+    torch.manual_seed(3)
+    net = DigitNet().eval()
+    work = tmp_path_factory.mktemp("kserve")
+    for name in ("torch_digit_net.py", "ts_mnist_handler.py"):
+        shutil.copy(FIXTURES / name, work / name)
+    torch.save(net.state_dict(), work / "mnist_cnn.pt")
+    root = work / "mnt-models"
+    (root / "model-store").mkdir(parents=True)
+    (root / "config").mkdir()
+    archiver(
+        "torch-model-archiver",
+        *("--model-name", "mnist", "--version", "1.0", "--model-file", "torch_digit_net.py"),
+        *("--serialized-file", "mnist_cnn.pt", "--handler", "ts_mnist_handler.py"),
+        *("--export-path", str(root / "model-store")),
+        cwd=work,
+    )
+    return work, root, net
+
+
+def digit_png(digit: int) -> bytes:
+    image = Image.open(SAMPLES / f"digit_{digit}.png").convert("L").resize((28, 28), Image.Resampling.BILINEAR)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def pixels(png: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(png)).convert("L"), dtype=np.float32) / 255.0
+
+
+def expected_digit(net: Any, png: bytes, already_scaled: bool = False) -> int:
+    values = pixels(png)
+    tensor = torch.from_numpy((values - 0.1307) / 0.3081)[None, None]
+    if already_scaled:  # the v2 tensor form: the pixels as sent, straight into the network
+        tensor = torch.from_numpy(values)[None, None]
+    return int(net(tensor).argmax(1)[0])
+
+
+def serve_kserve_layout(work: Path, root: Path, envelope_in_file: str, labels: dict[str, str]):
+    (root / "config" / "config.properties").write_text(CONFIG.format(envelope=envelope_in_file))
+    run = work / f"run-{envelope_in_file}-{labels.get('serviceEnvelope', '')}"
+    run.mkdir()
+    return running_server(run, runtime_arguments(root), runtime_environment(labels))
+
+
+def test_kserve_v1_instances_reach_a_torchserve_handler_one_row_each(mnist):
+    work, root, net = mnist
+    with serve_kserve_layout(work, root, "kserve", {}) as server:
+        pngs = [digit_png(d) for d in (0, 3, 7)]
+        body = {"instances": [{"data": base64.b64encode(png).decode()} for png in pngs]}
+        response = server.http.post(f"{server.inference_url}/v1/models/mnist:predict", json=body)
+        assert response.status_code == 200, response.text
+        assert response.json() == {"predictions": [expected_digit(net, png) for png in pngs]}
+        # The model's settings came from model_snapshot: batchSize 4, minWorkers 1.
+        (described,) = server.describe("mnist")
+        assert described["batchSize"] == 4 and described["minWorkers"] == 1, described
+        assert server.http.get(f"{server.inference_url}/v1/models/mnist").json() == {"name": "mnist", "ready": True}
+        unused = [line for line in server.log_lines if "DMS does not use" in line]
+        assert len(unused) == 1 and "number_of_netty_threads" in unused[0] and "grpc_management_port" in unused[0]
+        # /predictions is never enveloped: the PNG itself, as always.
+        assert server.predict("mnist", pngs[1]).json() == expected_digit(net, pngs[1])
+
+
+def test_kserve_v2_bytes_and_tensor_forms_as_torchserve_answers_them(mnist):
+    work, root, net = mnist
+    # The file says kserve; the InferenceService's serviceEnvelope label (TS_SERVICE_ENVELOPE) says kservev2.
+    with serve_kserve_layout(work, root, "kserve", {"serviceEnvelope": "kservev2"}) as server:
+        png = digit_png(5)
+        as_bytes = {
+            "id": "d3b15cad-50a2-4eaf-80ce-8b0a428bd298",
+            "inputs": [
+                {"name": "input-0", "shape": [-1], "datatype": "BYTES", "data": [base64.b64encode(png).decode()]}
+            ],
+        }
+        response = server.http.post(f"{server.inference_url}/v2/models/mnist/infer", json=as_bytes)
+        assert response.status_code == 200, response.text
+        assert response.json() == {
+            "id": "d3b15cad-50a2-4eaf-80ce-8b0a428bd298",
+            "model_name": "mnist",
+            "model_version": "1.0",
+            "outputs": [{"name": "predict", "shape": [1], "datatype": "INT64", "data": [expected_digit(net, png)]}],
+        }
+        tensor = pixels(png)[None].tolist()  # [1, 28, 28], as KServe's totensor.py makes it
+        as_tensor = {"inputs": [{"name": "input-0", "shape": [1, 28, 28], "datatype": "FP32", "data": tensor}]}
+        response = server.http.post(f"{server.inference_url}/v2/models/mnist/infer", json=as_tensor)
+        assert response.status_code == 200, response.text
+        answer = response.json()
+        assert answer["outputs"] == [
+            {"name": "predict", "shape": [1], "datatype": "INT64", "data": [expected_digit(net, png, True)]}
+        ]
+        assert answer["model_name"] == "mnist" and answer["id"]
+        # grpc-v2: the same tensor over ModelInfer.
+        request = inference_pb2.ModelInferRequest(model_name="mnist", id="g1")
+        entry = request.inputs.add(name="input-0", datatype="FP32", shape=[1, 28, 28])
+        entry.contents.fp32_contents.extend(pixels(png).reshape(-1).tolist())
+        with grpc.insecure_channel(server.grpc_address) as channel:
+            infer = channel.unary_unary(
+                "/inference.GRPCInferenceService/ModelInfer",
+                request_serializer=inference_pb2.ModelInferRequest.SerializeToString,
+                response_deserializer=inference_pb2.ModelInferResponse.FromString,
+            )
+            reply = infer(request, timeout=60)
+        assert reply.id == "g1" and [o.name for o in reply.outputs] == ["predict"]
+        assert np.frombuffer(reply.raw_output_contents[0], "<i8").tolist() == [expected_digit(net, png, True)]
+        # A bad row is that request's error, named, and the server serves on.
+        broken = {"inputs": [{"name": "input-0", "shape": [1], "datatype": "BYTES", "data": ["bm90IGFuIGltYWdl"]}]}
+        response = server.http.post(f"{server.inference_url}/v2/models/mnist/infer", json=broken)
+        assert response.status_code == 500 and "handler raised" in response.json()["error"], response.text
+        response = server.http.post(f"{server.inference_url}/v2/models/mnist/infer", json=as_bytes)
+        assert response.status_code == 200
+
+
+def test_the_runtime_declares_what_kserve_needs():
+    container = runtime_container()
+    assert container["ports"] == [{"containerPort": 8080, "protocol": "TCP"}]
+    document = yaml.safe_load(RUNTIME.read_text())
+    formats = {entry["name"]: entry for entry in document["spec"]["supportedModelFormats"]}
+    assert formats["pytorch"]["autoSelect"] and formats["pytorch"]["priority"] > 2  # TorchServe's runtime: 2
+    assert set(document["spec"]["protocolVersions"]) == {"v1", "v2", "grpc-v2"}
