@@ -19,10 +19,12 @@ step "the peer archivers the tests run (torch-model-archiver, model-archiver)"
 
 # Debian tools the tests use for real: Chromium for the browser tests (Playwright's own browser
 # download is not used), curl and jq for the tutorials (run as written), wrk and h2load (nghttp2-client)
-# for the benchmark smoke run.
+# for the benchmark smoke run; podman, runc, debootstrap and ip (iproute2) to build and run the image
+# (tests/container); kubectl (kubernetes-client) to render the kustomize base offline.
+declare -A package=([h2load]=nghttp2-client [ip]=iproute2 [kubectl]=kubernetes-client)
 missing=()
-for tool in chromium curl jq wrk h2load; do
-  command -v "$tool" >/dev/null 2>&1 || missing+=("$([ "$tool" = h2load ] && echo nghttp2-client || echo "$tool")")
+for tool in chromium curl jq wrk h2load podman runc debootstrap ip kubectl; do
+  command -v "$tool" >/dev/null 2>&1 || missing+=("${package[$tool]:-$tool}")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
   step "Debian packages the tests use: ${missing[*]}"
