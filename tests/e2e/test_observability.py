@@ -91,6 +91,20 @@ def test_counters_and_histograms_after_a_known_sequence(server: DmsServer):
     assert value(after, "dms_in_flight_requests", transport="raw") == 0
 
 
+def test_the_queue_per_worker_the_autoscaler_reads(server: DmsServer):
+    """Five slow requests for one worker with batches of one: one runs, four wait, four per worker."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(5) as pool:
+        futures = [pool.submit(server.predict, "probe", {"sleep": 1.5, "echo": i}) for i in range(5)]
+        wait_for(
+            lambda: value(scrape(server), "dms_queue_depth_per_worker", model="probe", version="1.0") == 4,
+            what="four requests queued for the one worker",
+        )
+        assert all(future.result().status_code == 200 for future in futures)
+    assert value(scrape(server), "dms_queue_depth_per_worker", model="probe", version="1.0") == 0
+
+
 def access_lines(server: DmsServer) -> list[dict[str, object]]:
     lines = []
     for line in server.log_lines:

@@ -42,6 +42,11 @@ class _DataPlaneCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         queue = GaugeMetricFamily("dms_queue_depth", "Requests waiting for a worker", labels=MODEL)
+        per_worker = GaugeMetricFamily(
+            "dms_queue_depth_per_worker",
+            "Requests waiting for a worker, per worker able to take them: the load signal to autoscale pods on",
+            labels=MODEL,
+        )
         workers = GaugeMetricFamily("dms_workers", "Worker processes by state", labels=[*MODEL, "state"])
         restarts = CounterMetricFamily("dms_worker_restarts", "Workers replaced after dying", labels=MODEL)
         failed = GaugeMetricFamily("dms_model_failed", "1 while the version's workers failed to start", labels=MODEL)
@@ -55,7 +60,9 @@ class _DataPlaneCollector(Collector):
         )
         for model in self.dataplane.registry:
             key = [model.name, model.version]
-            queue.add_metric(key, model.batcher.pending)
+            pending = model.batcher.pending
+            queue.add_metric(key, pending)
+            per_worker.add_metric(key, pending / max(1, model.pool.ready_count()))
             restarts.add_metric(key, model.pool.restarts)
             failed.add_metric(key, 1 if model.pool.state == PoolState.FAILED else 0)
             states: dict[str, int] = {}
@@ -68,7 +75,7 @@ class _DataPlaneCollector(Collector):
             for state, count in states.items():
                 workers.add_metric([*key, state], count)
             recent.add_metric(key, self.recent.error_ratio((model.name, model.version))[1])
-        yield from (queue, workers, restarts, failed, memory, recent)
+        yield from (queue, per_worker, workers, restarts, failed, memory, recent)
 
 
 class _VersionObserver:
