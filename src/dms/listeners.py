@@ -37,11 +37,46 @@ GRPC_IDLE_CONNECTION_S = 600
 
 
 class _Server(uvicorn.Server):
-    """A uvicorn server that leaves signal handling to ``serve_forever``."""
+    """A uvicorn server that leaves signal handling to ``serve_forever``, and whose stop serves the connections
+    its port had accepted but not yet handed over."""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn's stop, after the connections waiting in the port's backlog are taken up. Closing a listening
+        socket resets the connections the kernel completed for it that nobody accepted yet, so their clients,
+        which may have sent a whole request, see it fail unread. A duplicate of the socket keeps them while the
+        port stops accepting; they are accepted and served as any other connection open at the stop (one
+        request each, then closed), and only then does the port close."""
+        held = [sock.dup() for sock in sockets or []]
+        for server in self.servers:
+            server.close()
+        for sock in held:
+            with sock:
+                await self._serve_backlog(sock)
+        await super().shutdown(sockets)
+
+    async def _serve_backlog(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        sock.setblocking(False)
+        config = self.config
+        while True:
+            try:
+                connection, _ = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.warning("the connections waiting on a closing port could not all be served: %s", exc)
+                return
+            connection.setblocking(False)
+            await loop.connect_accepted_socket(
+                lambda: config.http_protocol_class(  # type: ignore[call-arg]  # as uvicorn's Server.startup makes them
+                    config=config, server_state=self.server_state, app_state=self.lifespan.state
+                ),
+                sock=connection,
+            )
 
 
 def _uvicorn_server(

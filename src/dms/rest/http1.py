@@ -234,7 +234,7 @@ class InferenceHttpProtocol(Http1Protocol):
             return None
         forwarder, name, version = found
         headers = [(key.decode("latin-1"), value.decode("latin-1")) for key, value in self.headers]
-        keep_alive = parser.get_http_version() != "1.0" and parser.should_keep_alive()
+        keep_alive = parser.get_http_version() != "1.0" and parser.should_keep_alive() and not self.stopping
         return _Exchange(forwarder, name, version, headers, url.query or b"", keep_alive)
 
     def _asgi_headers_complete(self) -> None:
@@ -243,6 +243,8 @@ class InferenceHttpProtocol(Http1Protocol):
         self.url, self.headers, self.expect_100_continue = url, headers, expect
         self.scope["headers"] = headers
         HttpToolsProtocol.on_headers_complete(self)  # the head was looked at already (``head_arrived`` above)
+        if self.stopping and self.cycle is not None:
+            self.cycle.keep_alive = False
 
     @staticmethod
     def _max_bytes(exchange: _Exchange) -> int:

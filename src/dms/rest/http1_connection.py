@@ -28,6 +28,8 @@ from dms.rest.forwarding import Reply
 from dms.rest.paced_reading import PacedHttpToolsProtocol
 
 log = logging.getLogger("dms.http")
+SHUTDOWN_LINGER_S = 0.25
+"""How long a connection between requests (or before its first) may still bring one once the server stops."""
 
 
 def _status_line(status: int) -> bytes:
@@ -37,6 +39,9 @@ def _status_line(status: int) -> bytes:
 class Http1Protocol(ConnectionDeadlines, PacedHttpToolsProtocol):
     """uvicorn's HTTP/1.1 protocol with paced reading, closing idle connections and slow requests."""
 
+    stopping = False
+    """The server is stopping: the request being answered, or one arriving within ``SHUTDOWN_LINGER_S``, is the
+    connection's last."""
     too_slow = False
     """The request being refused arrived slower than ``min_body_rate`` (rather than pausing too long)."""
     max_header_bytes: ClassVar[int] = 64 * 1024
@@ -107,6 +112,8 @@ class Http1Protocol(ConnectionDeadlines, PacedHttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self.head_arrived()
         super().on_headers_complete()
+        if self.stopping and self.cycle is not None:
+            self.cycle.keep_alive = False
 
     def head_arrived(self) -> None:
         """The head is parsed: refuse it if it has too many headers, or if the bytes read with it passed the size
@@ -164,6 +171,24 @@ class Http1Protocol(ConnectionDeadlines, PacedHttpToolsProtocol):
 
     def close_idle(self) -> None:
         HttpToolsProtocol.timeout_keep_alive_handler(self)
+
+    def shutdown(self) -> None:
+        """The server is stopping (uvicorn's call). A request being answered finishes, and its connection closes
+        after it, as in uvicorn. A connection between requests, or before its first, is closed only after
+        ``SHUTDOWN_LINGER_S``, not at once: a request its client already sent, whose bytes are in the socket but
+        not read yet, would be reset unread. One that arrives in time is answered, and its connection closed."""
+        self.stopping = True
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            cycle.keep_alive = False
+        else:
+            self.loop.call_later(SHUTDOWN_LINGER_S, self._close_if_idle)
+
+    def _close_if_idle(self) -> None:
+        cycle = self.cycle
+        if self.transport.is_closing() or self.head_bytes or (cycle is not None and not cycle.response_complete):
+            return  # a request is arriving or being answered: it is the last, and its answer closes the connection
+        self.transport.close()
 
     def read_timed_out(self) -> None:
         self._refuse_arriving(f"still arriving after {self.request_read_timeout:g} s (request_read_timeout_s)")
