@@ -42,6 +42,9 @@ class ModelConfig(BaseModel):
         default=None, ge=1, validation_alias=AliasChoices("worker_memory_limit_mb", "workerMemoryLimitMb")
     )
     """Replace a worker whose resident memory passes this many MiB (none by default)."""
+    single_input_any_name: bool | None = None
+    """A model with one input takes a request's one input whatever its name, as KServe's own model servers do
+    (on for bare model files, ``dms.archive.bare``); otherwise a request must name the model's input."""
     handler: dict[str, Any] = Field(default_factory=dict)
     """Options for the handler (``context.model_yaml_config["handler"]``)."""
     runtime: dict[str, Any] = Field(default_factory=dict)

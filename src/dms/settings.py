@@ -158,6 +158,9 @@ class ServerSettings(BaseSettings):
     each and answers one ``predict`` output per row. ``none``: the named tensors, as for any model. TorchServe's
     spellings ``kfserving``, ``kfservingv2``, ``json`` and ``body`` are read as ``kserve``, ``kservev2`` and
     ``none``. ``/predictions`` is never enveloped."""
+    trust_pickled_models: bool = False
+    """Load a bare scikit-learn model saved with pickle or joblib (KServe's ``model.joblib``: ``dms.archive.bare``).
+    Unpickling runs code: only for a model store whose writers could choose the server's image anyway."""
     allow_pickle: bool = False
     """Let the wrapper workflow unpickle request bodies (every client must be trusted)."""
     wrapper: Path | None = None

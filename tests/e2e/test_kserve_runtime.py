@@ -23,7 +23,7 @@ from PIL import Image
 
 from dms._generated import inference_pb2
 from tests.e2e.test_peer_archives import archiver
-from tests.support import FIXTURES, REPO, running_server
+from tests.support import FIXTURES, REPO, DmsServer, running_server
 
 torch = pytest.importorskip("torch", reason="the [torch] extra (torch==2.13.0) is not installed")
 
@@ -59,10 +59,11 @@ def runtime_container() -> dict[str, Any]:
     return container
 
 
-def runtime_arguments(models_root: Path) -> list[str]:
-    """The container's arguments for a pod whose /mnt/models is ``models_root``, addresses left to DmsServer."""
+def runtime_arguments(models_root: Path, name: str = "mnist") -> list[str]:
+    """The container's arguments for the InferenceService ``name`` whose /mnt/models is ``models_root``, the
+    addresses left to DmsServer."""
     args = [arg.replace("/mnt/models", str(models_root)) for arg in runtime_container()["args"]]
-    return [arg for arg in args if not arg.startswith(ADDRESS_FLAGS)]
+    return [arg.replace("{{.Name}}", name) for arg in args if not arg.startswith(ADDRESS_FLAGS)]
 
 
 def runtime_environment(labels: dict[str, str]) -> dict[str, str]:
@@ -202,3 +203,63 @@ def test_the_runtime_declares_what_kserve_needs():
     formats = {entry["name"]: entry for entry in document["spec"]["supportedModelFormats"]}
     assert formats["pytorch"]["autoSelect"] and formats["pytorch"]["priority"] > 2  # TorchServe's runtime: 2
     assert set(document["spec"]["protocolVersions"]) == {"v1", "v2", "grpc-v2"}
+
+
+IRIS = [[6.8, 2.8, 4.8, 1.4], [6.0, 3.4, 4.5, 1.6]]
+"""The rows of KServe's scikit-learn iris example request."""
+
+
+def bare_store(tmp_path: Path, file: Path) -> Path:
+    """/mnt/models as KServe leaves a bare model: the one file."""
+    root = tmp_path / "mnt-models"
+    root.mkdir()
+    shutil.copy(file, root / file.name)
+    return root
+
+
+def test_a_bare_scikit_learn_joblib_as_kserve_leaves_it(tmp_path: Path):
+    import joblib
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    features, labels = load_iris(return_X_y=True)
+    model = LogisticRegression(max_iter=500).fit(features, labels)
+    joblib.dump(model, tmp_path / "model.joblib")
+    root = bare_store(tmp_path, tmp_path / "model.joblib")
+    with running_server(tmp_path, runtime_arguments(root, "sklearn-iris"), runtime_environment({})) as server:
+        expected = model.predict(np.array(IRIS)).tolist()
+        v1 = server.http.post(f"{server.inference_url}/v1/models/sklearn-iris:predict", json={"instances": IRIS})
+        assert v1.status_code == 200, v1.text
+        assert v1.json() == {"predictions": expected}
+        v2 = {"inputs": [{"name": "input-0", "shape": [2, 4], "datatype": "FP64", "data": IRIS}]}
+        answer = server.http.post(f"{server.inference_url}/v2/models/sklearn-iris/infer", json=v2)
+        assert answer.status_code == 200, answer.text
+        (output,) = answer.json()["outputs"]
+        assert output["data"] == expected and output["shape"] == [2]
+        assert server.http.get(f"{server.inference_url}/v2/models/sklearn-iris/ready").status_code == 200
+        (described,) = server.describe("sklearn-iris")
+        assert described["modelVersion"] == "1"
+
+
+def test_a_bare_onnx_model_as_kserve_leaves_it(tmp_path: Path):
+    from tests.e2e.test_tensor_handler import BIAS, WEIGHTS, linear_model
+
+    root = bare_store(tmp_path, linear_model(tmp_path / "model.onnx"))
+    rows = np.random.default_rng(2).random((3, 16), dtype=np.float32)
+    with running_server(tmp_path, runtime_arguments(root, "linear"), runtime_environment({})) as server:
+        v1 = server.http.post(f"{server.inference_url}/v1/models/linear:predict", json={"instances": rows.tolist()})
+        assert v1.status_code == 200, v1.text
+        np.testing.assert_allclose(np.array(v1.json()["predictions"]), rows @ WEIGHTS + BIAS, rtol=1e-5)
+        metadata = server.http.get(f"{server.inference_url}/v2/models/linear").json()
+        assert metadata["platform"] == "onnxruntime_onnx" and metadata["versions"] == ["1"]
+
+
+def test_a_folder_of_several_model_files_is_refused_naming_them(tmp_path: Path):
+    root = tmp_path / "mnt-models"
+    root.mkdir()
+    (root / "a.onnx").write_bytes(b"")
+    (root / "b.joblib").write_bytes(b"")
+    server = DmsServer(tmp_path, runtime_arguments(root, "two"), runtime_environment({}))
+    with pytest.raises(AssertionError, match="server exited before it was ready"):
+        server.start()
+    assert "holds several model files (a.onnx, b.joblib)" in server.log()

@@ -191,3 +191,25 @@ def test_a_bad_model_config_is_refused_with_its_problem(tmp_path: Path, cache: P
     )
     with pytest.raises(ArchiveError, match="not valid YAML"):
         open_archive(unsafe, cache, 10**6)
+
+
+def test_a_bare_model_file_or_folder_is_served_with_the_tensor_handler(tmp_path):
+    from dms.archive.reader import open_archive
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    (folder / "model.onnx").write_bytes(b"onnx bytes")
+    (folder / "README.md").write_text("not a model")
+    for path in (folder, folder / "model.onnx"):
+        opened = open_archive(path, tmp_path / "cache", 1 << 20)
+        assert opened.model_dir == folder and opened.manifest.origin == "bare"
+        assert (opened.manifest.handler, opened.manifest.serialized_file) == ("tensor", "model.onnx")
+        assert opened.manifest.model_version == "1" and opened.config.single_input_any_name is True
+    assert not (tmp_path / "cache").exists()  # nothing extracted: the files are used where they are
+    (folder / "model.skops").write_bytes(b"")
+    with pytest.raises(ArchiveError, match=r"several model files \(model.onnx, model.skops\)"):
+        open_archive(folder, tmp_path / "cache", 1 << 20)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ArchiveError, match=r"MANIFEST\.json is missing"):
+        open_archive(empty, tmp_path / "cache", 1 << 20)

@@ -18,7 +18,7 @@ def error_item(exc: DMSError) -> ResponseItem:
 
 def model(handle: Any, envelope: str) -> TensorModel:
     context = Context("m", "/tmp", {}, 8, None, "DMS", "0", {})
-    return TensorModel("m", "1", None, [], [], handle, context, 1000, envelope)
+    return TensorModel("m", "1", None, [], [], handle, context, 1000, envelope=envelope)
 
 
 def item(request_id: str, protocol: str, document: Any) -> RequestItem:

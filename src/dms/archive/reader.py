@@ -19,8 +19,9 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO
+from typing import IO, Any
 
+from dms.archive.bare import bare_manifest, is_bare_model_file
 from dms.archive.manifest import MANIFEST_PATH, Manifest, parse_manifest
 from dms.errors import ArchiveError
 from dms.legacy.archive import LEGACY_MANIFEST, is_legacy_archive, translate_manifest
@@ -41,6 +42,8 @@ class ExtractedArchive:
 
 
 def open_archive(path: Path, cache_dir: Path, max_bytes: int) -> ExtractedArchive:
+    if is_bare_model_file(path):  # model.onnx, model.joblib...: served as they are (dms.archive.bare)
+        return _bare(path, path.parent, bare_manifest(path.parent, path.name))
     if path.is_dir():
         model_dir = path
     elif path.is_file():
@@ -48,6 +51,10 @@ def open_archive(path: Path, cache_dir: Path, max_bytes: int) -> ExtractedArchiv
     else:
         raise ArchiveError(f"archive {path} does not exist")
     model_dir = _model_root(model_dir)
+    if path.is_dir() and not (model_dir / MANIFEST_PATH).is_file() and not is_legacy_archive(model_dir):
+        bare = bare_manifest(model_dir)
+        if bare is not None:
+            return _bare(path, model_dir, bare)
     manifest = _read_manifest(model_dir)
     config = ModelConfig()
     if manifest.config_file:
@@ -56,6 +63,11 @@ def open_archive(path: Path, cache_dir: Path, max_bytes: int) -> ExtractedArchiv
             raise ArchiveError(f"the manifest's configFile {manifest.config_file!r} is not in the archive")
         config = parse_model_config(config_path.read_bytes(), manifest.config_file)
     return ExtractedArchive(source=path, model_dir=model_dir, manifest=manifest, config=config)
+
+
+def _bare(source: Path, model_dir: Path, raw: dict[str, Any] | None) -> ExtractedArchive:
+    config = ModelConfig(single_input_any_name=True)
+    return ExtractedArchive(source, model_dir, parse_manifest(raw, origin="bare"), config)
 
 
 def _model_root(extracted: Path) -> Path:

@@ -32,6 +32,18 @@ def server_options(fn: Any) -> Any:
             help="TorchServe's config.properties (over the TOML file; env and flags over both).",
         ),
         click.option(
+            "--kserve-storage",
+            type=click.Path(path_type=Path),
+            help="What KServe's storage initializer left (/mnt/models): a TorchServe model store and "
+            "config/config.properties, or one model file (or a folder holding one).",
+        ),
+        click.option("--kserve-model-name", help="The name of the one model --kserve-storage holds [model]."),
+        click.option(
+            "--trust-pickled-models",
+            is_flag=True,
+            help="Load pickled (joblib) scikit-learn files served bare, as KServe's model.joblib.",
+        ),
+        click.option(
             "--service-envelope",
             type=click.Choice(["none", "kserve", "kservev2", "kfserving", "kfservingv2", "json", "body"]),
             help="How KServe requests reach a TorchServe-style handler (TorchServe's service_envelope) [none].",
@@ -84,8 +96,11 @@ def settings_from_cli(kwargs: dict[str, Any]) -> tuple[ServerSettings, list[str]
     """Settings from the CLI flags on top of env and TOML; also the argv to re-run ``serve``."""
     config_file = kwargs.pop("config_file")
     ts_config_file = kwargs.pop("ts_config_file")
-    torchserve = _read_ts_config(ts_config_file) if ts_config_file else None
     models = [*kwargs.pop("models"), *kwargs.pop("extra_models")]
+    storage, storage_model = kwargs.pop("kserve_storage"), kwargs.pop("kserve_model_name")
+    if storage is not None:
+        ts_config_file, models = _kserve_layout(storage, storage_model or "model", ts_config_file, models, kwargs)
+    torchserve = _read_ts_config(ts_config_file) if ts_config_file else None
     allowed = list(kwargs.pop("allowed_urls"))
     logger_levels = dict(entry.split("=", 1) for entry in kwargs.pop("logger_levels") if "=" in entry)
     overrides: dict[str, Any] = {k: v for k, v in kwargs.items() if v is not None}
@@ -99,6 +114,7 @@ def settings_from_cli(kwargs: dict[str, Any]) -> tuple[ServerSettings, list[str]
         ("no_snapshot", "snapshot", False),
         ("no_access_log", "access_log", False),
         ("allow_pickle", "allow_pickle", True),
+        ("trust_pickled_models", "trust_pickled_models", True),
     ):
         if overrides.pop(flag, False):
             overrides[setting] = value
@@ -131,6 +147,19 @@ def settings_from_cli(kwargs: dict[str, Any]) -> tuple[ServerSettings, list[str]
     return settings, argv
 
 
+def _kserve_layout(
+    storage: Path, name: str, ts_config_file: Path | None, models: list[str], kwargs: dict[str, Any]
+) -> tuple[Path | None, list[str]]:
+    """``--kserve-storage``: TorchServe's layout (``config/config.properties``, ``model-store/``) is served as
+    ``--ts-config`` and ``--model-store`` would serve it; anything else is one bare model named ``name``."""
+    properties = storage / "config" / "config.properties"
+    if properties.is_file():
+        if kwargs.get("model_store") is None and (storage / "model-store").is_dir():
+            kwargs["model_store"] = storage / "model-store"
+        return ts_config_file or properties, models
+    return ts_config_file, models or [f"{name}={storage}"]
+
+
 def _read_ts_config(path: Path) -> TorchServeConfig:
     try:
         return read_torchserve_config(path)
@@ -156,6 +185,7 @@ _BOOL_FLAGS = {
     "snapshot": "--no-snapshot",
     "access_log": "--no-access-log",
     "allow_pickle": "--allow-pickle",
+    "trust_pickled_models": "--trust-pickled-models",
 }
 
 
@@ -192,7 +222,6 @@ def _running_pid(pid_file: Path) -> int | None:
 @click.option("--foreground/--background", default=True, help="serve runs in the foreground (default).")
 def serve(foreground: bool, **kwargs: Any) -> None:
     """Serve models (the bundled digits model when none is named)."""
-    ts_config_file = kwargs.get("ts_config_file")
     settings, argv = settings_from_cli(kwargs)
     if not foreground:
         _start_background(settings, argv)
@@ -203,7 +232,7 @@ def serve(foreground: bool, **kwargs: Any) -> None:
             f"a DMS server is already running with pid {pid} ({settings.pid_file}); run 'dms stop' first"
         )
     configure_logging(settings.log_level, settings.log_format, dict(settings.logger_levels), settings.access_log)
-    log_unused_ts_keys(ts_config_file)
+    log_unused_ts_keys(Path(argv[argv.index("--ts-config") + 1]) if "--ts-config" in argv else None)
     # The workers' interpreters start now, to overlap with the server's own imports (each core does one).
     interpreters.prestart(likely_startup_workers(settings))
     from dms.server import run

@@ -84,6 +84,8 @@ class DataPlane:
             open_archive, path, self.settings.archive_cache_dir, self.settings.max_archive_bytes
         )
         model_name = name or archive.manifest.model_name
+        if archive.manifest.origin == "bare" and self.settings.trust_pickled_models:
+            overrides = {"runtime": {**archive.config.runtime, "trusted": True}, **(overrides or {})}
         config = archive.config.merged(overrides or {}).resolve(self.settings)
         label = f"{model_name}:{archive.manifest.model_version}"
         manifest = dict(archive.manifest.raw)

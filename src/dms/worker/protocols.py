@@ -49,6 +49,8 @@ class TensorModel:
     handle: Any
     context: Context
     max_elements: int
+    any_input_name: bool = False
+    """``single_input_any_name``: a request's one input feeds the model's one input, whatever its name."""
     envelope: str = ""
     """TorchServe's ``service_envelope`` for a handler without a runtime (``dms.worker.envelopes``)."""
 
@@ -149,6 +151,14 @@ def undecodable(request_id: str, exc: Exception) -> InputError:
 
 
 def _decode(model: TensorModel, index: int, item: RequestItem) -> Decoded:
+    decoded = _decode_request(model, index, item)
+    inputs = decoded.request.inputs
+    if model.any_input_name and len(model.inputs) == 1 and len(inputs) == 1 and model.inputs[0].name not in inputs:
+        decoded.request.inputs = {model.inputs[0].name: next(iter(inputs.values()))}
+    return decoded
+
+
+def _decode_request(model: TensorModel, index: int, item: RequestItem) -> Decoded:
     if item.protocol == PROTOCOL_V2_GRPC:
         return Decoded(index, item, decode_grpc_request(item.body, model.max_elements))
     if item.protocol == PROTOCOL_V1:

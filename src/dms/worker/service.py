@@ -69,6 +69,7 @@ class ModelService:
             handle=self.handle,
             context=self.context,
             max_elements=load.limits.max_tensor_elements,
+            any_input_name=bool(load.config.get("single_input_any_name")),
             envelope="" if load.service_envelope == "none" else load.service_envelope,
         )
 
