@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -230,3 +231,37 @@ def http_host(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
         httpd.shutdown()
         httpd.server_close()
         thread.join()
+
+
+@contextmanager
+def load_through_a_stop(url: str, clients: int, **request: Any) -> Iterator[Counter[str]]:
+    """``clients`` threads posting ``request`` to ``url`` on a new connection each (so each request's fate is its
+    own) while the body of the ``with`` stops the server; yields the tally of outcomes, final once the block ends:
+    an HTTP status, ``refused`` (the port had closed: never accepted; that client then stops) or ``lost: Error``
+    (the connection failed with the request sent)."""
+    outcomes: Counter[str] = Counter()
+    lock, done = threading.Lock(), threading.Event()
+
+    def client() -> None:
+        while not done.is_set():
+            try:
+                response = httpx.post(url, headers={"Connection": "close"}, timeout=60, **request)
+                outcome = str(response.status_code)
+            except httpx.ConnectError:
+                outcome = "refused"
+            except httpx.TransportError as exc:
+                outcome = f"lost: {type(exc).__name__}"
+            with lock:
+                outcomes[outcome] += 1
+            if outcome == "refused":
+                return
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    try:
+        yield outcomes
+    finally:
+        done.set()
+        for thread in threads:
+            thread.join(90)

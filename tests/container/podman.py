@@ -4,6 +4,7 @@ network namespace of its own that the test reaches over a veth pair."""
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -21,6 +22,8 @@ from tests.support import REPO
 
 WORK = REPO / ".tools" / "podman"
 """Storage, configuration and the debootstrapped base, kept between local runs (CI starts without them)."""
+RUNROOT = f"/run/dms-tests-podman-{hashlib.sha256(str(WORK).encode()).hexdigest()[:12]}"
+"""Podman's run-time state, one per checkout: two checkouts' test runs on one machine never share it."""
 BASE_IMAGE = "localhost/dms-base:bookworm"
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 TRIMMED = ["var/cache/apt", "var/lib/apt/lists", "usr/share/doc", "usr/share/man", "usr/share/locale", "usr/share/info"]
@@ -53,11 +56,10 @@ def environment() -> dict[str, str]:
     containers_conf.write_text(
         '[containers]\ndefault_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]\n'
         '[engine]\nruntime = "runc"\ncgroup_manager = "cgroupfs"\nevents_logger = "file"\n'
+        f'tmp_dir = "{RUNROOT}/libpod"\n'
     )
     storage_conf = WORK / "storage.conf"
-    storage_conf.write_text(
-        f'[storage]\ndriver = "overlay"\ngraphroot = "{WORK / "storage"}"\nrunroot = "/run/dms-tests-podman"\n'
-    )
+    storage_conf.write_text(f'[storage]\ndriver = "overlay"\ngraphroot = "{WORK / "storage"}"\nrunroot = "{RUNROOT}"\n')
     return {**os.environ, "CONTAINERS_CONF": str(containers_conf), "CONTAINERS_STORAGE_CONF": str(storage_conf)}
 
 
@@ -79,9 +81,9 @@ def base_image() -> str:
         for relative in TRIMMED:
             shutil.rmtree(rootfs / relative, ignore_errors=True)
             (rootfs / relative).mkdir(parents=True, exist_ok=True)
-    tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
-    podman("import", "-", BASE_IMAGE, stdin=tar.stdout)
-    assert tar.wait() == 0
+    with subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE) as tar:
+        podman("import", "-", BASE_IMAGE, stdin=tar.stdout)
+    assert tar.returncode == 0
     return BASE_IMAGE
 
 

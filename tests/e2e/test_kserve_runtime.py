@@ -24,6 +24,7 @@ from PIL import Image
 from dms._generated import inference_pb2
 from tests.e2e.test_peer_archives import archiver
 from tests.support import FIXTURES, REPO, DmsServer, running_server
+from tests.unit.test_torchserve_config import KSERVE_EXAMPLE
 
 torch = pytest.importorskip("torch", reason="the [torch] extra (torch==2.13.0) is not installed")
 
@@ -31,25 +32,8 @@ RUNTIME = REPO / "deploy" / "kserve" / "clusterservingruntime.yaml"
 SAMPLES = REPO / "src" / "dms" / "default_model" / "samples"
 ADDRESS_FLAGS = ("--inference-address", "--management-address", "--metrics-address", "--grpc-address")
 
-# The config.properties of KServe's TorchServe MNIST v2 example, with the model store where this test puts it.
-CONFIG = """\
-inference_address=http://0.0.0.0:8085
-management_address=http://0.0.0.0:8085
-metrics_address=http://0.0.0.0:8082
-grpc_inference_port=7070
-grpc_management_port=7071
-enable_envvars_config=true
-install_py_dep_per_model=true
-enable_metrics_api=true
-service_envelope={envelope}
-metrics_format=prometheus
-NUM_WORKERS=1
-number_of_netty_threads=4
-job_queue_size=10
-model_store=/mnt/models/model-store
-model_snapshot={{"name":"startup.cfg","modelCount":1,"models":{{"mnist":{{"1.0":{{"defaultVersion":true,\
-"marName":"mnist.mar","minWorkers":1,"maxWorkers":5,"batchSize":4,"maxBatchDelay":50,"responseTimeout":120}}}}}}}}
-"""
+# The config.properties of KServe's TorchServe MNIST example, with batches of 4 and a service envelope.
+CONFIG = KSERVE_EXAMPLE.replace('"batchSize":1,"maxBatchDelay":10', '"batchSize":4,"maxBatchDelay":50')
 
 
 def runtime_container() -> dict[str, Any]:
@@ -123,7 +107,7 @@ def expected_digit(net: Any, png: bytes, already_scaled: bool = False) -> int:
 
 
 def serve_kserve_layout(work: Path, root: Path, envelope_in_file: str, labels: dict[str, str]):
-    (root / "config" / "config.properties").write_text(CONFIG.format(envelope=envelope_in_file))
+    (root / "config" / "config.properties").write_text(f"{CONFIG}service_envelope={envelope_in_file}\n")
     run = work / f"run-{envelope_in_file}-{labels.get('serviceEnvelope', '')}"
     run.mkdir()
     return running_server(run, runtime_arguments(root), runtime_environment(labels))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import socket
-import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +15,7 @@ import psutil
 import pytest
 
 from tests.conftest import make_probe_archive
-from tests.support import DmsServer, wait_for
+from tests.support import DmsServer, load_through_a_stop, wait_for
 
 
 def start_probe_server(tmp_path: Path, config: str) -> DmsServer:
@@ -110,33 +109,12 @@ def test_sigterm_under_load_leaves_no_request_unanswered(tmp_path: Path):
     whose connection waited in the port's backlog was (one in five runs before the stop served the backlog:
     ``dms.listeners._Server.shutdown``)."""
     outcomes: Counter[str] = Counter()
-    lock = threading.Lock()
-
-    def client(url: str, stop: threading.Event) -> None:
-        while not stop.is_set():
-            try:
-                response = httpx.post(url, json={"echo": 1, "sleep": 0.01}, headers={"Connection": "close"}, timeout=30)
-                outcome = str(response.status_code)
-            except httpx.ConnectError:
-                outcome = "refused"
-            except httpx.TransportError as exc:
-                outcome = f"lost: {type(exc).__name__}"
-            with lock:
-                outcomes[outcome] += 1
-            if outcome == "refused":
-                return
-
     for attempt in range(5):
         (tmp_path / str(attempt)).mkdir()
         server = start_probe_server(tmp_path / str(attempt), "initial_workers: 2\nbatch_size: 4\n")
-        stop = threading.Event()
-        url = f"{server.inference_url}/predictions/probe"
-        threads = [threading.Thread(target=client, args=(url, stop)) for _ in range(16)]
-        for thread in threads:
-            thread.start()
-        time.sleep(0.5)
-        assert server.stop() == 0
-        stop.set()
-        for thread in threads:
-            thread.join(60)
+        body = {"echo": 1, "sleep": 0.01}
+        with load_through_a_stop(f"{server.inference_url}/predictions/probe", 16, json=body) as tally:
+            time.sleep(0.5)
+            assert server.stop() == 0
+        outcomes.update(tally)
     assert set(outcomes) == {"200", "refused"}, outcomes
