@@ -51,7 +51,8 @@ def pod_spec(rendered: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 def test_every_object_is_valid_for_kubernetes(rendered):
     assert set(rendered) == {"ConfigMap", "Service", "Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget"}
-    for document in rendered.values():
+    adapter_rules = yaml.safe_load((BASE / "prometheus-adapter" / "rules.yaml").read_text())
+    for document in [*rendered.values(), adapter_rules]:
         kubernetes_validate.validate(document, KUBERNETES, strict=True)
 
 
