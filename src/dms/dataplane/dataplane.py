@@ -18,8 +18,9 @@ from dms.dataplane.registry import ModelRegistry, ModelVersion
 from dms.dataplane.snapshot import SnapshotEntry, located, read_snapshot, relative_location, write_snapshot
 from dms.engine.batcher import Batcher
 from dms.engine.messages import LoadModel, RequestItem, RequestLimits, ResponseItem
-from dms.engine.pool import PoolSettings, PoolState, WorkerPool
+from dms.engine.pool import PoolSettings, PoolState
 from dms.engine.stats import BatchObserver
+from dms.engine.workers import WorkersFactory, local_workers
 from dms.errors import DMSError, InputError, InsufficientStorageError, ModelUnavailableError
 from dms.naming import validate_model_name
 from dms.settings import ServerSettings
@@ -32,9 +33,15 @@ ObserverFactory = Callable[[str, str], BatchObserver]
 
 class DataPlane:
     def __init__(
-        self, settings: ServerSettings, observers: ObserverFactory | None = None, frontend_index: int = 0
+        self,
+        settings: ServerSettings,
+        observers: ObserverFactory | None = None,
+        frontend_index: int = 0,
+        workers: WorkersFactory = local_workers,
     ) -> None:
         self.settings = settings
+        self._workers = workers
+        """What runs each model version's workers (``dms.engine.workers``): local processes unless told."""
         self._frontend_index = frontend_index
         self._observers = observers
         self.registry = ModelRegistry()
@@ -111,7 +118,7 @@ class DataPlane:
             ),
             service_envelope=self.settings.service_envelope,
         )
-        pool = WorkerPool(
+        pool = self._workers(
             label,
             template,
             PoolSettings(

@@ -8,8 +8,7 @@ from typing import Any
 
 from dms.archive.reader import ExtractedArchive
 from dms.engine.batcher import Batcher
-from dms.engine.pool import WorkerPool
-from dms.engine.worker_process import WorkerProcess
+from dms.engine.workers import ModelWorkers
 from dms.errors import ModelAlreadyExistsError, ModelNotFoundError
 from dms.model_config import ResolvedModelConfig
 from dms.naming import check_requested_name, loggable
@@ -22,8 +21,9 @@ class ModelVersion:
     url: str
     archive: ExtractedArchive
     config: ResolvedModelConfig
-    pool: WorkerPool
-    batcher: Batcher[WorkerProcess]
+    pool: ModelWorkers
+    """Its workers: local processes (``WorkerPool``) or whatever the data plane's ``WorkersFactory`` made."""
+    batcher: Batcher[Any]
     loaded_at_startup: bool = False
     overrides: dict[str, Any] = field(default_factory=dict)
     """Settings given at registration, kept so a snapshot can register the model the same way."""
