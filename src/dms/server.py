@@ -19,6 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from dms.archive.locate import ARCHIVE_SUFFIXES, archive_stem
 from dms.auth import KEY_KINDS, KeyStore, supplied_keys
 from dms.dataplane import DataPlane
 from dms.engine import interpreters
@@ -53,7 +54,7 @@ def startup_models(settings: ServerSettings, default_allowed: bool = True) -> li
             pairs.extend(
                 (None, p.name)
                 for p in sorted(settings.model_store.iterdir())
-                if not p.name.startswith(".") and (p.suffix == ".mar" or p.name.endswith(".tar.gz") or p.is_dir())
+                if not p.name.startswith(".") and (p.name.endswith(ARCHIVE_SUFFIXES) or p.is_dir())
             )
         elif "=" in item:
             name, url = item.split("=", 1)
@@ -184,7 +185,7 @@ async def _load_models(dataplane: DataPlane, settings: ServerSettings) -> None:
         )
 
     async def load(name: str | None, url: str) -> None:
-        overrides = settings.model_settings.get(name or archive_stem(url))
+        overrides = settings.model_settings.get(name or archive_stem(url.rstrip("/").rpartition("/")[2]))
         try:
             await dataplane.register(url, name=name, overrides=overrides, trusted_local=True, loaded_at_startup=True)
         except ModelAlreadyExistsError:
@@ -200,16 +201,6 @@ async def _load_models(dataplane: DataPlane, settings: ServerSettings) -> None:
         except DMSError as exc:
             raise DMSError(f"default_versions: model {name}: {exc.message}") from exc
     dataplane.startup_complete()
-
-
-def archive_stem(url: str) -> str:
-    """An archive's file name without its extension: the name ``model_settings`` knows a model by when it was
-    named by its archive alone."""
-    name = url.rstrip("/").rpartition("/")[2]
-    for suffix in (".mar", ".tar.gz", ".zip", ".tgz"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
 
 
 def _write_pid_file(pid_file: Path) -> None:

@@ -27,6 +27,18 @@ from dms.settings import ServerSettings
 _MAX_REDIRECTS = 5
 
 
+ARCHIVE_SUFFIXES = (".mar", ".tar.gz")
+"""The files a model store holds archives in (a folder is an archive too)."""
+
+
+def archive_stem(name: str) -> str:
+    """An archive's file name without its suffix: the model name a store knows it by."""
+    for suffix in ARCHIVE_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
 def url_allowed(url: str, allowed: list[str]) -> bool:
     return any(re.fullmatch(pattern, url) for pattern in allowed)
 

@@ -92,8 +92,9 @@ def server_options(fn: Any) -> Any:
     return fn
 
 
-def settings_from_cli(kwargs: dict[str, Any]) -> tuple[ServerSettings, list[str]]:
-    """Settings from the CLI flags on top of env and TOML; also the argv to re-run ``serve``."""
+def settings_from_cli(kwargs: dict[str, Any]) -> tuple[ServerSettings, list[str], list[str]]:
+    """Settings from the CLI flags on top of env and TOML; also the argv to re-run ``serve``, and the keys of
+    TorchServe's ``config.properties`` (``--ts-config``) that DMS does not use, for the server to name."""
     config_file = kwargs.pop("config_file")
     ts_config_file = kwargs.pop("ts_config_file")
     models = [*kwargs.pop("models"), *kwargs.pop("extra_models")]
@@ -144,7 +145,7 @@ def settings_from_cli(kwargs: dict[str, Any]) -> tuple[ServerSettings, list[str]
                 argv += ["--logger-level", f"{logger}={level}"]
         else:
             argv += [flags[key], str(value)]
-    return settings, argv
+    return settings, argv, torchserve.unused if torchserve else []
 
 
 def _kserve_layout(
@@ -167,12 +168,10 @@ def _read_ts_config(path: Path) -> TorchServeConfig:
         raise click.ClickException(f"--ts-config {path}: {exc}") from None
 
 
-def log_unused_ts_keys(path: Path | None) -> None:
+def log_unused_ts_keys(argv: list[str], unused: list[str]) -> None:
     """Name, once, the keys of TorchServe's ``config.properties`` that DMS does not use."""
-    if path is None:
-        return
-    unused = _read_ts_config(path).unused
     if unused:
+        path = argv[argv.index("--ts-config") + 1]
         logging.getLogger("dms.server").warning(
             "--ts-config %s: DMS does not use %s (see docs/deploy.md)", path, ", ".join(unused)
         )
@@ -222,7 +221,7 @@ def _running_pid(pid_file: Path) -> int | None:
 @click.option("--foreground/--background", default=True, help="serve runs in the foreground (default).")
 def serve(foreground: bool, **kwargs: Any) -> None:
     """Serve models (the bundled digits model when none is named)."""
-    settings, argv = settings_from_cli(kwargs)
+    settings, argv, unused_ts_keys = settings_from_cli(kwargs)
     if not foreground:
         _start_background(settings, argv)
         return
@@ -232,7 +231,7 @@ def serve(foreground: bool, **kwargs: Any) -> None:
             f"a DMS server is already running with pid {pid} ({settings.pid_file}); run 'dms stop' first"
         )
     configure_logging(settings.log_level, settings.log_format, dict(settings.logger_levels), settings.access_log)
-    log_unused_ts_keys(Path(argv[argv.index("--ts-config") + 1]) if "--ts-config" in argv else None)
+    log_unused_ts_keys(argv, unused_ts_keys)
     # The workers' interpreters start now, to overlap with the server's own imports (each core does one).
     interpreters.prestart(likely_startup_workers(settings))
     from dms.server import run
@@ -246,7 +245,7 @@ def serve(foreground: bool, **kwargs: Any) -> None:
 @click.option("--wait-s", type=float, default=300.0, help="How long to wait for readiness.")
 def start(log_file: Path | None, wait_s: float, **kwargs: Any) -> None:
     """Start the server in the background; return once it is ready."""
-    settings, argv = settings_from_cli(kwargs)
+    settings, argv, _ = settings_from_cli(kwargs)
     _start_background(settings, argv, log_file, wait_s)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from dms.archive.locate import ARCHIVE_SUFFIXES, archive_stem
 from dms.dataplane.dataplane import DataPlane
 from dms.dataplane.registry import ModelVersion
 from dms.engine.pool import PoolState
@@ -58,10 +59,8 @@ def store_archives(dataplane: DataPlane) -> dict[str, Path]:
     for path in sorted(store.iterdir()):
         if path.name.startswith("."):
             continue
-        for suffix in (".mar", ".tar.gz", ""):
-            if path.name.endswith(suffix) and (suffix or path.is_dir()):
-                found.setdefault(path.name[: len(path.name) - len(suffix)], path)
-                break
+        if path.name.endswith(ARCHIVE_SUFFIXES) or path.is_dir():
+            found.setdefault(archive_stem(path.name), path)
     return found
 
 

@@ -243,8 +243,7 @@ class InferenceHttpProtocol(Http1Protocol):
         self.url, self.headers, self.expect_100_continue = url, headers, expect
         self.scope["headers"] = headers
         HttpToolsProtocol.on_headers_complete(self)  # the head was looked at already (``head_arrived`` above)
-        if self.stopping and self.cycle is not None:
-            self.cycle.keep_alive = False
+        self.last_if_stopping()
 
     @staticmethod
     def _max_bytes(exchange: _Exchange) -> int:

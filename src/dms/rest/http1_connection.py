@@ -57,7 +57,6 @@ class Http1Protocol(ConnectionDeadlines, PacedHttpToolsProtocol):
         """Bytes received while the head of the request being read was not complete."""
         self.head_complete = False
         """The head of the request being read has been parsed (until the next request begins)."""
-        self.counted = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # as uvicorn's
         super().connection_made(transport)
@@ -112,6 +111,10 @@ class Http1Protocol(ConnectionDeadlines, PacedHttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self.head_arrived()
         super().on_headers_complete()
+        self.last_if_stopping()
+
+    def last_if_stopping(self) -> None:
+        """Once the server is stopping, the request whose head just arrived is the connection's last."""
         if self.stopping and self.cycle is not None:
             self.cycle.keep_alive = False
 

@@ -19,7 +19,7 @@ import numpy as np
 import orjson
 
 from dms.engine.messages import PROTOCOL_V1, PROTOCOL_V2_GRPC, PROTOCOL_V2_REST, RequestItem, ResponseItem
-from dms.errors import DMSError, HandlerError, InputError
+from dms.errors import HandlerError, InputError
 from dms.oip.grpc_codec import decode_grpc_request, encode_grpc_response
 from dms.oip.request import InferRequest
 from dms.oip.rest_codec import HEADER_LENGTH, decode_rest_request
@@ -135,9 +135,3 @@ def _as_output(result: Any) -> np.ndarray:
     if array.dtype.kind in ("U", "S"):
         array = array.astype(object)
     return array.reshape(1) if array.ndim == 0 else array
-
-
-def failure(exc: Exception, model_name: str) -> DMSError:
-    if isinstance(exc, DMSError):
-        return exc
-    return HandlerError(f"model {model_name}: handler raised {type(exc).__name__}: {exc}"[:1000])

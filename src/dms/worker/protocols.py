@@ -60,10 +60,12 @@ def run_tensor_requests(
 ) -> tuple[list[tuple[int, ResponseItem]], tuple[int, int, int]]:
     """Answer each (index, item); also (decode, infer, encode) nanoseconds."""
     if model.envelope and model.runtime is None:
-        enveloped = [(i, item) for i, item in indexed if envelopes.applies(model.envelope, item.protocol)]
+        enveloped: list[tuple[int, RequestItem]] = []
+        rest: list[tuple[int, RequestItem]] = []
+        for pair in indexed:
+            (enveloped if envelopes.applies(model.envelope, pair[1].protocol) else rest).append(pair)
         if enveloped:
             done, timings = _run_enveloped(model, enveloped, error_item)
-            rest = [(i, item) for i, item in indexed if not envelopes.applies(model.envelope, item.protocol)]
             if not rest:
                 return done, timings
             more, (decode_ns, infer_ns, encode_ns) = run_tensor_requests(_plain(model), rest, error_item)
@@ -124,7 +126,7 @@ def _run_enveloped(
         except DMSError as exc:
             answers.append((entry.index, error_item(exc)))
         except Exception as exc:
-            answers.append((entry.index, error_item(envelopes.failure(exc, model.name))))
+            answers.append((entry.index, error_item(handler_failure(exc, model.name))))
     return answers, (inferred - started, finished - inferred, time.perf_counter_ns() - finished)
 
 
@@ -141,7 +143,14 @@ def _handle_rows(model: TensorModel, entries: list[envelopes.Enveloped]) -> list
             return [outcome for entry in entries for outcome in _handle_rows(model, [entry])]
         if not isinstance(exc, DMSError):
             log.error("model %s, request %s: handler raised", model.name, entries[0].item.request_id, exc_info=True)
-        return [envelopes.failure(exc, model.name)]
+        return [handler_failure(exc, model.name)]
+
+
+def handler_failure(exc: Exception, model_name: str) -> DMSError:
+    """What a request gets when the handler raised ``exc`` for it: the ``DMSError`` itself, else a 500 naming it."""
+    if isinstance(exc, DMSError):
+        return exc
+    return HandlerError(f"model {model_name}: handler raised {type(exc).__name__}: {exc}"[:1000])
 
 
 def undecodable(request_id: str, exc: Exception) -> InputError:
@@ -192,14 +201,10 @@ def _infer(model: TensorModel, decoded: list[Decoded]) -> list[dict[str, np.ndar
     model.context.start_batch([RequestProcessor(e.item.request_id, dict(e.item.headers)) for e in decoded])
     try:
         results = model.handle([entry.request.inputs for entry in decoded], model.context)
-    except DMSError as exc:
-        if len(decoded) > 1:
-            return [outcome for entry in decoded for outcome in _infer(model, [entry])]
-        return [exc]
     except Exception as exc:
         if len(decoded) > 1:
             return [outcome for entry in decoded for outcome in _infer(model, [entry])]
-        return [HandlerError(f"model {model.name}: handler raised {type(exc).__name__}: {exc}"[:1000])]
+        return [handler_failure(exc, model.name)]
     if not isinstance(results, list | tuple) or len(results) != len(decoded):
         count = len(results) if isinstance(results, list | tuple) else type(results).__name__
         error = HandlerError(f"model {model.name}: handler returned {count} results for {len(decoded)} requests")
