@@ -10,7 +10,7 @@ pip=(.venv/bin/python -m pip install -q)
 "${pip[@]}" --upgrade pip
 # torch first and pinned: installed later as a dependency it could pull a CUDA build.
 "${pip[@]}" torch==2.13.0
-"${pip[@]}" -e '.[all,bench,test]'
+"${pip[@]}" -e '.[all,bench,test,ray]'
 step "the peer archivers the tests run (torch-model-archiver, model-archiver)"
 # The two peer archivers both ship a top-level `model_archiver` package, so each gets its own
 # folder; tests run them with PYTHONPATH pointing there.

@@ -7,13 +7,35 @@ Keys are ours in snake_case with units (``max_batch_delay_ms``); TorchServe's ca
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
 from dms.errors import ArchiveError, InputError
 from dms.settings import ServerSettings
+
+
+class RayPlacement(BaseModel):
+    """What each of a model's workers asks of a Ray cluster (``dms serve --ray-address``): Ray's actor resources."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    num_cpus: float = Field(default=1.0, ge=0)
+    num_gpus: float = Field(default=0.0, ge=0)
+    memory_mb: int | None = Field(default=None, ge=1)
+    """Memory Ray reserves for the worker on its node (a scheduling promise, not a limit)."""
+    resources: dict[str, float] = Field(default_factory=dict)
+    """Custom resources a node must offer, e.g. ``{"accelerator_type:A100": 0.01}``."""
+    strategy: Literal["SPREAD", "DEFAULT"] = "SPREAD"
+    """``SPREAD``: the workers go to as many nodes as can take them (one node's death takes fewer); ``DEFAULT``:
+    Ray packs them where it likes."""
+    target_queue_per_worker: float = Field(default=0.0, ge=0)
+    """Requests waiting per ready worker above which the workers grow towards ``max_workers`` (after
+    ``upscale_after_s``); with none waiting and a worker idle for ``downscale_after_s`` they shrink towards
+    ``min_workers``. 0: the model's batch size (a full batch waiting for each worker)."""
+    upscale_after_s: float = Field(default=2.0, ge=0)
+    downscale_after_s: float = Field(default=30.0, ge=0)
 
 
 class ModelConfig(BaseModel):
@@ -49,6 +71,8 @@ class ModelConfig(BaseModel):
     """Options for the handler (``context.model_yaml_config["handler"]``)."""
     runtime: dict[str, Any] = Field(default_factory=dict)
     """Options for the runtime, e.g. ``{"intra_op_threads": 1}`` for ONNX Runtime."""
+    ray: RayPlacement = Field(default_factory=RayPlacement)
+    """Where the workers go on a Ray cluster, and how they scale there (ignored without ``--ray-address``)."""
 
     def merged(self, overrides: dict[str, Any]) -> ModelConfig:
         """A copy with ``overrides`` (non-None values only) applied on top."""
@@ -77,6 +101,7 @@ class ModelConfig(BaseModel):
             startup_timeout_s=self.startup_timeout_s or settings.startup_timeout_s,
             job_queue_size=self.job_queue_size or settings.job_queue_size,
             worker_memory_limit_mb=self.worker_memory_limit_mb,
+            ray=self.ray,
             raw=self.model_dump(mode="json"),
         )
 
@@ -94,6 +119,7 @@ class ResolvedModelConfig(BaseModel):
     startup_timeout_s: float
     job_queue_size: int
     worker_memory_limit_mb: int | None
+    ray: RayPlacement
     raw: dict[str, Any]
     """The whole config as given (handler and runtime options included), for the worker."""
 

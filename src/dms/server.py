@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from dms.archive.locate import ARCHIVE_SUFFIXES, archive_stem
-from dms.auth import KEY_KINDS, KeyStore, supplied_keys
+from dms.auth import KEY_KINDS, KeyKind, KeyStore, supplied_keys
 from dms.dataplane import DataPlane
+from dms.dataplane.executors import workers_for
 from dms.engine import interpreters
 from dms.errors import DMSError, ModelAlreadyExistsError
 from dms.listeners import Listeners, PortError
@@ -92,7 +93,25 @@ async def serve_forever(settings: ServerSettings) -> int:
         return 1
     _warn_about_exposure(settings)
     metrics = ServerMetrics()
-    dataplane = DataPlane(settings, metrics.observer_for)
+    try:
+        workers, leave_cluster = workers_for(settings)
+    except DMSError as exc:
+        print(f"error: {exc.message}", file=sys.stderr, flush=True)
+        return 1
+    try:
+        return await _serve(
+            settings,
+            given_keys,
+            metrics,
+            DataPlane(settings, metrics.observer_for, workers=workers, autoscale=settings.ray_address is not None),
+        )
+    finally:
+        leave_cluster()
+
+
+async def _serve(
+    settings: ServerSettings, given_keys: dict[KeyKind, str], metrics: ServerMetrics, dataplane: DataPlane
+) -> int:
     metrics.attach(dataplane)
     keys = None
     if settings.token_auth or settings.inference_token_auth:

@@ -202,6 +202,12 @@ class ServerSettings(BaseSettings):
     less CPU per request. Off, every request takes the plain ASGI path (Starlette, ``GrpcApp``)."""
     access_log: bool = True
     """One ``dms.access`` line per request: time, request id, transport, model, version, status, latency, batch."""
+    ray_address: str | None = None
+    """Run every model's workers as actors on the Ray cluster at this address (its head's ``host:port``, ``auto``
+    for the cluster this machine belongs to, or ``ray://host:port`` through Ray Client) instead of as processes on
+    this machine: ``dms.engine.ray_workers``. Needs ``pip install 'deep-model-server[ray]'`` here and on every node.
+    Each model's ``ray`` settings say what each worker asks of the cluster (CPUs, GPUs, memory, custom
+    resources) and how it scales between ``min_worker`` and ``max_worker`` on its queue's depth."""
     frontends: int = Field(default=1, ge=1, le=64)
     """Processes that serve the inference API and gRPC, sharing their ports (``SO_REUSEPORT``: the kernel
     spreads connections over them). Each runs every model with the model's own worker count, so a model of
@@ -274,6 +280,8 @@ class ServerSettings(BaseSettings):
     def _check_frontends(self) -> ServerSettings:
         if self.frontends == 1:
             return self
+        if self.ray_address is not None:
+            raise ValueError("frontends > 1 cannot be combined with ray_address: run one DMS per machine instead")
         if not hasattr(socket, "SO_REUSEPORT"):
             raise ValueError("frontends > 1 needs SO_REUSEPORT, which this platform lacks")
         if self.kill_after_s is not None:

@@ -18,6 +18,10 @@ MODEL_SUFFIXES = (".onnx", ".pt2", ".pt", ".pth", ".skops", ".joblib", ".pkl", "
 BARE_VERSION = "1"
 
 
+BARE_ARCHIVER = "dms-bare"
+"""The ``archiverVersion`` of a bare model file's manifest: only its one file is the model."""
+
+
 def is_bare_model_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in MODEL_SUFFIXES
 
@@ -32,6 +36,6 @@ def bare_manifest(folder: Path, file: str | None = None) -> dict[str, Any] | Non
     if len(found) > 1:
         raise ArchiveError(f"{folder} holds several model files ({', '.join(found)}): leave one, or archive them")
     return {
-        "archiverVersion": "dms-bare",
+        "archiverVersion": BARE_ARCHIVER,
         "model": {"modelName": "model", "modelVersion": BARE_VERSION, "handler": "tensor", "serializedFile": found[0]},
     }

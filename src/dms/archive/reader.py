@@ -240,10 +240,14 @@ def _extract_zip(path: Path, destination: Path, max_bytes: int) -> None:
 
 def _extract_tar(path: Path, destination: Path, max_bytes: int) -> None:
     with path.open("rb") as raw, tarfile.open(fileobj=raw) as tar:  # compressed or not, as tarfile finds it
-        _extract_tar_members(tar, destination, _Budget(max_bytes, raw.tell))
+        extract_tar_members(tar, destination, max_bytes, raw.tell)
 
 
-def _extract_tar_members(tar: tarfile.TarFile, destination: Path, budget: _Budget) -> None:
+def extract_tar_members(
+    tar: tarfile.TarFile, destination: Path, max_bytes: int, compressed_read: Callable[[], int]
+) -> None:
+    """Extract an open tar into ``destination`` under the checks every archive gets (names, links, sizes)."""
+    budget = _Budget(max_bytes, compressed_read)
     members = _MemberCheck(destination)
     for info in tar:
         target = members.target(info.name, info.isdir())

@@ -61,6 +61,10 @@ def server_options(fn: Any) -> Any:
         ),
         click.option("--default-workers-per-model", type=int, help="Workers per model version."),
         click.option(
+            "--ray-address",
+            help="Run the workers as actors on this Ray cluster (HEAD:6379, auto, or ray://HEAD:10001).",
+        ),
+        click.option(
             "--frontends",
             type=int,
             help="Processes serving inference and gRPC on shared ports, each with every model's workers [1].",
@@ -195,6 +199,8 @@ def likely_startup_workers(settings: ServerSettings) -> int:
     A guess made before the server (and the models' configs) are read: interpreters left over are ended once
     the models have loaded, and a worker with none left starts its own.
     """
+    if settings.ray_address is not None:
+        return 0  # its workers start on the cluster's nodes
     if settings.wrapper is not None or settings.model_dir is not None:
         models = 1
     else:

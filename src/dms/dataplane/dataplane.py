@@ -14,11 +14,12 @@ from typing import Any
 
 from dms.archive.locate import locate_archive
 from dms.archive.reader import extraction_of, open_archive, remove_extraction
+from dms.dataplane.autoscaling import Autoscaler
 from dms.dataplane.registry import ModelRegistry, ModelVersion
 from dms.dataplane.snapshot import SnapshotEntry, located, read_snapshot, relative_location, write_snapshot
 from dms.engine.batcher import Batcher
 from dms.engine.messages import LoadModel, RequestItem, RequestLimits, ResponseItem
-from dms.engine.pool import PoolSettings, PoolState
+from dms.engine.pool import Placement, PoolSettings, PoolState
 from dms.engine.stats import BatchObserver
 from dms.engine.workers import WorkersFactory, local_workers
 from dms.errors import DMSError, InputError, InsufficientStorageError, ModelUnavailableError
@@ -38,6 +39,7 @@ class DataPlane:
         observers: ObserverFactory | None = None,
         frontend_index: int = 0,
         workers: WorkersFactory = local_workers,
+        autoscale: bool = False,
     ) -> None:
         self.settings = settings
         self._workers = workers
@@ -47,6 +49,9 @@ class DataPlane:
         self.registry = ModelRegistry()
         self._stopping = False
         self._starting = True  # until start-up models are in place: not healthy, no snapshots
+        self._autoscaler: asyncio.Task[None] | None = None
+        """With ``autoscale``: grows and shrinks workers between min_worker and max_worker (``autoscaling``)."""
+        self._autoscale = autoscale
 
     # -- inference ----------------------------------------------------------------------------
     def submit(self, name: str, version: str | None, item: RequestItem) -> asyncio.Future[ResponseItem]:
@@ -129,6 +134,13 @@ class DataPlane:
                 memory_limit_bytes=config.worker_memory_limit_mb * 2**20 if config.worker_memory_limit_mb else None,
                 frontend_index=self._frontend_index,
                 frontends=self.settings.frontends,
+                placement=Placement(
+                    num_cpus=config.ray.num_cpus,
+                    num_gpus=config.ray.num_gpus,
+                    memory_bytes=config.ray.memory_mb * 2**20 if config.ray.memory_mb else None,
+                    resources=tuple(sorted(config.ray.resources.items())),
+                    strategy=config.ray.strategy,
+                ),
             ),
         )
         observer = self._observers(model_name, archive.manifest.model_version) if self._observers else None
@@ -147,8 +159,11 @@ class DataPlane:
             overrides={k: v for k, v in (overrides or {}).items() if v is not None},
             handler_override=handler,
         )
+        model.extra.update(min_workers=config.initial_workers, max_workers=config.max_workers)
         self.registry.add(model)
         batcher.start()
+        if self._autoscale and self._autoscaler is None:
+            self._autoscaler = asyncio.ensure_future(Autoscaler(self.registry).run())
         await pool.scale(config.initial_workers, wait=synchronous)
         if synchronous and pool.state == PoolState.FAILED and not loaded_at_startup:
             await self._withdraw(model)
@@ -205,7 +220,7 @@ class DataPlane:
             raise InputError(f"min_worker {min_workers} is over max_workers_per_model ({ceiling})")
         model = self.registry.get(name, version)
         target_before, extra_before = model.pool.target, dict(model.extra)
-        model.extra["max_workers"] = max(min_workers, max_workers or min_workers)
+        model.extra.update(min_workers=min_workers, max_workers=max(min_workers, max_workers or min_workers))
         await model.pool.scale(min_workers, wait=synchronous)
         try:
             self._changed()
@@ -236,7 +251,7 @@ class DataPlane:
                 version=model.version,
                 url=model.url,
                 archive=str(model.archive.source),
-                workers=model.pool.target,
+                workers=model.extra.get("min_workers", model.pool.target),
                 is_default=self.registry.default_version(model.name) == model.version,
                 overrides=model.overrides,
                 handler=model.handler_override,
@@ -292,6 +307,8 @@ class DataPlane:
     async def shutdown(self, grace_s: float) -> None:
         """Finish queued work (up to ``grace_s``), then stop every worker."""
         self._stopping = True
+        if self._autoscaler is not None:
+            self._autoscaler.cancel()
         models = list(self.registry)
         await asyncio.gather(*(m.batcher.drain(grace_s) for m in models))
         await asyncio.gather(*(self._stop_model(m, drain=False) for m in models), return_exceptions=True)
@@ -314,8 +331,9 @@ class DataPlane:
             "isDefault": is_default,
             "status": pool.state.value,
             "lastError": pool.last_error,
-            "minWorkers": pool.target,
+            "minWorkers": model.extra.get("min_workers", pool.target),
             "maxWorkers": max(pool.target, model.extra.get("max_workers", config.max_workers)),
+            "currentWorkers": pool.target,
             "batchSize": config.batch_size,
             "maxBatchDelay": config.max_batch_delay_ms,
             "responseTimeout": config.response_timeout_s,

@@ -63,6 +63,23 @@ class PoolState(StrEnum):
 
 
 @dataclass(frozen=True)
+class Placement:
+    """What each worker asks of a cluster that places workers by resources (Ray): ignored by local pools."""
+
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    memory_bytes: int | None = None
+    resources: tuple[tuple[str, float], ...] = ()
+    """Custom resources a node must offer, as (name, amount) pairs."""
+    strategy: str = "SPREAD"
+
+    def demand(self) -> dict[str, float]:
+        """Everything asked for, by Ray's resource names; zero amounts left out."""
+        asked = {"CPU": self.num_cpus, "GPU": self.num_gpus, "memory": float(self.memory_bytes or 0)}
+        return {name: amount for name, amount in (*asked.items(), *self.resources) if amount}
+
+
+@dataclass(frozen=True)
 class PoolSettings:
     response_timeout_s: float
     startup_timeout_s: float
@@ -76,6 +93,7 @@ class PoolSettings:
     ``f{index}-`` before each worker's number, so that worker ids stay unique across frontends."""
     frontends: int = 1
     """How many frontends the server runs: their workers take turns over the GPUs (``gpu_for_worker``)."""
+    placement: Placement = Placement()
 
     @property
     def worker_id_prefix(self) -> str:
@@ -382,4 +400,4 @@ class WorkerPool:
         return rows
 
 
-__all__ = ["DMSError", "PoolSettings", "PoolState", "WorkerPool"]
+__all__ = ["DMSError", "Placement", "PoolSettings", "PoolState", "WorkerPool"]
