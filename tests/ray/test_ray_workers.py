@@ -15,7 +15,7 @@ import psutil
 import pytest
 import tritonclient.grpc as grpcclient
 
-from tests.conftest import make_squeezenet_archive
+from tests.conftest import make_probe_archive, make_squeezenet_archive
 from tests.e2e.test_open_inference_protocol import kitten_tensor
 from tests.e2e.test_user_flow import KITTEN_TOP5, SQUEEZENET_CONFIG
 from tests.ray.conftest import LocalRayCluster
@@ -43,6 +43,7 @@ def _archive(store: Path, name: str, config: str) -> None:
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     store = tmp_path_factory.mktemp("ray-store") / "model_store"
     store.mkdir()
+    make_probe_archive(store, "probe", config="batch_size: 1\ninitial_workers: 1\n")
     _archive(store, "squeezenet", RAY_CONFIG)
     _archive(store, "squeezenet_gpu", GPU_CONFIG)
     _archive(store, "elastic", ELASTIC_CONFIG)
@@ -120,6 +121,39 @@ def test_a_model_asking_for_a_gpu_no_node_has_is_refused_with_the_reason(front: 
         assert _kitten(front).status_code == 200  # the other model is untouched
     finally:
         assert front.manage("DELETE", "/models/gpu").status_code == 200
+
+
+def test_a_worker_that_dies_times_out_or_raises_is_answered_as_a_local_one_would_be(front: DmsServer):
+    registered = front.manage("POST", "/models?url=probe-1.0.mar&response_timeout=2&synchronous=true")
+    assert registered.status_code == 200, registered.text
+    try:
+        first = front.predict("probe", {"echo": 1})
+        assert first.status_code == 200, first.text
+        pid = first.json()["pid"]
+
+        raised = front.predict("probe", {"boom": True})
+        assert raised.status_code == 500 and "probe exploded" in raised.json()["message"]
+        assert front.predict("probe", {"echo": 2}).json()["pid"] == pid  # a handler's error costs no worker
+
+        died = front.predict("probe", {"exit": True})
+        assert died.status_code == 500 and "died while handling this request" in died.json()["message"]
+        after_death = wait_for(lambda: (r := front.predict("probe", {"echo": 3})).status_code == 200 and r.json())
+        assert after_death["pid"] != pid
+
+        late = front.predict("probe", {"sleep": 10})
+        assert late.status_code == 504 and "response_timeout_s" in late.json()["message"]
+        after_timeout = wait_for(lambda: (r := front.predict("probe", {"echo": 4})).status_code == 200 and r.json())
+        assert after_timeout["pid"] != after_death["pid"]
+        assert front.describe("probe")[0]["restarts"] == 2
+    finally:
+        assert front.manage("DELETE", "/models/probe").status_code == 200
+
+
+def test_a_handler_that_cannot_load_fails_the_registration_with_its_reason(front: DmsServer):
+    answer = front.manage("POST", "/models?url=probe-1.0.mar&handler=no_such_module&synchronous=true")
+    assert answer.status_code == 503, answer.text
+    assert "no_such_module" in answer.json()["message"]
+    assert front.manage("GET", "/models/probe").status_code == 404
 
 
 def _load(server: DmsServer, model: str, clients: int, stop: threading.Event, tally: Counter[str]) -> list:

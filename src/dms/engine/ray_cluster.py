@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,12 @@ from dms.worker.ray_actor import CONCURRENCY_GROUPS, WorkerActor
 log = logging.getLogger("dms.ray")
 
 NAMESPACE = "dms"
+INLINE_ENV = "RAY_max_direct_call_object_size"
+INLINE_BYTES = 8 * 2**20
+"""Batches and answers up to this size travel inside the actor call rather than through Ray's object store
+(Ray's default stops at 100 KiB). Measured on one machine (bench.ray_workers' probe): a 400 KB batch's round
+trip took 3.4 ms through the object store and 2.2-2.4 ms inline. Set ``RAY_max_direct_call_object_size`` in the
+server's environment to choose another limit; it is handed to the workers too."""
 
 
 class RayCluster:
@@ -34,8 +41,14 @@ class RayCluster:
     def connect(self) -> None:
         """Join the cluster (blocking; in the server's main thread, before its ports open)."""
         if not ray.is_initialized():
+            inline = os.environ.setdefault(INLINE_ENV, str(INLINE_BYTES))  # read by Ray in this process
             try:
-                ray.init(address=self.address, namespace=self.namespace, logging_level=logging.WARNING)
+                ray.init(
+                    address=self.address,
+                    namespace=self.namespace,
+                    logging_level=logging.WARNING,
+                    runtime_env={"env_vars": {INLINE_ENV: inline}},  # and in its workers
+                )
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise DMSError(f"cannot join the Ray cluster at {self.address}: {exc}") from exc
         self._actor_class = ray.remote(concurrency_groups=CONCURRENCY_GROUPS)(WorkerActor)
