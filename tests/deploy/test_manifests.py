@@ -18,6 +18,7 @@ import yaml
 
 from tests.conftest import make_squeezenet_archive
 from tests.deploy.kserve_types import inference_service_problems, serving_runtime_problems
+from tests.deploy.kuberay_types import ray_cluster_problems
 from tests.e2e.test_user_flow import SQUEEZENET_CONFIG
 from tests.support import REPO, running_server, shared_path
 
@@ -149,3 +150,51 @@ def test_the_kserve_checks_can_fail():
     assert len(serving_runtime_problems(runtime)) == 1  # the schema's error comes first
     runtime["spec"]["protocolVersions"].pop()
     assert len(serving_runtime_problems(runtime)) == 2
+
+
+KUBERAY = REPO / "deploy" / "kuberay" / "raycluster.yaml"
+
+
+def _ray_documents() -> tuple[dict[str, Any], dict[str, Any]]:
+    cluster, service = yaml.safe_load_all(KUBERAY.read_text())
+    return cluster, service
+
+
+def test_the_kuberay_cluster_is_what_kuberay_and_kubernetes_accept():
+    cluster, service = _ray_documents()
+    assert ray_cluster_problems(cluster) == []
+    kubernetes_validate.validate(service, KUBERNETES, strict=True)
+    spec = cluster["spec"]
+    for template in [spec["headGroupSpec"]["template"], *(g["template"] for g in spec["workerGroupSpecs"])]:
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "check"}, "spec": template["spec"]}
+        kubernetes_validate.validate(pod, KUBERNETES, strict=True)
+
+
+def test_the_kuberay_cluster_holds_together():
+    cluster, service = _ray_documents()
+    head = cluster["spec"]["headGroupSpec"]
+    containers = {c["name"]: c for c in head["template"]["spec"]["containers"]}
+    dms, ray_head = containers["dms"], containers["ray-head"]
+    # The dms container is a driver of the head's Ray: the GCS port it names, and the head's sockets it shares.
+    gcs = next(p["containerPort"] for p in ray_head["ports"] if p["name"] == "gcs")
+    assert f"--ray-address=127.0.0.1:{gcs}" in dms["args"]
+    for container in (dms, ray_head):
+        assert {"name": "ray-tmp", "mountPath": "/tmp/ray"} in container["volumeMounts"]
+    assert head["rayStartParams"]["num-cpus"] == "0"  # no model workers beside the front
+    # Every Ray container runs the same DMS image (a worker actor runs DMS's own worker code).
+    workers = [c for g in cluster["spec"]["workerGroupSpecs"] for c in g["template"]["spec"]["containers"]]
+    assert {c["image"] for c in [dms, ray_head, *workers]} == {dms["image"]}
+    # The Service reaches the front's named ports on the pods KubeRay labels as this cluster's head.
+    assert service["spec"]["selector"] == {"ray.io/cluster": cluster["metadata"]["name"], "ray.io/node-type": "head"}
+    named = {p["name"] for p in dms["ports"]}
+    assert {p["targetPort"] for p in service["spec"]["ports"]} <= named
+    gpu = next(g for g in cluster["spec"]["workerGroupSpecs"] if g["groupName"] == "gpu")
+    assert gpu["minReplicas"] == 0 and cluster["spec"]["enableInTreeAutoscaling"] is True
+
+
+def test_the_kuberay_checks_can_fail():
+    cluster, _ = _ray_documents()
+    cluster["spec"]["workerGroupSpecs"][0]["minReplicas"] = 20
+    assert any("minReplicas 20 is over" in problem for problem in ray_cluster_problems(cluster))
+    cluster["spec"]["headGroupSpec"]["rayStartParams"]["num-cpus"] = 0
+    assert ray_cluster_problems(cluster) != []

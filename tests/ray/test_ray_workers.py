@@ -239,6 +239,7 @@ def test_a_worker_node_killed_under_load_fails_only_its_batch(front: DmsServer, 
         for thread in threads:
             thread.join(60)
     assert {w["nodeId"] for w in replaced} == ray_cluster.node_ids()  # both on the surviving node
+    print(f"answers while the node died: {dict(tally)}")
     failed = {outcome: count for outcome, count in tally.items() if outcome != "200"}
     assert set(failed) <= {"500", "503"} and sum(failed.values()) <= 4, tally  # at most its batch (batch_size 4)
     [described] = front.describe("squeezenet")

@@ -13,7 +13,9 @@ from typing import Any
 
 import ray
 
+from dms.archive.bare import BARE_ARCHIVER
 from dms.archive.shipping import ModelPack, pack_model_dir
+from dms.engine.messages import LoadModel
 from dms.engine.pool import Placement
 from dms.errors import DMSError
 from dms.worker.ray_actor import CONCURRENCY_GROUPS, WorkerActor
@@ -78,10 +80,13 @@ class RayCluster:
     def kill(actor: Any) -> None:
         ray.kill(actor, no_restart=True)
 
-    async def ship(self, model_dir: Path, only: list[str] | None) -> tuple[str, Any]:
-        """Pack a model folder and put it in the object store: ``(digest, object ref)``, for ``WorkerActor.load``.
-        The caller keeps the ref while its workers may still start (the object lives as long as a ref does)."""
-        pack: ModelPack = await asyncio.to_thread(pack_model_dir, model_dir, only)
+    async def ship(self, load: LoadModel) -> tuple[str, Any]:
+        """Pack the folder of the model ``load`` names (of a bare model file, that file only) and put it in the
+        object store: ``(digest, object ref)``, for ``WorkerActor.load``. The caller keeps the ref while its workers
+        may still start (the object lives as long as a ref does)."""
+        bare = load.manifest.get("archiverVersion") == BARE_ARCHIVER
+        only = [str(load.manifest["model"]["serializedFile"])] if bare else None
+        pack: ModelPack = await asyncio.to_thread(pack_model_dir, Path(load.model_dir), only)
         ref = await asyncio.to_thread(ray.put, pack.data)
         return pack.digest, ref
 

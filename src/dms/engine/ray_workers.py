@@ -1,20 +1,12 @@
 """A model version's workers as Ray actors, placed by a Ray cluster: the ``ModelWorkers`` of ``--ray-address``.
 
-Each worker is a ``WorkerActor`` (``dms.worker.ray_actor``) running the same ``ModelService`` as a local worker
-process, with the resources the model's ``ray`` settings ask for. The pool behaves as the local one does
-(``WorkerPool``): the batcher takes an idle worker and hands it one batch (one actor call); a worker that dies
-(its process, or its whole node) fails only the batch it held, with the same 5xx, and is replaced wherever the
-cluster has room, at once the first time and then with doubling backoff; a model whose workers fail to load
-``max_startup_failures`` times in a row is FAILED. What Ray adds:
-
-- a worker waits to be placed for as long as it takes (an autoscaling cluster may add a node for it), but when
-  no node of the cluster could ever take it (it asks for a GPU none has) or none has had room for a while,
-  requests are answered 503 naming why rather than waiting, and describe says so;
-- a worker whose actor died before it ran (its node had just died) is started again without counting towards
-  FAILED: the cluster, not the model, stopped it.
-
-Batches are not sent ahead to busy workers here (``take_spare`` gives none): Ray queues an actor's calls itself,
-but a call cannot be withdrawn from that queue.
+Each worker is a ``WorkerActor`` (``dms.worker.ray_actor``) running the same ``ModelService`` as a local worker,
+with the resources the model's ``ray`` settings ask for, supervised as ``WorkerPool`` supervises processes: one
+actor call per batch; a worker that dies (its process or its node) fails only its batch and is replaced where
+the cluster has room; ``max_startup_failures`` failed loads in a row make the model FAILED. A worker waits to be
+placed as long as it takes, but once no node could take it (or none has had room for ``ROOM_WAIT_S``), requests
+get 503 naming why instead of waiting. An actor that died before it ran (its node had just died) does not count
+towards FAILED. No batch is sent ahead to a busy worker: a call queued in Ray cannot be withdrawn.
 """
 
 from __future__ import annotations
@@ -26,13 +18,11 @@ import logging
 import time
 from collections import deque
 from collections.abc import Coroutine
-from pathlib import Path
 from typing import Any
 
 import msgspec
 import ray.exceptions
 
-from dms.archive.bare import BARE_ARCHIVER
 from dms.engine.messages import Batch, BatchResult, LoadFailed, LoadModel, ModelLoaded, RequestItem
 from dms.engine.pool import PoolSettings, PoolState
 from dms.engine.ray_cluster import RayCluster
@@ -64,6 +54,8 @@ class RayWorker:
         self.placed: PlacedOn | None = None
         self.waiting_for_room: str | None = None
         """Why Ray has not placed it yet, once that says something (``ROOM_WAIT_S``, or no node could)."""
+        self.error_before: str | None = None
+        """The pool's ``last_error`` before this worker's wait replaced it."""
         self.retiring = False
         self.memory = 0
 
@@ -166,6 +158,8 @@ class RayWorkers:
             return
         finally:
             room.cancel()
+            if worker.waiting_for_room is not None and self.last_error == worker.waiting_for_room:
+                self.last_error = worker.error_before  # placed after all: the error before the wait stands again
             worker.waiting_for_room = None
         load = msgspec.structs.replace(
             self._template, worker_id=worker_id, cpu_threads=max(1, round(placement.num_cpus))
@@ -199,11 +193,7 @@ class RayWorkers:
         """The model's files in the object store, put there once for all of this version's workers."""
         async with self._pack_lock:
             if self._pack is None:
-                model_dir = self._template.model_dir
-                model = self._template.manifest.get("model", {})
-                bare = self._template.manifest.get("archiverVersion") == BARE_ARCHIVER
-                only = [str(model["serializedFile"])] if bare else None
-                self._pack = await self._cluster.ship(Path(model_dir), only)
+                self._pack = await self._cluster.ship(self._template)
             return self._pack
 
     async def _explain_wait(self, worker: RayWorker) -> None:
@@ -212,6 +202,7 @@ class RayWorkers:
         if reason is None:
             await asyncio.sleep(ROOM_WAIT_S)
             reason = f"waiting for room on the Ray cluster for {ROOM_WAIT_S:g} s (each worker asks {self._asked()})"
+        worker.error_before = self.last_error
         worker.waiting_for_room = self.last_error = reason
         log.warning("%s: worker %s cannot be placed: %s", self.label, worker.worker_id, reason)
         self._wake()
