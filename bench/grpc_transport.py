@@ -81,7 +81,7 @@ class InstantDataPlane:
         self.settings = ServerSettings()
 
     def submit(self, name: str, version: str | None, item: Any) -> asyncio.Future[Any]:
-        from dms.engine.messages import ResponseItem
+        from dms.messages import ResponseItem
 
         future = asyncio.get_running_loop().create_future()
         future.set_result(ResponseItem(200, ANSWER, "application/grpc", batch_size=1))

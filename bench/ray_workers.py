@@ -77,7 +77,7 @@ async def socket_round_trips(frame: bytes) -> float:
     import socket
     import threading
 
-    from dms.engine.messages import HEADER
+    from dms.messages import HEADER
 
     ours, theirs = socket.socketpair()
 

@@ -41,6 +41,8 @@ echo "== ruff"
 .venv/bin/ruff format --check src tests scripts bench
 echo "== mypy --strict"
 .venv/bin/mypy
+echo "== import-linter: every import points down (pyproject.toml's [tool.importlinter])"
+.venv/bin/lint-imports
 echo "== pytest"
 # pytest exits 5 when it collected no test; under `set -e` that fails the run, as it should.
 .venv/bin/python -m pytest "$@"

@@ -20,8 +20,8 @@ import uvicorn
 
 from dms.auth import KeyStore
 from dms.dataplane import DataPlane
+from dms.httputil.connection_deadlines import ConnectionBudget, ReadLimits
 from dms.observability.metrics import ServerMetrics
-from dms.rest.connection_deadlines import ConnectionBudget, ReadLimits
 from dms.rest.http1_connection import http1_protocol
 from dms.rest.inference import build_inference_app, inference_forwarders
 from dms.rest.management import build_management_app

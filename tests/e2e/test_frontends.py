@@ -39,7 +39,7 @@ def replicas(server: DmsServer) -> list[psutil.Process]:
     found = []
     for child in psutil.Process(server.proc.pid).children():
         try:
-            if "dms.frontends.replica" in " ".join(child.cmdline()):
+            if "dms.replica" in " ".join(child.cmdline()):
                 found.append(child)
         except psutil.NoSuchProcess:
             pass

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dms.archive.reader import open_archive
-from dms.engine.messages import LoadModel
+from dms.messages import LoadModel
 from tests.conftest import make_probe_archive
 
 

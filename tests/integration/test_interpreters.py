@@ -17,8 +17,8 @@ import pytest
 import uvloop
 
 from dms.engine import interpreters
-from dms.engine.messages import Batch, LoadModel, RequestItem
 from dms.engine.worker_process import WorkerProcess
+from dms.messages import Batch, LoadModel, RequestItem
 from tests.support import open_descriptors, wait_for
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to list descriptors")

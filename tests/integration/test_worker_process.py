@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import uvloop
 
-from dms.engine.messages import Batch, LoadModel, RequestItem
 from dms.engine.worker_process import WorkerProcess, WorkerStartError
 from dms.errors import RequestTimeoutError, WorkerDiedError
+from dms.messages import Batch, LoadModel, RequestItem
 from tests.support import open_descriptors
 
 

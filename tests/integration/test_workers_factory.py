@@ -9,9 +9,9 @@ from pathlib import Path
 import orjson
 
 from dms.dataplane import DataPlane
-from dms.engine.messages import LoadModel, RequestItem
 from dms.engine.pool import PoolSettings
 from dms.engine.workers import ModelWorkers, local_workers
+from dms.messages import LoadModel, RequestItem
 from dms.settings import load_settings
 from tests.conftest import make_probe_archive
 

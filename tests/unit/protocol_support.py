@@ -7,8 +7,8 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from dms.engine.messages import RequestItem, ResponseItem
 from dms.errors import ModelNotFoundError
+from dms.messages import RequestItem, ResponseItem
 from dms.settings import ServerSettings
 
 

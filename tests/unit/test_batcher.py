@@ -9,8 +9,8 @@ import pytest
 
 from dms.engine import batcher as batcher_module
 from dms.engine.batcher import Batcher
-from dms.engine.messages import BatchResult, BatchTimings, RequestItem, ResponseItem
 from dms.errors import BatchNotStartedError, InternalError, ModelUnavailableError, QueueFullError, WorkerDiedError
+from dms.messages import BatchResult, BatchTimings, RequestItem, ResponseItem
 
 
 def item(name: str) -> RequestItem:

@@ -6,9 +6,9 @@ from typing import Any
 
 import orjson
 
-from dms.engine.messages import PROTOCOL_V1, PROTOCOL_V2_REST, RequestItem, ResponseItem
+from dms.context import Context
 from dms.errors import DMSError
-from dms.worker.context import Context
+from dms.messages import PROTOCOL_V1, PROTOCOL_V2_REST, RequestItem, ResponseItem
 from dms.worker.protocols import TensorModel, run_tensor_requests
 
 

@@ -17,12 +17,12 @@ from uvicorn.server import ServerState
 
 from dms._generated import inference_pb2 as pb
 from dms.auth import KeyStore
-from dms.engine.messages import ErrorInfo, ResponseItem
 from dms.grpc.h2 import GrpcApp, frame
 from dms.grpc.h2_connection import GrpcH2Protocol, grpc_protocol
 from dms.grpc.servicer import InferenceServicer, rpc_methods
+from dms.httputil.connection_deadlines import ReadLimits
+from dms.messages import ErrorInfo, ResponseItem
 from dms.observability.metrics import ServerMetrics
-from dms.rest.connection_deadlines import ReadLimits
 from dms.settings import ServerSettings
 from tests.unit.protocol_support import FakeDataPlane, FakeTransport, run
 

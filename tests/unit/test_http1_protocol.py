@@ -12,10 +12,10 @@ import uvicorn
 from uvicorn.server import ServerState
 
 from dms.auth import KeyStore
-from dms.engine.messages import ResponseItem
 from dms.errors import DMSError
+from dms.httputil.connection_deadlines import ReadLimits
+from dms.messages import ResponseItem
 from dms.observability.metrics import ServerMetrics
-from dms.rest.connection_deadlines import ReadLimits
 from dms.rest.errors import error_response
 from dms.rest.fastpath import InferenceFastPath
 from dms.rest.forwarding import Forwarder

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from dms.frontends.merging import merge_expositions
+from dms.observability.merging import merge_expositions
 
 FIRST = b"""\
 # HELP dms_requests_total Requests answered

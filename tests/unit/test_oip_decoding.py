@@ -13,7 +13,7 @@ from dms.oip.grpc_codec import decode_grpc_request
 from dms.oip.rest_codec import decode_rest_request
 from dms.oip.tensors import element_count, from_json, from_raw, to_raw
 from dms.runtimes import TensorSpec
-from dms.worker.tensor_exec import conform, prepare
+from dms.runtimes.tensor_exec import conform, prepare
 
 SIGNATURE = [TensorSpec("x", "float32", (-1, 2))]
 
@@ -162,7 +162,7 @@ def test_bytes_elements_need_four_bytes_each_before_any_is_allocated():
 def test_worker_answers_an_undecodable_request_alone(monkeypatch: pytest.MonkeyPatch):
     """Anything a request's decoding raises (MemoryError, numpy's ValueError) is that request's 400; the rest of
     its batch is answered, and nothing reaches the worker's loop."""
-    from dms.engine.messages import PROTOCOL_V2_REST, RequestItem
+    from dms.messages import PROTOCOL_V2_REST, RequestItem
     from dms.worker import protocols
     from dms.worker.service import _error_item
 

@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dms.archive.reader import open_archive
-from dms.engine.messages import RequestItem, RequestLimits
 from dms.errors import ArchiveError, InputError, PayloadTooLargeError
+from dms.messages import RequestItem, RequestLimits
 from dms.worker.inputs import build_request_data
 
 MANIFEST = json.dumps({"model": {"modelName": "m", "modelVersion": "1.0", "handler": "h"}}).encode()

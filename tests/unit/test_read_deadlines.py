@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from dms.engine.messages import ResponseItem
+from dms.messages import ResponseItem
 from tests.unit.protocol_support import run
 from tests.unit.test_grpc_h2_connection import Harness as H2Harness
 from tests.unit.test_http1_protocol import Harness, post, settle

@@ -95,7 +95,7 @@ def test_a_request_in_flight_is_not_idle_time():
 
         async def answer_late() -> None:
             await asyncio.sleep(0.5)  # longer than the idle timeout: the stream waits for its answer
-            from dms.engine.messages import ResponseItem
+            from dms.messages import ResponseItem
 
             dataplane.submitted[0][3].set_result(ResponseItem(status=200, body=b"ok", content_type=""))
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dms.engine.messages import RequestItem
+from dms.context import Context, RequestProcessor
 from dms.errors import HandlerError, InputError
-from dms.worker.context import Context, RequestProcessor
+from dms.messages import RequestItem
 from dms.worker.inputs import build_request_data
 from dms.worker.outputs import encode_output
 

@@ -16,7 +16,8 @@ import msgspec
 import pytest
 import uvloop
 
-from dms.engine.messages import (
+from dms.engine.worker_link import WorkerLink
+from dms.messages import (
     Batch,
     BatchResult,
     ErrorInfo,
@@ -26,7 +27,6 @@ from dms.engine.messages import (
     Withdraw,
     encode_frame,
 )
-from dms.engine.worker_link import WorkerLink
 from dms.worker.__main__ import Channel
 
 

@@ -15,8 +15,8 @@ from typing import Literal
 from dms import __version__
 from dms.archive.manifest import MANIFEST_PATH
 from dms.errors import ArchiveError
+from dms.handlers.builtin import BUILTIN_HANDLERS
 from dms.naming import validate_model_name, validate_model_version
-from dms.worker.handler_loader import BUILTIN_HANDLERS
 
 ArchiveFormat = Literal["default", "zip-store", "tgz", "no-archive"]
 BUILTIN_HANDLER_NAMES = frozenset(BUILTIN_HANDLERS)

@@ -18,11 +18,11 @@ from dms.dataplane.autoscaling import Autoscaler
 from dms.dataplane.registry import ModelRegistry, ModelVersion
 from dms.dataplane.snapshot import SnapshotEntry, located, read_snapshot, relative_location, write_snapshot
 from dms.engine.batcher import Batcher
-from dms.engine.messages import LoadModel, RequestItem, RequestLimits, ResponseItem
 from dms.engine.pool import Placement, PoolSettings, PoolState
 from dms.engine.stats import BatchObserver
 from dms.engine.workers import WorkersFactory, local_workers
 from dms.errors import DMSError, InputError, InsufficientStorageError, ModelUnavailableError
+from dms.messages import LoadModel, RequestItem, RequestLimits, ResponseItem
 from dms.naming import validate_model_name
 from dms.settings import ServerSettings
 

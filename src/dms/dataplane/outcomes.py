@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 from typing import TypeAlias
 
-from dms.engine.messages import ResponseItem
 from dms.errors import DMSError, InternalError
+from dms.messages import ResponseItem
 
 Outcome: TypeAlias = ResponseItem | DMSError | None
 """How a request ended: the model's answer, an error, or None when the client went away first."""

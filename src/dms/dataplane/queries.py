@@ -5,11 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from dms import __version__
 from dms.archive.locate import ARCHIVE_SUFFIXES, archive_stem
 from dms.dataplane.dataplane import DataPlane
 from dms.dataplane.registry import ModelVersion
 from dms.engine.pool import PoolState
 from dms.errors import ModelNotFoundError
+
+EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics", "kserve_v1"]
+"""The Open Inference Protocol extensions DMS serves, as server metadata names them."""
+
+
+def server_metadata() -> dict[str, Any]:
+    """The Open Inference Protocol's server metadata, the same over REST and gRPC."""
+    return {"name": "dms", "version": __version__, "extensions": EXTENSIONS}
 
 
 def _versions(dataplane: DataPlane, name: str | None, version: str | None) -> list[ModelVersion]:

@@ -28,9 +28,9 @@ from collections.abc import Coroutine
 from functools import partial
 from typing import Any, Generic, Protocol, TypeVar
 
-from dms.engine.messages import BatchResult, RequestItem, ResponseItem
 from dms.engine.stats import BatchObserver, ModelStats
 from dms.errors import BatchNotStartedError, DMSError, InternalError, ModelUnavailableError, QueueFullError
+from dms.messages import BatchResult, RequestItem, ResponseItem
 
 log = logging.getLogger("dms.batcher")
 

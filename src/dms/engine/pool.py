@@ -31,7 +31,6 @@ from typing import Any
 import msgspec
 
 from dms.engine.devices import gpu_for_worker, visible_gpus
-from dms.engine.messages import Batch, BatchResult, LoadModel, ModelLoaded, RequestItem
 from dms.engine.worker_process import (
     WorkerProcess,
     WorkerStartError,
@@ -39,6 +38,7 @@ from dms.engine.worker_process import (
     unavailable,
 )
 from dms.errors import DMSError, RequestTimeoutError, WorkerDiedError
+from dms.messages import Batch, BatchResult, LoadModel, ModelLoaded, RequestItem
 
 log = logging.getLogger("dms.pool")
 

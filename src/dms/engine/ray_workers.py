@@ -23,12 +23,12 @@ from typing import Any
 import msgspec
 import ray.exceptions
 
-from dms.engine.messages import Batch, BatchResult, LoadFailed, LoadModel, ModelLoaded, RequestItem
 from dms.engine.pool import PoolSettings, PoolState
 from dms.engine.ray_cluster import RayCluster
 from dms.engine.worker_process import WorkerState, unavailable
 from dms.engine.workers import ModelWorkers, WorkersFactory
 from dms.errors import InternalError, RequestTimeoutError, WorkerDiedError, error_from_wire
+from dms.messages import Batch, BatchResult, LoadFailed, LoadModel, ModelLoaded, RequestItem
 from dms.worker.ray_actor import CONTROL_GROUP, PlacedOn
 
 log = logging.getLogger("dms.ray")

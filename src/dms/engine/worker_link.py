@@ -22,7 +22,7 @@ from typing import Any, cast
 
 import msgspec
 
-from dms.engine.messages import FromWorker, decode_frame, frame_end, from_worker_decoder
+from dms.messages import FromWorker, decode_frame, frame_end, from_worker_decoder
 
 log = logging.getLogger("dms.worker")
 

@@ -15,16 +15,6 @@ import time
 from enum import StrEnum
 
 from dms.engine.interpreters import WorkerInterpreter, take
-from dms.engine.messages import (
-    Batch,
-    BatchResult,
-    LoadFailed,
-    LoadModel,
-    ModelLoaded,
-    RequestItem,
-    Withdraw,
-    encode_frame,
-)
 from dms.engine.worker_link import WorkerLink
 from dms.errors import (
     BatchNotStartedError,
@@ -33,6 +23,16 @@ from dms.errors import (
     RequestTimeoutError,
     WorkerDiedError,
     error_from_wire,
+)
+from dms.messages import (
+    Batch,
+    BatchResult,
+    LoadFailed,
+    LoadModel,
+    ModelLoaded,
+    RequestItem,
+    Withdraw,
+    encode_frame,
 )
 
 log = logging.getLogger("dms.worker")

@@ -11,9 +11,9 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from dms.engine.batcher import Executor
-from dms.engine.messages import LoadModel, ModelLoaded
 from dms.engine.pool import PoolSettings, PoolState, WorkerPool
 from dms.engine.worker_process import WorkerState
+from dms.messages import LoadModel, ModelLoaded
 
 
 class WorkerView(Protocol):

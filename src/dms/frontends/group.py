@@ -32,7 +32,7 @@ RESTART_BACKOFF_MAX_S = 30.0
 
 
 class FrontendGroup:
-    """Frontends 1..N-1 of this server, each a ``dms.frontends.replica`` process with a control socket."""
+    """Frontends 1..N-1 of this server, each a ``dms.replica`` process with a control socket."""
 
     def __init__(self, settings: ServerSettings, registry: Callable[[], list[SnapshotEntry]]) -> None:
         self.settings = settings
@@ -75,7 +75,7 @@ class FrontendGroup:
             CONTROL_ENV: str(self.control_path(index)),
         }
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "dms.frontends.replica", stdin=asyncio.subprocess.PIPE, env=env
+            sys.executable, "-m", "dms.replica", stdin=asyncio.subprocess.PIPE, env=env
         )
         self._processes[index] = process
         deadline = asyncio.get_running_loop().time() + READY_TIMEOUT_S

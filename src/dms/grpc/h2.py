@@ -30,8 +30,8 @@ from starlette.types import Message, Receive, Scope, Send
 from dms.errors import DMSError
 from dms.grpc.errors import GRPC_STATUS
 from dms.grpc.servicer import SERVICE, Metadata, RpcMethod
-from dms.rest.compression import inflate
-from dms.rest.connection_deadlines import ReadLimits, too_slow_at, too_slow_message
+from dms.httputil.compression import inflate
+from dms.httputil.connection_deadlines import ReadLimits, too_slow_at, too_slow_message
 
 log = logging.getLogger("dms.grpc")
 

@@ -59,7 +59,7 @@ from dms.grpc.lean_call import FRESH, LeanCall
 from dms.grpc.request_arrival import ONE_MESSAGE, RequestArrival
 from dms.grpc.servicer import SERVICE, InferenceServicer
 from dms.grpc.write_coalescing import CoalescedWrites
-from dms.rest.connection_deadlines import ConnectionDeadlines, ReadLimits
+from dms.httputil.connection_deadlines import ConnectionDeadlines, ReadLimits
 
 log = logging.getLogger("dms.grpc")
 

@@ -17,12 +17,12 @@ import grpc
 import zttp
 
 from dms.dataplane.outcomes import Outcome, outcome_of
-from dms.engine.messages import ResponseItem
 from dms.errors import DMSError, InternalError, RequestTimeoutError
 from dms.grpc.h2 import frame, status_trailers
 from dms.grpc.lean_call import LeanCall
 from dms.grpc.servicer import InferCall, InferenceServicer
 from dms.grpc.write_coalescing import CoalescedWrites
+from dms.messages import ResponseItem
 
 log = logging.getLogger("dms.grpc")
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from dms.engine.messages import ResponseItem
 from dms.grpc.h2 import CallHeaders
 from dms.grpc.servicer import InferCall
+from dms.messages import ResponseItem
 
 FRESH = -1.0
 """``heard`` of a call whose request began or brought bytes in the read being handled (timed after it)."""

@@ -24,7 +24,7 @@ from uvicorn.protocols.http.flow_control import FlowControl
 
 from dms.grpc.h2 import CallAborted, declared_length, slow_request, stalled_request
 from dms.grpc.lean_call import FRESH, LeanCall
-from dms.rest.connection_deadlines import too_slow_at
+from dms.httputil.connection_deadlines import too_slow_at
 
 log = logging.getLogger("dms.grpc")
 

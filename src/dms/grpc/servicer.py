@@ -18,14 +18,19 @@ from typing import Any, Protocol, TypeAlias
 import grpc
 from google.protobuf.message import DecodeError
 
-from dms import __version__
 from dms._generated import inference_pb2 as pb
 from dms.auth import KeyKind, KeyStore
 from dms.dataplane import DataPlane
 from dms.dataplane.outcomes import Outcome
-from dms.dataplane.queries import model_metadata, model_ready, repository_index, repository_load, repository_unload
+from dms.dataplane.queries import (
+    model_metadata,
+    model_ready,
+    repository_index,
+    repository_load,
+    repository_unload,
+    server_metadata,
+)
 from dms.dataplane.queries import statistics as model_statistics
-from dms.engine.messages import PROTOCOL_V2_GRPC, RequestItem, ResponseItem
 from dms.errors import (
     DMSError,
     InputError,
@@ -35,9 +40,9 @@ from dms.errors import (
 )
 from dms.grpc.errors import GRPC_STATUS
 from dms.grpc.streams import answer_stream
+from dms.messages import PROTOCOL_V2_GRPC, RequestItem, ResponseItem
 from dms.observability.metrics import ServerMetrics
 from dms.observability.request_ids import new_request_id
-from dms.rest.oip import EXTENSIONS
 
 log = logging.getLogger("dms.grpc")
 
@@ -149,7 +154,7 @@ class InferenceServicer:
         return pb.ModelReadyResponse(ready=ready)
 
     async def server_metadata(self, request: Any, context: Context) -> Any:
-        return pb.ServerMetadataResponse(name="dms", version=__version__, extensions=EXTENSIONS)
+        return pb.ServerMetadataResponse(**server_metadata())
 
     async def model_metadata(self, request: Any, context: Context) -> Any:
         try:

@@ -8,10 +8,10 @@ from typing import Any
 
 import numpy as np
 
+from dms.context import Context
 from dms.errors import ArchiveError, InputError
 from dms.handlers.imaging import DEFAULT_MAX_PIXELS, ImageRecipe
 from dms.runtimes import Runtime, load_runtime
-from dms.worker.context import Context
 
 
 class BaseHandler:

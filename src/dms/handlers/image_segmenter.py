@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from dms.context import Context
 from dms.errors import HandlerError
 from dms.handlers.base import BaseHandler, request_payload
 from dms.handlers.imaging import IMAGENET_MEAN, IMAGENET_STD
 from dms.handlers.scores import softmax
-from dms.worker.context import Context
 
 
 class ImageSegmenterHandler(BaseHandler):

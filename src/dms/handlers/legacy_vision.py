@@ -13,10 +13,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from dms.context import Context
 from dms.errors import InputError
 from dms.handlers.image_classifier import ImageClassifierHandler
 from dms.legacy.archive import read_signature
-from dms.worker.context import Context
 
 
 class LegacyVisionHandler(ImageClassifierHandler):

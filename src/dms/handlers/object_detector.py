@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from dms.context import Context
 from dms.errors import HandlerError
 from dms.handlers.base import BaseHandler, request_payload
 from dms.handlers.image_classifier import load_labels
-from dms.worker.context import Context
 
 
 class ObjectDetectorHandler(BaseHandler):

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from dms.context import Context
 from dms.errors import DMSError, InputError, UnsupportedMediaTypeError
 from dms.handlers.base import BaseHandler, request_payload
 from dms.handlers.numpy_files import load_numpy_body
 from dms.handlers.payloads import PICKLE_TYPES
 from dms.oip.tensors import DEFAULT_MAX_ELEMENTS
-from dms.worker.context import Context
-from dms.worker.tensor_exec import expected_inputs, run_named
+from dms.runtimes.tensor_exec import expected_inputs, run_named
 
 
 class TensorHandler(BaseHandler):

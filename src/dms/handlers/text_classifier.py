@@ -24,11 +24,11 @@ from typing import Any
 
 import numpy as np
 
+from dms.context import Context
 from dms.errors import ArchiveError, InputError
 from dms.handlers.base import BaseHandler, request_payload
 from dms.handlers.image_classifier import load_labels
 from dms.handlers.scores import ranked
-from dms.worker.context import Context
 
 _TAG = re.compile(r"<[^>]*>")
 _TOKEN = re.compile(r"[\w']+|[^\w\s]")

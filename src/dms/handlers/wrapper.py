@@ -17,12 +17,12 @@ from typing import Any
 
 import numpy as np
 
+from dms.context import Context
 from dms.errors import ArchiveError, HandlerError
 from dms.handlers.payloads import body_kind, decode_named, encode_named
 from dms.oip.tensors import DEFAULT_MAX_ELEMENTS
 from dms.runtimes import detect_kind, load_runtime
-from dms.worker.context import Context
-from dms.worker.tensor_exec import prepare
+from dms.runtimes.tensor_exec import prepare
 
 log = logging.getLogger("dms.wrapper")
 Model = Callable[[dict[str, np.ndarray]], Any]

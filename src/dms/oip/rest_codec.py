@@ -15,7 +15,7 @@ import orjson
 from dms.errors import InputError
 from dms.oip.request import InferRequest, RequestedOutput
 from dms.oip.tensors import DEFAULT_MAX_ELEMENTS, datatype_of, from_json, from_raw, to_json_data, to_raw
-from dms.runtimes.base import TensorSpec
+from dms.tensor_spec import TensorSpec
 
 HEADER_LENGTH = "inference-header-content-length"
 

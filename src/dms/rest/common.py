@@ -11,8 +11,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive
 
-from dms.engine.messages import ResponseItem
 from dms.errors import InputError, PayloadTooLargeError
+from dms.messages import ResponseItem
 
 
 def json_response(data: Any, status: int = 200) -> Response:

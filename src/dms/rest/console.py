@@ -15,7 +15,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from dms.dataplane import DataPlane
-from dms.engine.messages import PROTOCOL_RAW, PROTOCOL_V2_REST
+from dms.messages import PROTOCOL_RAW, PROTOCOL_V2_REST
 from dms.observability.metrics import ServerMetrics
 from dms.rest.common import json_response
 from dms.rest.errors import error_response

@@ -24,12 +24,12 @@ from starlette.types import Receive, Send
 
 from dms.dataplane import DataPlane
 from dms.dataplane.outcomes import Outcome
-from dms.engine.messages import RequestItem, ResponseItem
 from dms.errors import DMSError, InternalError, error_from_wire
+from dms.httputil.compression import decode_content, encode_content
+from dms.messages import RequestItem, ResponseItem
 from dms.observability.metrics import ServerMetrics
 from dms.observability.request_ids import new_request_id
 from dms.rest.common import read_body, until_answered_or_gone
-from dms.rest.compression import decode_content, encode_content
 
 ErrorFormat = Callable[[DMSError], Response]
 Endpoint = Callable[[Request], Awaitable[Response]]

@@ -25,10 +25,10 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from dms.dataplane.outcomes import Outcome, outcome_of
-from dms.engine.messages import ResponseItem
 from dms.errors import DMSError, InternalError
+from dms.httputil.connection_deadlines import ReadLimits
+from dms.messages import ResponseItem
 from dms.rest.common import refuse_declared_size, refuse_read_size
-from dms.rest.connection_deadlines import ReadLimits
 from dms.rest.fastpath import InferenceFastPath
 from dms.rest.forwarding import Forwarder, Reply
 from dms.rest.http1_connection import Http1Protocol

@@ -1,6 +1,6 @@
 """The HTTP/1.1 connection every DMS port runs: uvicorn's httptools protocol reading only what it is
 ready to answer (``dms.rest.paced_reading``), with the idle and read deadlines of
-``dms.rest.connection_deadlines`` on one timer per connection.
+``dms.httputil.connection_deadlines`` on one timer per connection.
 
 A request whose head passes ``max_header_bytes`` gets ``431`` the moment it does, and its connection
 is closed: nothing more of it is read (httptools gathers a header in memory until it ends, so the bytes
@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from dms.errors import DMSError, HeadersTooLargeError, RequestReadTimeoutError, ServerBusyError
-from dms.rest.connection_deadlines import ConnectionDeadlines, ReadLimits, too_slow_message
+from dms.httputil.connection_deadlines import ConnectionDeadlines, ReadLimits, too_slow_message
 from dms.rest.errors import error_response
 from dms.rest.forwarding import Reply
 from dms.rest.paced_reading import PacedHttpToolsProtocol

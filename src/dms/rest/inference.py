@@ -13,7 +13,7 @@ from starlette.routing import Route
 
 from dms.auth import KeyStore
 from dms.dataplane import DataPlane
-from dms.engine.messages import PROTOCOL_RAW
+from dms.messages import PROTOCOL_RAW
 from dms.observability.metrics import ServerMetrics
 from dms.rest.auth import TokenAuthMiddleware
 from dms.rest.common import json_response

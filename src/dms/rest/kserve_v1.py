@@ -8,7 +8,7 @@ from starlette.routing import Route
 
 from dms.dataplane import DataPlane
 from dms.dataplane.queries import model_ready
-from dms.engine.messages import PROTOCOL_V1
+from dms.messages import PROTOCOL_V1
 from dms.observability.metrics import ServerMetrics
 from dms.rest.common import json_response
 from dms.rest.forwarding import Forwarder

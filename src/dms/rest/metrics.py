@@ -22,7 +22,7 @@ def build_metrics_app(metrics: ServerMetrics, frontends: FrontendGroup | None = 
     async def exposition(request: Request) -> Response:
         text = metrics.exposition()
         if frontends is not None:
-            from dms.frontends.merging import merge_expositions
+            from dms.observability.merging import merge_expositions
 
             text = merge_expositions(text, await frontends.expositions())
         return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -9,17 +9,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from dms import __version__
-from dms.dataplane import DataPlane
+from dms.dataplane import DataPlane, queries
 from dms.dataplane.queries import model_metadata, model_ready, statistics
-from dms.engine.messages import PROTOCOL_V2_REST
 from dms.errors import DMSError
+from dms.messages import PROTOCOL_V2_REST
 from dms.observability.metrics import ServerMetrics
 from dms.rest.common import json_response
 from dms.rest.errors import HTTP_STATUS
 from dms.rest.forwarding import Forwarder
-
-EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics", "kserve_v1"]
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -55,7 +52,7 @@ def oip_routes(dataplane: DataPlane, forwarder: Forwarder) -> list[Route]:
         return json_response({"ready": is_ready}, 200 if is_ready else 400)
 
     async def server_metadata(request: Request) -> Response:
-        return json_response({"name": "dms", "version": __version__, "extensions": EXTENSIONS})
+        return json_response(queries.server_metadata())
 
     async def metadata(request: Request) -> Response:
         p = request.path_params

@@ -2,26 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
+from dms.tensor_spec import TensorSpec
 
-@dataclass(frozen=True)
-class TensorSpec:
-    name: str
-    dtype: str
-    """numpy dtype name, e.g. ``float32``."""
-    shape: tuple[int, ...] | None
-    """-1 for a variable dimension; None when the format does not record the shape at all."""
-
-    def describe(self) -> dict[str, object]:
-        return {
-            "name": self.name,
-            "datatype": self.dtype,
-            "shape": list(self.shape) if self.shape is not None else [-1],
-        }
+__all__ = ["Runtime", "TensorSpec", "declared_specs"]
 
 
 def declared_specs(entries: Any) -> list[TensorSpec]:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from dms.errors import ArchiveError
-from dms.runtimes.base import TensorSpec
+from dms.tensor_spec import TensorSpec
 
 
 def newest_checkpoint(path: Path) -> Path:

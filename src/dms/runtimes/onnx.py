@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from dms.errors import ArchiveError, InputError
-from dms.runtimes.base import TensorSpec
+from dms.tensor_spec import TensorSpec
 
 _ONNX_TYPES = {
     "tensor(float)": "float32",

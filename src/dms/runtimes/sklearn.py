@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from dms.errors import ArchiveError
-from dms.runtimes.base import TensorSpec
+from dms.tensor_spec import TensorSpec
 
 _SAFE_PREFIXES = ("sklearn.", "numpy.", "scipy.", "builtins.")
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from dms.errors import ArchiveError
-from dms.runtimes.base import TensorSpec
+from dms.tensor_spec import TensorSpec
 
 
 class TorchRuntime:

@@ -17,7 +17,8 @@ import sys
 import traceback
 from collections import deque
 
-from dms.engine.messages import (
+from dms.errors import DMSError
+from dms.messages import (
     Batch,
     ErrorInfo,
     FromWorker,
@@ -30,7 +31,6 @@ from dms.engine.messages import (
     frame_end,
     to_worker_decoder,
 )
-from dms.errors import DMSError
 
 
 class Channel:

@@ -18,14 +18,14 @@ from typing import Any
 import numpy as np
 import orjson
 
-from dms.engine.messages import PROTOCOL_V1, PROTOCOL_V2_GRPC, PROTOCOL_V2_REST, RequestItem, ResponseItem
+from dms.context import RequestProcessor
 from dms.errors import HandlerError, InputError
+from dms.messages import PROTOCOL_V1, PROTOCOL_V2_GRPC, PROTOCOL_V2_REST, RequestItem, ResponseItem
 from dms.oip.grpc_codec import decode_grpc_request, encode_grpc_response
 from dms.oip.request import InferRequest
 from dms.oip.rest_codec import HEADER_LENGTH, decode_rest_request
 from dms.oip.tensors import datatype_of, to_json_data
 from dms.oip.v1_codec import decode_v1_body, encode_v1_response
-from dms.worker.context import RequestProcessor
 
 KSERVE = "kserve"
 KSERVE_V2 = "kservev2"

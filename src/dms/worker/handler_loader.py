@@ -17,20 +17,11 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from dms.context import Context
 from dms.errors import ArchiveError
-from dms.worker.context import Context
+from dms.handlers.builtin import BUILTIN_HANDLERS
 
 HandleFn = Callable[[Any, Context], Any]
-
-BUILTIN_HANDLERS: dict[str, str] = {
-    "image_classifier": "dms.handlers.image_classifier:ImageClassifierHandler",
-    "object_detector": "dms.handlers.object_detector:ObjectDetectorHandler",
-    "image_segmenter": "dms.handlers.image_segmenter:ImageSegmenterHandler",
-    "text_classifier": "dms.handlers.text_classifier:TextClassifierHandler",
-    "tensor": "dms.handlers.tensor:TensorHandler",
-    "wrapper": "dms.handlers.wrapper:WrapperHandler",
-    "legacy_vision": "dms.handlers.legacy_vision:LegacyVisionHandler",
-}
 
 
 def load_handler(spec: str, model_dir: str, context: Context) -> HandleFn:

@@ -12,8 +12,8 @@ from typing import Any
 import orjson
 from python_multipart.multipart import parse_options_header
 
-from dms.engine.messages import RequestItem, RequestLimits
 from dms.errors import InputError
+from dms.messages import RequestItem, RequestLimits
 from dms.worker.json_depth import json_depth_exceeds
 from dms.worker.multipart_form import parse_multipart
 

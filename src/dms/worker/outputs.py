@@ -6,9 +6,9 @@ from typing import Any
 
 import orjson
 
-from dms.engine.messages import ResponseItem
+from dms.context import RequestProcessor
 from dms.errors import HandlerError
-from dms.worker.context import RequestProcessor
+from dms.messages import ResponseItem
 
 _JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 

@@ -15,16 +15,16 @@ from typing import Any
 
 import numpy as np
 
-from dms.engine.messages import PROTOCOL_V1, PROTOCOL_V2_GRPC, RequestItem, ResponseItem
+from dms.context import Context, RequestProcessor
 from dms.errors import DMSError, HandlerError, InputError
+from dms.messages import PROTOCOL_V1, PROTOCOL_V2_GRPC, RequestItem, ResponseItem
 from dms.oip.grpc_codec import decode_grpc_request, encode_grpc_response
 from dms.oip.request import InferRequest
 from dms.oip.rest_codec import HEADER_LENGTH, decode_rest_request, encode_rest_response
 from dms.oip.v1_codec import decode_v1_body, encode_v1_response
 from dms.runtimes import Runtime, TensorSpec
+from dms.runtimes.tensor_exec import run_named
 from dms.worker import envelopes
-from dms.worker.context import Context, RequestProcessor
-from dms.worker.tensor_exec import run_named
 
 log = logging.getLogger("dms.worker")
 

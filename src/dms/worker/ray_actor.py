@@ -20,8 +20,8 @@ from typing import Any
 
 import msgspec
 
-from dms.engine.messages import Batch, ErrorInfo, LoadFailed, LoadModel, ModelLoaded
 from dms.errors import DMSError
+from dms.messages import Batch, ErrorInfo, LoadFailed, LoadModel, ModelLoaded
 
 CONTROL_GROUP = "control"
 """The concurrency group of ``watch`` and ``memory``: they answer while a batch runs."""

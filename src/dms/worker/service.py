@@ -10,7 +10,9 @@ from typing import Any
 import msgspec
 
 from dms import __version__
-from dms.engine.messages import (
+from dms.context import Context, RequestProcessor
+from dms.errors import DMSError, HandlerError, InputError, InternalError
+from dms.messages import (
     TENSOR_PROTOCOLS,
     Batch,
     BatchResult,
@@ -22,10 +24,8 @@ from dms.engine.messages import (
     ResponseItem,
     TensorMeta,
 )
-from dms.errors import DMSError, HandlerError, InputError, InternalError
 from dms.runtimes import TensorSpec
 from dms.runtimes.base import declared_specs
-from dms.worker.context import Context, RequestProcessor
 from dms.worker.handler_loader import load_handler
 from dms.worker.inputs import build_request_data
 from dms.worker.outputs import encode_output

@@ -1,4 +1,4 @@
-"""A frontend after the first (``python -m dms.frontends.replica``), started by frontend 0's ``FrontendGroup``.
+"""A frontend after the first (``python -m dms.replica``), started by frontend 0's ``FrontendGroup``.
 
 It serves the inference API and gRPC on the ports frontend 0 shares with it, and its control API on a
 Unix socket (``dms.frontends.control``); it has no management or metrics port of its own. It stops on
