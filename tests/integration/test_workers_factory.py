@@ -9,7 +9,7 @@ from pathlib import Path
 import orjson
 
 from dms.dataplane import DataPlane
-from dms.engine.pool import PoolSettings
+from dms.engine.supervision import PoolSettings
 from dms.engine.workers import ModelWorkers, local_workers
 from dms.messages import LoadModel, RequestItem
 from dms.settings import load_settings

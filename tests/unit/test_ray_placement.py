@@ -8,7 +8,7 @@ import sys
 import pytest
 from pydantic import ValidationError
 
-from dms.engine.pool import Placement
+from dms.engine.supervision import Placement
 from dms.settings import ServerSettings
 
 

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 
 from dms.dataplane.registry import ModelRegistry, ModelVersion
-from dms.engine.pool import PoolState
+from dms.engine.supervision import PoolState
 
 log = logging.getLogger("dms.autoscale")
 

@@ -18,8 +18,8 @@ from dms.dataplane.autoscaling import Autoscaler
 from dms.dataplane.registry import ModelRegistry, ModelVersion
 from dms.dataplane.snapshot import SnapshotEntry, located, read_snapshot, relative_location, write_snapshot
 from dms.engine.batcher import Batcher
-from dms.engine.pool import Placement, PoolSettings, PoolState
 from dms.engine.stats import BatchObserver
+from dms.engine.supervision import Placement, PoolSettings, PoolState
 from dms.engine.workers import WorkersFactory, local_workers
 from dms.errors import DMSError, InputError, InsufficientStorageError, ModelUnavailableError
 from dms.messages import LoadModel, RequestItem, RequestLimits, ResponseItem

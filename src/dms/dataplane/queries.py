@@ -9,7 +9,7 @@ from dms import __version__
 from dms.archive.locate import ARCHIVE_SUFFIXES, archive_stem
 from dms.dataplane.dataplane import DataPlane
 from dms.dataplane.registry import ModelVersion
-from dms.engine.pool import PoolState
+from dms.engine.supervision import PoolState
 from dms.errors import ModelNotFoundError
 
 EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics", "kserve_v1"]

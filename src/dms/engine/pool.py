@@ -23,14 +23,11 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Coroutine
-from dataclasses import dataclass
-from enum import StrEnum
-from typing import Any
 
 import msgspec
 
 from dms.engine.devices import gpu_for_worker, visible_gpus
+from dms.engine.supervision import PoolSettings, PoolState, Supervisor
 from dms.engine.worker_process import (
     WorkerProcess,
     WorkerStartError,
@@ -38,7 +35,7 @@ from dms.engine.worker_process import (
     unavailable,
 )
 from dms.errors import DMSError, RequestTimeoutError, WorkerDiedError
-from dms.messages import Batch, BatchResult, LoadModel, ModelLoaded, RequestItem
+from dms.messages import Batch, BatchResult, LoadModel, RequestItem
 
 log = logging.getLogger("dms.pool")
 
@@ -55,63 +52,11 @@ def short_of_resources(exc: BaseException) -> bool:
     return any(text in str(exc) for text in _SHORTAGE_TEXTS)
 
 
-class PoolState(StrEnum):
-    STARTING = "STARTING"
-    READY = "READY"
-    FAILED = "FAILED"
-    STOPPED = "STOPPED"
-
-
-@dataclass(frozen=True)
-class Placement:
-    """What each worker asks of a cluster that places workers by resources (Ray): ignored by local pools."""
-
-    num_cpus: float = 1.0
-    num_gpus: float = 0.0
-    memory_bytes: int | None = None
-    resources: tuple[tuple[str, float], ...] = ()
-    """Custom resources a node must offer, as (name, amount) pairs."""
-    strategy: str = "SPREAD"
-
-    def demand(self) -> dict[str, float]:
-        """Everything asked for, by Ray's resource names; zero amounts left out."""
-        asked = {"CPU": self.num_cpus, "GPU": self.num_gpus, "memory": float(self.memory_bytes or 0)}
-        return {name: amount for name, amount in (*asked.items(), *self.resources) if amount}
-
-
-@dataclass(frozen=True)
-class PoolSettings:
-    response_timeout_s: float
-    startup_timeout_s: float
-    max_startup_failures: int
-    restart_backoff_max_s: float
-    memory_limit_bytes: int | None = None
-    """A worker whose resident memory passes this is killed and replaced."""
-    memory_check_interval_s: float = 1.0
-    frontend_index: int = 0
-    """Which of the server's frontends (``dms.frontends``) owns the pool: the ones after the first put
-    ``f{index}-`` before each worker's number, so that worker ids stay unique across frontends."""
-    frontends: int = 1
-    """How many frontends the server runs: their workers take turns over the GPUs (``gpu_for_worker``)."""
-    placement: Placement = Placement()
-
-    @property
-    def worker_id_prefix(self) -> str:
-        return f"f{self.frontend_index}-" if self.frontend_index else ""
-
-
-class WorkerPool:
+class WorkerPool(Supervisor):
     def __init__(self, label: str, load_template: LoadModel, settings: PoolSettings) -> None:
-        self.label = label
-        self.settings = settings
+        super().__init__(label, settings)
         self._template = load_template
-        self.state = PoolState.STARTING
-        self.target = 0
         self.workers: dict[str, WorkerProcess] = {}
-        self.restarts = 0
-        self.last_error: str | None = None
-        self.signature: ModelLoaded | None = None
-        """What the first worker to load reported: inputs, outputs, platform."""
         self._idle: deque[WorkerProcess] = deque()
         self._idle_event = asyncio.Event()
         self._state_changed = asyncio.Event()
@@ -119,31 +64,24 @@ class WorkerPool:
         self._batch_ids = itertools.count()
         self._spares_out = 0
         """Workers holding a second batch behind the one they work on (``take_spare``)."""
-        self._startup_failures = 0
         self._shortages = 0
         """Starts in a row that failed for lack of descriptors, processes or memory (``short_of_resources``)."""
-        self._restart_delay_s = 0.0
-        self._tasks: set[asyncio.Task[None]] = set()
         self._memory_task: asyncio.Task[None] | None = None
         self._gpus = visible_gpus()
 
     # -- sizing -----------------------------------------------------------------------------
     async def scale(self, target: int, wait: bool = True) -> None:
         """Grow or shrink to ``target`` workers; with ``wait``, return once started ones load."""
-        if self.state in (PoolState.FAILED, PoolState.STOPPED):
-            self.state = PoolState.STARTING
-            self._startup_failures = 0
-            self.last_error = None
+        self._revive()
         self.target = target
         if self.settings.memory_limit_bytes and self._memory_task is None:
-            self._memory_task = asyncio.ensure_future(self._watch_memory())
-            self._tasks.add(self._memory_task)
+            self._memory_task = self._track(self._watch_memory())
         live = [w for w in self.workers.values() if not w.retiring]
-        starts = [self._spawn() for _ in range(target - len(live))]
+        starts = [self._start() for _ in range(target - len(live))]
         for worker in live[target:] if target < len(live) else []:
             self._retire(worker)
         if target == 0 or not starts:
-            self._settle_state()
+            self._settle()
         for start in starts:
             self._track(start)
         if wait and starts:
@@ -162,12 +100,9 @@ class WorkerPool:
             self._track(self._stop(worker))
 
     async def stop(self) -> None:
-        self.state = PoolState.STOPPED
-        self.target = 0
-        self._idle_event.set()
-        self._state_changed.set()
-        for task in list(self._tasks):
-            task.cancel()
+        self.state, self.target = PoolState.STOPPED, 0
+        self._wake()
+        self._cancel_tasks()
         await asyncio.gather(*(self._stop(w) for w in list(self.workers.values())), return_exceptions=True)
 
     async def _stop(self, worker: WorkerProcess) -> None:
@@ -175,7 +110,7 @@ class WorkerPool:
         await worker.stop()
 
     # -- starting and replacing ----------------------------------------------------------------
-    async def _spawn(self, delay_s: float = 0.0) -> None:
+    async def _start(self, delay_s: float = 0.0) -> None:
         if delay_s:
             await asyncio.sleep(delay_s)
         if self.state == PoolState.STOPPED or self._live_count() >= self.target:
@@ -199,12 +134,11 @@ class WorkerPool:
             else:
                 self._on_start_failure(str(exc))
             return
-        self._startup_failures = self._shortages = 0
-        if worker.loaded is not None:
-            self.signature = worker.loaded
+        self._shortages = 0
+        self._loaded(worker.loaded)
         self._track(self._watch(worker))
         self._make_idle(worker)
-        self._settle_state()
+        self._settle()
 
     def _on_resource_shortage(self, reason: str) -> None:
         """The machine, not the model, stopped the start (no descriptors, processes or memory to spare): retried
@@ -213,24 +147,6 @@ class WorkerPool:
         self.last_error = reason
         self._start_again(self._shortages, f"could not start for lack of resources ({reason})", floor_s=1.0)
 
-    def _on_start_failure(self, reason: str) -> None:
-        self._startup_failures += 1
-        self.last_error = reason
-        if self._startup_failures >= self.settings.max_startup_failures:
-            log.error("%s failed to start %d times; marking it FAILED: %s", self.label, self._startup_failures, reason)
-            self.state = PoolState.FAILED
-            self._idle_event.set()
-            self._state_changed.set()
-            return
-        self._start_again(self._startup_failures, f"failed to start ({reason})")
-
-    def _start_again(self, attempts: int, why: str, floor_s: float = 0.0) -> None:
-        """Start a worker again after a doubling delay (1, 2, 4 s, ... at most ``restart_backoff_max_s``, and at
-        least ``floor_s`` there: a start that fails for the machine's sake is not retried in a tight loop)."""
-        delay = min(2.0 ** (attempts - 1), max(floor_s, self.settings.restart_backoff_max_s))
-        log.warning("%s worker %s; retrying in %.1f s", self.label, why, delay)
-        self._track(self._spawn(delay))
-
     async def _watch(self, worker: WorkerProcess) -> None:
         code = await worker.wait_dead()
         known = self.workers.pop(worker.worker_id, None) is not None
@@ -238,13 +154,7 @@ class WorkerPool:
             self._idle.remove(worker)
         if not known or worker.retiring or self.state == PoolState.STOPPED:
             return
-        self.last_error = f"worker pid {worker.pid} {worker.exit_cause(code)}"
-        log.warning("%s: %s; replacing it", self.label, self.last_error)
-        self.restarts += 1
-        delay = self._restart_delay_s
-        self._restart_delay_s = min(max(1.0, delay * 2), self.settings.restart_backoff_max_s)
-        self._settle_state()
-        self._track(self._spawn(delay))
+        self._replace(f"worker pid {worker.pid} {worker.exit_cause(code)}")
 
     async def _watch_memory(self) -> None:
         import psutil
@@ -306,7 +216,7 @@ class WorkerPool:
             raise
         finally:
             self._unassign(worker)
-        self._restart_delay_s = 0.0
+        self._answered()
         self._hand_back(worker)
         return result
 
@@ -349,15 +259,9 @@ class WorkerPool:
             1 for w in self.workers.values() if w.state in (WorkerState.READY, WorkerState.BUSY) and not w.retiring
         )
 
-    def _settle_state(self) -> None:
+    def _wake(self) -> None:
+        self._idle_event.set()
         self._state_changed.set()
-        if self.state in (PoolState.FAILED, PoolState.STOPPED):
-            return
-        self.state = PoolState.READY if self.ready_count() >= self.target else PoolState.STARTING
-
-    @property
-    def healthy(self) -> bool:
-        return self.state != PoolState.FAILED and self.ready_count() >= self.target
 
     def _unavailable_reason(self) -> str:
         if self.state == PoolState.STOPPED:
@@ -366,16 +270,6 @@ class WorkerPool:
 
     def _cpu_threads(self) -> int:
         return max(1, (os.cpu_count() or 1) // max(1, self.target))
-
-    def _track(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("%s: background task failed: %r", self.label, task.exception())
 
     def describe_workers(self) -> list[dict[str, object]]:
         import psutil
@@ -400,4 +294,4 @@ class WorkerPool:
         return rows
 
 
-__all__ = ["DMSError", "Placement", "PoolSettings", "PoolState", "WorkerPool"]
+__all__ = ["DMSError", "WorkerPool"]

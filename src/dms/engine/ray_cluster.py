@@ -15,7 +15,7 @@ import ray
 
 from dms.archive.bare import BARE_ARCHIVER
 from dms.archive.shipping import ModelPack, pack_model_dir
-from dms.engine.pool import Placement
+from dms.engine.supervision import Placement
 from dms.errors import DMSError
 from dms.messages import LoadModel
 from dms.worker.ray_actor import CONCURRENCY_GROUPS, WorkerActor

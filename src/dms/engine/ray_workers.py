@@ -17,14 +17,13 @@ import itertools
 import logging
 import time
 from collections import deque
-from collections.abc import Coroutine
 from typing import Any
 
 import msgspec
 import ray.exceptions
 
-from dms.engine.pool import PoolSettings, PoolState
 from dms.engine.ray_cluster import RayCluster
+from dms.engine.supervision import PoolSettings, PoolState, Supervisor
 from dms.engine.worker_process import WorkerState, unavailable
 from dms.engine.workers import ModelWorkers, WorkersFactory
 from dms.errors import InternalError, RequestTimeoutError, WorkerDiedError, error_from_wire
@@ -65,34 +64,24 @@ class RayWorker:
         return None
 
 
-class RayWorkers:
+class RayWorkers(Supervisor):
     def __init__(self, label: str, template: LoadModel, settings: PoolSettings, cluster: RayCluster, max_pack: int):
-        self.label = label
-        self.settings = settings
+        super().__init__(label, settings)
         self._template = template
         self._cluster = cluster
         self._max_pack = max_pack
-        self.state = PoolState.STARTING
-        self.target = 0
         self.workers: dict[str, RayWorker] = {}
-        self.restarts = 0
-        self.last_error: str | None = None
-        self.signature: ModelLoaded | None = None
         self._idle: deque[RayWorker] = deque()
         self._changed = asyncio.Event()
         self._ids = itertools.count()
         self._batch_ids = itertools.count()
-        self._startup_failures = 0
-        self._restart_delay_s = 0.0
         self._pack: tuple[str, Any] | None = None
         self._pack_lock = asyncio.Lock()
-        self._tasks: set[asyncio.Task[None]] = set()
         self._poll: asyncio.Task[None] | None = None
 
     # -- sizing -----------------------------------------------------------------------------
     async def scale(self, target: int, wait: bool = True) -> None:
-        if self.state in (PoolState.FAILED, PoolState.STOPPED):
-            self.state, self._startup_failures, self.last_error = PoolState.STARTING, 0, None
+        self._revive()
         self.target = target
         if self._poll is None:
             self._poll = self._track(self._poll_memory())
@@ -127,8 +116,7 @@ class RayWorkers:
     async def stop(self) -> None:
         self.state, self.target = PoolState.STOPPED, 0
         self._wake()
-        for task in list(self._tasks):
-            task.cancel()
+        self._cancel_tasks()
         for worker in list(self.workers.values()):
             self._end(worker)
 
@@ -182,8 +170,7 @@ class RayWorkers:
                 reply = error_from_wire(reply.error.type_name, reply.error.message).message
             self._on_start_failure(reply)
             return
-        self._startup_failures = 0
-        self.signature = self.signature or reply
+        self._loaded(reply)
         worker.state = WorkerState.READY
         self._track(self._watch(worker))
         self._make_idle(worker)
@@ -210,22 +197,6 @@ class RayWorkers:
     def _asked(self) -> str:
         return ", ".join(f"{name} {amount:g}" for name, amount in self.settings.placement.demand().items())
 
-    def _on_start_failure(self, reason: str) -> None:
-        self._startup_failures += 1
-        self.last_error = reason
-        if self._startup_failures >= self.settings.max_startup_failures:
-            log.error("%s failed to start %d times; marking it FAILED: %s", self.label, self._startup_failures, reason)
-            self.state = PoolState.FAILED
-            self._wake()
-            return
-        self._start_again(self._startup_failures, f"failed to start ({reason})")
-
-    def _start_again(self, attempts: int, why: str, floor_s: float = 0.0) -> None:
-        delay = min(2.0 ** (attempts - 1), max(floor_s, self.settings.restart_backoff_max_s))
-        log.warning("%s worker %s; retrying in %.1f s", self.label, why, delay)
-        self._settle()
-        self._track(self._start(delay))
-
     async def _watch(self, worker: RayWorker) -> None:
         """Wait for the worker's death (its ``watch`` call fails then); replace it unless it was let go."""
         cause = "its watch call ended"
@@ -238,13 +209,7 @@ class RayWorkers:
         if not known or worker.retiring or self.state == PoolState.STOPPED:
             return
         where = worker.placed.node_ip if worker.placed else "?"
-        self.last_error = f"worker {worker.worker_id} on node {where} died: {cause}"
-        log.warning("%s: %s; replacing it", self.label, self.last_error)
-        self.restarts += 1
-        delay = self._restart_delay_s
-        self._restart_delay_s = min(max(1.0, delay * 2), self.settings.restart_backoff_max_s)
-        self._settle()
-        self._track(self._start(delay))
+        self._replace(f"worker {worker.worker_id} on node {where} died: {cause}")
 
     async def _poll_memory(self) -> None:
         """Each worker's resident memory, for describe; a worker over the model's limit is replaced."""
@@ -303,7 +268,7 @@ class RayWorkers:
         except BaseException:
             self._cluster.kill(worker.actor)
             raise
-        self._restart_delay_s = 0.0
+        self._answered()
         self.release(worker)
         return _result_decoder.decode(reply)
 
@@ -339,28 +304,8 @@ class RayWorkers:
         starting = [w for w in self._live() if w.state == WorkerState.STARTING]
         return bool(starting) and all(w.waiting_for_room for w in starting)
 
-    def _settle(self) -> None:
-        if self.state not in (PoolState.FAILED, PoolState.STOPPED):
-            self.state = PoolState.READY if self.ready_count() >= self.target else PoolState.STARTING
-        self._wake()
-
     def _wake(self) -> None:
         self._changed.set()
-
-    @property
-    def healthy(self) -> bool:
-        return self.state != PoolState.FAILED and self.ready_count() >= self.target
-
-    def _track(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("%s: background task failed: %r", self.label, task.exception())
 
     def describe_workers(self) -> list[dict[str, object]]:
         rows: list[dict[str, object]] = []

@@ -11,7 +11,8 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from dms.engine.batcher import Executor
-from dms.engine.pool import PoolSettings, PoolState, WorkerPool
+from dms.engine.pool import WorkerPool
+from dms.engine.supervision import PoolSettings, PoolState
 from dms.engine.worker_process import WorkerState
 from dms.messages import LoadModel, ModelLoaded
 

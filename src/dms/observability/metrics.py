@@ -21,7 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from dms.dataplane import DataPlane
-from dms.engine.pool import PoolState
+from dms.engine.supervision import PoolState
 from dms.naming import LOGGED_LENGTH, loggable
 from dms.observability.recent import WINDOW_S, RecentOutcomes
 from dms.observability.tallies import Buckets, Count, CounterTally, HistogramTally, TallyCollector
