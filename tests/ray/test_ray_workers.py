@@ -70,6 +70,10 @@ def test_workers_spread_over_both_worker_nodes_and_answer_rest_and_grpc(front: D
     assert {w["nodeId"] for w in workers} == ray_cluster.node_ids()  # one on each worker node, none on the head
     assert all(w["pid"] > 0 and w["node"] for w in workers)
     wait_for(lambda: all(w["memoryUsage"] > 0 for w in _ready_workers(front, "squeezenet")), what="memory polled")
+    exposition = httpx.get(f"{front.metrics_url}/metrics", timeout=30).text
+    for worker in workers:  # the memory polled from each actor is a metric too
+        series = f'dms_worker_resident_memory_bytes{{model="squeezenet",version="1.0",worker="{worker["id"]}"}}'
+        assert series in exposition, exposition
 
     response = _kitten(front)
     assert response.status_code == 200, response.text

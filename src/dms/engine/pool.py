@@ -157,20 +157,13 @@ class WorkerPool(Supervisor):
         self._replace(f"worker pid {worker.pid} {worker.exit_cause(code)}")
 
     async def _watch_memory(self) -> None:
-        import psutil
-
         limit = self.settings.memory_limit_bytes
         assert limit is not None
         while self.state != PoolState.STOPPED:
             await asyncio.sleep(self.settings.memory_check_interval_s)
             for worker in list(self.workers.values()):
-                if worker.pid is None:
-                    continue
-                try:
-                    rss = psutil.Process(worker.pid).memory_info().rss
-                except psutil.Error:
-                    continue
-                if rss > limit:
+                rss = worker.resident_bytes()
+                if rss is not None and rss > limit:
                     reason = f"its memory ({rss // 2**20} MiB) passed the model's limit ({limit // 2**20} MiB)"
                     log.warning("%s: worker pid %s %s", self.label, worker.pid, reason)
                     worker.kill(reason)
@@ -272,21 +265,15 @@ class WorkerPool(Supervisor):
         return max(1, (os.cpu_count() or 1) // max(1, self.target))
 
     def describe_workers(self) -> list[dict[str, object]]:
-        import psutil
-
         rows: list[dict[str, object]] = []
         for worker in self.workers.values():
-            memory = 0
-            if worker.pid is not None:
-                with contextlib.suppress(psutil.Error):
-                    memory = psutil.Process(worker.pid).memory_info().rss
             rows.append(
                 {
                     "id": worker.worker_id,
                     "pid": worker.pid,
                     "startTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(worker.started_at)),
                     "status": worker.state.value,
-                    "memoryUsage": memory,
+                    "memoryUsage": worker.resident_bytes() or 0,
                     "gpu": worker.load.gpu_id is not None,
                     "gpuId": worker.load.gpu_id,
                 }

@@ -63,6 +63,10 @@ class RayWorker:
         """None: its process is on a node of the cluster, not necessarily this machine's (describe has it)."""
         return None
 
+    def resident_bytes(self) -> int | None:
+        """Its memory as last polled from the actor (``MEMORY_POLL_S``); None before the first poll."""
+        return self.memory or None
+
 
 class RayWorkers(Supervisor):
     def __init__(self, label: str, template: LoadModel, settings: PoolSettings, cluster: RayCluster, max_pack: int):

@@ -174,6 +174,17 @@ class WorkerProcess:
                 self.state = WorkerState.DEAD
                 self.kill()
 
+    def resident_bytes(self) -> int | None:
+        """Its process's resident memory (None before it started or once it is gone)."""
+        import psutil
+
+        if self.pid is None:
+            return None
+        try:
+            return int(psutil.Process(self.pid).memory_info().rss)
+        except psutil.Error:
+            return None
+
     @property
     def queued_requests(self) -> int:
         """Requests in the batch waiting in its socket behind the one it is working on."""

@@ -29,6 +29,10 @@ class WorkerView(Protocol):
     @property
     def pid(self) -> int | None: ...
 
+    def resident_bytes(self) -> int | None:
+        """Its resident memory, or None when not known (not started, or already gone)."""
+        ...
+
 
 class ModelWorkers(Executor[Any], Protocol):
     """A model version's workers: batches in (``Executor``), and their size, state and description."""

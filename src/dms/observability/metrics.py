@@ -9,13 +9,11 @@ multi-process mode of prometheus_client is not needed.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import psutil
 from prometheus_client import CollectorRegistry, Gauge, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -68,10 +66,9 @@ class _DataPlaneCollector(Collector):
             states: dict[str, int] = {}
             for worker in model.pool.workers.values():
                 states[worker.state.value] = states.get(worker.state.value, 0) + 1
-                if worker.pid is not None:
-                    with contextlib.suppress(psutil.Error):
-                        rss = psutil.Process(worker.pid).memory_info().rss
-                        memory.add_metric([*key, worker.worker_id], rss)
+                rss = worker.resident_bytes()
+                if rss is not None:
+                    memory.add_metric([*key, worker.worker_id], rss)
             for state, count in states.items():
                 workers.add_metric([*key, state], count)
             recent.add_metric(key, self.recent.error_ratio((model.name, model.version))[1])

@@ -33,6 +33,9 @@ class FakeWorker:
     def pid(self) -> int | None:
         return None
 
+    def resident_bytes(self) -> int | None:
+        return None
+
 
 class FakeWorkers(Supervisor):
     def __init__(self, label: str, template: LoadModel, settings: PoolSettings, plan: FakePlan) -> None:
