@@ -96,7 +96,7 @@ class Autoscaler:
             key = (model.name, model.version)
             seen.add(key)
             pool, batcher = model.pool, model.batcher
-            minimum, maximum = model.extra.get("min_workers", pool.target), model.extra.get("max_workers", 0)
+            minimum, maximum = model.min_workers, model.max_workers
             if maximum <= minimum or pool.state in (PoolState.FAILED, PoolState.STOPPED):
                 self._scalers.pop(key, None)
                 continue

@@ -158,8 +158,9 @@ class DataPlane:
             loaded_at_startup=loaded_at_startup,
             overrides={k: v for k, v in (overrides or {}).items() if v is not None},
             handler_override=handler,
+            min_workers=config.initial_workers,
+            max_workers=config.max_workers,
         )
-        model.extra.update(min_workers=config.initial_workers, max_workers=config.max_workers)
         self.registry.add(model)
         batcher.start()
         if self._autoscale and self._autoscaler is None:
@@ -219,13 +220,13 @@ class DataPlane:
         if min_workers > ceiling:
             raise InputError(f"min_worker {min_workers} is over max_workers_per_model ({ceiling})")
         model = self.registry.get(name, version)
-        target_before, extra_before = model.pool.target, dict(model.extra)
-        model.extra.update(min_workers=min_workers, max_workers=max(min_workers, max_workers or min_workers))
+        target_before, bounds_before = model.pool.target, (model.min_workers, model.max_workers)
+        model.min_workers, model.max_workers = min_workers, max(min_workers, max_workers or min_workers)
         await model.pool.scale(min_workers, wait=synchronous)
         try:
             self._changed()
         except InsufficientStorageError:  # not recorded: back to the workers it had
-            model.extra = extra_before
+            model.min_workers, model.max_workers = bounds_before
             await model.pool.scale(target_before, wait=False)
             raise
         return model
@@ -251,7 +252,7 @@ class DataPlane:
                 version=model.version,
                 url=model.url,
                 archive=str(model.archive.source),
-                workers=model.extra.get("min_workers", model.pool.target),
+                workers=model.min_workers,
                 is_default=self.registry.default_version(model.name) == model.version,
                 overrides=model.overrides,
                 handler=model.handler_override,
@@ -331,8 +332,8 @@ class DataPlane:
             "isDefault": is_default,
             "status": pool.state.value,
             "lastError": pool.last_error,
-            "minWorkers": model.extra.get("min_workers", pool.target),
-            "maxWorkers": max(pool.target, model.extra.get("max_workers", config.max_workers)),
+            "minWorkers": model.min_workers,
+            "maxWorkers": max(pool.target, model.max_workers),
             "currentWorkers": pool.target,
             "batchSize": config.batch_size,
             "maxBatchDelay": config.max_batch_delay_ms,

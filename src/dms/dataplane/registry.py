@@ -28,7 +28,10 @@ class ModelVersion:
     overrides: dict[str, Any] = field(default_factory=dict)
     """Settings given at registration, kept so a snapshot can register the model the same way."""
     handler_override: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    min_workers: int = 0
+    """The workers asked for at registration or by the last scale (``min_worker``): the snapshot keeps it."""
+    max_workers: int = 0
+    """``max_worker``: with ``DataPlane(autoscale=True)`` the workers may grow up to it on load."""
 
 
 class ModelRegistry:

@@ -256,11 +256,6 @@ class WorkerPool(Supervisor):
         self._idle_event.set()
         self._state_changed.set()
 
-    def _unavailable_reason(self) -> str:
-        if self.state == PoolState.STOPPED:
-            return "it is being unregistered or the server is stopping"
-        return f"its workers failed to start ({self.last_error})"
-
     def _cpu_threads(self) -> int:
         return max(1, (os.cpu_count() or 1) // max(1, self.target))
 

@@ -101,11 +101,16 @@ def unplaceable_reason(demand: dict[str, float], nodes: list[dict[str, float]]) 
     """None when one of ``nodes`` (each node's total resources) has all of ``demand``; else the reason."""
     if any(all(node.get(name, 0.0) >= amount for name, amount in demand.items()) for node in nodes):
         return None
-    asked = ", ".join(f"{name} {_amount(name, amount)}" for name, amount in sorted(demand.items()))
-    offered = "; ".join(
-        ", ".join(f"{name} {_amount(name, node.get(name, 0.0))}" for name in sorted(demand)) for node in nodes
+    offered = "; ".join(demand_text({name: node.get(name, 0.0) for name in demand}) for node in nodes)
+    return (
+        f"no node of the Ray cluster offers what each worker asks ({demand_text(demand)}); "
+        f"its nodes offer: {offered or 'none'}"
     )
-    return f"no node of the Ray cluster offers what each worker asks ({asked}); its nodes offer: {offered or 'none'}"
+
+
+def demand_text(amounts: dict[str, float]) -> str:
+    """Resources as a reader wants them: ``CPU 1, GPU 1, memory 4096 MiB``, by name."""
+    return ", ".join(f"{name} {_amount(name, amounts[name])}" for name in sorted(amounts))
 
 
 def _amount(name: str, amount: float) -> str:

@@ -22,7 +22,7 @@ from typing import Any
 import msgspec
 import ray.exceptions
 
-from dms.engine.ray_cluster import RayCluster
+from dms.engine.ray_cluster import RayCluster, demand_text
 from dms.engine.supervision import PoolSettings, PoolState, Supervisor
 from dms.engine.worker_process import WorkerState, unavailable
 from dms.engine.workers import ModelWorkers, WorkersFactory
@@ -178,6 +178,7 @@ class RayWorkers(Supervisor):
         worker.state = WorkerState.READY
         self._track(self._watch(worker))
         self._make_idle(worker)
+        self._settle()
         log.info("%s: worker %s ready on node %s (pid %s)", self.label, worker_id, worker.placed.node_ip, reply.pid)
 
     async def _packed(self) -> tuple[str, Any]:
@@ -192,14 +193,12 @@ class RayWorkers(Supervisor):
         reason = await self._cluster.unplaceable(self.settings.placement)
         if reason is None:
             await asyncio.sleep(ROOM_WAIT_S)
-            reason = f"waiting for room on the Ray cluster for {ROOM_WAIT_S:g} s (each worker asks {self._asked()})"
+            asked = demand_text(self.settings.placement.demand())
+            reason = f"waiting for room on the Ray cluster for {ROOM_WAIT_S:g} s (each worker asks {asked})"
         worker.error_before = self.last_error
         worker.waiting_for_room = self.last_error = reason
         log.warning("%s: worker %s cannot be placed: %s", self.label, worker.worker_id, reason)
         self._wake()
-
-    def _asked(self) -> str:
-        return ", ".join(f"{name} {amount:g}" for name, amount in self.settings.placement.demand().items())
 
     async def _watch(self, worker: RayWorker) -> None:
         """Wait for the worker's death (its ``watch`` call fails then); replace it unless it was let go."""
@@ -233,10 +232,7 @@ class RayWorkers(Supervisor):
     async def acquire(self) -> RayWorker:
         while True:
             if self.state in (PoolState.FAILED, PoolState.STOPPED):
-                reason = "it is being unregistered or the server is stopping"
-                if self.state == PoolState.FAILED:
-                    reason = f"its workers failed to start ({self.last_error})"
-                raise unavailable(self.label, reason)
+                raise unavailable(self.label, self._unavailable_reason())
             while self._idle:
                 worker = self._idle.pop()
                 if worker.state == WorkerState.READY and not worker.retiring:
@@ -250,7 +246,6 @@ class RayWorkers(Supervisor):
     async def execute(self, worker: RayWorker, items: list[RequestItem]) -> BatchResult:
         frame = _encoder.encode(Batch(batch_id=next(self._batch_ids), items=items))
         timeout = self.settings.response_timeout_s
-        where = worker.placed.node_ip if worker.placed else "?"
         try:
             async with asyncio.timeout(timeout):
                 reply = await worker.actor.run_batch.remote(frame)
@@ -262,6 +257,7 @@ class RayWorkers(Supervisor):
             ) from None
         except ray.exceptions.RayActorError as exc:
             worker.state = WorkerState.DEAD
+            where = worker.placed.node_ip if worker.placed else "?"
             raise WorkerDiedError(
                 f"the worker of model {self._template.model_name} on node {where} died while handling this "
                 f"request ({_first_line(exc)}); it is being replaced"
@@ -284,18 +280,9 @@ class RayWorkers(Supervisor):
         elif worker.state == WorkerState.READY:
             self._make_idle(worker)
 
-    def take_spare(self) -> RayWorker | None:
-        return None
-
-    def withdraw(self, worker: RayWorker, item: RequestItem) -> None:
-        return None
-
-    def waiting(self) -> int:
-        return 0
-
     def _make_idle(self, worker: RayWorker) -> None:
         self._idle.append(worker)
-        self._settle()
+        self._wake()
 
     # -- state --------------------------------------------------------------------------------
     def _live(self) -> list[RayWorker]:

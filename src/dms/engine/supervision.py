@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from dms.messages import ModelLoaded
+from dms.messages import ModelLoaded, RequestItem
 
 log = logging.getLogger("dms.pool")
 
@@ -143,6 +143,24 @@ class Supervisor(ABC):
     def _answered(self) -> None:
         """A batch was answered: the next death is replaced at once again."""
         self._restart_delay_s = 0.0
+
+    def _unavailable_reason(self) -> str:
+        """Why the pool takes no batch any more (it is FAILED or STOPPED)."""
+        if self.state == PoolState.STOPPED:
+            return "it is being unregistered or the server is stopping"
+        return f"its workers failed to start ({self.last_error})"
+
+    # -- the batcher's ``Executor``, for a pool that sends no batch ahead to a busy worker ----------------------
+    def take_spare(self) -> Any:
+        """None: no worker takes a second batch (``WorkerPool`` overrides this)."""
+        return None
+
+    def withdraw(self, worker: Any, item: RequestItem) -> None:
+        """Nothing to withdraw: no batch waits behind another."""
+        return None
+
+    def waiting(self) -> int:
+        return 0
 
     @property
     def healthy(self) -> bool:

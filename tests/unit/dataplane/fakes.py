@@ -90,7 +90,7 @@ class FakeWorkers(Supervisor):
     async def acquire(self) -> FakeWorker:
         while True:
             if self.state in (PoolState.FAILED, PoolState.STOPPED):
-                raise unavailable(self.label, f"its workers failed to start ({self.last_error})")
+                raise unavailable(self.label, self._unavailable_reason())
             if self._idle:
                 worker = self._idle.pop()
                 worker.state = WorkerState.BUSY
@@ -110,15 +110,6 @@ class FakeWorkers(Supervisor):
         if worker.worker_id in self.workers:
             self._idle.append(worker)
         self._wake()
-
-    def take_spare(self) -> FakeWorker | None:
-        return None
-
-    def withdraw(self, worker: FakeWorker, item: RequestItem) -> None:
-        return None
-
-    def waiting(self) -> int:
-        return 0
 
     def describe_workers(self) -> list[dict[str, object]]:
         return [{"id": w.worker_id, "status": w.state.value, "batches": len(w.batches)} for w in self.workers.values()]
