@@ -158,10 +158,13 @@ def top_functions(collapsed: Path, count: int) -> tuple[list[tuple[str, float]],
 STAGES: list[tuple[str, tuple[str, ...]]] = [
     # (stage, substrings of the sampled frame's own function and file); first match wins
     (
-        "HTTP response write (socket write; uvicorn's send on ASGI)",
-        ("InferenceHttpProtocol._write ", "RequestResponseCycle.send "),
+        "HTTP response write (socket write; the ASGI bridge's send)",
+        ("Http1Connection.write_reply ", "AsgiCall.send "),
     ),
-    ("HTTP parse and set-up (httptools callbacks, rest/http1.py; ASGI)", ("rest/http1.py", "uvicorn/")),
+    (
+        "HTTP parse and set-up (httptools callbacks, rest/http1_server.py, httputil/http1_wire.py; ASGI)",
+        ("rest/http1_server.py", "httputil/http1_wire.py", "rest/calls.py", "rest/asgi_bridge.py", "uvicorn/"),
+    ),
     ("event loop (uvloop: epoll, socket reads, callbacks)", ("Runner.run ",)),
     ("IPC to workers (msgpack frames on a socket pair)", ("worker_process.py", "worker_link.py", "messages.py")),
     ("metrics, access log, request ids", ("prometheus_client/", "observability/", "logging/")),

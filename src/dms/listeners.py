@@ -1,5 +1,6 @@
-"""The server's open ports: the inference, management and metrics HTTP servers (uvicorn) and gRPC
-(grpcio, or uvicorn's HTTP/2), built from the settings, opened together and closed with a grace period.
+"""The server's open ports: the inference, management and metrics HTTP servers (DMS's own HTTP/1.1,
+``dms.rest.http1_server``) and gRPC (uvicorn's HTTP/2, or grpcio), built from the settings, opened together
+and closed with a grace period.
 
 With several frontends (``dms.frontends``) the inference and gRPC ports are bound with ``SO_REUSEPORT``
 (``listening_socket``), and a frontend after the first opens the inference API and gRPC only.
@@ -17,13 +18,15 @@ from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
+from starlette.types import ASGIApp
 
 from dms.auth import KeyStore
 from dms.dataplane import DataPlane
 from dms.httputil.connection_deadlines import ConnectionBudget, ReadLimits
 from dms.observability.metrics import ServerMetrics
-from dms.rest.http1_connection import http1_protocol
-from dms.rest.inference import build_inference_app, inference_forwarders
+from dms.rest.calls import CallRouter
+from dms.rest.http1_server import Http1Server
+from dms.rest.inference import build_inference_app
 from dms.rest.management import build_management_app
 from dms.rest.metrics import build_metrics_app
 from dms.settings import ServerSettings, parse_address
@@ -36,20 +39,15 @@ log = logging.getLogger("dms.server")
 GRPC_IDLE_CONNECTION_S = 600
 
 
-class _Server(uvicorn.Server):
-    """A uvicorn server that leaves signal handling to ``serve_forever``, and whose stop serves the connections
-    its port had accepted but not yet handed over."""
+class _GrpcServer(uvicorn.Server):
+    """The gRPC port's uvicorn server, which leaves signal handling to ``serve_forever``, and whose stop serves
+    the connections its port had accepted but not yet handed over (as ``Http1Server.stop`` does)."""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        """uvicorn's stop, after the connections waiting in the port's backlog are taken up. Closing a listening
-        socket resets the connections the kernel completed for it that nobody accepted yet, so their clients,
-        which may have sent a whole request, see it fail unread. A duplicate of the socket keeps them while the
-        port stops accepting; they are accepted and served as any other connection open at the stop (one
-        request each, then closed), and only then does the port close."""
         held = [sock.dup() for sock in sockets or []]
         for server in self.servers:
             server.close()
@@ -79,34 +77,15 @@ class _Server(uvicorn.Server):
             )
 
 
-def _uvicorn_server(
-    app: Any, address: str, settings: ServerSettings, limits: ReadLimits, http: Any = None, **options: Any
-) -> _Server:
-    """A uvicorn server; ``http`` is its protocol class, by default ``Http1Protocol`` (``dms.rest.http1_connection``:
-    uvicorn's httptools one with paced reading, the idle and read deadlines and ``limits``)."""
-    host, port = parse_address(address)
-    grace_s = settings.graceful_shutdown_s
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        lifespan="off",
-        http=http or http1_protocol(limits),
-        ws="none",
-        access_log=False,
-        log_config=None,
-        server_header=False,
-        # Nothing reads the client address, so X-Forwarded-* need not be parsed on every request.
-        proxy_headers=False,
-        timeout_graceful_shutdown=int(grace_s) or None,
-        **options,
-    )
-    return _Server(config)
+def http_server(app: ASGIApp, settings: ServerSettings, limits: ReadLimits) -> Http1Server:
+    """An HTTP port serving ``app`` (a ``CallRouter``, or any ASGI app, which one is made for)."""
+    router = app if isinstance(app, CallRouter) else CallRouter(app)
+    return Http1Server(router, limits, settings.max_request_size_bytes)
 
 
-def unix_socket_server(app: Any, path: str, settings: ServerSettings) -> _Server:
-    """An HTTP server on a Unix socket (the control API of a frontend after the first)."""
-    return _uvicorn_server(app, "127.0.0.1:0", settings, ReadLimits.of(settings), uds=path)
+def unix_socket_server(app: ASGIApp, settings: ServerSettings) -> Http1Server:
+    """An HTTP server for a Unix socket (the control API of a frontend after the first; ``start_unix``)."""
+    return http_server(app, settings, ReadLimits.of(settings))
 
 
 def _grpc_h2_server(
@@ -115,7 +94,7 @@ def _grpc_h2_server(
     keys: KeyStore | None,
     repository: RepositoryChanges | None,
     limits: ReadLimits,
-) -> _Server:
+) -> _GrpcServer:
     """The gRPC service on uvicorn's HTTP/2 (``grpc_server = "uvicorn"``)."""
     from dms.grpc.h2 import GrpcApp
     from dms.grpc.h2_connection import grpc_protocol
@@ -127,34 +106,25 @@ def _grpc_h2_server(
     # With the fast path, ModelInfer calls are answered from the HTTP/2 events (dms.grpc.h2_connection).
     lean = servicer if settings.inference_fast_path else None
     protocol = grpc_protocol(lean, settings.grpc_message_limit, limits, settings.grpc_max_concurrent_streams)
-    # gRPC channels stay open between calls; uvicorn's 5 s idle limit would make clients reconnect often.
-    return _uvicorn_server(
+    host, port = parse_address(settings.grpc_address)
+    grace_s = settings.graceful_shutdown_s
+    config = uvicorn.Config(
         app,
-        settings.grpc_address,
-        settings,
-        limits,
+        host=host,
+        port=port,
+        lifespan="off",
         http=protocol,
+        ws="none",
+        access_log=False,
+        log_config=None,
+        server_header=False,
+        proxy_headers=False,
+        timeout_graceful_shutdown=int(grace_s) or None,
         date_header=False,
+        # gRPC channels stay open between calls; a 5 s idle limit would make clients reconnect often.
         timeout_keep_alive=GRPC_IDLE_CONNECTION_S,
     )
-
-
-def _inference_server(
-    dataplane: DataPlane, metrics: ServerMetrics, keys: KeyStore | None, limits: ReadLimits
-) -> _Server:
-    """The inference API; with ``inference_fast_path``, the forwarding routes skip Starlette (an ASGI
-    fast path) and, on connections that uvicorn's httptools protocol serves, ASGI itself (``dms.rest.http1``)."""
-    settings = dataplane.settings
-    forwarders = inference_forwarders(dataplane, metrics)
-    app = build_inference_app(dataplane, metrics, keys, forwarders)
-    if not settings.inference_fast_path:
-        return _uvicorn_server(app, settings.inference_address, settings, limits)
-    from dms.rest.fastpath import InferenceFastPath
-    from dms.rest.http1 import inference_protocol
-
-    fast_path = InferenceFastPath(app, forwarders, keys if settings.inference_token_auth else None)
-    protocol = inference_protocol(fast_path, limits)
-    return _uvicorn_server(fast_path, settings.inference_address, settings, limits, http=protocol)
+    return _GrpcServer(config)
 
 
 RESERVED_DESCRIPTORS_MIN = 64
@@ -230,7 +200,7 @@ def _repository_changes(
 
 
 class Listeners:
-    """The server's open ports: three HTTP servers (uvicorn) and the gRPC server.
+    """The server's open ports: three HTTP servers and the gRPC server.
 
     With ``second_frontend``, a frontend after the first (``dms.frontends``): the inference API and gRPC
     only. With ``frontends > 1`` the inference and gRPC ports are bound with ``SO_REUSEPORT``.
@@ -249,26 +219,21 @@ class Listeners:
         self.second_frontend = second_frontend
         # One budget of open connections for all the ports: the descriptors they take are the process's.
         limits = ReadLimits.of(settings, ConnectionBudget(connection_limit(settings)))
-        inference = _inference_server(dataplane, metrics, keys, limits)
-        self.http = [inference]
-        self.addresses: dict[_Server, str] = {inference: "inference_address"}
-        """Each HTTP server's address, by the name of its setting."""
-        self.shared: set[_Server] = {inference} if settings.frontends > 1 else set()
+        inference = http_server(build_inference_app(dataplane, metrics, keys), settings, limits)
+        self.http: dict[Http1Server, str] = {inference: "inference_address"}
+        """Each HTTP server, with the name of its address's setting."""
+        self.shared: set[object] = {inference} if settings.frontends > 1 else set()
         """The servers whose ports the other frontends bind too."""
         if not second_frontend:
             management = build_management_app(dataplane, metrics, keys, frontends)
-            manage = _uvicorn_server(management, settings.management_address, settings, limits)
-            measure = _uvicorn_server(build_metrics_app(metrics, frontends), settings.metrics_address, settings, limits)
-            self.http += [manage, measure]
-            self.addresses.update({manage: "management_address", measure: "metrics_address"})
+            self.http[http_server(management, settings, limits)] = "management_address"
+            self.http[http_server(build_metrics_app(metrics, frontends), settings, limits)] = "metrics_address"
         self.tasks: list[asyncio.Task[None]] = []
         self.grpc: Any = None
-        self.grpc_h2: _Server | None = None
+        self.grpc_h2: _GrpcServer | None = None
         repository = _repository_changes(settings, dataplane, keys, frontends, second_frontend)
         if settings.grpc_enabled and settings.grpc_server == "uvicorn":
             self.grpc_h2 = _grpc_h2_server(dataplane, metrics, keys, repository, limits)
-            self.http.append(self.grpc_h2)
-            self.addresses[self.grpc_h2] = "grpc_address"
             if settings.frontends > 1:
                 self.shared.add(self.grpc_h2)
         elif settings.grpc_enabled:
@@ -278,21 +243,30 @@ class Listeners:
 
     async def open(self) -> None:
         """Bind every port, or raise ``PortError`` saying which could not be bound and why (closing what opened)."""
-        sockets: dict[_Server, list[socket.socket]] = {}
-        for server, setting in self.addresses.items():
+        addresses: dict[Any, str] = dict(self.http)
+        if self.grpc_h2 is not None:
+            addresses[self.grpc_h2] = "grpc_address"
+        sockets: dict[Any, socket.socket] = {}
+        for server, setting in addresses.items():
             address = getattr(self.settings, setting)
             try:
-                sockets[server] = [listening_socket(address, shared=server in self.shared)]
+                sockets[server] = listening_socket(address, shared=server in self.shared)
             except OSError as exc:
                 for opened in sockets.values():
-                    opened[0].close()
+                    opened.close()
                 raise PortError(port_problem(address, setting, exc)) from None
-        self.tasks = [asyncio.create_task(server.serve(sockets=sockets[server])) for server in self.http]
-        while not all(server.started for server in self.http):
-            if any(task.done() for task in self.tasks):
-                await self.close(0)
-                raise PortError("the HTTP ports could not be served (see the log above)")
-            await asyncio.sleep(0.01)
+        for server in self.http:
+            sock = sockets[server]
+            sock.listen(2048)
+            await server.start(sock)
+        if self.grpc_h2 is not None:
+            grpc_h2 = self.grpc_h2
+            self.tasks = [asyncio.create_task(grpc_h2.serve(sockets=[sockets[grpc_h2]]))]
+            while not grpc_h2.started:
+                if self.tasks[0].done():
+                    await self.close(0)
+                    raise PortError("the gRPC port could not be served (see the log above)")
+                await asyncio.sleep(0.01)
         if self.grpc is not None:
             try:
                 await self.grpc.start()
@@ -303,9 +277,10 @@ class Listeners:
 
     async def close(self, grace_s: float) -> None:
         """Stop accepting; in-flight requests get up to ``grace_s`` to finish."""
-        for server in self.http:
-            server.should_exit = True
-        stopping: list[Any] = [asyncio.gather(*self.tasks, return_exceptions=True)]
+        if self.grpc_h2 is not None:
+            self.grpc_h2.should_exit = True
+        stopping: list[Any] = [server.stop(grace_s) for server in self.http]
+        stopping.append(asyncio.gather(*self.tasks, return_exceptions=True))
         if self.grpc is not None:
             stopping.append(self.grpc.stop(grace_s))
         await asyncio.gather(*stopping)

@@ -41,14 +41,14 @@ async def serve_replica(settings: ServerSettings, index: int, control_path: str)
     )
     follower = RegistryFollower(dataplane, keys)
     grace = settings.graceful_shutdown_s
-    control = unix_socket_server(build_control_app(follower, dataplane, metrics), control_path, settings)
+    control = unix_socket_server(build_control_app(follower, dataplane, metrics), settings)
     listeners = Listeners(settings, dataplane, metrics, keys, second_frontend=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     await loop.connect_read_pipe(lambda: _ParentWatch(stop), sys.stdin)
-    control_task = asyncio.create_task(control.serve())
+    await control.start_unix(control_path)
     waits = [asyncio.create_task(follower.first_registry.wait()), asyncio.create_task(stop.wait())]
     await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     for waiting in waits:
@@ -66,8 +66,7 @@ async def serve_replica(settings: ServerSettings, index: int, control_path: str)
         log.info("frontend %d (pid %d) serves %s", index, os.getpid(), listeners.describe())
         await stop.wait()
         await listeners.close(grace)
-    control.should_exit = True
-    await control_task
+    await control.stop(0)
     await dataplane.shutdown(grace)
     return 0 if opened else 1
 

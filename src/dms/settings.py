@@ -195,11 +195,10 @@ class ServerSettings(BaseSettings):
     logger_levels: dict[str, Literal["debug", "info", "warning", "error"]] = Field(default_factory=dict)
     """Levels of single loggers, e.g. ``{"dms.access": "warning"}``."""
     inference_fast_path: bool = True
-    """Answer /predictions, OIP REST infer and KServe v1 predict straight from the HTTP/1.1 parser's
-    callbacks (``dms.rest.http1``; an ASGI shortcut past the Starlette router for the requests it leaves
-    to ASGI) instead of through uvicorn's ASGI cycle and the router, and, with ``grpc_server = "uvicorn"``,
-    unary ``ModelInfer`` calls straight from the HTTP/2 events (``dms.grpc.h2_connection``): same answers,
-    less CPU per request. Off, every request takes the plain ASGI path (Starlette, ``GrpcApp``)."""
+    """With ``grpc_server = "uvicorn"``, answer unary ``ModelInfer`` calls straight from the HTTP/2 events
+    (``dms.grpc.h2_connection``) rather than through uvicorn's ASGI cycle to ``GrpcApp``: same answers, less CPU
+    per call. (HTTP has one path, which always answers the forwarding routes without ASGI:
+    ``dms.rest.http1_server``.)"""
     access_log: bool = True
     """One ``dms.access`` line per request: time, request id, transport, model, version, status, latency, batch."""
     ray_address: str | None = None

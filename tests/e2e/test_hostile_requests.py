@@ -233,7 +233,7 @@ def test_too_many_headers_get_431(server: DmsServer, port: str):
 
 
 def test_the_lean_path_refuses_a_long_head_too(server: DmsServer):
-    """/predictions is answered from the parser's callbacks (dms.rest.http1): its heads are held to the limit."""
+    """/predictions is answered with no ASGI app (dms.rest.calls): its heads are held to the limit."""
     headers = {f"X-Big-{i}": "b" * 8000 for i in range(10)}
     with watched(server, linear_infer(server)):
         response = httpx.post(f"{server.inference_url}/predictions/linear", json=[0.5] * 16, headers=headers)

@@ -14,14 +14,18 @@ from starlette.routing import Mount, Route
 from dms.auth import KeyStore
 from dms.dataplane import DataPlane
 from dms.observability.metrics import ServerMetrics
+from dms.rest.calls import CallRouter
 from dms.rest.inference import build_inference_app
 from dms.rest.management import build_management_app
 from dms.settings import ServerSettings
 
 
-def served_operations(app: Starlette) -> set[tuple[str, str]]:
+def served_operations(app: Starlette | CallRouter) -> set[tuple[str, str]]:
+    """The routes of the app (the inference API's Starlette app, under its router, holds the route table's too)."""
+    starlette = app.app if isinstance(app, CallRouter) else app
+    assert isinstance(starlette, Starlette)
     operations = set()
-    for route in app.routes:
+    for route in starlette.routes:
         if isinstance(route, Mount):
             continue  # static files (the console's assets), not an API
         assert isinstance(route, Route)

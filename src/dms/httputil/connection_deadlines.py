@@ -27,7 +27,7 @@ the connection is busy with no deadline (a request being answered: the next ``we
 It relies on three things both of uvicorn's protocols (``HttpToolsProtocol``, ``ZttpH2Protocol``)
 do: they keep the timer in ``timeout_keep_alive_task``, call ``_unset_keepalive_if_required`` when
 data arrives or the connection is lost, and close an idle connection in
-``timeout_keep_alive_handler``. In ``dms.rest.http1_connection`` and ``dms.grpc.h2_connection`` the
+``timeout_keep_alive_handler``. In ``dms.grpc.h2_connection`` the
 places where they would arm a new timer call ``went_idle`` instead, and their ``connection_lost``
 calls ``stop_timer``.
 """

@@ -1,4 +1,5 @@
-"""ASGI middleware that requires an API key on every path except the open ones (health)."""
+"""ASGI middleware that requires an API key on every path except the open ones (the management API's, whose
+app a user may also run alone); the check itself is ``dms.rest.calls.key_error``, as on the inference API."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ from collections.abc import Callable
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dms.auth import KeyKind, KeyStore
-from dms.errors import DMSError
+from dms.rest.calls import key_error
 from dms.rest.errors import error_response
+from dms.rest.forwarding import Reply
 
 
 class TokenAuthMiddleware:
@@ -20,14 +22,8 @@ class TokenAuthMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and not self.is_open(scope["path"]):
-            authorization = None
-            for name, value in scope["headers"]:
-                if name == b"authorization":
-                    authorization = value.decode("latin-1")
-                    break
-            try:
-                self.keys.check(self.kind, authorization)
-            except DMSError as exc:
-                await error_response(exc)(scope, receive, send)
+            denial = key_error(self.keys, self.kind, scope["headers"])
+            if denial is not None:
+                await Reply.of(error_response(denial)).send(send)
                 return
         await self.app(scope, receive, send)

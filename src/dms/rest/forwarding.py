@@ -4,8 +4,8 @@ A ``Forwarder`` reads the body (capped), wraps it untouched in a ``RequestItem``
 submits it to the data plane, waits for the answer unless the client leaves, turns the answer or
 any error into a response (in the protocol's own error format), and reports the request to the
 server's metrics and access log. Starlette routes use it through ``endpoint()``; the ASGI fast
-path of the hottest routes (``dms.rest.fastpath``) calls ``forward`` directly and sends its
-``Reply`` itself; the HTTP/1.1 protocol (``dms.rest.http1``) reads the body itself and calls the
+path, the inference API as an ASGI app (``dms.rest.calls.CallRouter``), calls ``forward`` directly and sends its
+``Reply`` itself; DMS's HTTP/1.1 connections (``dms.rest.http1_server``) read the body themselves and call the
 two halves of ``forward``, ``submit`` and ``conclude``, from its callbacks. All three answer alike.
 """
 

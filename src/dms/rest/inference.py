@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -15,7 +14,7 @@ from dms.auth import KeyStore
 from dms.dataplane import DataPlane
 from dms.messages import PROTOCOL_RAW
 from dms.observability.metrics import ServerMetrics
-from dms.rest.auth import TokenAuthMiddleware
+from dms.rest.calls import CallRouter, ForwardRoute, RouteTable
 from dms.rest.common import json_response
 from dms.rest.errors import EXCEPTION_HANDLERS, error_response
 from dms.rest.forwarding import Forwarder
@@ -35,8 +34,7 @@ def predictions_forwarder(dataplane: DataPlane, metrics: ServerMetrics) -> Forwa
 
 @dataclass(frozen=True)
 class InferenceForwarders:
-    """The inference API's routes that forward to a model, built once and shared by the Starlette routes
-    and the lean ASGI path in front of them (``dms.rest.fastpath``)."""
+    """The inference API's forwarders, one per protocol (``inference_routes`` gives them their paths)."""
 
     predictions: Forwarder
     """``/predictions/{model}[/{version}]`` (and the original ``/{model}/predict``)"""
@@ -54,40 +52,57 @@ def inference_forwarders(dataplane: DataPlane, metrics: ServerMetrics) -> Infere
     )
 
 
+_POST_PUT = frozenset({"POST", "PUT"})
+_POST = frozenset({"POST"})
+
+
+def inference_routes(forwarders: InferenceForwarders) -> RouteTable:
+    """The inference API's routes that forward to a model: the one table (``dms.rest.calls``)."""
+    predictions, infer = forwarders.predictions, forwarders.infer
+    return RouteTable(
+        [
+            ForwardRoute("/predictions/{model_name}", _POST_PUT, predictions),
+            ForwardRoute("/predictions/{model_name}/{model_version}", _POST_PUT, predictions),
+            ForwardRoute("/v2/models/{model_name}/infer", _POST, infer),
+            ForwardRoute("/v2/models/{model_name}/versions/{model_version}/infer", _POST, infer),
+            ForwardRoute("/v1/models/{model_name}:predict", _POST, forwarders.v1_predict),
+            # The original DMS interface: multipart fields named by the archive's signature.json.
+            ForwardRoute("/{model_name}/predict", _POST, predictions),
+        ]
+    )
+
+
 def build_inference_app(
     dataplane: DataPlane,
     metrics: ServerMetrics,
     keys: KeyStore | None = None,
     forwarders: InferenceForwarders | None = None,
-) -> Starlette:
-    forwarders = forwarders or inference_forwarders(dataplane, metrics)
+) -> CallRouter:
+    """The inference API as one ASGI app (the one DMS's own connections run, and a user may mount elsewhere):
+    the route table's requests to their models, the rest to a Starlette app, the inference key checked first
+    when ``inference_token_auth`` is on (health stays open)."""
+    table = inference_routes(forwarders or inference_forwarders(dataplane, metrics))
 
     async def ping(request: Request) -> Response:
         if dataplane.healthy():
             return json_response({"status": "Healthy"})
         return json_response({"status": "Unhealthy"}, status=500)
 
-    predict = forwarders.predictions.endpoint()
-
+    auth = keys is not None and dataplane.settings.inference_token_auth
     document = inference_openapi()
-    if keys is not None and dataplane.settings.inference_token_auth:
+    if auth:
         document = with_bearer_auth(document, open_paths={"/ping", "/v2/health/live", "/v2/health/ready"})
 
     async def api_description(request: Request) -> Response:
         return json_response(document)
 
     routes = [
+        *table.starlette_routes(),  # answered by the table; here for 405s and the OpenAPI listing
         Route("/ping", ping, methods=["GET"]),
-        Route("/predictions/{model_name}", predict, methods=["POST", "PUT"]),
-        Route("/predictions/{model_name}/{model_version}", predict, methods=["POST", "PUT"]),
         Route("/api-description", api_description, methods=["GET"]),
         Route("/", api_description, methods=["OPTIONS"]),
-        *oip_routes(dataplane, forwarders.infer),
-        *v1_routes(dataplane, forwarders.v1_predict),
-        # The original DMS interface: multipart fields named by the archive's signature.json.
-        Route("/{model_name}/predict", predict, methods=["POST"]),
+        *oip_routes(dataplane),
+        *v1_routes(dataplane),
     ]
-    middleware = []
-    if keys is not None and dataplane.settings.inference_token_auth:
-        middleware.append(Middleware(TokenAuthMiddleware, keys=keys, kind="inference", is_open=_is_health))
-    return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, middleware=middleware)
+    app = Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS)
+    return CallRouter(app, table, keys if auth else None, "inference", _is_health)

@@ -20,8 +20,8 @@ def predict_forwarder(dataplane: DataPlane, metrics: ServerMetrics) -> Forwarder
     return Forwarder(dataplane, metrics, protocol=PROTOCOL_V1, on_error=oip_error)
 
 
-def v1_routes(dataplane: DataPlane, forwarder: Forwarder) -> list[Route]:
-    """KServe v1's routes; ``forwarder`` (from ``predict_forwarder``) answers ``:predict``."""
+def v1_routes(dataplane: DataPlane) -> list[Route]:
+    """KServe v1's routes but ``:predict``, which the inference API's route table has (``predict_forwarder``)."""
 
     async def list_models(request: Request) -> Response:
         return json_response({"models": dataplane.registry.names()})
@@ -30,10 +30,7 @@ def v1_routes(dataplane: DataPlane, forwarder: Forwarder) -> list[Route]:
         name = request.path_params["model_name"]
         return json_response({"name": name, "ready": model_ready(dataplane, name, None)})
 
-    predict = forwarder.endpoint()
-
     return [
         Route("/v1/models", protocol_errors(list_models), methods=["GET"]),
-        Route("/v1/models/{model_name}:predict", protocol_errors(predict), methods=["POST"]),
         Route("/v1/models/{model_name}", protocol_errors(describe), methods=["GET"]),
     ]

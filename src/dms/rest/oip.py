@@ -41,8 +41,8 @@ def infer_forwarder(dataplane: DataPlane, metrics: ServerMetrics) -> Forwarder:
     return Forwarder(dataplane, metrics, protocol=PROTOCOL_V2_REST, on_error=oip_error, compression=True)
 
 
-def oip_routes(dataplane: DataPlane, forwarder: Forwarder) -> list[Route]:
-    """The protocol's routes; ``forwarder`` (from ``infer_forwarder``) answers the infer ones."""
+def oip_routes(dataplane: DataPlane) -> list[Route]:
+    """The protocol's routes but ``infer``, which the inference API's route table has (``infer_forwarder``)."""
 
     async def live(request: Request) -> Response:
         return json_response({"live": True})
@@ -67,8 +67,6 @@ def oip_routes(dataplane: DataPlane, forwarder: Forwarder) -> list[Route]:
         p = request.path_params
         return json_response({"model_stats": statistics(dataplane, p.get("model_name"), p.get("model_version"))})
 
-    infer = forwarder.endpoint()
-
     base = "/v2/models/{model_name}"
     versioned = base + "/versions/{model_version}"
     return [
@@ -82,6 +80,4 @@ def oip_routes(dataplane: DataPlane, forwarder: Forwarder) -> list[Route]:
         Route(versioned, protocol_errors(metadata), methods=["GET"]),
         Route(base + "/ready", protocol_errors(model_is_ready), methods=["GET"]),
         Route(versioned + "/ready", protocol_errors(model_is_ready), methods=["GET"]),
-        Route(base + "/infer", protocol_errors(infer), methods=["POST"]),
-        Route(versioned + "/infer", protocol_errors(infer), methods=["POST"]),
     ]

@@ -1,5 +1,5 @@
-"""The inference port's HTTP/1.1 protocol, driven byte by byte: which requests it answers itself
-(without the ASGI app), and how it writes, pipelines, refuses and lets go of them."""
+"""DMS's HTTP/1.1 connections with the inference port's router, driven byte by byte: which requests go straight
+to a model (without the ASGI app), and how they are written, pipelined, refused and let go of."""
 
 from __future__ import annotations
 
@@ -8,19 +8,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
-from uvicorn.server import ServerState
 
 from dms.auth import KeyStore
 from dms.errors import DMSError
 from dms.httputil.connection_deadlines import ReadLimits
 from dms.messages import ResponseItem
 from dms.observability.metrics import ServerMetrics
+from dms.rest.calls import CallRouter
 from dms.rest.errors import error_response
-from dms.rest.fastpath import InferenceFastPath
 from dms.rest.forwarding import Forwarder
-from dms.rest.http1 import InferenceHttpProtocol, inference_protocol
-from dms.rest.inference import InferenceForwarders
+from dms.rest.http1_server import Http1Connection, Http1Server
+from dms.rest.inference import InferenceForwarders, inference_routes
 from dms.settings import ServerSettings
 from tests.unit.protocol_support import FakeDataPlane, FakeTransport, run
 
@@ -62,17 +60,11 @@ class Harness:
             pass_query=True,
         )
         self.app = RecordingApp()
-        fast_path = InferenceFastPath(self.app, InferenceForwarders(forwarder, forwarder, forwarder), keys=keys)
-        protocol_class = inference_protocol(fast_path, ReadLimits(read_timeout_s, min_body_rate, body_rate_grace_s))
-        config = uvicorn.Config(
-            fast_path,
-            http=protocol_class,
-            lifespan="off",
-            log_config=None,
-            timeout_keep_alive=keep_alive_s,  # type: ignore[arg-type]
-        )
-        config.load()
-        self.protocol: InferenceHttpProtocol = protocol_class(config=config, server_state=ServerState(), app_state={})
+        table = inference_routes(InferenceForwarders(forwarder, forwarder, forwarder))
+        self.router = CallRouter(self.app, table, keys, "inference", lambda path: path == "/ping")
+        limits = ReadLimits(read_timeout_s, min_body_rate, body_rate_grace_s)
+        self.server = Http1Server(self.router, limits, max_body_bytes=100, idle_timeout_s=keep_alive_s)
+        self.protocol = Http1Connection(self.server)
         self.transport = FakeTransport()
         self.protocol.connection_made(self.transport)
 
@@ -102,7 +94,7 @@ def test_a_forwarding_route_is_answered_without_the_asgi_app(loop: asyncio.Abstr
         h.feed(post("/predictions/m/2.0?topk=1", b"abc", b"X-Request-ID: r1"))
         [(name, version, item, _)] = h.dataplane.submitted
         assert (name, version, item.body, item.query, item.request_id) == ("m", "2.0", b"abc", [("topk", "1")], "r1")
-        assert h.transport.take() == b"" and h.in_flight() == 1 and not h.protocol.tasks
+        assert h.transport.take() == b"" and h.in_flight() == 1 and not h.router.tasks
         h.answer(0, ResponseItem(200, b"ok", "text/plain", headers=[("X-Extra", "1")]))
         await settle()
         written = h.transport.take()
@@ -127,7 +119,7 @@ def test_a_body_in_chunks_and_pieces_is_put_together(loop: asyncio.AbstractEvent
         assert h.transport.take().endswith(b"asgi")
         h.feed(request.replace(b"PUT", b"POST"))
         [(name, _, item, _)] = h.dataplane.submitted
-        assert (name, item.body) == ("m", b"abcde") and not h.protocol.tasks
+        assert (name, item.body) == ("m", b"abcde") and not h.router.tasks
 
     run(loop, test)
 
@@ -138,18 +130,18 @@ def test_other_requests_go_to_the_asgi_app(loop: asyncio.AbstractEventLoop):
         h.feed(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
         await settle()
         assert h.app.paths == ["/ping"] and h.transport.take().endswith(b"asgi")
-        # A forwarding route that the lean path leaves to ASGI still reaches its model, through an ASGI task.
+        # Expect: 100-continue and a percent-encoded path take the same way to the model, with no ASGI task.
         for index, (request, version) in enumerate(
             [(post("/predictions/m", b"abc", b"Expect: 100-continue"), None), (post("/predictions/m%2Fx"), "x")]
         ):
             h.feed(request)
             await settle()
-            assert len(h.protocol.tasks) == 1 and h.dataplane.submitted[index][1] == version
+            assert not h.router.tasks and h.dataplane.submitted[index][1] == version
             h.answer(index, ResponseItem(200, b"ok", "text/plain"))
             await settle()
             written = h.transport.take()
             assert written.startswith(b"HTTP/1.1 100 Continue\r\n\r\n" if index == 0 else b"HTTP/1.1 200 OK")
-            assert written.endswith(b"ok") and not h.protocol.tasks
+            assert written.endswith(b"ok") and not h.router.tasks
 
     run(loop, test)
 
@@ -170,8 +162,8 @@ def test_a_request_pipelined_behind_one_in_flight_waits_for_it(loop: asyncio.Abs
 
 
 def test_requests_queued_behind_one_in_flight_are_read_no_further_until_their_turn(loop: asyncio.AbstractEventLoop):
-    """uvicorn resumed reading after every answer and whenever a queued request read its body, so a client that
-    pipelined requests without reading the answers had every one parsed into memory (test_unread_answers.py)."""
+    """A client that pipelines requests without reading the answers must not have every one parsed into memory
+    (uvicorn's protocol resumed reading after every answer; test_unread_answers.py)."""
 
     async def test() -> None:
         h = Harness()
@@ -366,8 +358,8 @@ def test_an_idle_connection_is_closed_after_the_keep_alive_timeout_and_a_busy_on
         h.feed(post("/predictions/m"))
         h.answer(0, ResponseItem(200, b"ok", "text/plain"))
         await settle()
-        assert h.protocol.timeout_keep_alive_task is not None
+        assert h.protocol.timer is not None
         h.protocol.connection_lost(None)
-        assert h.protocol.timeout_keep_alive_task is None
+        assert h.protocol.timer is None
 
     run(loop, test)

@@ -1,6 +1,6 @@
 """The read deadline of an HTTP/1.1 connection (``request_read_timeout_s``): a request must keep arriving,
 or it gets 408 and its connection is closed; a slow body that keeps coming is served; an earlier answer
-in progress goes out first. Driven byte by byte on the inference port's protocol, with short timeouts."""
+in progress goes out first. Driven byte by byte on DMS's HTTP/1.1 connection, with short timeouts."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 
 from dms.messages import ResponseItem
 from tests.unit.protocol_support import run
+from tests.unit.rest.test_http1_server import Harness, post, settle
 from tests.unit.test_grpc_h2_connection import Harness as H2Harness
-from tests.unit.test_http1_protocol import Harness, post, settle
 
 TIMEOUT_S = 0.1
 
@@ -45,7 +45,7 @@ def test_a_body_that_stops_arriving_is_answered_408_as_a_request(loop: asyncio.A
     async def test() -> None:
         h = Harness(read_timeout_s=TIMEOUT_S)
         h.feed(post("/predictions/m", b"0123456789", b"X-Request-ID: slow")[:-7])  # 3 of its 10 bytes
-        assert h.in_flight() == 1
+        assert h.in_flight() == 0  # in flight once it arrived whole (or is refused)
         await asyncio.sleep(TIMEOUT_S * 1.5)
         written = h.transport.take()
         assert error_body(written)["type"] == "RequestReadTimeoutError"
@@ -85,17 +85,15 @@ def test_a_slow_body_that_keeps_coming_is_served(
     run(loop, test)
 
 
-def test_a_body_the_asgi_app_waits_for_is_answered_408(loop: asyncio.AbstractEventLoop):
+def test_a_body_for_the_asgi_app_that_stops_arriving_is_answered_408(loop: asyncio.AbstractEventLoop):
     async def test() -> None:
         h = Harness(read_timeout_s=TIMEOUT_S)
         h.feed(post("/elsewhere", b"0123456789")[:-7])
         await settle()
-        assert h.app.paths == ["/elsewhere"]  # the app has it, and waits in receive()
+        assert h.app.paths == []  # an app gets a request once its body is in
         await asyncio.sleep(TIMEOUT_S * 1.5)
         assert error_body(h.transport.take())["type"] == "RequestReadTimeoutError"
-        assert h.transport.closed
-        await settle()  # the app saw the client leave; what it sent then was written nowhere
-        assert not h.protocol.tasks
+        assert h.transport.closed and not h.router.tasks
 
     run(loop, test)
 
@@ -170,21 +168,17 @@ def test_a_head_still_arriving_after_the_grace_is_too_slow(loop: asyncio.Abstrac
     run(loop, test)
 
 
-def test_a_body_the_asgi_app_waits_for_is_held_to_the_rate_floor(loop: asyncio.AbstractEventLoop):
+def test_a_body_for_the_asgi_app_is_held_to_the_rate_floor(loop: asyncio.AbstractEventLoop):
     async def test() -> None:
         h = Harness(read_timeout_s=1.0, min_body_rate=100.0, body_rate_grace_s=TIMEOUT_S)
         h.feed(post("/elsewhere", b"z" * 40)[:-39])
-        await settle()
-        assert h.app.paths == ["/elsewhere"]
         for _ in range(8):
             await asyncio.sleep(0.03)
             if h.transport.closed:
                 break
             h.feed(b"z")
         assert "min_request_body_rate_bytes_s" in str(error_body(h.transport.take())["message"])
-        assert h.transport.closed
-        await settle()
-        assert not h.protocol.tasks
+        assert h.transport.closed and h.app.paths == [] and not h.router.tasks
 
     run(loop, test)
 
@@ -205,21 +199,19 @@ def test_with_no_floor_a_trickle_is_held_only_to_its_pauses(loop: asyncio.Abstra
 
 def test_time_the_server_does_not_read_is_not_held_against_the_floor(loop: asyncio.AbstractEventLoop):
     async def test() -> None:
-        h = Harness(read_timeout_s=1.0, min_body_rate=1_000_000.0, body_rate_grace_s=TIMEOUT_S)
-        gate = h.app.gate = asyncio.Event()
-        request = post("/elsewhere", b"q" * 100_000)
-        h.feed(request[:-30_000])  # 70 KB of body: more than uvicorn buffers for an app that has not asked for it
-        await settle()
-        assert not h.transport.reading  # the server stopped reading: the client cannot send
-        await asyncio.sleep(TIMEOUT_S * 3)  # three graces, at 70 KB where the floor asks 100 KB each
+        h = Harness(read_timeout_s=1.0, min_body_rate=1_000.0, body_rate_grace_s=TIMEOUT_S)
+        request = post("/elsewhere", b"q" * 90)
+        h.feed(request[:-80])  # 10 bytes of body
+        h.protocol.pause_writing()  # the client does not read what it is sent: the server stops reading it
+        assert not h.transport.reading
+        await asyncio.sleep(TIMEOUT_S * 3)  # three graces, at 10 bytes where the floor asks 100 each
         assert not h.transport.closed and h.transport.take() == b""
         resumed_at = asyncio.get_running_loop().time()
-        gate.set()  # the app reads the body: reading resumes, and the floor counts from now
-        await settle()
+        h.protocol.resume_writing()  # reading resumes, and the floor counts from now
         assert h.transport.reading
-        assert h.protocol.request_since is not None and h.protocol.request_since >= resumed_at
-        assert h.protocol.body_bytes == 0
-        h.feed(request[-30_000:])
+        wire = h.protocol.wire
+        assert wire.request_since is not None and wire.request_since >= resumed_at and wire.body_bytes == 0
+        h.feed(request[-80:])
         await settle()
         written = h.transport.take()
         assert written.startswith(b"HTTP/1.1 200 ") and written.endswith(b"asgi") and not h.transport.closed

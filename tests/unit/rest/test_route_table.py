@@ -1,14 +1,13 @@
-"""The fast path claims exactly the forwarding routes' paths and methods, and leaves the rest to Starlette."""
+"""The route table claims exactly the forwarding routes' paths and methods, and leaves the rest to Starlette."""
 
 from __future__ import annotations
 
 import pytest
 
-from dms.rest.fastpath import InferenceFastPath
-from dms.rest.inference import InferenceForwarders
+from dms.rest.inference import InferenceForwarders, inference_routes
 
 PREDICTIONS, INFER, V1 = object(), object(), object()
-FAST = InferenceFastPath(app=None, routes=InferenceForwarders(PREDICTIONS, INFER, V1), keys=None)  # type: ignore[arg-type]
+TABLE = inference_routes(InferenceForwarders(PREDICTIONS, INFER, V1))  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -32,9 +31,11 @@ FAST = InferenceFastPath(app=None, routes=InferenceForwarders(PREDICTIONS, INFER
         ("POST", "/v2/models/m/other/3/infer", None),
         ("POST", "/v1/models/:predict", None),
         ("POST", "/v1/models/a/b:predict", None),
-        ("POST", "/m/predict", None),
+        ("POST", "/m/predict", (PREDICTIONS, "m", None)),  # the original DMS interface
+        ("GET", "/m/predict", None),
+        ("POST", "/predictions/predict", (PREDICTIONS, "predict", None)),  # the earlier route wins
         ("GET", "/ping", None),
     ],
 )
 def test_matches(method: str, path: str, expected: object):
-    assert FAST.match(method, path) == expected
+    assert TABLE.match(method, path) == expected
