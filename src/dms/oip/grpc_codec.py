@@ -3,7 +3,7 @@
 An answer is put together from parts (``dms.oip.protobuf_wire``): the model's name and version, and each
 output's name, datatype and shape, are serialized by protobuf once and kept (``ResponseParts``); only
 the request id and the outputs' bytes are framed per answer. The bytes are those protobuf itself writes
-for the whole message (``tests/unit/test_protocol_properties.py``), at half its cost for a small answer.
+for the whole message (``tests/unit/oip/test_protocol_properties.py``), at half its cost for a small answer.
 """
 
 from __future__ import annotations
