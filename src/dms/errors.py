@@ -151,6 +151,12 @@ class InternalError(DMSError):
     kind = ErrorKind.INTERNAL
 
 
+class WorkersFailedError(DMSError):
+    """A model's workers failed to start where the request waited for them (a synchronous scale)."""
+
+    kind = ErrorKind.INTERNAL
+
+
 _BY_NAME: dict[str, type[DMSError]] = {
     cls.__name__: cls
     for cls in (

@@ -105,6 +105,11 @@ class ServerSettings(BaseSettings):
 
     default_workers_per_model: int = Field(default_factory=_default_workers, ge=0)
     """Workers per model version when neither its config nor the request says."""
+    registered_model_workers: int | None = Field(default=None, ge=0)
+    """Workers a model registered through the management API (``POST /models``) starts when neither the request
+    (``initial_workers``) nor its archive's config (``minWorkers``) says; None: ``default_workers_per_model``, so
+    that a registered model serves at once. TorchServe starts none, and a TorchServe ``config.properties``
+    (``--ts-config``) sets 0, as a TorchServe deployment expects."""
     max_workers_per_model: int = Field(default=64, ge=1)
     """Ceiling on the workers one model version may be scaled to."""
     max_batch_size: int = Field(default=1024, ge=1)

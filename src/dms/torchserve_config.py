@@ -87,7 +87,8 @@ def read_torchserve_config(path: Path, environ: Mapping[str, str] | None = None)
 
 
 def _settings(properties: dict[str, str], path: Path) -> dict[str, Any]:
-    settings: dict[str, Any] = {}
+    # TorchServe's management API starts no worker for a model registered without initial_workers.
+    settings: dict[str, Any] = {"registered_model_workers": 0}
     for key in ("inference_address", "management_address", "metrics_address"):
         if key in properties:
             settings[key] = _address(key, properties[key])

@@ -40,6 +40,7 @@ def written(tmp_path: Path, text: str) -> Path:
 def test_kserves_torchserve_example(tmp_path):
     config = read_torchserve_config(written(tmp_path, KSERVE_EXAMPLE), environ={})
     assert config.settings == {
+        "registered_model_workers": 0,  # TorchServe's management API starts none unless asked
         "inference_address": "0.0.0.0:8085",
         "management_address": "0.0.0.0:8085",
         "metrics_address": "0.0.0.0:8082",

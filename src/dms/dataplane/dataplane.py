@@ -21,7 +21,7 @@ from dms.engine.batcher import Batcher
 from dms.engine.stats import BatchObserver
 from dms.engine.supervision import Placement, PoolSettings, PoolState
 from dms.engine.workers import WorkersFactory, local_workers
-from dms.errors import DMSError, InputError, InsufficientStorageError, ModelUnavailableError
+from dms.errors import DMSError, InputError, InsufficientStorageError, ModelUnavailableError, WorkersFailedError
 from dms.messages import LoadModel, RequestItem, RequestLimits, ResponseItem
 from dms.naming import validate_model_name
 from dms.settings import ServerSettings
@@ -85,8 +85,10 @@ class DataPlane:
         synchronous: bool = True,
         trusted_local: bool = False,
         loaded_at_startup: bool = False,
+        default_workers: int | None = None,
     ) -> ModelVersion:
-        """Register an archive; with ``synchronous``, return once its workers are up."""
+        """Register an archive; with ``synchronous``, return once its workers are up. ``default_workers``: the
+        workers it starts when neither ``overrides`` nor its archive's config say (else the settings')."""
         if self._stopping:
             raise ModelUnavailableError("the server is stopping")
         if name is not None:
@@ -98,6 +100,10 @@ class DataPlane:
         model_name = name or archive.manifest.model_name
         if archive.manifest.origin == "bare" and self.settings.trust_pickled_models:
             overrides = {"runtime": {**archive.config.runtime, "trusted": True}, **(overrides or {})}
+        if default_workers is not None and archive.config.initial_workers is None:
+            overrides = {**(overrides or {})}
+            if overrides.get("initial_workers") is None:
+                overrides["initial_workers"] = default_workers
         config = archive.config.merged(overrides or {}).resolve(self.settings)
         label = f"{model_name}:{archive.manifest.model_version}"
         manifest = dict(archive.manifest.raw)
@@ -229,6 +235,8 @@ class DataPlane:
             model.min_workers, model.max_workers = bounds_before
             await model.pool.scale(target_before, wait=False)
             raise
+        if synchronous and min_workers and model.pool.state == PoolState.FAILED:
+            raise WorkersFailedError(f"the workers of model {model.name} failed to start: {model.pool.last_error}")
         return model
 
     def set_default(self, name: str, version: str) -> None:

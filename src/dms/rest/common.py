@@ -62,7 +62,7 @@ def query_int(request: Request, key: str, default: int | None = None, minimum: i
     return value
 
 
-def query_float(request: Request, key: str) -> float | None:
+def query_float(request: Request, key: str, minimum: float = 0) -> float | None:
     raw = request.query_params.get(key)
     if raw is None or raw == "":
         return None
@@ -70,8 +70,8 @@ def query_float(request: Request, key: str) -> float | None:
         value = float(raw)
     except ValueError:
         raise InputError(f"query parameter {key} must be a number, got {raw!r}") from None
-    if value < 0:
-        raise InputError(f"query parameter {key} must be >= 0, got {value}")
+    if not value >= minimum:  # (nan too)
+        raise InputError(f"query parameter {key} must be >= {minimum:g}, got {raw!r}")
     return value
 
 

@@ -28,6 +28,9 @@ from dms.rest.repository import repository_routes
 if TYPE_CHECKING:
     from dms.frontends.group import FrontendGroup
 
+HANDLER_RUNTIMES = ("python", "python3")
+"""The ``runtime`` values a registration may name (TorchServe's for a Python handler)."""
+
 log = logging.getLogger("dms.frontends")
 
 
@@ -53,11 +56,18 @@ def build_management_app(
             raise InputError(
                 "parameter 'url' is required: an archive name in the model store, a path, or an allowed URL"
             )
+        runtime = request.query_params.get("runtime")
+        if runtime and runtime not in HANDLER_RUNTIMES:
+            raise InputError(f"runtime {runtime!r} is not one DMS runs handlers with ({', '.join(HANDLER_RUNTIMES)})")
+        startup_timeout = query_float(request, "startup_timeout")
+        if startup_timeout == 0:
+            raise InputError("startup_timeout must be over 0 seconds: no worker can start in 0 s")
         overrides: dict[str, Any] = {
             "initial_workers": query_int(request, "initial_workers"),
             "batch_size": query_int(request, "batch_size", minimum=1),
             "max_batch_delay_ms": query_float(request, "max_batch_delay"),
             "response_timeout_s": query_float(request, "response_timeout"),
+            "startup_timeout_s": startup_timeout,
         }
         handler = request.query_params.get("handler")
         synchronous = query_bool(request, "synchronous", default=True)
@@ -67,6 +77,7 @@ def build_management_app(
             overrides=overrides,
             handler=handler or None,
             synchronous=synchronous,
+            default_workers=dataplane.settings.registered_model_workers,
         )
         workers = model.config.initial_workers
         message = f'Model "{model.name}" Version: {model.version} registered with {workers} initial workers'
@@ -83,9 +94,11 @@ def build_management_app(
 
     async def scale(request: Request) -> Response:
         p = request.path_params
-        min_workers = query_int(request, "min_worker")
-        if min_workers is None:
-            raise InputError("parameter 'min_worker' is required")
+        # TorchServe's defaults: min_worker 1, max_worker min_worker, not synchronous.
+        min_workers = query_int(request, "min_worker", default=1)
+        assert min_workers is not None
+        query_int(request, "number_gpu")  # checked; workers are spread over the visible GPUs (docs/torchserve.md)
+        query_float(request, "timeout", minimum=-1)  # checked; a retiring worker always finishes its batch first
         synchronous = query_bool(request, "synchronous", default=False)
         model = await dataplane.scale(
             p["model_name"],

@@ -172,9 +172,11 @@ def management_openapi(token_rotation: bool = False) -> dict[str, Any]:
     status = _json({"$ref": "#/components/schemas/Status"}, "done")
     described = _json({"type": "array", "items": {"type": "object"}}, "one entry per version")
     scale_params = [
-        _query("min_worker", "integer", "workers to run"),
-        _query("max_worker", "integer", "upper bound of workers"),
-        _query("synchronous", "boolean", "wait until the workers are up"),
+        _query("min_worker", "integer", "workers to run (default 1)"),
+        _query("max_worker", "integer", "upper bound of workers (default min_worker)"),
+        _query("number_gpu", "integer", "TorchServe's; accepted, workers are spread over the visible GPUs"),
+        _query("timeout", "integer", "TorchServe's; accepted, a retiring worker finishes its batch first"),
+        _query("synchronous", "boolean", "wait until the workers are up (default false)"),
     ]
     register_params = [
         {**_query("url", "string", "archive name in the model store, local path, or allowed URL"), "required": True},
@@ -184,6 +186,8 @@ def management_openapi(token_rotation: bool = False) -> dict[str, Any]:
         _query("batch_size", "integer", "largest batch"),
         _query("max_batch_delay", "integer", "upper bound on batching delay, ms"),
         _query("response_timeout", "integer", "seconds a batch may take"),
+        _query("startup_timeout", "integer", "seconds a worker may take to load the model"),
+        _query("runtime", "string", "python or python3 (TorchServe's)"),
         _query("synchronous", "boolean", "wait until the workers are up (default true)"),
     ]
     paths: dict[str, Any] = {
