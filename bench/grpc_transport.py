@@ -2,12 +2,11 @@
 
     python -m bench.grpc_transport                          # this tree
     python -m bench.grpc_transport --b-src /tmp/dms-base/src --rounds 9   # A/B against another build
-    python -m bench.grpc_transport --b-asgi                 # ModelInfer without ASGI, and through it
 
 A load test on this 2-core host swings by 30 % from one window to the next, which hides a change of a
-few microseconds per call. This drives the same objects a server does - ``GrpcH2Protocol`` (uvicorn's
-HTTP/2 protocol over zttp, with DMS's write coalescing and its ``ModelInfer`` path), ``GrpcApp``
-(the ASGI path) and ``InferenceServicer`` - from a zttp client in the same process, through an
+few microseconds per call. This drives the same objects a server does - ``GrpcConnection`` (DMS's HTTP/2
+connection over zttp, ``dms.grpc.connection``; for a build before it, uvicorn's protocol with its ASGI app)
+and ``InferenceServicer`` - from a zttp client in the same process, through an
 in-memory transport: ``--concurrency`` calls are opened at once on one connection, the event loop runs
 until every answer's trailers are back, and so on. The data plane answers a fixed message at once, so
 the figure is the transport's and the gRPC layer's CPU per call (client side included, a few µs, and
@@ -91,39 +90,49 @@ class InstantDataPlane:
         return version or "1"
 
 
-def server_protocol(lean: bool) -> tuple[Any, Any, int]:
-    """The protocol class and ASGI app a ``--grpc-server uvicorn`` server of this build uses, and its stream cap."""
-    from dms.grpc.h2 import GrpcApp
+def server_connection(lean: bool) -> tuple[Any, Any, int]:
+    """A server-side connection of this build's gRPC port (``dms.grpc.connection``), its ``frame`` function and its
+    stream cap; for an older build, uvicorn's protocol as its ``--grpc-server uvicorn`` made it."""
     from dms.grpc.servicer import InferenceServicer, rpc_methods
     from dms.observability.metrics import ServerMetrics
 
     servicer = InferenceServicer(InstantDataPlane(), ServerMetrics(), None)  # type: ignore[arg-type]
-    app = GrpcApp(rpc_methods(servicer), 1 << 22)
     try:
-        from dms.grpc.h2_connection import STREAMS_PER_CONNECTION, grpc_protocol
-    except ImportError:  # a build from before ModelInfer left ASGI: the protocol lived in dms.grpc.h2
-        from dms.grpc import h2
+        from dms.grpc.call_core import frame
+        from dms.grpc.connection import STREAMS_PER_CONNECTION
+        from dms.grpc.server import GrpcServer
+    except ImportError:  # a build from before DMS's own gRPC connections: uvicorn's protocol and its ASGI app
+        return old_server_connection(servicer, rpc_methods, lean)
+    return GrpcServer(servicer, 1 << 22).connection(), frame, STREAMS_PER_CONNECTION
 
-        return h2.GrpcH2Protocol, app, h2.STREAMS_PER_CONNECTION  # type: ignore[attr-defined]
-    return grpc_protocol(servicer if lean else None, 1 << 22), app, STREAMS_PER_CONNECTION
 
-
-async def measure(concurrency: int, calls: int, lean: bool = True) -> float:
-    """CPU µs per call for ``calls`` calls, ``concurrency`` at a time, on one connection."""
+def old_server_connection(servicer: Any, rpc_methods: Any, lean: bool) -> tuple[Any, Any, int]:
     import uvicorn
-    import zttp
+    from dms.grpc.h2 import GrpcApp, frame  # type: ignore[import-not-found]
+    from dms.grpc.h2_connection import STREAMS_PER_CONNECTION, grpc_protocol  # type: ignore[import-not-found]
     from uvicorn.server import ServerState
 
-    from dms.grpc.h2 import frame
-
-    protocol_class, app, streams_cap = server_protocol(lean)
-    if calls + concurrency >= streams_cap:
-        raise SystemExit(f"at most {streams_cap - concurrency - 1} calls: one connection takes no more")
+    app = GrpcApp(rpc_methods(servicer), 1 << 22)
+    protocol_class = grpc_protocol(servicer if lean else None, 1 << 22)
     config = uvicorn.Config(
         app, http=protocol_class, lifespan="off", access_log=False, log_config=None, proxy_headers=False
     )
     config.load()
-    server = protocol_class(config=config, server_state=ServerState(), app_state={}, _loop=asyncio.get_running_loop())
+    loop = asyncio.get_running_loop()
+    return (
+        protocol_class(config=config, server_state=ServerState(), app_state={}, _loop=loop),
+        frame,
+        STREAMS_PER_CONNECTION,
+    )
+
+
+async def measure(concurrency: int, calls: int, lean: bool = True) -> float:
+    """CPU µs per call for ``calls`` calls, ``concurrency`` at a time, on one connection."""
+    import zttp
+
+    server, frame, streams_cap = server_connection(lean)
+    if calls + concurrency >= streams_cap:
+        raise SystemExit(f"at most {streams_cap - concurrency - 1} calls: one connection takes no more")
     transport = MemoryTransport()
     server.connection_made(transport)  # type: ignore[arg-type]
     client = zttp.Connection(zttp.CLIENT, protocol=zttp.HTTP2)
@@ -193,17 +202,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency", type=int, default=16, help="calls in flight on the connection [16]")
     parser.add_argument("--calls", type=int, default=3000, help="calls per measurement [3000]")
     parser.add_argument("--rounds", type=int, default=5)
-    compared = parser.add_mutually_exclusive_group()
-    compared.add_argument("--b-src", type=Path, help="the src/ folder of a build to compare with")
-    compared.add_argument(
-        "--b-asgi", action="store_true", help="compare with this tree's ASGI path (inference_fast_path off)"
-    )
+    parser.add_argument("--b-src", type=Path, help="the src/ folder of a build to compare with")
     args = parser.parse_args(argv)
     builds = {"A (this tree)": (REPO / "src", True)}
     if args.b_src is not None:
         builds[f"B ({args.b_src})"] = (args.b_src.resolve(), True)
-    elif args.b_asgi:
-        builds["B (this tree, ASGI)"] = (REPO / "src", False)
     results: dict[str, list[float]] = {label: [] for label in builds}
     for round_index in range(args.rounds):
         order = list(builds) if round_index % 2 == 0 else list(reversed(builds))

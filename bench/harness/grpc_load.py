@@ -74,7 +74,7 @@ def probe(address: str, message: bytes) -> np.ndarray:
 
 CALLS_PER_CONNECTION = 3000
 """The most calls one segment means to make on a connection: under the 3,840 after which DMS's HTTP/2 gRPC
-server asks a client to move to a new connection (GOAWAY; ``dms.grpc.h2_connection.STREAMS_PER_CONNECTION``).
+server asks a client to move to a new connection (GOAWAY; ``dms.grpc.connection.STREAMS_PER_CONNECTION``).
 Real clients open a new one; h2load does not, so a connection drained inside a window left the load below
 its ``-c`` for the rest of it, and whole windows could not measure some rates: at c=64 over 8 s, any rate
 from 30,720 to 38,400 calls/s came out as 30,720 (64 x 3,840 calls over the window, every connection

@@ -1,6 +1,6 @@
 """The server's open ports: the inference, management and metrics HTTP servers (DMS's own HTTP/1.1,
-``dms.rest.http1_server``) and gRPC (uvicorn's HTTP/2, or grpcio), built from the settings, opened together
-and closed with a grace period.
+``dms.rest.http1_server``) and gRPC (DMS's own HTTP/2, ``dms.grpc.server``, or grpcio), built from the settings,
+opened together and closed with a grace period.
 
 With several frontends (``dms.frontends``) the inference and gRPC ports are bound with ``SO_REUSEPORT``
 (``listening_socket``), and a frontend after the first opens the inference API and gRPC only.
@@ -14,15 +14,14 @@ import errno
 import logging
 import resource
 import socket
-from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
-import uvicorn
 from starlette.types import ASGIApp
 
 from dms.auth import KeyStore
 from dms.dataplane import DataPlane
 from dms.httputil.connection_deadlines import ConnectionBudget, ReadLimits
+from dms.httputil.port import Port
 from dms.observability.metrics import ServerMetrics
 from dms.rest.calls import CallRouter
 from dms.rest.http1_server import Http1Server
@@ -33,48 +32,10 @@ from dms.settings import ServerSettings, parse_address
 
 if TYPE_CHECKING:
     from dms.frontends.group import FrontendGroup
+    from dms.grpc.server import GrpcServer
     from dms.grpc.servicer import RepositoryChanges
 
 log = logging.getLogger("dms.server")
-GRPC_IDLE_CONNECTION_S = 600
-
-
-class _GrpcServer(uvicorn.Server):
-    """The gRPC port's uvicorn server, which leaves signal handling to ``serve_forever``, and whose stop serves
-    the connections its port had accepted but not yet handed over (as ``Http1Server.stop`` does)."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
-
-    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        held = [sock.dup() for sock in sockets or []]
-        for server in self.servers:
-            server.close()
-        for sock in held:
-            with sock:
-                await self._serve_backlog(sock)
-        await super().shutdown(sockets)
-
-    async def _serve_backlog(self, sock: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        sock.setblocking(False)
-        config = self.config
-        while True:
-            try:
-                connection, _ = sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                log.warning("the connections waiting on a closing port could not all be served: %s", exc)
-                return
-            connection.setblocking(False)
-            await loop.connect_accepted_socket(
-                lambda: config.http_protocol_class(  # type: ignore[call-arg]  # as uvicorn's Server.startup makes them
-                    config=config, server_state=self.server_state, app_state=self.lifespan.state
-                ),
-                sock=connection,
-            )
 
 
 def http_server(app: ASGIApp, settings: ServerSettings, limits: ReadLimits) -> Http1Server:
@@ -88,43 +49,20 @@ def unix_socket_server(app: ASGIApp, settings: ServerSettings) -> Http1Server:
     return http_server(app, settings, ReadLimits.of(settings))
 
 
-def _grpc_h2_server(
+def _grpc_server(
     dataplane: DataPlane,
     metrics: ServerMetrics,
     keys: KeyStore | None,
     repository: RepositoryChanges | None,
     limits: ReadLimits,
-) -> _GrpcServer:
-    """The gRPC service on uvicorn's HTTP/2 (``grpc_server = "uvicorn"``)."""
-    from dms.grpc.h2 import GrpcApp
-    from dms.grpc.h2_connection import grpc_protocol
-    from dms.grpc.servicer import InferenceServicer, rpc_methods
+) -> GrpcServer:
+    """The gRPC service on DMS's own HTTP/2 connections (``grpc_server = "dms"``)."""
+    from dms.grpc.server import GrpcServer
+    from dms.grpc.servicer import InferenceServicer
 
     settings = dataplane.settings
     servicer = InferenceServicer(dataplane, metrics, keys, repository)
-    app = GrpcApp(rpc_methods(servicer), settings.grpc_message_limit, limits)
-    # With the fast path, ModelInfer calls are answered from the HTTP/2 events (dms.grpc.h2_connection).
-    lean = servicer if settings.inference_fast_path else None
-    protocol = grpc_protocol(lean, settings.grpc_message_limit, limits, settings.grpc_max_concurrent_streams)
-    host, port = parse_address(settings.grpc_address)
-    grace_s = settings.graceful_shutdown_s
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        lifespan="off",
-        http=protocol,
-        ws="none",
-        access_log=False,
-        log_config=None,
-        server_header=False,
-        proxy_headers=False,
-        timeout_graceful_shutdown=int(grace_s) or None,
-        date_header=False,
-        # gRPC channels stay open between calls; a 5 s idle limit would make clients reconnect often.
-        timeout_keep_alive=GRPC_IDLE_CONNECTION_S,
-    )
-    return _GrpcServer(config)
+    return GrpcServer(servicer, settings.grpc_message_limit, limits, settings.grpc_max_concurrent_streams)
 
 
 RESERVED_DESCRIPTORS_MIN = 64
@@ -220,22 +158,22 @@ class Listeners:
         # One budget of open connections for all the ports: the descriptors they take are the process's.
         limits = ReadLimits.of(settings, ConnectionBudget(connection_limit(settings)))
         inference = http_server(build_inference_app(dataplane, metrics, keys), settings, limits)
-        self.http: dict[Http1Server, str] = {inference: "inference_address"}
-        """Each HTTP server, with the name of its address's setting."""
-        self.shared: set[object] = {inference} if settings.frontends > 1 else set()
-        """The servers whose ports the other frontends bind too."""
+        self.ports: dict[Port, str] = {inference: "inference_address"}
+        """The ports DMS serves itself, each with the name of its address's setting."""
+        self.shared: set[Port] = {inference} if settings.frontends > 1 else set()
+        """The ports the other frontends bind too."""
         if not second_frontend:
             management = build_management_app(dataplane, metrics, keys, frontends)
-            self.http[http_server(management, settings, limits)] = "management_address"
-            self.http[http_server(build_metrics_app(metrics, frontends), settings, limits)] = "metrics_address"
-        self.tasks: list[asyncio.Task[None]] = []
+            self.ports[http_server(management, settings, limits)] = "management_address"
+            self.ports[http_server(build_metrics_app(metrics, frontends), settings, limits)] = "metrics_address"
         self.grpc: Any = None
-        self.grpc_h2: _GrpcServer | None = None
+        """grpcio's server (``grpc_server = "grpcio"``)."""
         repository = _repository_changes(settings, dataplane, keys, frontends, second_frontend)
-        if settings.grpc_enabled and settings.grpc_server == "uvicorn":
-            self.grpc_h2 = _grpc_h2_server(dataplane, metrics, keys, repository, limits)
+        if settings.grpc_enabled and settings.grpc_server == "dms":
+            grpc_port = _grpc_server(dataplane, metrics, keys, repository, limits)
+            self.ports[grpc_port] = "grpc_address"
             if settings.frontends > 1:
-                self.shared.add(self.grpc_h2)
+                self.shared.add(grpc_port)
         elif settings.grpc_enabled:
             from dms.grpc.grpcio_server import build_grpc_server
 
@@ -243,30 +181,17 @@ class Listeners:
 
     async def open(self) -> None:
         """Bind every port, or raise ``PortError`` saying which could not be bound and why (closing what opened)."""
-        addresses: dict[Any, str] = dict(self.http)
-        if self.grpc_h2 is not None:
-            addresses[self.grpc_h2] = "grpc_address"
-        sockets: dict[Any, socket.socket] = {}
-        for server, setting in addresses.items():
+        sockets: dict[Port, socket.socket] = {}
+        for port, setting in self.ports.items():
             address = getattr(self.settings, setting)
             try:
-                sockets[server] = listening_socket(address, shared=server in self.shared)
+                sockets[port] = listening_socket(address, shared=port in self.shared)
             except OSError as exc:
                 for opened in sockets.values():
                     opened.close()
                 raise PortError(port_problem(address, setting, exc)) from None
-        for server in self.http:
-            sock = sockets[server]
-            sock.listen(2048)
-            await server.start(sock)
-        if self.grpc_h2 is not None:
-            grpc_h2 = self.grpc_h2
-            self.tasks = [asyncio.create_task(grpc_h2.serve(sockets=[sockets[grpc_h2]]))]
-            while not grpc_h2.started:
-                if self.tasks[0].done():
-                    await self.close(0)
-                    raise PortError("the gRPC port could not be served (see the log above)")
-                await asyncio.sleep(0.01)
+        for port, sock in sockets.items():
+            await port.start(sock)
         if self.grpc is not None:
             try:
                 await self.grpc.start()
@@ -277,10 +202,7 @@ class Listeners:
 
     async def close(self, grace_s: float) -> None:
         """Stop accepting; in-flight requests get up to ``grace_s`` to finish."""
-        if self.grpc_h2 is not None:
-            self.grpc_h2.should_exit = True
-        stopping: list[Any] = [server.stop(grace_s) for server in self.http]
-        stopping.append(asyncio.gather(*self.tasks, return_exceptions=True))
+        stopping: list[Any] = [port.stop(grace_s) for port in self.ports]
         if self.grpc is not None:
             stopping.append(self.grpc.stop(grace_s))
         await asyncio.gather(*stopping)
@@ -294,5 +216,5 @@ class Listeners:
             text += f"metrics http://{s.metrics_address}"
         if s.frontends > 1:
             text += f" ({s.frontends} frontends)"
-        serving_grpc = self.grpc is not None or self.grpc_h2 is not None
+        serving_grpc = self.grpc is not None or "grpc_address" in self.ports.values()
         return text + (f" grpc {s.grpc_address}" if serving_grpc else "")

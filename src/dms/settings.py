@@ -62,10 +62,10 @@ class ServerSettings(BaseSettings):
     grpc_address: str = "127.0.0.1:7070"
     """Where the Open Inference Protocol's gRPC service listens (host:port)."""
     grpc_enabled: bool = True
-    grpc_server: Literal["grpcio", "uvicorn"] = "uvicorn"
-    """What serves gRPC: uvicorn's HTTP/2 (zttp), the stack the REST ports run on, which spends about half the
-    CPU per inference call that grpcio's asyncio server does and ends HTTP/2 floods sooner
-    (docs/performance.md); or grpcio's asyncio server, the older of the two."""
+    grpc_server: Literal["dms", "grpcio"] = "dms"
+    """What serves gRPC: DMS's own HTTP/2 connections over zttp (``dms.grpc.server``), which spend about half the
+    CPU per inference call that grpcio's asyncio server does and end HTTP/2 floods sooner (docs/performance.md);
+    or grpcio's asyncio server. ``uvicorn``, the name of the first, is taken as ``dms``."""
     grpc_max_concurrent_streams: int = Field(default=128, ge=1)
     """Calls one gRPC connection may have open at once; a call past it is refused (REFUSED_STREAM)."""
     max_connections: int | None = Field(default=None, ge=1)
@@ -133,12 +133,12 @@ class ServerSettings(BaseSettings):
     request_read_timeout_s: float = Field(default=60.0, gt=0)
     """How long an HTTP/1.1 request's head may take to arrive from its first byte, and how long its body may
     pause between reads; past it the request gets 408 and its connection is closed (slow or stalled clients).
-    On the gRPC port (uvicorn's HTTP/2), how long a unary call's request may pause: past it the call ends with
+    On the gRPC port (DMS's HTTP/2), how long a unary call's request may pause: past it the call ends with
     DEADLINE_EXCEEDED and the connection serves on. Streaming calls' requests may pause as long as they like."""
     min_request_body_rate_bytes_s: float = Field(default=500.0, ge=0)
     """Bytes a second an HTTP/1.1 request must average, counted from its first byte (its head counts as no
     bytes) once ``request_body_rate_grace_s`` has passed; slower gets 408 and its connection is closed. On the
-    gRPC port (uvicorn's HTTP/2) a unary call's request is held to the same floor, from its first read, and
+    gRPC port (DMS's HTTP/2) a unary call's request is held to the same floor, from its first read, and
     ends with DEADLINE_EXCEEDED; the connection serves on (streams' requests are not held to it). A pause limit alone
     lets a client hold a request for ever with a byte now and then. 0 turns the floor off."""
     request_body_rate_grace_s: float = Field(default=10.0, gt=0)
@@ -199,11 +199,6 @@ class ServerSettings(BaseSettings):
     """Plain text lines, or one JSON object per line."""
     logger_levels: dict[str, Literal["debug", "info", "warning", "error"]] = Field(default_factory=dict)
     """Levels of single loggers, e.g. ``{"dms.access": "warning"}``."""
-    inference_fast_path: bool = True
-    """With ``grpc_server = "uvicorn"``, answer unary ``ModelInfer`` calls straight from the HTTP/2 events
-    (``dms.grpc.h2_connection``) rather than through uvicorn's ASGI cycle to ``GrpcApp``: same answers, less CPU
-    per call. (HTTP has one path, which always answers the forwarding routes without ASGI:
-    ``dms.rest.http1_server``.)"""
     access_log: bool = True
     """One ``dms.access`` line per request: time, request id, transport, model, version, status, latency, batch."""
     ray_address: str | None = None
@@ -251,6 +246,11 @@ class ServerSettings(BaseSettings):
     def _check_address(cls, value: str) -> str:
         parse_address(value)
         return value
+
+    @field_validator("grpc_server", mode="before")
+    @classmethod
+    def _first_name_of_dms_grpc(cls, value: Any) -> Any:
+        return "dms" if value == "uvicorn" else value
 
     @field_validator("service_envelope", mode="before")
     @classmethod

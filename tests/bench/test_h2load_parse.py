@@ -7,7 +7,7 @@ import numpy as np
 
 from bench.harness import grpc_load
 from bench.harness.grpc_load import combine, parse_segment
-from dms.grpc.h2_connection import STREAMS_PER_CONNECTION
+from dms.grpc.connection import STREAMS_PER_CONNECTION
 
 SUMMARY = """finished in {seconds}s, {rate} req/s, 1MB/s
 requests: {count} total, {count} started, {count} done, {count} succeeded, 0 failed, 0 errored, 0 timeout

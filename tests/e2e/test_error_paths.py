@@ -139,5 +139,6 @@ def test_a_startup_model_that_cannot_load_is_visible_as_failed(tmp_path: Path):
         log = server.log()
         assert log.count("broken on purpose") >= 3  # three tries, then it stopped
         retried = server.manage("PUT", "/models/broken", params={"min_worker": 1, "synchronous": "true"})
-        assert retried.status_code == 200
+        assert retried.status_code == 500 and retried.json()["type"] == "WorkersFailedError"  # as TorchServe
+        assert "broken on purpose" in retried.json()["message"]
         assert server.describe("broken")[0]["status"] == "FAILED"

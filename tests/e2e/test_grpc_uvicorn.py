@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
-from dms.grpc.h2_connection import STREAMS_PER_CONNECTION
+from dms.grpc.connection import STREAMS_PER_CONNECTION
 from tests.support import DmsServer
 
 pytest.importorskip("tritonclient.grpc", reason="tritonclient[grpc] is a test dependency")

@@ -17,13 +17,13 @@ from tests.support import DmsServer, running_server
 MAX_BODY = 2000
 
 
-@pytest.fixture(scope="module", params=["true", "false"], ids=["lean", "asgi"])
-def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DmsServer]:
-    work = tmp_path_factory.mktemp(f"http1-{request.param}")
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DmsServer]:
+    work = tmp_path_factory.mktemp("http1")
     store = work / "store"
     make_probe_archive(store, "probe", config="initial_workers: 1\n")
     args = ["--model-store", str(store), "--models", "probe=probe-1.0.mar"]
-    env = {"DMS_INFERENCE_FAST_PATH": request.param, "DMS_MAX_REQUEST_SIZE_BYTES": str(MAX_BODY)}
+    env = {"DMS_MAX_REQUEST_SIZE_BYTES": str(MAX_BODY)}
     with running_server(work, args, env) as started:
         yield started
 

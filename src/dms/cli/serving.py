@@ -56,8 +56,8 @@ def server_options(fn: Any) -> Any:
         click.option("--grpc-address", help="host:port of the Open Inference Protocol gRPC service [127.0.0.1:7070]."),
         click.option(
             "--grpc-server",
-            type=click.Choice(["uvicorn", "grpcio"]),
-            help="What serves gRPC: uvicorn's HTTP/2 (less CPU per call), or grpcio [uvicorn].",
+            type=click.Choice(["dms", "grpcio", "uvicorn"]),
+            help="What serves gRPC: DMS's own HTTP/2 (less CPU per call; 'uvicorn', its former name), or grpcio [dms].",
         ),
         click.option("--default-workers-per-model", type=int, help="Workers per model version."),
         click.option(

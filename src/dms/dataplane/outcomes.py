@@ -1,7 +1,7 @@
 """How a request handed to the data plane ended, read off the future ``DataPlane.submit`` returned.
 
 The transports that answer from a callback on that future (``dms.rest.calls``,
-``dms.grpc.h2_connection``) and the ones that await it (``Forwarder.forward``,
+``dms.grpc.answering``) and the ones that await it (``Forwarder.forward``,
 ``InferenceServicer.model_infer``) all turn it into an ``Outcome`` before building their answer.
 """
 

@@ -1,6 +1,6 @@
-"""The gRPC service on grpcio's asyncio server (``grpc_server = "grpcio"``; uvicorn's HTTP/2 is the default).
+"""The gRPC service on grpcio's asyncio server (``grpc_server = "grpcio"``; DMS's own HTTP/2 is the default).
 
-The same methods (``rpc_methods``) as on uvicorn's HTTP/2, registered as grpcio's generic handlers, and the same
+The same methods (``rpc_methods``) as on DMS's own HTTP/2, registered as grpcio's generic handlers, and the same
 limits: messages bounded by ``grpc_message_limit``, streams per connection by ``grpc_max_concurrent_streams``,
 and a call's key checked before its message is read (``KeyFirst``).
 """
@@ -31,7 +31,7 @@ def _grpcio_handler(method: RpcMethod) -> grpc.RpcMethodHandler:
 class KeyFirst(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc ships no type hints
     """grpcio reads (and inflates) a unary call's message before its handler runs: this checks the call's key
     from its metadata first, and answers a call without the right one by a handler that never asks for its
-    message, so none of it is read or inflated (as on uvicorn's HTTP/2, where the transport does the same)."""
+    message, so none of it is read or inflated (as on DMS's own HTTP/2, where the connection does the same)."""
 
     def __init__(self, methods: dict[str, RpcMethod]) -> None:
         self.methods = methods
@@ -56,7 +56,7 @@ def _refusing(exc: DMSError) -> Callable[[Any, Context], Any]:
 def build_grpc_server(
     dataplane: DataPlane, metrics: ServerMetrics, keys: KeyStore | None, repository: RepositoryChanges | None = None
 ) -> grpc.aio.Server:
-    """The service on grpcio's asyncio server (``grpc_server = "grpcio"``; uvicorn's HTTP/2 is the default)."""
+    """The service on grpcio's asyncio server (``grpc_server = "grpcio"``; DMS's own HTTP/2 is the default)."""
     settings = dataplane.settings
     methods = rpc_methods(InferenceServicer(dataplane, metrics, keys, repository))
     keyed = keys is not None and (settings.token_auth or settings.inference_token_auth)

@@ -176,7 +176,7 @@ class InferenceServicer:
         call = self.infer_arrived(payload, metadata)
         outcome: Outcome = None
         try:
-            self.authorize(metadata, "inference")  # grpcio reads the message first; uvicorn's HTTP/2 does not
+            self.authorize(metadata, "inference")  # grpcio reads the message first; DMS's HTTP/2 does not
             outcome = await self.infer_submit(call, payload, metadata)
         except DMSError as exc:
             outcome = exc
@@ -189,7 +189,7 @@ class InferenceServicer:
             await context.abort(code, details)
         return answer
 
-    # ``ModelInfer`` in three steps, for transports that do not await (``dms.grpc.h2_connection``) -------
+    # ``ModelInfer`` in three steps, for transports that do not await (``dms.grpc.answering``) -------------
     def infer_arrived(self, payload: bytes, metadata: Metadata) -> InferCall:
         """Count a ``ModelInfer`` call as in flight and read its routing fields; ``infer_concluded`` ends it."""
         started_ns = self.metrics.started(PROTOCOL_V2_GRPC)

@@ -1,10 +1,9 @@
 """One socket write per event-loop turn for each gRPC connection.
 
-uvicorn writes an HTTP/2 answer in three pieces, each straight to the socket: headers, data and
-trailers. For a small gRPC answer each piece is a system call and, on loopback or a fast network, a
-packet that may wake the client on its own. ``GrpcH2Protocol`` hands uvicorn a transport that keeps what
-one loop turn writes to a connection and sends it as one buffer in the next turn (microseconds later),
-or at once when it grows past ``FLUSH_BYTES``; everything else is the real transport's. Measured with
+Written straight to the socket, each call's answer would be a system call and, on loopback or a fast network, a
+packet that may wake the client on its own. ``GrpcConnection`` writes through a transport that keeps what one
+loop turn writes to a connection and sends it as one buffer in the next turn (microseconds later), or at once
+when it grows past ``FLUSH_BYTES``; everything else is the real transport's. Measured with
 ``bench.ab``: gRPC 1.2x at c=16 and c=64. (For HTTP/1.1, two writes per answer, it measured no better.)
 ``write_now`` skips the wait (and its loop callback) for an answer that is the last thing its connection
 has to send, as a lean ``ModelInfer`` answer on a connection with no other call is.

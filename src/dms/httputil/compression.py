@@ -13,7 +13,7 @@ _MIN_COMPRESSED_BYTES = 1024
 def inflate(data: bytes, wbits: int, max_bytes: int) -> bytes | None:
     """``data`` decompressed by zlib with ``wbits`` (31: gzip, 15: zlib, -15: raw deflate), never past
     ``max_bytes``: None when the result would be over it (a compression bomb). Raises ``zlib.error`` on
-    corrupt data. The one bounded decompression of request bodies (here) and gRPC messages (``dms.grpc.h2``)."""
+    corrupt data. The one bounded decompression of request bodies (here) and gRPC messages (``dms.grpc.call_core``)."""
     decompressor = zlib.decompressobj(wbits=wbits)
     out = decompressor.decompress(data, max_bytes + 1)
     if len(out) > max_bytes or decompressor.unconsumed_tail:

@@ -22,8 +22,7 @@ The rules it owns, each written here once:
   floor, a request must also average ``min_body_rate`` bytes a second from its first byte once
   ``body_rate_grace_s`` has passed. Time the owner was not reading (``reading_paused``) is not held against
   a request. Overruns are ``408`` with a closed connection.
-- **Framing.** Answers carry ``content-length`` unless they stream; a streamed answer is chunked (HTTP/1.1)
-  or ends with the connection (HTTP/1.0); ``connection: close`` marks the last answer. A request is the
+- **The connection's last request.** (The answers' bytes are ``dms.httputil.http1_framing``'s.) A request is the
   connection's last when its client says so, it is HTTP/1.0 without keep-alive, it asks for an upgrade, or
   the server is stopping. A malformed request is ``400`` naming what the parser found, and the connection
   closes.
@@ -34,7 +33,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from enum import Enum
-from http import HTTPStatus
 from typing import Protocol
 from urllib.parse import unquote
 
@@ -43,13 +41,8 @@ import httptools
 from dms.errors import DMSError, HeadersTooLargeError, InputError, PayloadTooLargeError, RequestReadTimeoutError
 from dms.httputil.connection_deadlines import ReadLimits, too_slow_at, too_slow_message
 
-_STATUS_LINES = {int(status): b"HTTP/1.1 %d %s\r\n" % (status, status.phrase.encode()) for status in HTTPStatus}
 HEAD_LINE_SLACK = 16
 """Bytes of a head besides its target and headers: method, version and line ends, at most."""
-
-
-def status_line(status: int) -> bytes:
-    return _STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status
 
 
 class Expiry(Enum):
@@ -356,34 +349,3 @@ class Http1Wire:
         if self.request is not None and self.head_complete:
             self.request.keep_alive = False
         self.stopping = True
-
-
-def encode_head(
-    status: int,
-    headers: list[tuple[bytes, bytes]],
-    extra: list[tuple[bytes, bytes]],
-    keep_alive: bool,
-    body_length: int | None = None,
-) -> list[bytes]:
-    """An answer's status line and headers, ending in the blank line (``extra``: the server's own, such as date).
-
-    Every header is fit to send as it comes: a model's headers are checked where its answer is built
-    (``dms.rest.forwarding.malformed_header``), the ASGI bridge checks an app's, and httptools refused a
-    client's control characters. With ``body_length``, a ``content-length`` is added where the answer needs one
-    and has none."""
-    parts = [status_line(status)]
-    for name, value in extra:
-        parts += (name, b": ", value, b"\r\n")
-    length_given = False
-    for name, value in headers:
-        length_given = length_given or name == b"content-length"
-        parts += (name, b": ", value, b"\r\n")
-    if body_length is not None and not length_given and status >= 200 and status not in (204, 304):
-        parts += (b"content-length: ", str(body_length).encode(), b"\r\n")
-    if not keep_alive:
-        parts.append(b"connection: close\r\n")
-    parts.append(b"\r\n")
-    return parts
-
-
-CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"

@@ -22,7 +22,7 @@ from dms.rest.errors import error_response
 from dms.rest.forwarding import Reply
 
 if TYPE_CHECKING:
-    from dms.rest.http1_server import Exchange
+    from dms.rest.exchange import Exchange
 
 log = logging.getLogger("dms.http")
 _DISCONNECT: Message = {"type": "http.disconnect"}

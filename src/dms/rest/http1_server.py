@@ -11,7 +11,7 @@ so the kernel's socket buffers, not the server's memory, hold back a client that
 ``Http1Server`` runs one port: it accepts connections (a TCP socket or, for a frontend's control API, a Unix
 socket), holds the process's connection budget (``max_connections``: one over it is answered 503 and closed),
 and stops gracefully: a request being answered finishes and its connection closes after it; a connection
-between requests may still bring one for ``SHUTDOWN_LINGER_S``; connections the kernel had accepted but
+between requests may still bring one for ``LINGER_S``; connections the kernel had accepted but
 nobody had taken are served too; what is left after the grace period is closed.
 """
 
@@ -20,105 +20,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
-import stat
-import time
 from collections import deque
-from email.utils import formatdate
 from typing import TYPE_CHECKING, Any, cast
 
 from dms.errors import DMSError, ServerBusyError
 from dms.httputil.connection_deadlines import ConnectionBudget, ReadLimits
-from dms.httputil.http1_wire import CONTINUE, Expiry, Http1Wire, WireRequest, encode_head
+from dms.httputil.http1_framing import CONTINUE, ServerDate, encode_head
+from dms.httputil.http1_wire import Expiry, Http1Wire, WireRequest
+from dms.httputil.port import LINGER_S, Port
 from dms.rest.errors import error_response
+from dms.rest.exchange import Exchange
 from dms.rest.forwarding import Reply
 
 if TYPE_CHECKING:
     from dms.rest.calls import CallRouter
 
 log = logging.getLogger("dms.http")
-SHUTDOWN_LINGER_S = 0.25
-"""How long a connection between requests (or before its first) may still bring one once the server stops."""
 IDLE_TIMEOUT_S = 5.0
 """How long a connection may sit between requests (or before its first) before it is closed."""
-
-
-class ServerDate:
-    """The ``date`` header every answer carries, made once a second."""
-
-    def __init__(self) -> None:
-        self.second = 0
-        self.headers: list[tuple[bytes, bytes]] = []
-
-    def __call__(self) -> list[tuple[bytes, bytes]]:
-        now = int(time.time())
-        if now != self.second:
-            self.second = now
-            self.headers = [(b"date", formatdate(now, usegmt=True).encode())]
-        return self.headers
-
-
-class Exchange:
-    """One request on a connection, from its arrival whole to its answer's last byte."""
-
-    __slots__ = ("chunked", "connection", "gone", "keep_alive", "on_gone", "request", "running", "started")
-
-    def __init__(self, connection: Http1Connection, request: WireRequest) -> None:
-        self.connection = connection
-        self.request = request
-        self.keep_alive = request.keep_alive
-        self.gone = False
-        """The client left before the answer was written."""
-        self.on_gone: Any = None
-        """Called once if the client leaves while this is being answered."""
-        self.running = False
-        """It was handed to the router (it waits while the client does not read the answers before it)."""
-        self.started = False
-        """The answer's head was written (a streamed answer is under way)."""
-        self.chunked = False
-
-    @property
-    def client(self) -> tuple[str, int] | None:
-        return self.connection.client
-
-    def reply(self, reply: Reply) -> None:
-        """Write the whole answer (nothing if the client has gone) and go on to the next request."""
-        self.connection.write_reply(self, reply)
-
-    # -- a streamed answer (the ASGI bridge) -----------------------------------------------------
-    def start(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, more: bool) -> None:
-        """Write an answer's head and first body bytes; with ``more``, the body streams (chunked on HTTP/1.1)."""
-        self.started = True
-        connection = self.connection
-        if not more:
-            connection.write_reply(self, Reply(status, headers, body))
-            return
-        if not any(name == b"content-length" for name, _ in headers):
-            if self.request.http_version == "1.1":
-                self.chunked = True
-                headers = [*headers, (b"transfer-encoding", b"chunked")]
-            else:
-                self.keep_alive = False  # an HTTP/1.0 client reads to the end of the connection
-        connection.write(self, encode_head(status, headers, connection.date(), self.keep_alive))
-        self.send_body(body, more=True)
-
-    def send_body(self, body: bytes, more: bool) -> None:
-        """More of a streamed answer; the last part without ``more`` ends it."""
-        connection = self.connection
-        head_only = self.request.method == "HEAD"
-        if body and not head_only:
-            connection.write(self, [b"%x\r\n" % len(body), body, b"\r\n"] if self.chunked else [body])
-        if not more:
-            if self.chunked and not head_only:
-                connection.write(self, [b"0\r\n\r\n"])
-            connection.answered(self)
-
-    def abort(self) -> None:
-        """The answer cannot be finished (the app failed after it began): the connection is closed."""
-        self.keep_alive = False
-        self.connection.close()
-        self.connection.answered(self)
 
 
 class Http1Connection(asyncio.Protocol):
@@ -376,13 +295,13 @@ class Http1Connection(asyncio.Protocol):
 
     # -- stopping ----------------------------------------------------------------------------------
     def shutdown(self) -> None:
-        """The server is stopping: the request being answered, or one arriving within ``SHUTDOWN_LINGER_S``, is
+        """The server is stopping: the request being answered, or one arriving within ``LINGER_S``, is
         the connection's last. (A request already sent but not read yet would be reset unread by closing now.)"""
         self.wire.stop_taking()
         if self.queue:
             self.queue[0].keep_alive = False
         else:
-            self.loop.call_later(SHUTDOWN_LINGER_S, self._close_if_idle)
+            self.loop.call_later(LINGER_S, self._close_if_idle)
 
     def _close_if_idle(self) -> None:
         if not self.queue and not self.wire.arriving():
@@ -401,8 +320,8 @@ def _address(value: Any) -> tuple[str, int] | None:
     return None
 
 
-class Http1Server:
-    """One HTTP port (see the module's docstring)."""
+class Http1Server(Port):
+    """One HTTP port (see the module's docstring and ``dms.httputil.port``)."""
 
     def __init__(
         self,
@@ -412,66 +331,17 @@ class Http1Server:
         budget: ConnectionBudget | None = None,
         idle_timeout_s: float = IDLE_TIMEOUT_S,
     ) -> None:
+        super().__init__()
         self.router = router
         self.limits = limits
         self.max_body_bytes = max_body_bytes
         self.budget = budget or limits.connections
         self.idle_timeout_s = idle_timeout_s
         self.date = ServerDate()
-        self.connections: set[Http1Connection] = set()
         self.answered = 0
-        self.server: asyncio.Server | None = None
-        self.sock: socket.socket | None = None
 
-    async def start(self, sock: socket.socket) -> None:
-        """Serve the bound socket ``sock`` (listening on it here)."""
-        loop = asyncio.get_running_loop()
-        sock.setblocking(False)
-        self.sock = sock
-        self.server = await loop.create_server(lambda: Http1Connection(self), sock=sock, backlog=2048)
+    def connection(self) -> Http1Connection:
+        return Http1Connection(self)
 
-    async def start_unix(self, path: str) -> None:
-        """Serve a Unix socket at ``path`` (a stale one left there by a process that died is replaced)."""
-        with contextlib.suppress(FileNotFoundError):
-            if stat.S_ISSOCK(os.stat(path).st_mode):
-                os.unlink(path)
-        loop = asyncio.get_running_loop()
-        self.server = await loop.create_unix_server(lambda: Http1Connection(self), path=path)
-        os.chmod(path, 0o600)
-
-    async def stop(self, grace_s: float) -> None:
-        """Stop accepting, serve what was waiting to be accepted, let requests in progress finish within
-        ``grace_s``, and close every connection."""
-        if self.server is None:
-            return
-        held = self.sock.dup() if self.sock is not None else None
-        self.server.close()
-        if held is not None:
-            with held:
-                await self._serve_backlog(held)
-        for connection in list(self.connections):
-            connection.shutdown()
-        deadline = asyncio.get_running_loop().time() + max(grace_s, SHUTDOWN_LINGER_S * 2)
-        while self.connections and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.01)
-        for connection in list(self.connections):
-            connection.close()
+    def cancel_work(self) -> None:
         self.router.cancel_calls()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.server.wait_closed(), 1)
-
-    async def _serve_backlog(self, sock: socket.socket) -> None:
-        """Closing a listening socket resets the connections the kernel completed for it that nobody accepted,
-        whose clients may have sent a whole request: they are accepted from a duplicate and served first."""
-        loop = asyncio.get_running_loop()
-        sock.setblocking(False)
-        while True:
-            try:
-                connection, _ = sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                log.warning("the connections waiting on a closing port could not all be served: %s", exc)
-                return
-            connection.setblocking(False)
-            await loop.connect_accepted_socket(lambda: Http1Connection(self), sock=connection)

@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from dms._generated import inference_pb2 as pb
-from dms.grpc.h2 import CallAborted, CallContext
+from dms.grpc.call_core import CallAborted, CallContext
 from dms.grpc.servicer import InferenceServicer
 from dms.observability.metrics import ServerMetrics
 from dms.settings import ServerSettings

@@ -7,7 +7,8 @@ import pytest
 
 from dms.errors import DMSError
 from dms.httputil.connection_deadlines import ReadLimits
-from dms.httputil.http1_wire import Expiry, Http1Wire, WireRequest, encode_head
+from dms.httputil.http1_framing import encode_head
+from dms.httputil.http1_wire import Expiry, Http1Wire, WireRequest
 
 
 class Owner:

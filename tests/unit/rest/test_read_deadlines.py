@@ -10,7 +10,7 @@ import json
 import pytest
 
 from dms.messages import ResponseItem
-from tests.unit.grpc.test_grpc_h2_connection import Harness as H2Harness
+from tests.unit.grpc.test_connection import Harness as H2Harness
 from tests.unit.protocol_support import run
 from tests.unit.rest.test_http1_server import Harness, post, settle
 

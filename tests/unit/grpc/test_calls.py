@@ -1,4 +1,6 @@
-"""The gRPC-over-ASGI application of ``grpc_server = "uvicorn"``, driven with ASGI messages as uvicorn sends them."""
+"""The calls of a service as DMS's gRPC connections answer them (``dms.grpc.answering`` and ``call_core``):
+unary and streaming, protobuf and raw, compressed, refused, failing, timed out and abandoned, driven through a
+connection by a zttp client in memory."""
 
 from __future__ import annotations
 
@@ -14,8 +16,9 @@ import pytest
 
 from dms._generated import inference_pb2 as pb
 from dms.errors import ModelNotFoundError
-from dms.grpc.h2 import CallAborted, GrpcApp, frame, parse_timeout, read_call_headers
+from dms.grpc.call_core import CallAborted, frame, parse_timeout, read_call_headers
 from dms.grpc.servicer import RpcMethod
+from tests.unit.grpc.test_connection import Answer, Harness
 
 PATH = "/inference.GRPCInferenceService/"
 
@@ -71,12 +74,13 @@ METHODS = {
 
 
 class Call:
-    """One request through the app: what it sent back, parsed into status, messages and trailers."""
+    """One call through a connection: its status, messages, trailers and whether anything was sent."""
 
-    def __init__(self, sent: list[dict[str, Any]]) -> None:
-        self.sent = sent
-        self.status = sent[0]["status"] if sent else None
-        body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    def __init__(self, answer: Answer) -> None:
+        self.answer = answer
+        self.status = answer.status
+        self.sent = answer.status != 0
+        body = answer.body
         self.text = body if self.status != 200 else b""
         self.messages: list[bytes] = []
         while body and self.status == 200:
@@ -84,8 +88,8 @@ class Call:
             length = int.from_bytes(body[1:5], "big")
             self.messages.append(body[5 : 5 + length])
             body = body[5 + length :]
-        trailers = [m for m in sent if m["type"] == "http.response.trailers"]
-        self.trailers = dict(trailers[0]["headers"]) if trailers else {}
+        self.trailers = answer.trailers
+        self.headers = answer.headers
 
     @property
     def code(self) -> int:
@@ -104,36 +108,42 @@ def run(
     max_bytes: int = 1 << 20,
     disconnect: bool = False,
 ) -> Call:
-    events: list[dict[str, Any]] = [
-        {"type": "http.request", "body": chunk, "more_body": i < len(chunks) - 1} for i, chunk in enumerate(chunks)
-    ]
-    if disconnect:
-        events = [{"type": "http.request", "body": chunks[0], "more_body": True}, {"type": "http.disconnect"}]
-    sent: list[dict[str, Any]] = []
+    """The call, its request sent in ``chunks`` (each its own read), on a connection serving ``METHODS``."""
 
-    async def receive() -> dict[str, Any]:
-        if events:
-            return events.pop(0)
-        await asyncio.sleep(3600)  # uvicorn's receive waits until the client goes away
-        return {"type": "http.disconnect"}
+    async def call() -> Call:
+        h = Harness(max_bytes=max_bytes)
+        h.server.methods = {name.encode(): rpc for name, rpc in METHODS.items()}
+        await h.exchange()
+        grpc_headers = [(b"content-type", b"application/grpc"), (b"te", b"trailers"), *headers]
+        stream = h.client.send_request(http_method.encode(), PATH.encode() + method.encode(), b"HTTP/2", grpc_headers)
+        h.answers[stream.stream_id] = answer = Answer()
+        for index, chunk in enumerate(chunks):
+            if chunk:
+                stream.send_data(chunk)
+            if index == len(chunks) - 1 and not disconnect:
+                stream.end_message()
+            h.send()
+            await h.exchange()
+        if disconnect:
+            h.protocol.connection_lost(None)
+        for _ in range(100):
+            await h.exchange()
+            if answer.ended or disconnect:
+                break
+            await asyncio.sleep(0.01)
+        return Call(answer)
 
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    scope = {
-        "type": "http",
-        "method": http_method,
-        "path": PATH + method,
-        "headers": [(b"content-type", b"application/grpc"), (b"te", b"trailers"), *headers],
-    }
-    asyncio.run(GrpcApp(METHODS, max_bytes)(scope, receive, send))
-    return Call(sent)
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(call())
+    finally:
+        loop.close()
 
 
 def test_a_unary_call_gets_its_answer_and_an_ok_status():
     call = run("Echo", [frame(b"abc")])
     assert call.status == 200 and call.messages == [b"cba"] and call.code == 0
-    assert call.sent[0]["headers"][0] == (b"content-type", b"application/grpc")
+    assert call.headers[b"content-type"] == b"application/grpc"
 
 
 def test_messages_split_anywhere_across_body_chunks_are_put_back_together():
@@ -210,7 +220,7 @@ def test_metadata_is_the_custom_headers_with_binary_values_decoded():
 
 
 def test_a_client_that_leaves_mid_request_gets_nothing_sent():
-    assert run("Echo", [frame(b"abc")[:3]], disconnect=True).sent == []
+    assert not run("Echo", [frame(b"abc")[:3]], disconnect=True).sent
 
 
 def test_a_streaming_call_answers_each_request_then_ends_ok():

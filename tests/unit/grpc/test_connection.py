@@ -1,6 +1,5 @@
-"""The gRPC port's HTTP/2 protocol (``grpc_server = "uvicorn"``), driven by a zttp client through memory:
-which calls it answers itself (unary ``ModelInfer``, without ASGI), and how it reads, refuses, times out
-and lets go of them."""
+"""DMS's gRPC connections (``dms.grpc.connection``), driven by a zttp client through memory: how calls are
+answered, and how they are read, refused, timed out and let go of."""
 
 from __future__ import annotations
 
@@ -11,15 +10,14 @@ from typing import Any
 
 import grpc
 import pytest
-import uvicorn
 import zttp
-from uvicorn.server import ServerState
 
 from dms._generated import inference_pb2 as pb
 from dms.auth import KeyStore
-from dms.grpc.h2 import GrpcApp, frame
-from dms.grpc.h2_connection import GrpcH2Protocol, grpc_protocol
-from dms.grpc.servicer import InferenceServicer, rpc_methods
+from dms.grpc.call_core import frame
+from dms.grpc.connection import GrpcConnection
+from dms.grpc.server import GrpcServer
+from dms.grpc.servicer import InferenceServicer
 from dms.httputil.connection_deadlines import ReadLimits
 from dms.messages import ErrorInfo, ResponseItem
 from dms.observability.metrics import ServerMetrics
@@ -37,6 +35,7 @@ class Answer:
     """What came back on one stream."""
 
     headers: dict[bytes, bytes] = field(default_factory=dict)
+    status: int = 0
     body: bytes = b""
     trailers: dict[bytes, bytes] = field(default_factory=dict)
     ended: bool = False
@@ -61,7 +60,6 @@ class Harness:
     def __init__(
         self,
         *,
-        lean: bool = True,
         keys: KeyStore | None = None,
         max_bytes: int = 1 << 20,
         keep_alive_s: float = 5,
@@ -74,18 +72,8 @@ class Harness:
         self.metrics = ServerMetrics()
         servicer = InferenceServicer(self.dataplane, self.metrics, keys)  # type: ignore[arg-type]
         limits = ReadLimits(read_timeout_s, min_body_rate, body_rate_grace_s)
-        app = GrpcApp(rpc_methods(servicer), max_bytes, limits)
-        protocol_class = grpc_protocol(servicer if lean else None, max_bytes, limits)
-        config = uvicorn.Config(
-            app,
-            http=protocol_class,
-            lifespan="off",
-            log_config=None,
-            access_log=False,
-            timeout_keep_alive=keep_alive_s,  # type: ignore[arg-type]
-        )
-        config.load()
-        self.protocol: GrpcH2Protocol = protocol_class(config=config, server_state=ServerState(), app_state={})
+        self.server = GrpcServer(servicer, max_bytes, limits, idle_timeout_s=keep_alive_s)
+        self.protocol = GrpcConnection(self.server)
         self.transport = FakeTransport(port=7070)
         self.protocol.connection_made(self.transport)
         self.client = zttp.Connection(zttp.CLIENT, protocol=zttp.HTTP2)
@@ -124,7 +112,7 @@ class Harness:
                 continue
             if isinstance(event, zttp.Response):
                 answer.headers = dict(event.headers)
-                assert event.status_code == 200
+                answer.status = event.status_code
             elif isinstance(event, zttp.Data):
                 answer.body += event.data
             elif isinstance(event, zttp.EndOfMessage):
@@ -148,7 +136,7 @@ def test_a_model_infer_call_is_answered_without_the_asgi_app_in_one_write(loop: 
         [(name, version, item, _)] = h.dataplane.submitted
         assert (name, version, item.body, item.request_id, item.protocol) == ("m", "2", REQUEST, "r-7", "v2-grpc")
         assert ("x-request-id", "r-7") in item.headers and not any(k == "tag-bin" for k, _ in item.headers)
-        assert not h.protocol.tasks and h.in_flight() == 1
+        assert not h.server.tasks and h.in_flight() == 1
         await h.exchange()
         assert h.answers[sid].headers == {}  # nothing is sent before the answer
         h.answer(0, ResponseItem(200, b"the answer", "application/grpc", batch_size=3))
@@ -156,7 +144,7 @@ def test_a_model_infer_call_is_answered_without_the_asgi_app_in_one_write(loop: 
         answer = h.answers[sid]
         assert h.writes == 1 and answer.ended and answer.code == grpc.StatusCode.OK
         assert answer.message == b"the answer" and answer.headers[b"content-type"] == b"application/grpc"
-        assert h.in_flight() == 0 and not h.protocol.cycles and not h.protocol.tasks
+        assert h.in_flight() == 0 and not h.protocol.calls and not h.server.tasks
         assert 'code="OK"' in h.metrics.exposition().decode()
 
     run(loop, test)
@@ -176,7 +164,7 @@ def test_many_calls_in_flight_are_answered_each_on_its_own_stream(loop: asyncio.
     run(loop, test)
 
 
-def test_one_read_that_mixes_asgi_and_lean_calls_and_a_reset_is_handled_in_order(loop: asyncio.AbstractEventLoop):
+def test_one_read_that_mixes_calls_and_a_reset_is_handled_in_order(loop: asyncio.AbstractEventLoop):
     async def test() -> None:
         h = Harness()
         await h.exchange()
@@ -184,12 +172,12 @@ def test_one_read_that_mixes_asgi_and_lean_calls_and_a_reset_is_handled_in_order
         streams = []
         for path, message in [(SERVICE + b"ServerLive", b""), (INFER, REQUEST), (INFER, REQUEST)]:
             if len(streams) == 2:
-                h.client.stream(first).reset(8)  # CANCEL, after the ASGI call and before the last lean call
+                h.client.stream(first).reset(8)  # CANCEL, after the ServerLive call and before the last ModelInfer
             stream = h.start(path)
             stream.send_data(frame(message))
             stream.end_message()
             streams.append(stream)
-        h.send()  # all of it in one read: uvicorn's dispatch takes over at the ASGI call's body
+        h.send()  # all of it in one read
         await h.exchange()
         live, second, third = (int(stream.stream_id) for stream in streams)
         assert pb.ServerLiveResponse.FromString(h.answers[live].message).live
@@ -198,7 +186,7 @@ def test_one_read_that_mixes_asgi_and_lean_calls_and_a_reset_is_handled_in_order
         h.answer(2, ResponseItem(200, b"third", "application/grpc"))
         await h.exchange()
         assert (h.answers[second].message, h.answers[third].message) == (b"second", b"third")
-        assert not h.answers[first].ended and h.in_flight() == 0 and not h.protocol.cycles
+        assert not h.answers[first].ended and h.in_flight() == 0 and not h.protocol.calls
 
     run(loop, test)
 
@@ -241,7 +229,7 @@ def test_a_message_over_the_limit_is_refused_before_the_body_ends(loop: asyncio.
         stream.end_message()
         h.send()
         await h.exchange()
-        assert not h.dataplane.submitted and h.in_flight() == 0 and not h.protocol.cycles
+        assert not h.dataplane.submitted and h.in_flight() == 0 and not h.protocol.calls
         sid = h.call()  # the connection goes on
         h.answer(0, ResponseItem(200, b"ok", "application/grpc"))
         await h.exchange()
@@ -260,8 +248,8 @@ def test_a_second_message_is_refused_before_the_body_ends(loop: asyncio.Abstract
         await h.exchange()
         answer = h.answers[stream.stream_id]
         assert answer.code == grpc.StatusCode.INTERNAL and "exactly one request message" in answer.details
-        assert not h.dataplane.submitted and not h.protocol.cycles
-        assert h.protocol.reading_since is None  # nothing is arriving any more: no read deadline is kept
+        assert not h.dataplane.submitted and not h.protocol.calls
+        assert not h.protocol.arriving  # nothing is arriving any more: no read deadline is kept
 
     run(loop, test)
 
@@ -342,7 +330,7 @@ def test_the_calls_deadline_cancels_it_at_the_model(loop: asyncio.AbstractEventL
         [(_, _, _, future)] = h.dataplane.submitted
         assert future.cancelled() and h.answers[sid].code == grpc.StatusCode.DEADLINE_EXCEEDED
         assert h.answers[malformed].code == grpc.StatusCode.INTERNAL and "grpc-timeout" in h.answers[malformed].details
-        assert h.in_flight() == 0 and not h.protocol.cycles
+        assert h.in_flight() == 0 and not h.protocol.calls
 
     run(loop, test)
 
@@ -404,23 +392,26 @@ def test_each_call_reads_its_own_headers_when_a_connection_repeats_or_changes_th
     run(loop, test)
 
 
-def test_other_calls_and_the_lean_path_turned_off_go_through_the_asgi_app(loop: asyncio.AbstractEventLoop):
+def test_other_unary_calls_run_as_tasks_and_requests_without_te_trailers_are_answered_too(
+    loop: asyncio.AbstractEventLoop,
+):
     async def test() -> None:
-        for lean in (True, False):
-            h = Harness(lean=lean)
-            live = h.call(b"", path=SERVICE + b"ServerLive")
-            no_trailers = h.call(headers=[(b"content-type", b"application/grpc")])
-            await h.exchange()
-            assert pb.ServerLiveResponse.FromString(h.answers[live].message).live
-            assert len(h.protocol.tasks) == 1  # the ModelInfer call without te: trailers waits in ASGI
-            infer = h.call()
-            await h.exchange()
-            assert len(h.protocol.tasks) == (1 if lean else 2)
-            for index in range(2):
-                h.answer(index, ResponseItem(200, b"ok %d" % index, "application/grpc"))
-            await h.exchange()
-            assert h.answers[infer].message in (b"ok 0", b"ok 1") and not h.protocol.tasks
-            assert h.answers[no_trailers].body  # uvicorn sends the trailers only to clients that asked for them
+        h = Harness()
+        live = h.call(b"", path=SERVICE + b"ServerLive")
+        no_trailers = h.call(headers=[(b"content-type", b"application/grpc")])
+        await h.exchange()
+        assert pb.ServerLiveResponse.FromString(h.answers[live].message).live and not h.server.tasks
+        h.answer(0, ResponseItem(200, b"ok", "application/grpc"))
+        await h.exchange()
+        assert h.answers[no_trailers].message == b"ok" and h.answers[no_trailers].code == grpc.StatusCode.OK
+        not_grpc = h.start(headers=[(b"content-type", b"application/json")])
+        not_grpc.end_message()
+        unknown = h.call(b"", path=SERVICE + b"Nope")
+        h.send()
+        await h.exchange()
+        assert h.answers[unknown].code == grpc.StatusCode.UNIMPLEMENTED and "Nope" in h.answers[unknown].details
+        assert h.answers[not_grpc.stream_id].status == 415 and b"speaks gRPC" in h.answers[not_grpc.stream_id].body
+        assert all(a.status == 200 for sid, a in h.answers.items() if sid != not_grpc.stream_id)
 
     run(loop, test)
 
@@ -472,12 +463,11 @@ def test_a_graceful_stop_lets_the_call_in_flight_finish_then_closes(loop: asynci
     run(loop, test)
 
 
-@pytest.mark.parametrize("lean", [True, False], ids=["lean", "asgi"])
 def test_an_idle_connection_is_closed_after_the_keep_alive_timeout_and_a_busy_one_is_not(
-    loop: asyncio.AbstractEventLoop, lean: bool
+    loop: asyncio.AbstractEventLoop,
 ):
     async def test() -> None:
-        h = Harness(lean=lean, keep_alive_s=0.3)
+        h = Harness(keep_alive_s=0.3)
         await h.exchange()
         for index in range(4):  # a call every 0.15 s: idle for half the timeout at most
             stream = h.call()
@@ -501,24 +491,21 @@ def test_an_idle_connection_is_closed_after_the_keep_alive_timeout_and_a_busy_on
         assert any(isinstance(event, zttp.GoAway) for event in iter(h.client.next_event, zttp.NEED_DATA))
 
         # A connection that goes away drops its idle timer at once (the loop would keep it alive till then).
-        h = Harness(lean=lean, keep_alive_s=300)
+        h = Harness(keep_alive_s=300)
         h.call()
         await h.exchange()
         h.answer(0, ResponseItem(200, b"ok", "application/grpc"))
         await h.exchange()
-        assert h.protocol.timeout_keep_alive_task is not None
+        assert h.protocol.timer is not None
         h.protocol.connection_lost(None)
-        assert h.protocol.timeout_keep_alive_task is None
+        assert h.protocol.timer is None
 
     run(loop, test)
 
 
-@pytest.mark.parametrize("lean", [True, False], ids=["lean", "asgi"])
-def test_a_request_that_stops_arriving_ends_its_call_and_the_connection_serves_on(
-    loop: asyncio.AbstractEventLoop, lean: bool
-):
+def test_a_request_that_stops_arriving_ends_its_call_and_the_connection_serves_on(loop: asyncio.AbstractEventLoop):
     async def test() -> None:
-        h = Harness(lean=lean, read_timeout_s=0.3)
+        h = Harness(read_timeout_s=0.3)
         await h.exchange()
         stalled = h.start()
         stalled.send_data(frame(REQUEST)[:8])  # a piece of its message, then nothing
@@ -539,13 +526,12 @@ def test_a_request_that_stops_arriving_ends_its_call_and_the_connection_serves_o
         answer = h.answers[stalled.stream_id]
         assert answer.code == grpc.StatusCode.DEADLINE_EXCEEDED, answer.trailers
         assert "request_read_timeout_s (0.3 s)" in answer.details
-        if lean:
-            assert answer.reset  # the rest of its request is not wanted (RFC 9113 section 8.1)
+        assert answer.reset  # the rest of its request is not wanted (RFC 9113 section 8.1)
         h.answer(0, ResponseItem(200, b"ok", "application/grpc"))
         await h.exchange()
         assert h.answers[slow.stream_id].message == b"ok"
-        assert not h.transport.closed and not h.protocol.cycles
-        assert h.protocol.reading_since is None
+        assert not h.transport.closed and not h.protocol.calls
+        assert not h.protocol.arriving
         sid = h.call()
         await h.exchange()
         h.answer(1, ResponseItem(200, b"again", "application/grpc"))
@@ -577,21 +563,19 @@ def test_a_streaming_call_may_pause_past_the_read_timeout(loop: asyncio.Abstract
     run(loop, test)
 
 
-@pytest.mark.parametrize("lean", [True, False], ids=["lean", "asgi"])
-def test_a_client_that_does_not_read_what_is_sent_to_it_is_read_no_further(loop: asyncio.AbstractEventLoop, lean: bool):
+def test_a_client_that_does_not_read_what_is_sent_to_it_is_read_no_further(loop: asyncio.AbstractEventLoop):
     """zttp answers every PING and SETTINGS frame; a client that sent them in a stream and never read grew the
-    frontend by as much as it sent while uvicorn went on reading (test_unread_answers.py)."""
+    frontend by as much as it sent while uvicorn's protocol went on reading (test_unread_answers.py)."""
 
     async def test() -> None:
-        h = Harness(lean=lean)
+        h = Harness()
         stream = h.call()
         await h.exchange()
         h.protocol.pause_writing()  # the transport holds more unsent bytes than its high-water mark
         assert not h.transport.reading
         h.answer(0, ResponseItem(200, b"ok", "application/grpc"))
         await h.exchange()
-        # The lean path wrote its answer and closed the stream; uvicorn's ASGI path waits for the writes to drain.
-        assert h.answers[stream].ended == lean
+        assert h.answers[stream].ended  # its answer was written (the transport holds it), the stream closed
         assert not h.transport.reading
         h.protocol.resume_writing()
         assert h.transport.reading
@@ -606,12 +590,11 @@ def test_a_client_that_does_not_read_what_is_sent_to_it_is_read_no_further(loop:
     run(loop, test)
 
 
-@pytest.mark.parametrize("lean", [True, False], ids=["lean", "asgi"])
 def test_a_call_whose_request_trickles_under_the_floor_ends_and_the_connection_serves_on(
-    loop: asyncio.AbstractEventLoop, lean: bool
+    loop: asyncio.AbstractEventLoop,
 ):
     async def test() -> None:
-        h = Harness(lean=lean, read_timeout_s=1.0, min_body_rate=50.0, body_rate_grace_s=0.1)
+        h = Harness(read_timeout_s=1.0, min_body_rate=50.0, body_rate_grace_s=0.1)
         await h.exchange()
         trickling, steady = h.start(), h.start()
         whole = frame(REQUEST)
@@ -629,8 +612,7 @@ def test_a_call_whose_request_trickles_under_the_floor_ends_and_the_connection_s
         answer = h.answers[trickling.stream_id]
         assert answer.code == grpc.StatusCode.DEADLINE_EXCEEDED, answer.trailers
         assert "min_request_body_rate_bytes_s (50 bytes/s" in answer.details
-        if lean:
-            assert answer.reset  # the rest of its request is not wanted (RFC 9113 section 8.1)
+        assert answer.reset  # the rest of its request is not wanted (RFC 9113 section 8.1)
         assert h.dataplane.submitted == [] and not h.answers[steady.stream_id].ended
         steady.send_data(whole[steady_sent:])
         steady.end_message()
