@@ -68,7 +68,9 @@ class GrpcConnection(asyncio.Protocol):
         self.counted = False
         self.opened = self.resets = self.last_stream_id = 0
         self.closing = False
-        """A GOAWAY was sent: no new call is taken, and the connection closes once its calls are done."""
+        """A GOAWAY was sent: the connection closes once its calls are done. The calls its client sent before it
+        saw the GOAWAY are still answered (a retired connection's), unless the server is ``stopping``."""
+        self.stopping = False
         self.write_paused = self.read_paused = False
         self.drained: asyncio.Future[None] | None = None
         self.arriving: list[GrpcCall] = []
@@ -166,7 +168,7 @@ class GrpcConnection(asyncio.Protocol):
 
     def _begin(self, event: Any) -> None:
         stream_id = event.stream_id
-        if self.closing or len(self.calls) >= self.server.max_concurrent_streams:
+        if self.stopping or len(self.calls) >= self.server.max_concurrent_streams:
             self.conn.stream(stream_id).reset(REFUSED_STREAM)  # refused before anything is kept for it
             return
         self.opened += 1
@@ -387,6 +389,7 @@ class GrpcConnection(asyncio.Protocol):
 
     def shutdown(self) -> None:
         """The server is stopping (or the client said GOAWAY): the calls in flight finish, then it closes."""
+        self.stopping = True
         self._retire()
         if not self.calls:
             self.close()

@@ -315,7 +315,7 @@ class RpcMethod:
     """Requests and answers are both streams (``ModelStreamInfer``)."""
     authorize: Callable[[Metadata], None] | None = None
     """Checks a call's headers for the key its calls need (``InferenceServicer.authorize``), before any of its
-    message is read; None for the health calls, which need none."""
+    message is read; None for the health calls, and for every call of a kind that needs no key here."""
 
 
 SERVICE = "inference.GRPCInferenceService"
@@ -324,8 +324,13 @@ SERVICE = "inference.GRPCInferenceService"
 def rpc_methods(servicer: InferenceServicer) -> dict[str, RpcMethod]:
     """The service's methods by name."""
     s = servicer
-    inference: Callable[[Metadata], None] = functools.partial(s.authorize, kind="inference")
-    management: Callable[[Metadata], None] = functools.partial(s.authorize, kind="management")
+    # A method's check is left out when its kind needs no key (settings and keys do not change while serving).
+    inference: Callable[[Metadata], None] | None = None
+    management: Callable[[Metadata], None] | None = None
+    if s.key_required("inference"):
+        inference = functools.partial(s.authorize, kind="inference")
+    if s.key_required("management"):
+        management = functools.partial(s.authorize, kind="management")
     methods = [
         RpcMethod("ServerLive", s.server_live, pb.ServerLiveRequest, pb.ServerLiveResponse),
         RpcMethod("ServerReady", s.server_ready, pb.ServerReadyRequest, pb.ServerReadyResponse),
