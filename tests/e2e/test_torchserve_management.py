@@ -85,3 +85,9 @@ def test_registration_takes_startup_timeout_and_runtime(server: DmsServer, tmp_p
     )
     assert registered.status_code == 200, registered.text
     assert len(server.describe("started")[0]["workers"]) == 1
+
+
+def test_the_metrics_port_answers_options_with_its_api_description(server: DmsServer):
+    described = server.http.options(f"{server.metrics_url}/")
+    assert described.status_code == 200 and "/metrics" in described.json()["paths"]
+    assert server.http.get(f"{server.metrics_url}/api-description").json() == described.json()

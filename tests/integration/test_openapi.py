@@ -17,6 +17,7 @@ from dms.observability.metrics import ServerMetrics
 from dms.rest.calls import CallRouter
 from dms.rest.inference import build_inference_app
 from dms.rest.management import build_management_app
+from dms.rest.metrics import build_metrics_app
 from dms.settings import ServerSettings
 
 
@@ -67,3 +68,21 @@ def test_document_is_valid_and_complete(build, auth, tmp_path):
     assert options == document
     assert documented_operations(document) == served_operations(app)
     assert ("securitySchemes" in document["components"]) is auth
+
+
+def test_the_metrics_port_describes_itself_as_torchserves_does():
+    app = build_metrics_app(ServerMetrics())
+
+    async def fetch() -> tuple[dict[str, object], dict[str, object], str]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            described = (await client.get("/api-description")).json()
+            options = (await client.options("/")).json()
+            exposition = (await client.get("/metrics")).text
+        return described, options, exposition
+
+    document, options, exposition = asyncio.run(fetch())
+    validate(document)
+    assert options == document
+    assert documented_operations(document) == served_operations(app)
+    assert "# TYPE" in exposition

@@ -36,6 +36,7 @@ from dms.grpc.answering import CallAnswers
 from dms.grpc.call_core import PREFIX, CallAborted, CallHeaders, GrpcCall, parse_timeout, read_call_headers
 from dms.grpc.errors import GRPC_STATUS
 from dms.grpc.write_coalescing import CoalescedWrites
+from dms.httputil.port import WriteFlow
 
 if TYPE_CHECKING:
     from dms.grpc.server import GrpcServer
@@ -71,8 +72,8 @@ class GrpcConnection(asyncio.Protocol):
         """A GOAWAY was sent: the connection closes once its calls are done. The calls its client sent before it
         saw the GOAWAY are still answered (a retired connection's), unless the server is ``stopping``."""
         self.stopping = False
-        self.write_paused = self.read_paused = False
-        self.drained: asyncio.Future[None] | None = None
+        self.read_paused = False
+        self.flow = WriteFlow()
         self.arriving: list[GrpcCall] = []
         """Unary calls whose requests are still arriving (held to the read deadlines)."""
         self.fresh: list[GrpcCall] = []
@@ -128,17 +129,14 @@ class GrpcConnection(asyncio.Protocol):
         self.server.connections.discard(self)
         for call in list(self.calls.values()):
             self.answers.abandon(call)
-        if self.drained is not None and not self.drained.done():
-            self.drained.set_result(None)
+        self.flow.wake()
 
     def pause_writing(self) -> None:
-        self.write_paused = True
+        self.flow.pause()
         self._pause_reading()
 
     def resume_writing(self) -> None:
-        self.write_paused = False
-        if self.drained is not None and not self.drained.done():
-            self.drained.set_result(None)
+        self.flow.resume()
         self._resume_reading()
 
     # -- the frames of a read --------------------------------------------------------------------
@@ -277,10 +275,7 @@ class GrpcConnection(asyncio.Protocol):
 
     async def drain(self) -> None:
         """Wait while the client reads slower than it is written to."""
-        if self.write_paused and not self.transport.is_closing():
-            if self.drained is None or self.drained.done():
-                self.drained = self.loop.create_future()
-            await self.drained
+        await self.flow.drain(self.transport)
 
     def finish(
         self, call: GrpcCall, code: grpc.StatusCode, details: str, message: bytes | None = None, reset: bool = False
@@ -326,7 +321,7 @@ class GrpcConnection(asyncio.Protocol):
                 self.transport.pause_reading()
 
     def _resume_reading(self) -> None:
-        if not self.read_paused or self.write_paused or self.transport.is_closing():
+        if not self.read_paused or self.flow.paused or self.transport.is_closing():
             return
         if any(c.inbox is not None and c.inbox.qsize() > STREAM_READ_AHEAD for c in self.calls.values()):
             return

@@ -99,3 +99,33 @@ class Port(ABC):
                 return
             connection.setblocking(False)
             await loop.connect_accepted_socket(self.connection, sock=connection)
+
+
+class WriteFlow:
+    """Whether a connection's transport takes writes (asyncio's ``pause_writing`` / ``resume_writing``: it holds
+    more unsent bytes than its high-water mark while the client does not read), and a way to wait until it does."""
+
+    __slots__ = ("_drained", "paused")
+
+    def __init__(self) -> None:
+        self.paused = False
+        self._drained: asyncio.Future[None] | None = None
+
+    def pause(self) -> None:
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
+        self.wake()
+
+    def wake(self) -> None:
+        """Release whoever waits (writes flow again, or the connection is gone)."""
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    async def drain(self, transport: asyncio.BaseTransport) -> None:
+        """Wait while the transport takes no more writes (a streamed answer's flow control)."""
+        if self.paused and not transport.is_closing():
+            if self._drained is None or self._drained.done():
+                self._drained = asyncio.get_running_loop().create_future()
+            await self._drained

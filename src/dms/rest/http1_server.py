@@ -27,7 +27,7 @@ from dms.errors import DMSError, ServerBusyError
 from dms.httputil.connection_deadlines import ConnectionBudget, ReadLimits
 from dms.httputil.http1_framing import CONTINUE, ServerDate, encode_head
 from dms.httputil.http1_wire import Expiry, Http1Wire, WireRequest
-from dms.httputil.port import LINGER_S, Port
+from dms.httputil.port import LINGER_S, Port, WriteFlow
 from dms.rest.errors import error_response
 from dms.rest.exchange import Exchange
 from dms.rest.forwarding import Reply
@@ -56,8 +56,7 @@ class Http1Connection(asyncio.Protocol):
         self.local: tuple[str, int] | None = None
         self.counted = False
         self.read_paused = False
-        self.write_paused = False
-        self.drained: asyncio.Future[None] | None = None
+        self.flow = WriteFlow()
         self.continue_owed: WireRequest | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.timer_due = 0.0
@@ -101,27 +100,21 @@ class Http1Connection(asyncio.Protocol):
             exchange.gone = True
             if exchange.on_gone is not None:
                 exchange.on_gone()
-        if self.drained is not None and not self.drained.done():
-            self.drained.set_result(None)
+        self.flow.wake()
 
     def pause_writing(self) -> None:
-        self.write_paused = True
+        self.flow.pause()
         self._pause_reading()
 
     def resume_writing(self) -> None:
-        self.write_paused = False
-        if self.drained is not None and not self.drained.done():
-            self.drained.set_result(None)
+        self.flow.resume()
         if self.queue and not self.queue[0].running:
             self._run(self.queue[0])  # it waited for the client to read the answers before it
         self._resume_reading()
 
     async def drain(self) -> None:
         """Wait until the transport takes writes again (a streamed answer's flow control)."""
-        if self.write_paused and not self.transport.is_closing():
-            if self.drained is None or self.drained.done():
-                self.drained = self.loop.create_future()
-            await self.drained
+        await self.flow.drain(self.transport)
 
     # -- the wire's calls ------------------------------------------------------------------------
     def head_arrived(self, request: WireRequest) -> None:
@@ -207,7 +200,7 @@ class Http1Connection(asyncio.Protocol):
             return
         owed = self.continue_owed
         if self.queue:
-            if not self.write_paused:  # else the next runs once the client reads (``resume_writing``)
+            if not self.flow.paused:  # else the next runs once the client reads (``resume_writing``)
                 self._run(self.queue[0])
                 self._resume_reading()  # when the one now answered was the last waiting
             return
@@ -245,7 +238,7 @@ class Http1Connection(asyncio.Protocol):
                 self.transport.pause_reading()
 
     def _resume_reading(self) -> None:
-        if self.read_paused and not self.write_paused and len(self.queue) <= 1 and not self.wire.closed:
+        if self.read_paused and not self.flow.paused and len(self.queue) <= 1 and not self.wire.closed:
             self.read_paused = False
             self.wire.reading_resumed()
             with contextlib.suppress(RuntimeError):

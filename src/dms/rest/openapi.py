@@ -78,6 +78,18 @@ _OPTIONS = {
 }
 
 
+def metrics_openapi() -> dict[str, Any]:
+    """The metrics port's document (TorchServe answers ``OPTIONS /`` there too)."""
+    exposition = {
+        "get": {
+            "operationId": "metrics",
+            "summary": "The server's metrics in Prometheus' text format",
+            "responses": {"200": {"description": "Prometheus exposition", "content": {"text/plain": {}}}},
+        }
+    }
+    return _doc("DMS metrics API", {"/": _OPTIONS, "/api-description": _DESCRIBE, "/metrics": exposition})
+
+
 def inference_openapi() -> dict[str, Any]:
     predict_body = {
         "required": True,
