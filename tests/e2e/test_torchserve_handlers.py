@@ -143,3 +143,26 @@ def test_a_base_handler_subclass_with_its_own_pre_and_postprocess(setup):
     expected = int(rows_net(torch.tensor([rows])).argmax(dim=1)[0])
     assert response.json() == expected
     assert Path(server.describe("ts_rows")[0]["modelUrl"]).name == "ts_rows.mar"
+
+
+def test_an_explanation_runs_the_handlers_explain_handle(setup):
+    """TorchServe's ``/explanations/{m}[/{v}]``: BaseHandler.handle sees the ``explain`` header and hands the
+    preprocessed rows, the first request's body and its target to the handler's ``get_insights``."""
+    server, _, rows_net = setup
+    rows = np.random.default_rng(5).random((1, 16), dtype=np.float32)[0].tolist()
+    inputs = torch.tensor([rows], requires_grad=True)
+    rows_net(inputs)[:, 0].sum().backward()
+    expected = [[round(value, 6) for value in row] for row in (inputs.grad * inputs).tolist()]
+    body, headers = json.dumps(rows).encode(), {"Content-Type": "application/json"}
+    for path in ("/explanations/ts_rows", "/explanations/ts_rows/1.0"):
+        answer = server.http.post(f"{server.inference_url}{path}", content=body, headers=headers)
+        assert answer.status_code == 200, answer.text
+        assert answer.json() == pytest.approx(expected[0], abs=1e-5)
+    # The same model still predicts: the header marks only the explanation requests.
+    predicted = server.predict("ts_rows", body, headers=headers)
+    assert predicted.json() == int(rows_net(torch.tensor([rows])).argmax(dim=1)[0])
+    # A handler that defines no get_insights says so.
+    image = io.BytesIO()
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(image, format="PNG")
+    vision = server.http.post(f"{server.inference_url}/explanations/ts_vision", content=image.getvalue())
+    assert vision.status_code == 500 and "get_insights" in vision.text, vision.text

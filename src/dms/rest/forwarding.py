@@ -119,6 +119,7 @@ class Forwarder:
         on_error: ErrorFormat,
         compression: bool = False,
         pass_query: bool = False,
+        extra_headers: tuple[tuple[str, str], ...] = (),
     ) -> None:
         self.dataplane = dataplane
         self.metrics = metrics
@@ -126,6 +127,8 @@ class Forwarder:
         self.on_error = on_error
         self.compression = compression
         self.pass_query = pass_query
+        self.extra_headers = list(extra_headers)
+        """Request headers added for the handler (the explanations routes add TorchServe's ``explain: True``)."""
 
     def endpoint(self) -> Endpoint:
         """A Starlette route handler for paths with ``model_name`` (and optionally ``model_version``)."""
@@ -188,7 +191,7 @@ class Forwarder:
             request_id=request_id,
             body=body,
             content_type=lookup.get("content-type", ""),
-            headers=headers,
+            headers=headers + self.extra_headers if self.extra_headers else headers,
             query=parse_qsl(query_string.decode("latin-1"), keep_blank_values=True) if query else [],
             protocol=self.protocol,
         )

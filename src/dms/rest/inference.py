@@ -27,9 +27,18 @@ def _is_health(path: str) -> bool:
     return path == "/ping" or path.startswith("/v2/health/")
 
 
-def predictions_forwarder(dataplane: DataPlane, metrics: ServerMetrics) -> Forwarder:
-    """TorchServe's ``/predictions/{model}[/{version}]``: query parameters reach the handler, TorchServe's errors."""
-    return Forwarder(dataplane, metrics, protocol=PROTOCOL_RAW, on_error=error_response, pass_query=True)
+EXPLAIN = (("explain", "True"),)
+"""The request header TorchServe's frontend adds to an explanation request, which its ``BaseHandler.handle`` reads
+to call ``explain_handle`` rather than ``inference``."""
+
+
+def predictions_forwarder(dataplane: DataPlane, metrics: ServerMetrics, explain: bool = False) -> Forwarder:
+    """TorchServe's ``/predictions/{model}[/{version}]`` (``explain``: ``/explanations/...``): query parameters
+    reach the handler, TorchServe's errors."""
+    extra = EXPLAIN if explain else ()
+    return Forwarder(
+        dataplane, metrics, protocol=PROTOCOL_RAW, on_error=error_response, pass_query=True, extra_headers=extra
+    )
 
 
 @dataclass(frozen=True)
@@ -42,6 +51,12 @@ class InferenceForwarders:
     """``/v2/models/{model}[/versions/{version}]/infer``"""
     v1_predict: Forwarder
     """``/v1/models/{model}:predict``"""
+    explanations: Forwarder | None = None
+    """``/explanations/{model}[/{version}]``: the handler's ``explain_handle`` (TorchServe's header)"""
+    v1_explain: Forwarder | None = None
+    """``/v1/models/{model}:explain``"""
+    v2_explain: Forwarder | None = None
+    """``/v2/models/{model}[/versions/{version}]/explain``"""
 
 
 def inference_forwarders(dataplane: DataPlane, metrics: ServerMetrics) -> InferenceForwarders:
@@ -49,6 +64,9 @@ def inference_forwarders(dataplane: DataPlane, metrics: ServerMetrics) -> Infere
         predictions=predictions_forwarder(dataplane, metrics),
         infer=infer_forwarder(dataplane, metrics),
         v1_predict=predict_forwarder(dataplane, metrics),
+        explanations=predictions_forwarder(dataplane, metrics, explain=True),
+        v1_explain=predict_forwarder(dataplane, metrics, extra_headers=EXPLAIN),
+        v2_explain=infer_forwarder(dataplane, metrics, extra_headers=EXPLAIN),
     )
 
 
@@ -59,6 +77,19 @@ _POST = frozenset({"POST"})
 def inference_routes(forwarders: InferenceForwarders) -> RouteTable:
     """The inference API's routes that forward to a model: the one table (``dms.rest.calls``)."""
     predictions, infer = forwarders.predictions, forwarders.infer
+    explaining = []
+    if forwarders.explanations is not None:
+        explaining += [
+            ForwardRoute("/explanations/{model_name}", _POST_PUT, forwarders.explanations),
+            ForwardRoute("/explanations/{model_name}/{model_version}", _POST_PUT, forwarders.explanations),
+        ]
+    if forwarders.v1_explain is not None:
+        explaining.append(ForwardRoute("/v1/models/{model_name}:explain", _POST, forwarders.v1_explain))
+    if forwarders.v2_explain is not None:
+        explaining += [
+            ForwardRoute("/v2/models/{model_name}/explain", _POST, forwarders.v2_explain),
+            ForwardRoute("/v2/models/{model_name}/versions/{model_version}/explain", _POST, forwarders.v2_explain),
+        ]
     return RouteTable(
         [
             ForwardRoute("/predictions/{model_name}", _POST_PUT, predictions),
@@ -66,6 +97,7 @@ def inference_routes(forwarders: InferenceForwarders) -> RouteTable:
             ForwardRoute("/v2/models/{model_name}/infer", _POST, infer),
             ForwardRoute("/v2/models/{model_name}/versions/{model_version}/infer", _POST, infer),
             ForwardRoute("/v1/models/{model_name}:predict", _POST, forwarders.v1_predict),
+            *explaining,
             # The original DMS interface: multipart fields named by the archive's signature.json.
             ForwardRoute("/{model_name}/predict", _POST, predictions),
         ]

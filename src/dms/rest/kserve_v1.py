@@ -15,9 +15,11 @@ from dms.rest.forwarding import Forwarder
 from dms.rest.oip import oip_error, protocol_errors
 
 
-def predict_forwarder(dataplane: DataPlane, metrics: ServerMetrics) -> Forwarder:
-    """``POST /v1/models/{model}:predict``"""
-    return Forwarder(dataplane, metrics, protocol=PROTOCOL_V1, on_error=oip_error)
+def predict_forwarder(
+    dataplane: DataPlane, metrics: ServerMetrics, extra_headers: tuple[tuple[str, str], ...] = ()
+) -> Forwarder:
+    """``POST /v1/models/{model}:predict`` (with ``extra_headers``, ``:explain``)"""
+    return Forwarder(dataplane, metrics, protocol=PROTOCOL_V1, on_error=oip_error, extra_headers=extra_headers)
 
 
 def v1_routes(dataplane: DataPlane) -> list[Route]:

@@ -36,9 +36,14 @@ def protocol_errors(endpoint: Endpoint) -> Endpoint:
     return wrapped
 
 
-def infer_forwarder(dataplane: DataPlane, metrics: ServerMetrics) -> Forwarder:
-    """``POST /v2/models/{model}[/versions/{version}]/infer``: gzip/deflate bodies, OIP error bodies."""
-    return Forwarder(dataplane, metrics, protocol=PROTOCOL_V2_REST, on_error=oip_error, compression=True)
+def infer_forwarder(
+    dataplane: DataPlane, metrics: ServerMetrics, extra_headers: tuple[tuple[str, str], ...] = ()
+) -> Forwarder:
+    """``POST /v2/models/{model}[/versions/{version}]/infer`` (with ``extra_headers``, ``/explain``): gzip/deflate
+    bodies, OIP error bodies."""
+    return Forwarder(
+        dataplane, metrics, protocol=PROTOCOL_V2_REST, on_error=oip_error, compression=True, extra_headers=extra_headers
+    )
 
 
 def oip_routes(dataplane: DataPlane) -> list[Route]:

@@ -108,11 +108,11 @@ def inference_openapi() -> dict[str, Any]:
         },
     }
 
-    def predict_ops(op_prefix: str, params: list[dict[str, Any]]) -> dict[str, Any]:
+    def predict_ops(op_prefix: str, params: list[dict[str, Any]], summary: str = "Run a prediction") -> dict[str, Any]:
         return {
             method: {
                 "operationId": f"{op_prefix}{method.title()}",
-                "summary": "Run a prediction",
+                "summary": summary,
                 "parameters": params,
                 **prediction,
             }
@@ -121,6 +121,7 @@ def inference_openapi() -> dict[str, Any]:
 
     model = _path_param("model_name", "registered model name")
     version = _path_param("model_version", "model version")
+    explained = "The handler's explanation of a prediction (TorchServe's explain_handle)"
     return _doc(
         "DMS inference API",
         {
@@ -138,6 +139,10 @@ def inference_openapi() -> dict[str, Any]:
             },
             "/predictions/{model_name}": predict_ops("predictions", [model]),
             "/predictions/{model_name}/{model_version}": predict_ops("versionPredictions", [model, version]),
+            "/explanations/{model_name}": predict_ops("explanations", [model], explained),
+            "/explanations/{model_name}/{model_version}": predict_ops(
+                "versionExplanations", [model, version], explained
+            ),
             "/{model_name}/predict": {
                 "post": {
                     "operationId": "legacyPredict",

@@ -107,6 +107,10 @@ def oip_paths() -> dict[str, Any]:
         ),
         "/v2/models/{model_name}/infer": _infer("modelInfer", model),
         "/v2/models/{model_name}/versions/{model_version}/infer": _infer("modelVersionInfer", versioned),
+        "/v2/models/{model_name}/explain": _explained(_infer("modelExplain", model)),
+        "/v2/models/{model_name}/versions/{model_version}/explain": _explained(
+            _infer("modelVersionExplain", versioned)
+        ),
         "/v1/models": _get("v1ListModels", "KServe v1: model names", []),
         "/v1/models/{model_name}": _get("v1ModelReady", "KServe v1: name and readiness", model, 404),
         "/v1/models/{model_name}:predict": {
@@ -121,7 +125,22 @@ def oip_paths() -> dict[str, Any]:
                 },
             }
         },
+        "/v1/models/{model_name}:explain": {
+            "post": {
+                "operationId": "v1Explain",
+                "summary": "KServe v1: the handler's explanation (TorchServe's explain_handle)",
+                "parameters": model,
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}},
+                "responses": {"200": _answer("the explanation"), **_errors(400, 404, 408, 413, 500, 503, 504)},
+            }
+        },
     }
+
+
+def _explained(operation: dict[str, Any]) -> dict[str, Any]:
+    """An inference operation as its explanation twin: the handler's ``explain_handle`` answers it."""
+    post = operation["post"]
+    return {"post": {**post, "summary": "The handler's explanation of an inference request (explain_handle)"}}
 
 
 def console_paths() -> dict[str, Any]:

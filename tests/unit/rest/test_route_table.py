@@ -6,8 +6,8 @@ import pytest
 
 from dms.rest.inference import InferenceForwarders, inference_routes
 
-PREDICTIONS, INFER, V1 = object(), object(), object()
-TABLE = inference_routes(InferenceForwarders(PREDICTIONS, INFER, V1))  # type: ignore[arg-type]
+PREDICTIONS, INFER, V1, EXPLAIN, V1_EXPLAIN, V2_EXPLAIN = (object() for _ in range(6))
+TABLE = inference_routes(InferenceForwarders(PREDICTIONS, INFER, V1, EXPLAIN, V1_EXPLAIN, V2_EXPLAIN))  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -19,6 +19,12 @@ TABLE = inference_routes(InferenceForwarders(PREDICTIONS, INFER, V1))  # type: i
         ("POST", "/v2/models/m/versions/3/infer", (INFER, "m", "3")),
         ("POST", "/v1/models/m:predict", (V1, "m", None)),
         ("POST", "/v1/models/a:b:predict", (V1, "a:b", None)),
+        ("POST", "/explanations/m", (EXPLAIN, "m", None)),
+        ("PUT", "/explanations/m/2.0", (EXPLAIN, "m", "2.0")),
+        ("POST", "/v1/models/m:explain", (V1_EXPLAIN, "m", None)),
+        ("POST", "/v2/models/m/explain", (V2_EXPLAIN, "m", None)),
+        ("POST", "/v2/models/m/versions/3/explain", (V2_EXPLAIN, "m", "3")),
+        ("GET", "/explanations/m", None),
         # left to the Starlette app: other methods, empty or extra segments, other routes
         ("GET", "/predictions/m", None),
         ("POST", "/predictions/", None),

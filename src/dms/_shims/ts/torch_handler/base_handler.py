@@ -2,7 +2,10 @@
 
 ``initialize`` loads the manifest's serialized file: with a ``modelFile``, that file's one
 ``nn.Module`` class and a ``state_dict`` (``weights_only=True``); an ``.onnx`` file with ONNX
-Runtime; otherwise a TorchScript file. ``handle`` runs preprocess → inference → postprocess.
+Runtime; otherwise a TorchScript file. ``handle`` runs preprocess → inference → postprocess; for an explanation
+(a request TorchServe's frontend, and DMS's explanations routes, mark with the header ``explain: True``) it runs
+preprocess → ``explain_handle``, which hands ``get_insights`` the preprocessed batch, the first request's data and
+its ``target`` (0 when it names none), as TorchServe's does.
 """
 
 from __future__ import annotations
@@ -96,4 +99,25 @@ class BaseHandler(abc.ABC):  # noqa: B024 - abstract in TorchServe's sense: mean
 
     def handle(self, data: Any, context: Any) -> Any:
         self.context = context
-        return self.postprocess(self.inference(self.preprocess(data)))
+        preprocessed = self.preprocess(data)
+        if self._is_explain():
+            return self.explain_handle(preprocessed, data)
+        return self.postprocess(self.inference(preprocessed))
+
+    def _is_explain(self) -> bool:
+        """The request asks for an explanation (its ``explain`` header is ``True``)."""
+        self.explain = self.context is not None and self.context.get_request_header(0, "explain") == "True"
+        return self.explain
+
+    def explain_handle(self, data_preprocess: Any, raw_data: Any) -> Any:
+        first = raw_data[0] if raw_data else None
+        inputs, target = None, 0
+        if isinstance(first, dict):
+            inputs = first.get("data")
+            if inputs is None:
+                inputs = first.get("body")
+            target = first.get("target") or 0
+        return self.get_insights(data_preprocess, inputs, target)
+
+    def get_insights(self, tensor_data: Any, raw_data: Any, target: Any) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} gives no explanations: it defines no get_insights")
