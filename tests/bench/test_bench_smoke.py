@@ -34,7 +34,7 @@ def test_the_benchmark_runs_and_every_answer_is_right():
     for label in (
         "DMS /predictions, same handler (batch 16 / 5 ms)",
         "DMS OIP REST binary (ONNX)",
-        "DMS OIP gRPC (ONNX; uvicorn HTTP/2, the default)",
+        "DMS OIP gRPC (ONNX; DMS's HTTP/2, the default)",
         "DMS OIP gRPC on grpcio (ONNX)",
         "bare ceiling",
         "gRPC ceiling",
