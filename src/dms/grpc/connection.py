@@ -66,7 +66,6 @@ class GrpcConnection(asyncio.Protocol):
         self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set by connection_made
         self.writes: CoalescedWrites = None  # type: ignore[assignment]
         self.writer: AnswerWriter = None  # type: ignore[assignment]
-        self.counted = False
         self.opened = self.resets = self.last_stream_id = 0
         self.closing = False
         """A GOAWAY was sent: the connection closes once its calls are done. The calls its client sent before it
@@ -90,15 +89,13 @@ class GrpcConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not asyncio's class
         self.writes = CoalescedWrites(self.transport, self.loop)
         self.writer = AnswerWriter(self.conn, self.writes)
-        budget = self.server.budget
-        self.counted = budget.take()
-        if not self.counted:
+        if not self.server.admit(self):
+            budget = self.server.budget
             log.warning("a gRPC connection was refused: %s are open, max_connections", budget.limit)
             self.conn.close(ENHANCE_YOUR_CALM, 0)
             self.transport.write(self.conn.data_to_send())
             self.transport.close()
             return
-        self.server.connections.add(self)
         self.conn.initiate_connection()
         self.flush()
         self._went_idle()
@@ -123,10 +120,7 @@ class GrpcConnection(asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        if self.counted:
-            self.counted = False
-            self.server.budget.give_back()
-        self.server.connections.discard(self)
+        self.server.release(self)
         for call in list(self.calls.values()):
             self.answers.abandon(call)
         self.flow.wake()

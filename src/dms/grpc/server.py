@@ -24,17 +24,17 @@ class GrpcServer(Port):
         idle_timeout_s: float = IDLE_CONNECTION_S,
         budget: ConnectionBudget | None = None,
     ) -> None:
-        super().__init__()
+        limits = limits or ReadLimits()
+        super().__init__(budget or limits.connections)
         self.servicer = servicer
         self.methods = {method.encode(): rpc for method, rpc in rpc_methods(servicer).items()}
         """The service's methods by the path after ``/inference.GRPCInferenceService/``."""
         self.max_message_bytes = max_message_bytes
-        self.limits = limits or ReadLimits()
+        self.limits = limits
         self.max_concurrent_streams = max_concurrent_streams
         """Calls one connection may have open at once (``grpc_max_concurrent_streams``); a stream past it is reset
         with REFUSED_STREAM at once, so a client cannot make the server keep thousands of calls for it."""
         self.idle_timeout_s = idle_timeout_s
-        self.budget = budget or self.limits.connections
         limits_ = self.limits
         self.first_look = (
             min(limits_.timeout_s, limits_.body_rate_grace_s) if limits_.min_body_rate else limits_.timeout_s

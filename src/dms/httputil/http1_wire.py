@@ -277,10 +277,12 @@ class Http1Wire:
         self.owner.request_arrived(request)
 
     # -- the clock -------------------------------------------------------------------------------
-    def went_idle(self) -> None:
-        """Every request is answered and none is arriving: the idle deadline runs from now."""
-        if self.reading_since is None:
-            self.idle_since = self.clock()
+    def went_idle(self) -> float | None:
+        """Every request is answered: unless one is arriving, the idle deadline runs from now (and is returned)."""
+        if self.reading_since is not None:
+            return None
+        now = self.idle_since = self.clock()
+        return now + self.idle_timeout_s
 
     def reading_paused(self) -> None:
         self.paused = True

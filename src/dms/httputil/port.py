@@ -19,6 +19,8 @@ import stat
 from abc import ABC, abstractmethod
 from typing import Protocol
 
+from dms.httputil.connection_deadlines import ConnectionBudget
+
 log = logging.getLogger("dms.server")
 
 LINGER_S = 0.25
@@ -37,10 +39,25 @@ class Port(ABC):
     """A listening port; ``connection`` makes the protocol of each connection, which adds itself to
     ``connections`` once admitted and takes itself out when closed."""
 
-    def __init__(self) -> None:
+    def __init__(self, budget: ConnectionBudget) -> None:
+        self.budget = budget
+        """The process's open connections across its ports (``max_connections``)."""
         self.connections: set[PortConnection] = set()
         self.server: asyncio.Server | None = None
         self.sock: socket.socket | None = None
+
+    def admit(self, connection: PortConnection) -> bool:
+        """Take a place in the connection budget for a connection that opened; False (nothing taken): refuse it."""
+        if not self.budget.take():
+            return False
+        self.connections.add(connection)
+        return True
+
+    def release(self, connection: PortConnection) -> None:
+        """A connection closed: its place in the budget is given back (once, and only if it had one)."""
+        if connection in self.connections:
+            self.connections.discard(connection)
+            self.budget.give_back()
 
     @abstractmethod
     def connection(self) -> asyncio.Protocol:

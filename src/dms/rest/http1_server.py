@@ -54,7 +54,6 @@ class Http1Connection(asyncio.Protocol):
         """Requests arrived whole and not answered yet; the first is being answered."""
         self.client: tuple[str, int] | None = None
         self.local: tuple[str, int] | None = None
-        self.counted = False
         self.read_paused = False
         self.flow = WriteFlow()
         self.continue_owed: WireRequest | None = None
@@ -66,16 +65,14 @@ class Http1Connection(asyncio.Protocol):
         self.transport = transport = cast(asyncio.Transport, transport)  # uvloop's is not asyncio's class
         self.client = _address(transport.get_extra_info("peername"))
         self.local = _address(transport.get_extra_info("sockname"))
-        budget = self.server.budget
-        self.counted = budget.take()
-        if not self.counted:
+        if not self.server.admit(self):
+            budget = self.server.budget
             log.warning("a connection was refused: %s are open, max_connections", budget.limit)
             error = ServerBusyError(
                 f"the server has max_connections ({budget.limit}) connections open; try again shortly"
             )
             self.refuse(error)
             return
-        self.server.connections.add(self)
         self._arm(self.wire.deadline())
 
     def data_received(self, data: bytes) -> None:
@@ -92,10 +89,7 @@ class Http1Connection(asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        if self.counted:
-            self.counted = False
-            self.server.budget.give_back()
-        self.server.connections.discard(self)
+        self.server.release(self)
         for exchange in self.queue:
             exchange.gone = True
             if exchange.on_gone is not None:
@@ -210,12 +204,9 @@ class Http1Connection(asyncio.Protocol):
                 self.transport.write(CONTINUE)
         if self.read_paused:
             self._resume_reading()
-        wire = self.wire
-        if wire.reading_since is None:  # idle from now (``Http1Wire.went_idle``, written out: every answer runs it)
-            due = wire.idle_since = self.loop.time()
-            due += wire.idle_timeout_s
-            if self.timer is None or self.timer_due > due:
-                self._arm(due)
+        due = self.wire.went_idle()
+        if due is not None and (self.timer is None or self.timer_due > due):
+            self._arm(due)
 
     def refuse(self, error: DMSError) -> None:
         """Answer ``error`` with the JSON error body, and close."""
@@ -324,11 +315,10 @@ class Http1Server(Port):
         budget: ConnectionBudget | None = None,
         idle_timeout_s: float = IDLE_TIMEOUT_S,
     ) -> None:
-        super().__init__()
+        super().__init__(budget or limits.connections)
         self.router = router
         self.limits = limits
         self.max_body_bytes = max_body_bytes
-        self.budget = budget or limits.connections
         self.idle_timeout_s = idle_timeout_s
         self.date = ServerDate()
         self.answered = 0
