@@ -166,3 +166,26 @@ def test_an_explanation_runs_the_handlers_explain_handle(setup):
     Image.new("RGB", (32, 32), (200, 10, 10)).save(image, format="PNG")
     vision = server.http.post(f"{server.inference_url}/explanations/ts_vision", content=image.getvalue())
     assert vision.status_code == 500 and "get_insights" in vision.text, vision.text
+
+
+def test_a_kserve_explanation_is_answered_as_explanations(setup, tmp_path: Path):
+    """Behind KServe (``service_envelope=kserve``), ``:explain`` reaches ``explain_handle`` with one row per
+    instance and is answered ``{"explanations": [...]}``, as TorchServe's envelope answers it; ``:predict`` still
+    answers ``predictions``."""
+    server, _, rows_net = setup
+    store = server.args[server.args.index("--model-store") + 1]
+    rows = np.random.default_rng(6).random((2, 16), dtype=np.float32).tolist()
+    inputs = torch.tensor(rows, requires_grad=True)
+    rows_net(inputs)[:, 0].sum().backward()
+    expected = (inputs.grad * inputs).tolist()
+    args = ["--model-store", store, "--models", "ts_rows=ts_rows.mar", "--service-envelope", "kserve"]
+    with running_server(tmp_path, [*args, "--default-workers-per-model", "1"]) as kserve:
+        document = {"instances": [{"body": row} for row in rows]}
+        explained = kserve.http.post(f"{kserve.inference_url}/v1/models/ts_rows:explain", json=document)
+        assert explained.status_code == 200, explained.text
+        explanations = explained.json()["explanations"]  # one per instance
+        assert len(explanations) == 2
+        for row, wanted in zip(explanations, expected, strict=True):
+            assert row == pytest.approx(wanted, abs=1e-5)
+        predicted = kserve.http.post(f"{kserve.inference_url}/v1/models/ts_rows:predict", json=document)
+        assert predicted.json() == {"predictions": rows_net(torch.tensor(rows)).argmax(dim=1).tolist()}

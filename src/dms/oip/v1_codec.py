@@ -54,6 +54,8 @@ def _wrap(value: Any) -> Any:
     return value
 
 
-def encode_v1_response(key: str, result: Any) -> bytes:
-    answer = "predictions" if key == "instances" else "outputs"
+def encode_v1_response(key: str, result: Any, explaining: bool = False) -> bytes:
+    """The answer to a request that sent ``key`` (``instances``: ``predictions``; ``inputs``: ``outputs``); to an
+    explanation (``:explain``), ``explanations``, as KServe's explainers and TorchServe's envelope answer."""
+    answer = "explanations" if explaining else "predictions" if key == "instances" else "outputs"
     return orjson.dumps({answer: _wrap(result)}, option=orjson.OPT_SERIALIZE_NUMPY)

@@ -4,10 +4,11 @@ Under ``service_envelope = "kserve"`` a KServe v1 ``{"instances": [...]}`` reque
 one row per instance (an instance that is not an object becomes ``{"data": instance}``), and the handler's
 results, one per row, come back as ``{"predictions": [...]}``. Under ``"kservev2"`` an Open Inference Protocol
 request reaches it as one row per input (``{"name", "shape", "datatype", "data"}``: REST JSON as sent, gRPC and
-binary inputs as lists), and each result becomes an output named ``predict``. This is how TorchServe's KServe
-envelopes present requests, so handlers written for TorchServe behind KServe run unchanged. Rows of the requests
-of one batch go to the handler in one call; each request gets its own rows' results. Built-in tensor handlers
-and ``/predictions`` are not enveloped.
+binary inputs as lists), and each result becomes an output named ``predict``. A v1 explanation (``:explain``,
+which reaches the handler with the header ``explain: True``) is answered ``{"explanations": [...]}``. This is how
+TorchServe's KServe envelopes present requests, so handlers written for TorchServe behind KServe run unchanged.
+Rows of the requests of one batch go to the handler in one call; each request gets its own rows' results.
+Built-in tensor handlers and ``/predictions`` are not enveloped.
 """
 
 from __future__ import annotations
@@ -105,7 +106,9 @@ def split(results: Any, entries: list[Enveloped], model_name: str) -> list[list[
 def wrap(entry: Enveloped, results: list[Any], model_name: str, model_version: str) -> ResponseItem:
     """The answer in the request's protocol."""
     if entry.item.protocol == PROTOCOL_V1:
-        return ResponseItem(status=200, body=encode_v1_response("instances", results), content_type="application/json")
+        explaining = any(name.lower() == "explain" and value == "True" for name, value in entry.item.headers)
+        body = encode_v1_response("instances", results, explaining)
+        return ResponseItem(status=200, body=body, content_type="application/json")
     arrays = [_as_output(result) for result in results]
     if entry.grpc_request is not None:
         names = [OUTPUT_NAME] if len(arrays) == 1 else [f"{OUTPUT_NAME}_{i}" for i in range(len(arrays))]
