@@ -16,14 +16,18 @@ step "the peer archivers the tests run (torch-model-archiver, model-archiver)"
 # folder; tests run them with PYTHONPATH pointing there.
 [ -d .tools/torch-model-archiver ] || "${pip[@]}" --target .tools/torch-model-archiver torch-model-archiver==0.12.0
 [ -d .tools/mms-model-archiver ] || "${pip[@]}" --target .tools/mms-model-archiver model-archiver==1.0.3
+# TorchServe's own gRPC protos (inside its frontend jar), from which tests/e2e/test_torchserve_grpc.py generates the
+# client stubs a TorchServe user has, to drive DMS's TorchServe gRPC APIs with them.
+[ -f .tools/torchserve-protos/inference.proto ] || .venv/bin/python scripts/torchserve_protos.py .tools/torchserve-protos
 
 # Debian tools the tests use for real: Chromium for the browser tests (Playwright's own browser
 # download is not used), curl and jq for the tutorials (run as written), wrk and h2load (nghttp2-client)
 # for the benchmark smoke run; podman, runc, debootstrap and ip (iproute2) to build and run the image
-# (tests/container); kubectl (kubernetes-client) to render the kustomize base offline.
+# (tests/container); kubectl (kubernetes-client) to render the kustomize base offline; openssl for the TLS
+# tests' certificate.
 declare -A package=([h2load]=nghttp2-client [ip]=iproute2 [kubectl]=kubernetes-client)
 missing=()
-for tool in chromium curl jq wrk h2load podman runc debootstrap ip kubectl; do
+for tool in chromium curl jq wrk h2load podman runc debootstrap ip kubectl openssl; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("${package[$tool]:-$tool}")
 done
 if [ "${#missing[@]}" -gt 0 ]; then

@@ -20,6 +20,7 @@ from starlette.types import ASGIApp
 
 from dms.auth import KeyStore
 from dms.dataplane import DataPlane
+from dms.httputil import tls
 from dms.httputil.connection_deadlines import ConnectionBudget, ReadLimits
 from dms.httputil.port import Port
 from dms.observability.metrics import ServerMetrics
@@ -32,7 +33,6 @@ from dms.settings import ServerSettings, parse_address
 
 if TYPE_CHECKING:
     from dms.frontends.group import FrontendGroup
-    from dms.grpc.server import GrpcServer
     from dms.grpc.servicer import RepositoryChanges
 
 log = logging.getLogger("dms.server")
@@ -49,20 +49,39 @@ def unix_socket_server(app: ASGIApp, settings: ServerSettings) -> Http1Server:
     return http_server(app, settings, ReadLimits.of(settings))
 
 
-def _grpc_server(
+def _grpc_servers(
     dataplane: DataPlane,
     metrics: ServerMetrics,
     keys: KeyStore | None,
     repository: RepositoryChanges | None,
     limits: ReadLimits,
-) -> GrpcServer:
-    """The gRPC service on DMS's own HTTP/2 connections (``grpc_server = "dms"``)."""
-    from dms.grpc.server import GrpcServer
-    from dms.grpc.servicer import InferenceServicer
+    frontends: FrontendGroup | None,
+    second_frontend: bool,
+) -> dict[str, Any]:
+    """The gRPC ports by their address's setting: inference (the Open Inference Protocol's service and TorchServe's
+    ``InferenceAPIsService``) and, when ``grpc_management_address`` is set and on the first frontend, TorchServe's
+    ``ManagementAPIsService``; each a ``GrpcServer`` (``grpc_server = "dms"``) or a grpcio server."""
+    from dms.grpc.servicer import InferenceServicer, rpc_methods
+    from dms.grpc.torchserve_inference import torchserve_inference_methods
+    from dms.grpc.torchserve_management import torchserve_management_methods
 
     settings = dataplane.settings
     servicer = InferenceServicer(dataplane, metrics, keys, repository)
-    return GrpcServer(servicer, settings.grpc_message_limit, limits, settings.grpc_max_concurrent_streams)
+    wanted = {"grpc_address": [*rpc_methods(servicer).values(), *torchserve_inference_methods(servicer)]}
+    if settings.grpc_management_address is not None and not second_frontend:
+        wanted["grpc_management_address"] = torchserve_management_methods(servicer, frontends)
+    if settings.grpc_server == "grpcio":
+        from dms.grpc.grpcio_server import build_grpc_server
+
+        return {name: build_grpc_server(methods, settings) for name, methods in wanted.items()}
+    from dms.grpc.server import GrpcServer
+
+    return {
+        name: GrpcServer(
+            servicer, settings.grpc_message_limit, limits, settings.grpc_max_concurrent_streams, methods=methods
+        )
+        for name, methods in wanted.items()
+    }
 
 
 RESERVED_DESCRIPTORS_MIN = 64
@@ -166,21 +185,44 @@ class Listeners:
             management = build_management_app(dataplane, metrics, keys, frontends)
             self.ports[http_server(management, settings, limits)] = "management_address"
             self.ports[http_server(build_metrics_app(metrics, frontends), settings, limits)] = "metrics_address"
-        self.grpc: Any = None
-        """grpcio's server (``grpc_server = "grpcio"``)."""
-        repository = _repository_changes(settings, dataplane, keys, frontends, second_frontend)
-        if settings.grpc_enabled and settings.grpc_server == "dms":
-            grpc_port = _grpc_server(dataplane, metrics, keys, repository, limits)
-            self.ports[grpc_port] = "grpc_address"
-            if settings.frontends > 1:
-                self.shared.add(grpc_port)
-        elif settings.grpc_enabled:
-            from dms.grpc.grpcio_server import build_grpc_server
+        self.grpcio: dict[Any, str] = {}
+        """grpcio's servers (``grpc_server = "grpcio"``), each with the name of its address's setting."""
+        if settings.grpc_enabled:
+            repository = _repository_changes(settings, dataplane, keys, frontends, second_frontend)
+            servers = _grpc_servers(dataplane, metrics, keys, repository, limits, frontends, second_frontend)
+            for setting, server in servers.items():
+                if isinstance(server, Port):
+                    self.ports[server] = setting
+                    if settings.frontends > 1 and setting == "grpc_address":
+                        self.shared.add(server)
+                else:
+                    self.grpcio[server] = setting
 
-            self.grpc = build_grpc_server(dataplane, metrics, keys, repository)
+    def _secure(self) -> tuple[bytes, bytes] | None:
+        """With a certificate and key, every port serves TLS (ALPN ``h2`` on gRPC's): DMS's own ports are given
+        their context; for grpcio's, the PEM (key, certificate) pair is returned. Raises ``PortError`` naming the
+        file that cannot be used."""
+        s = self.settings
+        if s.tls_certificate_file is None or s.tls_private_key_file is None:
+            return None
+        contexts = {}
+        try:
+            for protocol in (tls.HTTP1, tls.HTTP2):
+                contexts[protocol] = tls.server_context(s.tls_certificate_file, s.tls_private_key_file, protocol)
+        except tls.TlsError as exc:
+            raise PortError(str(exc)) from None
+        for port, setting in self.ports.items():
+            if not setting.startswith("grpc"):
+                port.tls = contexts[tls.HTTP1]
+            elif s.grpc_tls:
+                port.tls = contexts[tls.HTTP2]
+        if not s.grpc_tls:
+            return None
+        return s.tls_private_key_file.read_bytes(), s.tls_certificate_file.read_bytes()
 
     async def open(self) -> None:
         """Bind every port, or raise ``PortError`` saying which could not be bound and why (closing what opened)."""
+        tls_pair = self._secure()
         sockets: dict[Port, socket.socket] = {}
         for port, setting in self.ports.items():
             address = getattr(self.settings, setting)
@@ -192,29 +234,37 @@ class Listeners:
                 raise PortError(port_problem(address, setting, exc)) from None
         for port, sock in sockets.items():
             await port.start(sock)
-        if self.grpc is not None:
+        for server, setting in list(self.grpcio.items()):
             try:
-                await self.grpc.start()
+                from dms.grpc.grpcio_server import add_port
+
+                add_port(server, getattr(self.settings, setting), tls_pair)
+                await server.start()
             except RuntimeError as exc:
-                self.grpc = None
+                del self.grpcio[server]
                 await self.close(0)
-                raise PortError(port_problem(self.settings.grpc_address, "grpc_address", exc)) from None
+                raise PortError(port_problem(getattr(self.settings, setting), setting, exc)) from None
 
     async def close(self, grace_s: float) -> None:
         """Stop accepting; in-flight requests get up to ``grace_s`` to finish."""
         stopping: list[Any] = [port.stop(grace_s) for port in self.ports]
-        if self.grpc is not None:
-            stopping.append(self.grpc.stop(grace_s))
+        stopping += [server.stop(grace_s) for server in self.grpcio]
         await asyncio.gather(*stopping)
 
     def describe(self) -> str:
         s = self.settings
+        scheme = "https" if s.tls_certificate_file is not None else "http"
         if self.second_frontend:
-            text = f"inference http://{s.inference_address}"
+            text = f"inference {scheme}://{s.inference_address}"
         else:
-            text = f"inference http://{s.inference_address} management http://{s.management_address} "
-            text += f"metrics http://{s.metrics_address}"
+            text = f"inference {scheme}://{s.inference_address} management {scheme}://{s.management_address} "
+            text += f"metrics {scheme}://{s.metrics_address}"
         if s.frontends > 1:
             text += f" ({s.frontends} frontends)"
-        serving_grpc = self.grpc is not None or "grpc_address" in self.ports.values()
-        return text + (f" grpc {s.grpc_address}" if serving_grpc else "")
+        serving = {*self.ports.values(), *self.grpcio.values()}
+        tls_note = " (TLS)" if s.tls_certificate_file is not None and s.grpc_tls else ""
+        if "grpc_address" in serving:
+            text += f" grpc {s.grpc_address}{tls_note}"
+        if "grpc_management_address" in serving:
+            text += f" grpc-management {s.grpc_management_address}{tls_note}"
+        return text

@@ -68,6 +68,9 @@ class LoadFailed(msgspec.Struct, tag="load_failed", array_like=True):
 
 PROTOCOL_RAW = "raw"
 """TorchServe's ``/predictions``: the handler gets the body as it came."""
+PROTOCOL_FIELDS = "fields"
+"""TorchServe's gRPC ``Predictions``: the body is a msgpack map of field name to bytes (its ``input`` map), each
+field reaching the handler under its own name; answered as ``/predictions`` answers."""
 PROTOCOL_V2_REST = "v2-rest"
 PROTOCOL_V2_GRPC = "v2-grpc"
 PROTOCOL_V1 = "v1"

@@ -60,7 +60,23 @@ class ServerSettings(BaseSettings):
     """Where Prometheus metrics are served (host:port)."""
 
     grpc_address: str = "127.0.0.1:7070"
-    """Where the Open Inference Protocol's gRPC service listens (host:port)."""
+    """Where gRPC inference listens (host:port): the Open Inference Protocol's service and TorchServe's
+    ``InferenceAPIsService``."""
+    grpc_management_address: str | None = None
+    """Where TorchServe's gRPC management API (``ManagementAPIsService``) listens (host:port; TorchServe's is
+    ``127.0.0.1:7071``, which a ``config.properties`` with ``grpc_management_port`` sets). None: not served."""
+    tls_certificate_file: Path | None = None
+    """A PEM certificate (chain): with ``tls_private_key_file``, every port serves TLS (HTTPS, and gRPC over TLS
+    with ALPN ``h2`` unless ``grpc_tls`` is false) and nothing in plain text. TorchServe's ``certificate_file``."""
+    tls_private_key_file: Path | None = None
+    """The certificate's PEM private key (not encrypted). TorchServe's ``private_key_file``."""
+    grpc_tls: bool = True
+    """With a certificate, the gRPC ports serve TLS too; false leaves them plain (TorchServe's ``enable_grpc_ssl``,
+    false unless set, which a ``config.properties`` carries over)."""
+    torchserve_metrics: bool = False
+    """``/metrics`` also carries TorchServe's metric names (``Requests2XX``, ``ts_inference_requests_total``, ...;
+    ``dms.observability.torchserve_names``), for dashboards built on TorchServe's. On when serving from a
+    TorchServe ``config.properties``."""
     grpc_enabled: bool = True
     grpc_server: Literal["dms", "grpcio"] = "dms"
     """What serves gRPC: DMS's own HTTP/2 connections over zttp (``dms.grpc.server``), which spend about half the
@@ -241,10 +257,13 @@ class ServerSettings(BaseSettings):
     def log_file(self) -> Path:
         return self.state_dir / "dms.log"
 
-    @field_validator("inference_address", "management_address", "metrics_address", "grpc_address")
+    @field_validator(
+        "inference_address", "management_address", "metrics_address", "grpc_address", "grpc_management_address"
+    )
     @classmethod
-    def _check_address(cls, value: str) -> str:
-        parse_address(value)
+    def _check_address(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_address(value)
         return value
 
     @field_validator("grpc_server", mode="before")
@@ -263,11 +282,21 @@ class ServerSettings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _check_tls_pair(self) -> ServerSettings:
+        if (self.tls_certificate_file is None) != (self.tls_private_key_file is None):
+            raise ValueError("tls_certificate_file and tls_private_key_file go together: give both, or neither")
+        return self
+
+    @model_validator(mode="after")
     def _check_ports_apart(self) -> ServerSettings:
         """Each API on its own port (TorchServe can serve management on the inference port; DMS cannot yet)."""
         seen: dict[tuple[str, int], str] = {}
         named = ["inference_address", "management_address", "metrics_address"]
-        for name in [*named, *(["grpc_address"] if self.grpc_enabled else [])]:
+        if self.grpc_enabled:
+            named.append("grpc_address")
+            if self.grpc_management_address is not None:
+                named.append("grpc_management_address")
+        for name in named:
             host, port = parse_address(getattr(self, name))
             if port == 0:
                 continue

@@ -26,6 +26,8 @@ KNOWN_KEYS = (
     "metrics_address",
     "grpc_inference_address",
     "grpc_inference_port",
+    "grpc_management_address",
+    "grpc_management_port",
     "model_store",
     "load_models",
     "models",
@@ -40,6 +42,9 @@ KNOWN_KEYS = (
     "service_envelope",
     "default_response_timeout",
     "metrics_format",
+    "certificate_file",
+    "private_key_file",
+    "enable_grpc_ssl",
 )
 """What DMS reads; ``metrics_format`` only as ``prometheus``, the one format DMS serves."""
 
@@ -88,15 +93,21 @@ def read_torchserve_config(path: Path, environ: Mapping[str, str] | None = None)
 
 def _settings(properties: dict[str, str], path: Path) -> dict[str, Any]:
     # TorchServe's management API starts no worker for a model registered without initial_workers.
-    settings: dict[str, Any] = {"registered_model_workers": 0}
+    # Its dashboards read TorchServe's metric names.
+    settings: dict[str, Any] = {"registered_model_workers": 0, "torchserve_metrics": True}
+    settings.update(_tls(properties, path))
     for key in ("inference_address", "management_address", "metrics_address"):
         if key in properties:
-            settings[key] = _address(key, properties[key])
-    if "grpc_inference_port" in properties:
-        host = properties.get("grpc_inference_address", "").strip()
-        if not host:
-            host = _host(settings.get("inference_address", "127.0.0.1:8080"))
-        settings["grpc_address"] = f"{_bracketed(host)}:{_integer(properties, 'grpc_inference_port')}"
+            settings[key] = _address(key, properties[key], tls="tls_certificate_file" in settings)
+    for kind, setting, beside in (
+        ("inference", "grpc_address", "inference_address"),
+        ("management", "grpc_management_address", "management_address"),
+    ):
+        if f"grpc_{kind}_port" in properties:
+            host = properties.get(f"grpc_{kind}_address", "").strip()
+            if not host:
+                host = _host(settings.get(beside, "127.0.0.1:8080"))
+            settings[setting] = f"{_bracketed(host)}:{_integer(properties, f'grpc_{kind}_port')}"
     if "model_store" in properties:
         store = Path(properties["model_store"].strip())
         settings["model_store"] = store if store.is_absolute() else path.parent / store
@@ -166,12 +177,35 @@ def _model_entries(key: str, models: Any) -> dict[str, dict[str, dict[str, Any]]
     return models
 
 
-def _address(key: str, value: str) -> str:
+def _tls(properties: dict[str, str], path: Path) -> dict[str, Any]:
+    """``certificate_file`` and ``private_key_file`` (PEM, relative to the file), and ``enable_grpc_ssl``."""
+    given = [key for key in ("certificate_file", "private_key_file") if properties.get(key, "").strip()]
+    if not given:
+        return {}
+    if len(given) == 1:
+        raise TorchServeConfigError(f"{given[0]} needs its pair: give certificate_file and private_key_file")
+    files = {key: Path(properties[key].strip()) for key in given}
+    return {
+        "tls_certificate_file": _beside(files["certificate_file"], path),
+        "tls_private_key_file": _beside(files["private_key_file"], path),
+        "grpc_tls": _flag(properties, "enable_grpc_ssl"),
+    }
+
+
+def _beside(file: Path, config: Path) -> Path:
+    return file if file.is_absolute() else config.parent / file
+
+
+def _address(key: str, value: str, tls: bool) -> str:
+    """``http(s)://HOST:PORT`` as ``HOST:PORT``; ``https`` needs the certificate (DMS then serves TLS on every HTTP
+    port: docs/torchserve.md)."""
     parts = urlsplit(value.strip())
-    if parts.scheme == "https":
-        raise TorchServeConfigError(f"{key}={value}: DMS does not serve TLS yet; terminate TLS in front of it")
-    if parts.scheme != "http" or not parts.hostname or parts.port is None:
-        raise TorchServeConfigError(f"{key}={value}: expected http://HOST:PORT")
+    if parts.scheme == "https" and not tls:
+        raise TorchServeConfigError(
+            f"{key}={value}: https needs certificate_file and private_key_file (PEM; DMS reads no Java keystore)"
+        )
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.port is None:
+        raise TorchServeConfigError(f"{key}={value}: expected http://HOST:PORT or https://HOST:PORT")
     return f"{_bracketed(parts.hostname)}:{parts.port}"
 
 

@@ -23,7 +23,7 @@ from PIL import Image
 
 from dms._generated import inference_pb2
 from tests.e2e.test_peer_archives import archiver
-from tests.support import FIXTURES, REPO, DmsServer, running_server
+from tests.support import FIXTURES, REPO, DmsServer, free_ports, running_server
 from tests.unit.test_torchserve_config import KSERVE_EXAMPLE
 
 torch = pytest.importorskip("torch", reason="the [torch] extra (torch==2.13.0) is not installed")
@@ -33,7 +33,10 @@ SAMPLES = REPO / "src" / "dms" / "default_model" / "samples"
 ADDRESS_FLAGS = ("--inference-address", "--management-address", "--metrics-address", "--grpc-address")
 
 # The config.properties of KServe's TorchServe MNIST example, with batches of 4 and a service envelope.
-CONFIG = KSERVE_EXAMPLE.replace('"batchSize":1,"maxBatchDelay":10', '"batchSize":4,"maxBatchDelay":50')
+# Its gRPC management port is made a free one, so that runs side by side do not collide on 7071.
+CONFIG = KSERVE_EXAMPLE.replace('"batchSize":1,"maxBatchDelay":10', '"batchSize":4,"maxBatchDelay":50').replace(
+    "grpc_management_port=7071", f"grpc_management_port={free_ports(1)[0]}"
+)
 
 
 def runtime_container() -> dict[str, Any]:
@@ -126,7 +129,7 @@ def test_kserve_v1_instances_reach_a_torchserve_handler_one_row_each(mnist):
         assert described["batchSize"] == 4 and described["minWorkers"] == 1, described
         assert server.http.get(f"{server.inference_url}/v1/models/mnist").json() == {"name": "mnist", "ready": True}
         unused = [line for line in server.log_lines if "DMS does not use" in line]
-        assert len(unused) == 1 and "number_of_netty_threads" in unused[0] and "grpc_management_port" in unused[0]
+        assert len(unused) == 1 and "number_of_netty_threads" in unused[0] and "grpc_management_port" not in unused[0]
         # /predictions is never enveloped: the PNG itself, as always.
         assert server.predict("mnist", pngs[1]).json() == expected_digit(net, pngs[1])
 

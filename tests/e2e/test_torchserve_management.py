@@ -20,6 +20,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DmsServer]:
     make_probe_archive(store, "probe")
     make_probe_archive(store, "broken")
     make_probe_archive(store, "started")
+    make_probe_archive(store, "counted")
     config = work / "config.properties"
     config.write_text(f"model_store={store}\ndisable_token_authorization=true\ndefault_workers_per_model=2\n")
     with running_server(work, ["--ts-config", str(config)]) as running:
@@ -91,3 +92,30 @@ def test_the_metrics_port_answers_options_with_its_api_description(server: DmsSe
     described = server.http.options(f"{server.metrics_url}/")
     assert described.status_code == 200 and "/metrics" in described.json()["paths"]
     assert server.http.get(f"{server.metrics_url}/api-description").json() == described.json()
+
+
+def test_metrics_carry_torchserves_names_for_its_dashboards(server: DmsServer):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    registered = server.manage("POST", "/models", params={"url": "counted-1.0.mar", "initial_workers": 1})
+    assert registered.status_code == 200, registered.text
+    for _ in range(3):
+        assert server.predict("counted", {"echo": 1}).status_code == 200
+    assert server.predict("counted", {"bad": True}).status_code == 400
+    exposition = server.http.get(f"{server.metrics_url}/metrics").text
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(exposition)
+        for sample in family.samples
+    }
+    hostname = next(labels for name, labels in samples if name == "Requests2XX")[0][1]
+    host = (("Hostname", hostname), ("Level", "Host"))
+    model = (("hostname", hostname), ("model_name", "counted"), ("model_version", "1.0"))
+    assert samples[("Requests2XX", host)] >= 3 and samples[("Requests4XX", host)] >= 1
+    assert samples[("ts_inference_requests_total", model)] == 4
+    assert samples[("ts_inference_latency_microseconds", model)] > 0
+    assert samples[("ts_queue_latency_microseconds", model)] >= 0
+    for gauge in ("QueueTime", "WorkerThreadTime", "CPUUtilization", "MemoryUsed", "DiskAvailable"):
+        assert samples[(gauge, host)] >= 0
+    assert samples[("MemoryUtilization", host)] > 0
+    assert "dms_requests_total" in exposition  # DMS's own names stay

@@ -41,10 +41,12 @@ def test_kserves_torchserve_example(tmp_path):
     config = read_torchserve_config(written(tmp_path, KSERVE_EXAMPLE), environ={})
     assert config.settings == {
         "registered_model_workers": 0,  # TorchServe's management API starts none unless asked
+        "torchserve_metrics": True,  # its dashboards read TorchServe's metric names
         "inference_address": "0.0.0.0:8085",
         "management_address": "0.0.0.0:8085",
         "metrics_address": "0.0.0.0:8082",
         "grpc_address": "0.0.0.0:7070",
+        "grpc_management_address": "0.0.0.0:7071",
         "job_queue_size": 10,
         "model_store": Path("/mnt/models/model-store"),
         "models": ["mnist=mnist.mar"],
@@ -60,7 +62,6 @@ def test_kserves_torchserve_example(tmp_path):
     }
     assert config.unused == [
         "enable_metrics_api",
-        "grpc_management_port",
         "install_py_dep_per_model",
         "number_of_netty_threads",
     ]
@@ -108,8 +109,9 @@ def test_the_other_keys_and_load_models(tmp_path):
 @pytest.mark.parametrize(
     ("text", "named"),
     [
-        ("inference_address=https://0.0.0.0:8443", "DMS does not serve TLS yet"),
+        ("inference_address=https://0.0.0.0:8443", "https needs certificate_file and private_key_file"),
         ("inference_address=0.0.0.0:8080", "expected http://HOST:PORT"),
+        ("certificate_file=cert.pem", "certificate_file needs its pair"),
         ("models={not json", "models is not valid JSON"),
         ('models={"a": [1]}', "models must map each model name"),
         ('model_snapshot={"models": {"a": {"1.0": {}}}}', "has no marName"),
@@ -120,6 +122,22 @@ def test_the_other_keys_and_load_models(tmp_path):
 def test_what_dms_cannot_honour_is_named(tmp_path, text, named):
     with pytest.raises(TorchServeConfigError, match=named):
         read_torchserve_config(written(tmp_path, text), environ={})
+
+
+def test_tls_and_torchserves_grpc_ports_are_read(tmp_path):
+    text = (
+        "inference_address=https://127.0.0.1:8443\nmanagement_address=https://127.0.0.1:8444\n"
+        "certificate_file=certs/cert.pem\nprivate_key_file=/etc/key.pem\n"
+        "grpc_inference_port=7075\ngrpc_management_port=7076\n"
+    )
+    settings = read_torchserve_config(written(tmp_path, text), environ={}).settings
+    assert settings["inference_address"] == "127.0.0.1:8443" and settings["management_address"] == "127.0.0.1:8444"
+    assert settings["tls_certificate_file"] == tmp_path / "certs/cert.pem"
+    assert settings["tls_private_key_file"] == Path("/etc/key.pem")
+    assert settings["grpc_tls"] is False  # TorchServe's enable_grpc_ssl is false unless set
+    assert (settings["grpc_address"], settings["grpc_management_address"]) == ("127.0.0.1:7075", "127.0.0.1:7076")
+    with_grpc_tls = read_torchserve_config(written(tmp_path, text + "enable_grpc_ssl=true\n"), environ={})
+    assert with_grpc_tls.settings["grpc_tls"] is True
 
 
 def test_precedence_toml_then_ts_config_then_env_then_flags(tmp_path, monkeypatch):

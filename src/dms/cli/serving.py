@@ -53,12 +53,25 @@ def server_options(fn: Any) -> Any:
         click.option("--inference-address", help="host:port of the inference API [127.0.0.1:8080]."),
         click.option("--management-address", help="host:port of the management API [127.0.0.1:8081]."),
         click.option("--metrics-address", help="host:port of the metrics endpoint [127.0.0.1:8082]."),
-        click.option("--grpc-address", help="host:port of the Open Inference Protocol gRPC service [127.0.0.1:7070]."),
+        click.option(
+            "--grpc-address",
+            help="host:port of gRPC inference: the Open Inference Protocol's and TorchServe's [127.0.0.1:7070].",
+        ),
+        click.option(
+            "--grpc-management-address",
+            help="host:port of TorchServe's gRPC management API (TorchServe's: 127.0.0.1:7071) [not served].",
+        ),
         click.option(
             "--grpc-server",
             type=click.Choice(["dms", "grpcio", "uvicorn"]),
             help="What serves gRPC: DMS's own HTTP/2 (less CPU per call; 'uvicorn', its former name), or grpcio [dms].",
         ),
+        click.option(
+            "--tls-certificate-file",
+            type=click.Path(path_type=Path),
+            help="PEM certificate (chain): with --tls-private-key-file, every port serves TLS only.",
+        ),
+        click.option("--tls-private-key-file", type=click.Path(path_type=Path), help="The certificate's PEM key."),
         click.option("--default-workers-per-model", type=int, help="Workers per model version."),
         click.option(
             "--ray-address",

@@ -28,14 +28,13 @@ from google.protobuf.message import DecodeError
 
 from dms.errors import DMSError
 from dms.grpc.errors import GRPC_STATUS
-from dms.grpc.servicer import SERVICE, InferCall, Metadata, RpcMethod
+from dms.grpc.servicer import InferCall, Metadata, RpcMethod
 from dms.httputil.compression import inflate
 from dms.httputil.connection_deadlines import ReadLimits, too_slow_at, too_slow_message
 from dms.messages import ResponseItem
 
 log = logging.getLogger("dms.grpc")
 
-PREFIX = f"/{SERVICE}/".encode()
 ONE_MESSAGE = "a unary call takes exactly one request message"
 ANSWER_HEADERS = [(b"content-type", b"application/grpc"), (b"grpc-accept-encoding", b"identity,deflate,gzip")]
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}

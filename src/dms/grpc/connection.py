@@ -33,7 +33,7 @@ import zttp
 from dms.errors import DMSError
 from dms.grpc.answer_writer import NO_ERROR, AnswerWriter
 from dms.grpc.answering import CallAnswers
-from dms.grpc.call_core import PREFIX, CallAborted, CallHeaders, GrpcCall, parse_timeout, read_call_headers
+from dms.grpc.call_core import CallAborted, CallHeaders, GrpcCall, parse_timeout, read_call_headers
 from dms.grpc.errors import GRPC_STATUS
 from dms.grpc.write_coalescing import CoalescedWrites
 from dms.httputil.port import WriteFlow
@@ -172,7 +172,7 @@ class GrpcConnection(asyncio.Protocol):
             self.last_call = read_call_headers(headers)
             self.last_headers = headers
         path: bytes = event.path
-        method = self.server.methods.get(path[len(PREFIX) :]) if path.startswith(PREFIX) else None
+        method = self.server.methods.get(path)
         call = self.calls[stream_id] = GrpcCall(stream_id, self.last_call, method)
         if self.opened >= STREAMS_PER_CONNECTION:
             self._retire()

@@ -1,31 +1,53 @@
 """The gRPC service on grpcio's asyncio server (``grpc_server = "grpcio"``; DMS's own HTTP/2 is the default).
 
-The same methods (``rpc_methods``) as on DMS's own HTTP/2, registered as grpcio's generic handlers, and the same
-limits: messages bounded by ``grpc_message_limit``, streams per connection by ``grpc_max_concurrent_streams``,
-and a call's key checked before its message is read (``KeyFirst``).
+The same methods (``rpc_methods``, and TorchServe's) as on DMS's own HTTP/2, registered as grpcio's generic
+handlers, and the same limits: messages bounded by ``grpc_message_limit``, streams per connection by
+``grpc_max_concurrent_streams``, and a call's key checked before its message is read (``KeyFirst``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 import grpc
 
-from dms.auth import KeyStore
-from dms.dataplane import DataPlane
 from dms.errors import DMSError
 from dms.grpc.errors import GRPC_STATUS
-from dms.grpc.servicer import SERVICE, Context, InferenceServicer, RepositoryChanges, RpcMethod, rpc_methods
-from dms.observability.metrics import ServerMetrics
+from dms.grpc.servicer import Context, RpcMethod
+from dms.settings import ServerSettings
 
 
 def _grpcio_handler(method: RpcMethod) -> grpc.RpcMethodHandler:
     decode = method.request_type.FromString if method.request_type is not None else None
     encode = method.response_type.SerializeToString if method.response_type is not None else None
     if method.streaming:
-        return grpc.stream_stream_rpc_method_handler(method.handler, decode, encode)
-    return grpc.unary_unary_rpc_method_handler(method.handler, decode, encode)
+        return grpc.stream_stream_rpc_method_handler(_streaming_with_status(method.handler), decode, encode)
+    return grpc.unary_unary_rpc_method_handler(_with_status(method.handler), decode, encode)
+
+
+def _with_status(handler: Callable[..., Any]) -> Callable[..., Any]:
+    """A handler whose ``DMSError`` ends the call with its kind's status (``call_core.status_of`` does it on
+    DMS's own HTTP/2)."""
+
+    async def answered(request: Any, context: Context) -> Any:
+        try:
+            return await handler(request, context)
+        except DMSError as exc:
+            await context.abort(GRPC_STATUS[exc.kind], exc.message)
+
+    return answered
+
+
+def _streaming_with_status(handler: Callable[..., Any]) -> Callable[..., Any]:
+    async def answered(requests: Any, context: Context) -> AsyncIterator[Any]:
+        try:
+            async for answer in handler(requests, context):
+                yield answer
+        except DMSError as exc:
+            await context.abort(GRPC_STATUS[exc.kind], exc.message)
+
+    return answered
 
 
 class KeyFirst(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc ships no type hints
@@ -35,9 +57,10 @@ class KeyFirst(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc ships 
 
     def __init__(self, methods: dict[str, RpcMethod]) -> None:
         self.methods = methods
+        """By their calls' path (``/{service}/{method}``)."""
 
     async def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
-        method = self.methods.get(details.method.rpartition("/")[2])
+        method = self.methods.get(details.method)
         if method is not None and method.authorize is not None:
             try:
                 method.authorize(dict(details.invocation_metadata or ()))
@@ -53,23 +76,32 @@ def _refusing(exc: DMSError) -> Callable[[Any, Context], Any]:
     return refuse
 
 
-def build_grpc_server(
-    dataplane: DataPlane, metrics: ServerMetrics, keys: KeyStore | None, repository: RepositoryChanges | None = None
-) -> grpc.aio.Server:
-    """The service on grpcio's asyncio server (``grpc_server = "grpcio"``; DMS's own HTTP/2 is the default)."""
-    settings = dataplane.settings
-    methods = rpc_methods(InferenceServicer(dataplane, metrics, keys, repository))
-    keyed = keys is not None and (settings.token_auth or settings.inference_token_auth)
+def build_grpc_server(methods: Iterable[RpcMethod], settings: ServerSettings) -> grpc.aio.Server:
+    """``methods`` on grpcio's asyncio server (``grpc_server = "grpcio"``; DMS's own HTTP/2 is the default), each
+    service under its own name; ``add_port`` gives it its address."""
+    by_path = {method.path.decode(): method for method in methods}
+    keyed = any(method.authorize is not None for method in by_path.values())
     # Answers are as large as their models make them (grpcio's default: no limit on what is sent).
     server = grpc.aio.server(
-        interceptors=[KeyFirst(methods)] if keyed else None,
+        interceptors=[KeyFirst(by_path)] if keyed else None,
         options=[
             ("grpc.max_receive_message_length", settings.grpc_message_limit),
             ("grpc.max_send_message_length", -1),
             ("grpc.max_concurrent_streams", settings.grpc_max_concurrent_streams),
         ],
     )
-    handlers = {name: _grpcio_handler(method) for name, method in methods.items()}
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-    server.add_insecure_port(settings.grpc_address)
+    services: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
+    for method in by_path.values():
+        services.setdefault(method.service, {})[method.name] = _grpcio_handler(method)
+    server.add_generic_rpc_handlers(
+        tuple(grpc.method_handlers_generic_handler(service, handlers) for service, handlers in services.items())
+    )
     return server
+
+
+def add_port(server: grpc.aio.Server, address: str, tls_pair: tuple[bytes, bytes] | None) -> None:
+    """Listen at ``address``: over TLS with the PEM (private key, certificate chain) ``tls_pair``, or plain."""
+    if tls_pair is not None:
+        server.add_secure_port(address, grpc.ssl_server_credentials([tls_pair]))
+    else:
+        server.add_insecure_port(address)

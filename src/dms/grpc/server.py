@@ -1,12 +1,14 @@
-"""The gRPC port (``grpc_server = "dms"``, the default): DMS's own HTTP/2 connections (``dms.grpc.connection``)
-serving ``inference.GRPCInferenceService`` through ``InferenceServicer``, on a ``dms.httputil.port.Port``."""
+"""A gRPC port (``grpc_server = "dms"``, the default): DMS's own HTTP/2 connections (``dms.grpc.connection``) on a
+``dms.httputil.port.Port``, serving ``inference.GRPCInferenceService`` through ``InferenceServicer`` and any other
+services' methods it is given (TorchServe's, ``dms.grpc.torchserve_inference`` and ``torchserve_management``)."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 
 from dms.grpc.connection import GrpcConnection
-from dms.grpc.servicer import InferenceServicer, rpc_methods
+from dms.grpc.servicer import InferenceServicer, RpcMethod, rpc_methods
 from dms.httputil.connection_deadlines import ConnectionBudget, ReadLimits
 from dms.httputil.port import Port
 
@@ -23,12 +25,16 @@ class GrpcServer(Port):
         max_concurrent_streams: int = 128,
         idle_timeout_s: float = IDLE_CONNECTION_S,
         budget: ConnectionBudget | None = None,
+        methods: Iterable[RpcMethod] | None = None,
     ) -> None:
         limits = limits or ReadLimits()
         super().__init__(budget or limits.connections)
         self.servicer = servicer
-        self.methods = {method.encode(): rpc for method, rpc in rpc_methods(servicer).items()}
-        """The service's methods by the path after ``/inference.GRPCInferenceService/``."""
+        if methods is None:
+            methods = rpc_methods(servicer).values()
+        self.methods = {method.path: method for method in methods}
+        """The methods served, by the HTTP/2 path of their calls (``/{service}/{method}``); by default
+        ``servicer``'s. ``servicer`` answers ``ModelInfer`` (``dms.grpc.answering``) when it is served."""
         self.max_message_bytes = max_message_bytes
         self.limits = limits
         self.max_concurrent_streams = max_concurrent_streams

@@ -301,9 +301,13 @@ class InferenceServicer:
         return pb.RepositoryModelUnloadResponse()
 
 
+SERVICE = "inference.GRPCInferenceService"
+
+
 @dataclass(frozen=True)
 class RpcMethod:
-    """One method of ``inference.GRPCInferenceService`` as both gRPC servers register it."""
+    """One method of a gRPC service (``inference.GRPCInferenceService``, or TorchServe's) as both gRPC servers
+    register it."""
 
     name: str
     handler: Callable[..., Any]
@@ -316,9 +320,12 @@ class RpcMethod:
     authorize: Callable[[Metadata], None] | None = None
     """Checks a call's headers for the key its calls need (``InferenceServicer.authorize``), before any of its
     message is read; None for the health calls, and for every call of a kind that needs no key here."""
+    service: str = SERVICE
 
-
-SERVICE = "inference.GRPCInferenceService"
+    @property
+    def path(self) -> bytes:
+        """The HTTP/2 path of its calls: ``/{service}/{name}``."""
+        return f"/{self.service}/{self.name}".encode()
 
 
 def rpc_methods(servicer: InferenceServicer) -> dict[str, RpcMethod]:

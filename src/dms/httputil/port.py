@@ -15,11 +15,13 @@ import contextlib
 import logging
 import os
 import socket
+import ssl
 import stat
 from abc import ABC, abstractmethod
-from typing import Protocol
+from typing import Any, Protocol
 
 from dms.httputil.connection_deadlines import ConnectionBudget
+from dms.httputil.tls import HANDSHAKE_S
 
 log = logging.getLogger("dms.server")
 
@@ -45,6 +47,8 @@ class Port(ABC):
         self.connections: set[PortConnection] = set()
         self.server: asyncio.Server | None = None
         self.sock: socket.socket | None = None
+        self.tls: ssl.SSLContext | None = None
+        """Its TLS context when the port serves TLS (``dms.httputil.tls``); set before ``start``."""
 
     def admit(self, connection: PortConnection) -> bool:
         """Take a place in the connection budget for a connection that opened; False (nothing taken): refuse it."""
@@ -71,7 +75,14 @@ class Port(ABC):
         """Serve the bound socket ``sock``."""
         sock.setblocking(False)
         self.sock = sock
-        self.server = await asyncio.get_running_loop().create_server(self.connection, sock=sock, backlog=2048)
+        self.server = await asyncio.get_running_loop().create_server(
+            self.connection, sock=sock, backlog=2048, **self._tls_arguments()
+        )
+
+    def _tls_arguments(self) -> dict[str, Any]:
+        if self.tls is None:
+            return {}
+        return {"ssl": self.tls, "ssl_handshake_timeout": HANDSHAKE_S}
 
     async def start_unix(self, path: str) -> None:
         """Serve a Unix socket at ``path`` (a stale one left by a process that died is replaced), for its owner only."""
@@ -115,7 +126,7 @@ class Port(ABC):
                 log.warning("the connections waiting on a closing port could not all be served: %s", exc)
                 return
             connection.setblocking(False)
-            await loop.connect_accepted_socket(self.connection, sock=connection)
+            await loop.connect_accepted_socket(self.connection, sock=connection, **self._tls_arguments())
 
 
 class WriteFlow:

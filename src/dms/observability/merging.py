@@ -10,9 +10,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
-HIGHEST = frozenset({"dms_model_failed", "dms_recent_error_ratio", "dms_queue_depth_per_worker"})
-"""Gauges whose meaning is a flag or a ratio: the frontends' highest value, not their sum (for the queue per
-worker, the busiest frontend's: an autoscaler reading it errs towards more pods)."""
+from dms.observability.torchserve_names import HOST_GAUGES
+
+HIGHEST = frozenset({"dms_model_failed", "dms_recent_error_ratio", "dms_queue_depth_per_worker", *HOST_GAUGES})
+"""Gauges whose meaning is a flag, a ratio or the host's: the frontends' highest value, not their sum (for the
+queue per worker, the busiest frontend's: an autoscaler reading it errs towards more pods)."""
 OWN_PROCESS = ("process_", "python_")
 """Families that describe one process: frontend 0's are kept, the others' dropped."""
 

@@ -151,6 +151,10 @@ class ServerMetrics:
         self._dataplane = dataplane
         registry = self.registry
         registry.register(_DataPlaneCollector(dataplane, self.recent))
+        if dataplane.settings.torchserve_metrics:
+            from dms.observability.torchserve_names import TorchServeNames
+
+            registry.register(TorchServeNames(self))
 
     def observer_for(self, name: str, version: str) -> _VersionObserver:
         return _VersionObserver(self, name, version)

@@ -58,7 +58,7 @@ class AsgiCall:
             "http_version": request.http_version,
             "server": exchange.connection.local,
             "client": exchange.client,
-            "scheme": "http",
+            "scheme": "https" if exchange.connection.server.tls is not None else "http",
             "method": request.method,
             "root_path": "",
             "path": request.path,

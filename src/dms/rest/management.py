@@ -16,7 +16,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dms.auth import KeyStore
 from dms.dataplane import DataPlane
-from dms.errors import DMSError, InputError
+from dms.dataplane import management as calls
+from dms.errors import DMSError
 from dms.observability.metrics import ServerMetrics
 from dms.rest.auth import TokenAuthMiddleware
 from dms.rest.common import json_response, query_bool, query_float, query_int
@@ -27,9 +28,6 @@ from dms.rest.repository import repository_routes
 
 if TYPE_CHECKING:
     from dms.frontends.group import FrontendGroup
-
-HANDLER_RUNTIMES = ("python", "python3")
-"""The ``runtime`` values a registration may name (TorchServe's for a Python handler)."""
 
 log = logging.getLogger("dms.frontends")
 
@@ -42,48 +40,25 @@ def build_management_app(
         document = with_bearer_auth(document, open_paths={"/console", "/console/"})
 
     async def list_models(request: Request) -> Response:
-        limit = query_int(request, "limit", default=100, minimum=1) or 100
-        token = query_int(request, "next_page_token", default=0) or 0
-        rows, next_token = dataplane.list_models(limit, token)
-        body: dict[str, Any] = {"models": rows}
-        if next_token is not None:
-            body["nextPageToken"] = str(next_token)
-        return json_response(body)
+        limit = query_int(request, "limit", minimum=1)
+        return json_response(calls.model_list(dataplane, limit, query_int(request, "next_page_token")))
 
     async def register(request: Request) -> Response:
-        url = request.query_params.get("url")
-        if not url:
-            raise InputError(
-                "parameter 'url' is required: an archive name in the model store, a path, or an allowed URL"
-            )
-        runtime = request.query_params.get("runtime")
-        if runtime and runtime not in HANDLER_RUNTIMES:
-            raise InputError(f"runtime {runtime!r} is not one DMS runs handlers with ({', '.join(HANDLER_RUNTIMES)})")
-        startup_timeout = query_float(request, "startup_timeout")
-        if startup_timeout == 0:
-            raise InputError("startup_timeout must be over 0 seconds: no worker can start in 0 s")
-        overrides: dict[str, Any] = {
-            "initial_workers": query_int(request, "initial_workers"),
-            "batch_size": query_int(request, "batch_size", minimum=1),
-            "max_batch_delay_ms": query_float(request, "max_batch_delay"),
-            "response_timeout_s": query_float(request, "response_timeout"),
-            "startup_timeout_s": startup_timeout,
-        }
-        handler = request.query_params.get("handler")
-        synchronous = query_bool(request, "synchronous", default=True)
-        model = await dataplane.register(
-            url,
-            name=request.query_params.get("model_name") or None,
-            overrides=overrides,
-            handler=handler or None,
-            synchronous=synchronous,
-            default_workers=dataplane.settings.registered_model_workers,
+        q = request.query_params
+        call = calls.Registration(
+            url=q.get("url") or "",
+            model_name=q.get("model_name") or None,
+            handler=q.get("handler") or None,
+            runtime=q.get("runtime") or None,
+            initial_workers=query_int(request, "initial_workers"),
+            batch_size=query_int(request, "batch_size", minimum=1),
+            max_batch_delay_ms=query_float(request, "max_batch_delay"),
+            response_timeout_s=query_float(request, "response_timeout"),
+            startup_timeout_s=query_float(request, "startup_timeout"),
+            synchronous=query_bool(request, "synchronous", default=True),
         )
-        workers = model.config.initial_workers
-        message = f'Model "{model.name}" Version: {model.version} registered with {workers} initial workers'
-        if not synchronous:
-            message += "; workers are starting"
-        return json_response({"status": message}, status=200 if synchronous else 202)
+        registered = await calls.register(dataplane, call)
+        return json_response({"status": registered.message}, status=200 if registered.workers_started else 202)
 
     async def describe(request: Request) -> Response:
         p = request.path_params
@@ -94,34 +69,25 @@ def build_management_app(
 
     async def scale(request: Request) -> Response:
         p = request.path_params
-        # TorchServe's defaults: min_worker 1, max_worker min_worker, not synchronous.
-        min_workers = query_int(request, "min_worker", default=1)
-        assert min_workers is not None
         query_int(request, "number_gpu")  # checked; workers are spread over the visible GPUs (docs/torchserve.md)
         query_float(request, "timeout", minimum=-1)  # checked; a retiring worker always finishes its batch first
-        synchronous = query_bool(request, "synchronous", default=False)
-        model = await dataplane.scale(
+        call = calls.Scaling(
             p["model_name"],
             p.get("model_version"),
-            min_workers,
-            query_int(request, "max_worker"),
-            synchronous,
+            min_workers=query_int(request, "min_worker", default=1) or 0,
+            max_workers=query_int(request, "max_worker"),
+            synchronous=query_bool(request, "synchronous", default=False),
         )
-        if synchronous:
-            return json_response({"status": f"Workers scaled to {min_workers} for model: {model.name}"})
-        return json_response({"status": "Processing worker updates..."}, status=202)
+        scaled = await calls.scale(dataplane, call)
+        return json_response({"status": scaled.message}, status=200 if scaled.workers_started else 202)
 
     async def unregister(request: Request) -> Response:
         p = request.path_params
-        model = await dataplane.unregister(p["model_name"], p.get("model_version"))
-        return json_response({"status": f'Model "{model.name}" version {model.version} unregistered'})
+        return json_response({"status": await calls.unregister(dataplane, p["model_name"], p.get("model_version"))})
 
     async def set_default(request: Request) -> Response:
         p = request.path_params
-        dataplane.set_default(p["model_name"], p["model_version"])
-        return json_response(
-            {"status": f'Default version successfully updated for model "{p["model_name"]}" to "{p["model_version"]}"'}
-        )
+        return json_response({"status": calls.set_default(dataplane, p["model_name"], p["model_version"])})
 
     async def api_description(request: Request) -> Response:
         return json_response(document)

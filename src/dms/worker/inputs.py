@@ -1,7 +1,8 @@
 """Turn one forwarded request into the ``data`` dict handlers receive (as MMS and TorchServe do).
 
 Raw bodies go under ``body``; JSON bodies arrive parsed, text bodies as ``str``, anything else as
-``bytes``; multipart form fields and query parameters go under their own names.
+``bytes``; multipart form fields, query parameters and the fields of TorchServe's gRPC ``Predictions``
+(``PROTOCOL_FIELDS``, as ``bytes``) go under their own names.
 """
 
 from __future__ import annotations
@@ -9,15 +10,17 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import msgspec
 import orjson
 from python_multipart.multipart import parse_options_header
 
 from dms.errors import InputError
-from dms.messages import RequestItem, RequestLimits
+from dms.messages import PROTOCOL_FIELDS, RequestItem, RequestLimits
 from dms.worker.json_depth import json_depth_exceeds
 from dms.worker.multipart_form import parse_multipart
 
 _DEFAULT_LIMITS = RequestLimits()
+_fields = msgspec.msgpack.Decoder(dict[str, bytes])
 
 
 def decode_value(raw: bytes, content_type: str, limits: RequestLimits) -> Any:
@@ -42,6 +45,12 @@ def build_request_data(item: RequestItem, limits: RequestLimits = _DEFAULT_LIMIT
     data: dict[str, Any] = {}
     for key, text in item.query:
         data[key] = text
+    if item.protocol == PROTOCOL_FIELDS:
+        try:
+            data.update(_fields.decode(item.body))
+        except msgspec.DecodeError as exc:
+            raise InputError(f"the request's fields could not be read: {exc}") from exc
+        return data
     media = item.content_type.split(";", 1)[0].strip().lower()
     if media == "multipart/form-data":
         _, params = parse_options_header(item.content_type)

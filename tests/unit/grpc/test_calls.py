@@ -112,7 +112,7 @@ def run(
 
     async def call() -> Call:
         h = Harness(max_bytes=max_bytes)
-        h.server.methods = {name.encode(): rpc for name, rpc in METHODS.items()}
+        h.server.methods = {rpc.path: rpc for rpc in METHODS.values()}
         await h.exchange()
         grpc_headers = [(b"content-type", b"application/grpc"), (b"te", b"trailers"), *headers]
         stream = h.client.send_request(http_method.encode(), PATH.encode() + method.encode(), b"HTTP/2", grpc_headers)
