@@ -21,9 +21,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DmsServer]:
     make_probe_archive(store, "broken")
     make_probe_archive(store, "started")
     make_probe_archive(store, "counted")
+    make_probe_archive(store, "placed")
     config = work / "config.properties"
     config.write_text(f"model_store={store}\ndisable_token_authorization=true\ndefault_workers_per_model=2\n")
-    with running_server(work, ["--ts-config", str(config)]) as running:
+    # Two GPUs as CUDA sees them (the probe handler never touches one): where number_gpu places workers shows.
+    with running_server(work, ["--ts-config", str(config)], env={"CUDA_VISIBLE_DEVICES": "0,1"}) as running:
         yield running
 
 
@@ -58,6 +60,15 @@ def test_scaling_takes_torchserves_defaults_and_parameters(server: DmsServer):
     only_timeout = server.manage("PUT", "/models/probe", params={"timeout": 5, "synchronous": "true"})
     assert only_timeout.status_code == 200, only_timeout.text  # back to the default min_worker, 1
     assert len(server.describe("probe")[0]["workers"]) == 1
+
+
+def test_number_gpu_puts_that_many_workers_on_gpus_and_the_rest_on_the_cpu(server: DmsServer):
+    registered = server.manage("POST", "/models", params={"url": "placed-1.0.mar", "initial_workers": 0})
+    assert registered.status_code == 200, registered.text
+    scaled = server.manage("PUT", "/models/placed", params={"min_worker": 3, "number_gpu": 1, "synchronous": "true"})
+    assert scaled.status_code == 200, scaled.text
+    workers = server.describe("placed")[0]["workers"]
+    assert sorted(worker["gpu"] for worker in workers) == [False, False, True]
 
 
 @pytest.mark.parametrize(

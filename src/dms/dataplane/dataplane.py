@@ -218,7 +218,13 @@ class DataPlane:
         await asyncio.to_thread(remove_extraction, entry)
 
     async def scale(
-        self, name: str, version: str | None, min_workers: int, max_workers: int | None, synchronous: bool
+        self,
+        name: str,
+        version: str | None,
+        min_workers: int,
+        max_workers: int | None,
+        synchronous: bool,
+        gpu_workers: int | None = None,
     ) -> ModelVersion:
         if min_workers < 0 or (max_workers is not None and max_workers < min_workers):
             raise InputError("min_worker must be >= 0 and max_worker >= min_worker")
@@ -228,7 +234,7 @@ class DataPlane:
         model = self.registry.get(name, version)
         target_before, bounds_before = model.pool.target, (model.min_workers, model.max_workers)
         model.min_workers, model.max_workers = min_workers, max(min_workers, max_workers or min_workers)
-        await model.pool.scale(min_workers, wait=synchronous)
+        await model.pool.scale(min_workers, wait=synchronous, gpu_workers=gpu_workers)
         try:
             self._changed()
         except InsufficientStorageError:  # not recorded: back to the workers it had

@@ -81,11 +81,13 @@ class Scaling:
     min_workers: int = 1
     max_workers: int | None = None
     synchronous: bool = False
+    gpu_workers: int | None = None
+    """``number_gpu``: at most this many of the workers on GPUs, the rest on the CPU (None: all, when any)."""
 
 
 async def scale(dataplane: DataPlane, call: Scaling) -> Registered:
     model = await dataplane.scale(
-        call.model_name, call.model_version, call.min_workers, call.max_workers, call.synchronous
+        call.model_name, call.model_version, call.min_workers, call.max_workers, call.synchronous, call.gpu_workers
     )
     if call.synchronous:
         return Registered(f"Workers scaled to {call.min_workers} for model: {model.name}", workers_started=True)

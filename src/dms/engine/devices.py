@@ -28,3 +28,19 @@ def visible_gpus() -> list[int]:
 def gpu_for_worker(worker_number: int, gpus: list[int], frontend_index: int = 0, frontends: int = 1) -> int | None:
     """The GPU of a pool's ``worker_number``-th worker, in frontend ``frontend_index`` of ``frontends``."""
     return gpus[(worker_number * frontends + frontend_index) % len(gpus)] if gpus else None
+
+
+def device_for_new_worker(
+    worker_number: int,
+    gpus: list[int],
+    on_gpus: int,
+    gpu_workers: int | None,
+    frontend_index: int = 0,
+    frontends: int = 1,
+) -> int | None:
+    """The GPU of a new worker, or None for the CPU: at most ``gpu_workers`` of a pool's workers on GPUs (TorchServe's
+    ``number_gpu``; ``on_gpus`` of them are there already), the rest on the CPU; None: every worker on a GPU when
+    there are any."""
+    if gpu_workers is not None and on_gpus >= gpu_workers:
+        return None
+    return gpu_for_worker(worker_number, gpus, frontend_index, frontends)

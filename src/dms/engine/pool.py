@@ -26,7 +26,7 @@ from collections import deque
 
 import msgspec
 
-from dms.engine.devices import gpu_for_worker, visible_gpus
+from dms.engine.devices import device_for_new_worker, visible_gpus
 from dms.engine.supervision import PoolSettings, PoolState, Supervisor
 from dms.engine.worker_process import (
     WorkerProcess,
@@ -68,10 +68,15 @@ class WorkerPool(Supervisor):
         """Starts in a row that failed for lack of descriptors, processes or memory (``short_of_resources``)."""
         self._memory_task: asyncio.Task[None] | None = None
         self._gpus = visible_gpus()
+        self.gpu_workers: int | None = None
+        """At most this many workers on GPUs, the rest on the CPU (``scale``'s ``gpu_workers``); None: all of them."""
 
     # -- sizing -----------------------------------------------------------------------------
-    async def scale(self, target: int, wait: bool = True) -> None:
-        """Grow or shrink to ``target`` workers; with ``wait``, return once started ones load."""
+    async def scale(self, target: int, wait: bool = True, gpu_workers: int | None = None) -> None:
+        """Grow or shrink to ``target`` workers; with ``wait``, return once started ones load. ``gpu_workers``: at
+        most that many of the workers started from now on GPUs (kept for later starts; None leaves it as it is)."""
+        if gpu_workers is not None:
+            self.gpu_workers = gpu_workers
         self._revive()
         self.target = target
         if self.settings.memory_limit_bytes and self._memory_task is None:
@@ -121,7 +126,14 @@ class WorkerPool(Supervisor):
             self._template,
             worker_id=worker_id,
             cpu_threads=self._cpu_threads(),
-            gpu_id=gpu_for_worker(number, self._gpus, self.settings.frontend_index, self.settings.frontends),
+            gpu_id=device_for_new_worker(
+                number,
+                self._gpus,
+                sum(1 for w in self.workers.values() if w.load.gpu_id is not None and not w.retiring),
+                self.gpu_workers,
+                self.settings.frontend_index,
+                self.settings.frontends,
+            ),
         )
         worker = WorkerProcess(worker_id, load, f"{self.label} w{worker_id}")
         self.workers[worker_id] = worker

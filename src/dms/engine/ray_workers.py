@@ -84,7 +84,8 @@ class RayWorkers(Supervisor):
         self._poll: asyncio.Task[None] | None = None
 
     # -- sizing -----------------------------------------------------------------------------
-    async def scale(self, target: int, wait: bool = True) -> None:
+    async def scale(self, target: int, wait: bool = True, gpu_workers: int | None = None) -> None:
+        """``gpu_workers`` is not used: Ray places each actor with the GPUs its model's ``ray.num_gpus`` asks for."""
         self._revive()
         self.target = target
         if self._poll is None:

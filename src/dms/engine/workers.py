@@ -66,8 +66,9 @@ class ModelWorkers(Executor[Any], Protocol):
 
     def ready_count(self) -> int: ...
 
-    async def scale(self, target: int, wait: bool = True) -> None:
-        """Grow or shrink to ``target`` workers; with ``wait``, return once the started ones have loaded."""
+    async def scale(self, target: int, wait: bool = True, gpu_workers: int | None = None) -> None:
+        """Grow or shrink to ``target`` workers; with ``wait``, return once the started ones have loaded.
+        ``gpu_workers``: how many of them may use GPUs (TorchServe's ``number_gpu``), where the workers choose."""
         ...
 
     async def stop(self) -> None: ...

@@ -113,6 +113,7 @@ class TorchServeManagement:
             min_workers=min_workers,
             max_workers=_given(request.max_worker),
             synchronous=request.synchronous,
+            gpu_workers=_given(request.number_gpu),
         )
         scaled = await calls.scale(self.dataplane, scaling)
         await self._changed(scaled.workers_started)

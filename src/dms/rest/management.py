@@ -69,7 +69,6 @@ def build_management_app(
 
     async def scale(request: Request) -> Response:
         p = request.path_params
-        query_int(request, "number_gpu")  # checked; workers are spread over the visible GPUs (docs/torchserve.md)
         query_float(request, "timeout", minimum=-1)  # checked; a retiring worker always finishes its batch first
         call = calls.Scaling(
             p["model_name"],
@@ -77,6 +76,7 @@ def build_management_app(
             min_workers=query_int(request, "min_worker", default=1) or 0,
             max_workers=query_int(request, "max_worker"),
             synchronous=query_bool(request, "synchronous", default=False),
+            gpu_workers=query_int(request, "number_gpu"),
         )
         scaled = await calls.scale(dataplane, call)
         return json_response({"status": scaled.message}, status=200 if scaled.workers_started else 202)

@@ -69,7 +69,8 @@ class FakeWorkers(Supervisor):
     def _wake(self) -> None:
         self._changed.set()
 
-    async def scale(self, target: int, wait: bool = True) -> None:
+    async def scale(self, target: int, wait: bool = True, gpu_workers: int | None = None) -> None:
+        self.gpu_workers = gpu_workers
         self._revive()
         self.target = target
         while len(self.workers) > target and self._idle:

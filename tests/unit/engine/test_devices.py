@@ -25,3 +25,16 @@ def test_the_workers_of_several_frontends_take_the_gpus_in_turn_across_frontends
     # More frontends than GPUs: they wrap around.
     assert [gpu_for_worker(0, [0, 1], index, 3) for index in range(3)] == [0, 1, 0]
     assert gpu_for_worker(0, [], 1, 2) is None
+
+
+def test_number_gpu_keeps_at_most_that_many_workers_on_gpus():
+    from dms.engine.devices import device_for_new_worker
+
+    gpus = [0, 1]
+    placed: list[int | None] = []
+    for number in range(4):
+        on_gpus = sum(1 for gpu in placed if gpu is not None)
+        placed.append(device_for_new_worker(number, gpus, on_gpus, gpu_workers=1))
+    assert placed == [0, None, None, None]
+    assert [device_for_new_worker(n, gpus, n, None) for n in range(3)] == [0, 1, 0]  # not given: every worker
+    assert device_for_new_worker(0, [], 0, 2) is None  # no GPU: the CPU
