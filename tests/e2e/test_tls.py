@@ -6,11 +6,13 @@ plain text anywhere."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import ssl
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -164,3 +166,26 @@ def test_a_certificate_that_cannot_be_used_is_one_line(certificate: tuple[Path, 
     done = subprocess.run(command, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL, check=False)
     assert done.returncode != 0
     assert f"error: {tmp_path / 'missing-key.pem'} does not exist" in done.stderr
+
+
+def test_clients_that_never_finish_a_handshake_are_closed_after_10_s_and_hold_nobody_up(
+    server: tuple[DmsServer, str], certificate: tuple[Path, Path]
+):
+    """Connections that open and send nothing: each is closed once its handshake has taken 10 s, and an honest
+    client is served while they wait."""
+    running, _ = server
+    cert, _ = certificate
+    host, port = running.inference_url.removeprefix("http://").split(":")
+    silent = [socket.create_connection((host, int(port)), timeout=5) for _ in range(50)]
+    try:
+        started = time.monotonic()
+        with httpx.Client(verify=ssl.create_default_context(cafile=str(cert)), timeout=60) as client:
+            assert client.post(_https(running.inference_url) + "/predictions/probe", json={}).status_code == 200
+        for sock in silent:
+            sock.settimeout(max(0.1, started + 15 - time.monotonic()))
+            with contextlib.suppress(ConnectionResetError):
+                assert sock.recv(1) == b""
+        assert 9 < time.monotonic() - started < 15
+    finally:
+        for sock in silent:
+            sock.close()
