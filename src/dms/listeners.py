@@ -216,7 +216,7 @@ class Listeners:
                 port.tls = contexts[tls.HTTP1]
             elif s.grpc_tls:
                 port.tls = contexts[tls.HTTP2]
-        if not s.grpc_tls:
+        if not s.grpc_tls or not self.grpcio:
             return None
         return s.tls_private_key_file.read_bytes(), s.tls_certificate_file.read_bytes()
 

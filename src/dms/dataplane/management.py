@@ -7,11 +7,15 @@ once; a transport only reads its parameters into these and writes the answer its
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from dms.dataplane.dataplane import DataPlane
-from dms.errors import InputError
+from dms.errors import DMSError, InputError
+
+log = logging.getLogger("dms.frontends")
 
 HANDLER_RUNTIMES = ("python", "python3")
 """The ``runtime`` values a registration may name (TorchServe's for a Python handler)."""
@@ -112,3 +116,29 @@ def model_list(dataplane: DataPlane, limit: int | None, token: int | None) -> di
     if next_token is not None:
         body["nextPageToken"] = str(next_token)
     return body
+
+
+class Followers(Protocol):
+    """The other frontends, which make every change too (``dms.frontends.group.FrontendGroup``)."""
+
+    async def sync(self) -> None: ...
+
+    async def add_workers(self, rows: list[dict[str, Any]]) -> None: ...
+
+
+_BACKGROUND: set[asyncio.Task[None]] = set()
+
+
+def follow_later(followers: Followers) -> None:
+    """A change answered before its workers started (202): the other frontends make it in the background, and a
+    frontend that cannot is logged."""
+
+    async def logged() -> None:
+        try:
+            await followers.sync()
+        except DMSError as exc:
+            log.error("%s", exc.message)
+
+    task = asyncio.ensure_future(logged())
+    _BACKGROUND.add(task)
+    task.add_done_callback(_BACKGROUND.discard)

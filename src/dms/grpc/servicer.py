@@ -3,7 +3,9 @@
 ``ModelInfer`` and ``ModelStreamInfer`` take and return raw bytes: the servicer reads only the
 routing fields of a request and forwards it untouched; workers decode tensors and encode the
 response. Repository calls need the management key when token auth is on (they change what the
-server runs); inference calls need the inference key when inference auth is on.
+server runs); inference calls need the inference key when inference auth is on. A ``DMSError`` a method
+raises ends its call with its kind's status: both servers map it (``call_core.status_of``,
+``grpcio_server``'s handlers).
 """
 
 from __future__ import annotations
@@ -98,9 +100,6 @@ class InferenceServicer:
         self.repository = repository or _OwnRepository(dataplane)
 
     # -- helpers ----------------------------------------------------------------------------------
-    async def _abort(self, context: Context, exc: DMSError) -> None:
-        await context.abort(GRPC_STATUS[exc.kind], exc.message)
-
     def _check_key(self, context: Context, kind: KeyKind) -> None:
         self.authorize(dict(context.invocation_metadata() or ()), kind)
 
@@ -119,21 +118,28 @@ class InferenceServicer:
         key = metadata.get("authorization")
         self.keys.check(kind, key if isinstance(key, str) else None)
 
-    def _submit(
-        self, payload: bytes, name: str, version: str | None, request_id: str, metadata: Metadata
+    def submit(
+        self,
+        payload: bytes,
+        name: str,
+        version: str | None,
+        request_id: str,
+        metadata: Metadata,
+        protocol: str = PROTOCOL_V2_GRPC,
     ) -> asyncio.Future[ResponseItem]:
+        """Hand a call's request to its model (the text metadata as its headers), as ``protocol``'s."""
         item = RequestItem(
             request_id=request_id,
             body=payload,
             content_type="application/grpc",
             headers=[(k, v) for k, v in metadata.items() if isinstance(v, str)],
             query=[],
-            protocol=PROTOCOL_V2_GRPC,
+            protocol=protocol,
         )
         return self.dataplane.submit(name, version, item)
 
     async def _infer(self, payload: bytes, routing: Any, request_id: str, metadata: Metadata) -> tuple[bytes, int]:
-        future = self._submit(payload, routing.model_name, routing.model_version or None, request_id, metadata)
+        future = self.submit(payload, routing.model_name, routing.model_version or None, request_id, metadata)
         result = await future
         if result.error is not None:
             raise error_from_wire(result.error.type_name, result.error.message)
@@ -157,11 +163,8 @@ class InferenceServicer:
         return pb.ServerMetadataResponse(**server_metadata())
 
     async def model_metadata(self, request: Any, context: Context) -> Any:
-        try:
-            self._check_key(context, "inference")
-            described = model_metadata(self.dataplane, request.name, request.version or None)
-        except DMSError as exc:
-            await self._abort(context, exc)
+        self._check_key(context, "inference")
+        described = model_metadata(self.dataplane, request.name, request.version or None)
         return pb.ModelMetadataResponse(
             name=described["name"],
             versions=described["versions"],
@@ -205,7 +208,7 @@ class InferenceServicer:
         """Hand the call to its model (raises ``DMSError`` when it cannot go); its key was checked by then."""
         if not call.valid:
             raise InputError("the request is not a valid ModelInferRequest")
-        return self._submit(payload, call.model, call.version, call.request_id, metadata)
+        return self.submit(payload, call.model, call.version, call.request_id, metadata)
 
     def infer_concluded(self, call: InferCall, outcome: Outcome) -> tuple[grpc.StatusCode, str, bytes]:
         """The call's status, its details and its answer (empty unless OK), reported to metrics and the access log.
@@ -238,23 +241,15 @@ class InferenceServicer:
 
     async def model_stream_infer(self, requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[bytes]:
         """Each request of the stream answered in order (``dms.grpc.streams``); what ends the stream ends the call."""
-        try:
-            self._check_key(context, "inference")
-        except DMSError as exc:
-            await self._abort(context, exc)
+        self._check_key(context, "inference")
         infer = functools.partial(self._infer, metadata=dict(context.invocation_metadata() or ()))
-        try:
-            async for answer in answer_stream(requests, infer, self.dataplane.settings.grpc_stream_idle_timeout_s):
-                yield answer
-        except DMSError as exc:  # a message that is not a request, or a stream gone idle
-            await self._abort(context, exc)
+        # A message that is not a request, or a stream gone idle, ends it with its error's status.
+        async for answer in answer_stream(requests, infer, self.dataplane.settings.grpc_stream_idle_timeout_s):
+            yield answer
 
     async def model_statistics(self, request: Any, context: Context) -> Any:
-        try:
-            self._check_key(context, "inference")
-            entries = model_statistics(self.dataplane, request.name or None, request.version or None)
-        except DMSError as exc:
-            await self._abort(context, exc)
+        self._check_key(context, "inference")
+        entries = model_statistics(self.dataplane, request.name or None, request.version or None)
         response = pb.ModelStatisticsResponse()
         for entry in entries:
             stats = response.model_stats.add(
@@ -277,27 +272,18 @@ class InferenceServicer:
 
     # -- model repository (management side of the trust boundary) ------------------------------------
     async def repository_index(self, request: Any, context: Context) -> Any:
-        try:
-            self._check_key(context, "management")
-        except DMSError as exc:
-            await self._abort(context, exc)
+        self._check_key(context, "management")
         entries = repository_index(self.dataplane, request.ready)
         return pb.RepositoryIndexResponse(models=[pb.RepositoryIndexResponse.ModelIndex(**e) for e in entries])
 
     async def repository_model_load(self, request: Any, context: Context) -> Any:
-        try:
-            self._check_key(context, "management")
-            await self.repository.load(request.model_name)
-        except DMSError as exc:
-            await self._abort(context, exc)
+        self._check_key(context, "management")
+        await self.repository.load(request.model_name)
         return pb.RepositoryModelLoadResponse()
 
     async def repository_model_unload(self, request: Any, context: Context) -> Any:
-        try:
-            self._check_key(context, "management")
-            await self.repository.unload(request.model_name)
-        except DMSError as exc:
-            await self._abort(context, exc)
+        self._check_key(context, "management")
+        await self.repository.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
 

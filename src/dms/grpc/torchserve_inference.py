@@ -28,7 +28,7 @@ from dms.errors import DMSError, InputError, PayloadTooLargeError, error_from_wi
 from dms.grpc.errors import GRPC_STATUS
 from dms.grpc.servicer import Context, InferenceServicer, Metadata, RpcMethod
 from dms.grpc.streams import StreamMessages, answer_stream
-from dms.messages import PROTOCOL_FIELDS, RequestItem
+from dms.messages import PROTOCOL_FIELDS
 from dms.observability.request_ids import new_request_id
 
 SERVICE = "org.pytorch.serve.grpc.inference.InferenceAPIsService"
@@ -39,20 +39,21 @@ def _health(healthy: bool) -> str:
     return json.dumps({"status": "Healthy" if healthy else "Unhealthy"}, indent=2)
 
 
-def _answer(request: Any, body: bytes) -> bytes:
-    answer = ts.PredictionResponse(prediction=body)
+def _response(request: Any, **fields: Any) -> bytes:
+    """A serialized ``PredictionResponse`` to ``request``, carrying its sequence id when it had one."""
+    answer = ts.PredictionResponse(**fields)
     if request.HasField("sequence_id"):
         answer.sequence_id = request.sequence_id
     encoded: bytes = answer.SerializeToString()
     return encoded
+
+
+def _answer(request: Any, body: bytes) -> bytes:
+    return _response(request, prediction=body)
 
 
 def _failure(request: Any, exc: DMSError) -> bytes:
-    answer = ts.PredictionResponse(status=ts.CallStatus(code=GRPC_STATUS[exc.kind].value[0], message=exc.message))
-    if request.HasField("sequence_id"):
-        answer.sequence_id = request.sequence_id
-    encoded: bytes = answer.SerializeToString()
-    return encoded
+    return _response(request, status=ts.CallStatus(code=GRPC_STATUS[exc.kind].value[0], message=exc.message))
 
 
 def _routing(payload: bytes) -> tuple[Any, str]:
@@ -117,15 +118,8 @@ class TorchServeInference:
             limit = self.dataplane.settings.max_multipart_parts
             if len(request.input) > limit:
                 raise PayloadTooLargeError(f"the request has more than max_multipart_parts ({limit}) input fields")
-            item = RequestItem(
-                request_id=request_id,
-                body=_fields.encode(dict(request.input)),
-                content_type="",
-                headers=[(k, v) for k, v in metadata.items() if isinstance(v, str)],
-                query=[],
-                protocol=PROTOCOL_FIELDS,
-            )
-            result = await self.dataplane.submit(name, version, item)
+            fields = _fields.encode(dict(request.input))
+            result = await self.servicer.submit(fields, name, version, request_id, metadata, PROTOCOL_FIELDS)
             batch_size = result.batch_size
             if result.error is not None:
                 raise error_from_wire(result.error.type_name, result.error.message)

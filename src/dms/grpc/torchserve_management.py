@@ -12,29 +12,19 @@ management key when token auth is on.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
-import logging
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 from dms._generated import torchserve_management_pb2 as tsm
 from dms.dataplane import DataPlane
 from dms.dataplane import management as calls
-from dms.errors import DMSError, InputError
+from dms.dataplane.management import Followers
+from dms.errors import InputError
 from dms.grpc.servicer import Context, InferenceServicer, Metadata, RpcMethod
 
 SERVICE = "org.pytorch.serve.grpc.management.ManagementAPIsService"
-log = logging.getLogger("dms.grpc")
-
-
-class Followers(Protocol):
-    """The other frontends, which make every change too (``dms.frontends.group.FrontendGroup``)."""
-
-    async def sync(self) -> None: ...
-
-    async def add_workers(self, rows: list[dict[str, Any]]) -> None: ...
 
 
 def _given(value: int) -> int | None:
@@ -58,7 +48,6 @@ class TorchServeManagement:
     def __init__(self, dataplane: DataPlane, followers: Followers | None = None) -> None:
         self.dataplane = dataplane
         self.followers = followers
-        self._background: set[asyncio.Task[None]] = set()
 
     async def _changed(self, waited: bool = True) -> None:
         """A change was made here: the other frontends make it too, before the answer when it ``waited``."""
@@ -66,17 +55,8 @@ class TorchServeManagement:
             return
         if waited:
             await self.followers.sync()
-            return
-        task = asyncio.ensure_future(self._follow_later())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _follow_later(self) -> None:
-        assert self.followers is not None
-        try:
-            await self.followers.sync()
-        except DMSError as exc:
-            log.error("%s", exc.message)
+        else:
+            calls.follow_later(self.followers)
 
     async def describe_model(self, request: Any, context: Context) -> Any:
         rows = self.dataplane.describe(_named(request), request.model_version or None)

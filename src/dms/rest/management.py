@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
-from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -28,8 +25,6 @@ from dms.rest.repository import repository_routes
 
 if TYPE_CHECKING:
     from dms.frontends.group import FrontendGroup
-
-log = logging.getLogger("dms.frontends")
 
 
 def build_management_app(
@@ -144,7 +139,7 @@ class SyncFrontends:
         async def then_sync(message: Message) -> None:
             if message["type"] == "http.response.start" and message["status"] < 400:
                 if message["status"] == 202:
-                    _in_background(self.frontends.sync())
+                    calls.follow_later(self.frontends)
                 else:
                     try:
                         await self.frontends.sync()
@@ -163,16 +158,3 @@ _READS = frozenset({"GET", "HEAD", "OPTIONS"})
 _CHANGES = ("/models", "/v2/repository/models/", "/token")
 """The paths whose writes change the registry or the keys (not the console's "try it" inference calls,
 nor the repository index, which is a read sent as a POST)."""
-_BACKGROUND: set[asyncio.Task[None]] = set()
-
-
-def _in_background(sync: Coroutine[Any, Any, None]) -> None:
-    async def logged() -> None:
-        try:
-            await sync
-        except DMSError as exc:
-            log.error("%s", exc.message)
-
-    task = asyncio.ensure_future(logged())
-    _BACKGROUND.add(task)
-    task.add_done_callback(_BACKGROUND.discard)

@@ -11,7 +11,8 @@ import grpc
 import pytest
 
 from dms._generated import inference_pb2 as pb
-from dms.grpc.call_core import CallAborted, CallContext
+from dms.errors import DMSError
+from dms.grpc.call_core import CallContext, status_of
 from dms.grpc.servicer import InferenceServicer
 from dms.observability.metrics import ServerMetrics
 from dms.settings import ServerSettings
@@ -60,10 +61,11 @@ def test_a_message_that_is_not_protobuf_ends_the_stream_with_invalid_argument():
             yield b"\xff\xff\xff\xff"
             await asyncio.sleep(60)
 
-        with pytest.raises(CallAborted) as aborted:
+        with pytest.raises(DMSError) as raised:
             await asyncio.wait_for(drain(service.model_stream_infer(requests(), CallContext(()))), 5)
-        assert aborted.value.code == grpc.StatusCode.INVALID_ARGUMENT
-        assert "not a ModelInferRequest" in aborted.value.details
+        code, details = status_of(raised.value, "ModelStreamInfer")  # the status the call ends with
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "not a ModelInferRequest" in details
 
     asyncio.run(scenario())
 
@@ -77,10 +79,11 @@ def test_a_stream_that_brings_nothing_ends_after_the_idle_timeout():
             yield request()
 
         started = asyncio.get_running_loop().time()
-        with pytest.raises(CallAborted) as aborted:
+        with pytest.raises(DMSError) as raised:
             await asyncio.wait_for(drain(service.model_stream_infer(requests(), CallContext(()))), 5)
-        assert aborted.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
-        assert "grpc_stream_idle_timeout_s" in aborted.value.details
+        code, details = status_of(raised.value, "ModelStreamInfer")
+        assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "grpc_stream_idle_timeout_s" in details
         assert 0.2 <= asyncio.get_running_loop().time() - started < 2
 
     asyncio.run(scenario())
