@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
+
+
+class ChunkSink(Protocol):
+    """Where a handler's chunks of a request's answer go while it works (``dms.worker.streaming.BatchStreams``)."""
+
+    def intermediate(self, proc: RequestProcessor, value: Any, status: int) -> None: ...
 
 
 class RequestProcessor:
     """Per-request headers in, per-request status / content type / headers out."""
 
-    def __init__(self, request_id: str, headers: dict[str, str]) -> None:
+    def __init__(self, request_id: str, headers: dict[str, str], batch_index: int = -1) -> None:
         self.request_id = request_id
+        self.batch_index = batch_index
+        """The request's place in the batch the worker was sent (its chunks are sent under it)."""
         self._headers = headers
         self.status: int | None = None
         self.reason: str = ""
@@ -56,6 +64,8 @@ class Context:
         }
         self.request_processor: list[RequestProcessor] = []
         self.metrics: Any = None
+        self.chunk_sink: ChunkSink | None = None
+        """Takes the chunks a handler sends while it works (TorchServe's ``send_intermediate_predict_response``)."""
 
     def start_batch(self, processors: list[RequestProcessor]) -> None:
         self.request_processor = processors

@@ -71,6 +71,10 @@ PROTOCOL_RAW = "raw"
 PROTOCOL_FIELDS = "fields"
 """TorchServe's gRPC ``Predictions``: the body is a msgpack map of field name to bytes (its ``input`` map), each
 field reaching the handler under its own name; answered as ``/predictions`` answers."""
+PROTOCOL_GENERATE = "generate"
+"""A generative model's text generation (the OIP generate extension, the OpenAI-compatible endpoints): the body is
+the generation request as JSON (``prompt``, ``messages``, ``max_tokens``, ``stop``...), handed to the handler as
+``/predictions`` hands a JSON body; its answer is text, under the request's ``max_tokens`` and ``stop``."""
 PROTOCOL_V2_REST = "v2-rest"
 PROTOCOL_V2_GRPC = "v2-grpc"
 PROTOCOL_V1 = "v1"
@@ -84,6 +88,9 @@ class RequestItem(msgspec.Struct, array_like=True):
     headers: list[tuple[str, str]]
     query: list[tuple[str, str]]
     protocol: str = PROTOCOL_RAW
+    stream: bool = False
+    """The client reads the answer as it is made: chunks a handler streams go out as ``Chunk`` frames, each as it
+    comes. Else they are joined into the one answer."""
 
 
 class Batch(msgspec.Struct, tag="batch", array_like=True):
@@ -94,10 +101,24 @@ class Batch(msgspec.Struct, tag="batch", array_like=True):
 
 
 class Withdraw(msgspec.Struct, tag="withdraw", array_like=True):
-    """Requests of a queued batch whose clients went away: the worker skips them if it has not started it."""
+    """Requests whose clients went away: the worker skips them if it has not started their batch, and stops
+    streaming their answers (within one chunk) if it has."""
 
     batch_id: int
     indices: list[int]
+
+
+class StreamCredit(msgspec.Struct, tag="credit", array_like=True):
+    """The server wrote ``chunks`` more of a streamed request's chunks to its client: the worker may send as many
+    more (``STREAM_WINDOW`` at most are ever unwritten)."""
+
+    batch_id: int
+    index: int
+    chunks: int = 1
+
+
+STREAM_WINDOW = 8
+"""How many of one request's chunks a worker sends ahead of what its client has taken; then its handler waits."""
 
 
 class ResponseItem(msgspec.Struct, array_like=True):
@@ -124,8 +145,23 @@ class BatchResult(msgspec.Struct, tag="result", array_like=True):
     timings: BatchTimings = msgspec.field(default_factory=BatchTimings)
 
 
-ToWorker = LoadModel | Batch | Withdraw
-FromWorker = ModelLoaded | LoadFailed | BatchResult
+class Chunk(msgspec.Struct, tag="chunk", array_like=True):
+    """A piece of one request's answer, sent while its batch runs (the request asked for ``stream``).
+
+    The first chunk's ``status``, ``content_type`` and ``headers`` are the answer's; the ``BatchResult`` that ends
+    the batch still holds the request's last word (an empty body when a generator ended, or an error)."""
+
+    batch_id: int
+    index: int
+    """The request's place in its batch."""
+    body: bytes
+    status: int = 200
+    content_type: str = ""
+    headers: list[tuple[str, str]] = []
+
+
+ToWorker = LoadModel | Batch | Withdraw | StreamCredit
+FromWorker = ModelLoaded | LoadFailed | BatchResult | Chunk
 
 M = TypeVar("M")
 

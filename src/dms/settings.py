@@ -135,6 +135,12 @@ class ServerSettings(BaseSettings):
     """Upper bound on the wait of a batch that is not full. DMS waits at most 2 ms of it, and only while the
     frontend is still busy bringing requests; a lone request on a quiet server leaves at once (0: never wait)."""
     response_timeout_s: float = Field(default=120.0, gt=0)
+    """How long a worker may take over a batch; it is killed and replaced past it. For a streamed answer, how long it
+    may go without sending a chunk (while its client reads)."""
+    stream_stall_timeout_s: float = Field(default=30.0, gt=0)
+    """How long a streamed answer waits for a client that takes none of it (its connection's buffers full) before
+    giving that client up: its connection is closed and the model stops making its answer. Meanwhile the worker
+    has sent at most a few chunks ahead (``STREAM_WINDOW``) and waits, its ``response_timeout_s`` not counting."""
     startup_timeout_s: float = Field(default=120.0, gt=0)
     job_queue_size: int = Field(default=100, ge=1)
     max_startup_failures: int = Field(default=3, ge=1)

@@ -18,6 +18,7 @@ from dms.dataplane.autoscaling import Autoscaler
 from dms.dataplane.registry import ModelRegistry, ModelVersion
 from dms.dataplane.snapshot import SnapshotEntry, located, read_snapshot, relative_location, write_snapshot
 from dms.engine.batcher import Batcher
+from dms.engine.chunk_streams import ChunkReader
 from dms.engine.stats import BatchObserver
 from dms.engine.supervision import Placement, PoolSettings, PoolState
 from dms.engine.workers import WorkersFactory, local_workers
@@ -54,14 +55,17 @@ class DataPlane:
         self._autoscale = autoscale
 
     # -- inference ----------------------------------------------------------------------------
-    def submit(self, name: str, version: str | None, item: RequestItem) -> asyncio.Future[ResponseItem]:
-        """Queue one request; the future resolves to its response item."""
+    def submit(
+        self, name: str, version: str | None, item: RequestItem, reader: ChunkReader | None = None
+    ) -> asyncio.Future[ResponseItem]:
+        """Queue one request; the future resolves to its response item. A request with ``item.stream`` has the chunks
+        of its answer handed to ``reader`` as they come (``dms.engine.chunk_streams``)."""
         model = self.registry.get(name, version)
         if model.pool.state == PoolState.FAILED:
             raise ModelUnavailableError(
                 f"model {name} version {model.version} failed to start: {model.pool.last_error}"
             )
-        return model.batcher.submit(item)
+        return model.batcher.submit(item, reader)
 
     def version_of(self, name: str, version: str | None) -> str:
         """The version a request for (name, version) went to, or what it asked for (for logs and metrics)."""

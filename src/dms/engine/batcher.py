@@ -28,6 +28,7 @@ from collections.abc import Coroutine
 from functools import partial
 from typing import Any, Generic, Protocol, TypeVar
 
+from dms.engine.chunk_streams import ChunkReader
 from dms.engine.stats import BatchObserver, ModelStats
 from dms.errors import BatchNotStartedError, DMSError, InternalError, ModelUnavailableError, QueueFullError
 from dms.messages import BatchResult, RequestItem, ResponseItem
@@ -54,8 +55,11 @@ class Executor(Protocol[W]):
         """Wait for an idle worker (raise a DMSError when none will come)."""
         ...
 
-    async def execute(self, worker: W, items: list[RequestItem]) -> BatchResult:
-        """Run one batch on ``worker`` and make the worker available again."""
+    async def execute(
+        self, worker: W, items: list[RequestItem], readers: list[ChunkReader | None] | None = None
+    ) -> BatchResult:
+        """Run one batch on ``worker`` and make the worker available again. ``readers`` (given only when a request
+        of the batch streams its answer) take each streamed request's chunks as they come."""
         ...
 
     def release(self, worker: W) -> None:
@@ -76,11 +80,14 @@ class Executor(Protocol[W]):
 
 
 class Pending:
-    __slots__ = ("enqueued_ns", "future", "item")
+    __slots__ = ("enqueued_ns", "future", "item", "reader")
 
-    def __init__(self, item: RequestItem, future: asyncio.Future[ResponseItem]) -> None:
+    def __init__(
+        self, item: RequestItem, future: asyncio.Future[ResponseItem], reader: ChunkReader | None = None
+    ) -> None:
         self.item = item
         self.future = future
+        self.reader = reader
         self.enqueued_ns = time.perf_counter_ns()
 
 
@@ -130,7 +137,9 @@ class Batcher(Generic[W]):
         self._loop = asyncio.get_running_loop()
         self._loop_task = self._loop.create_task(self._dispatch_loop())
 
-    def submit(self, item: RequestItem) -> asyncio.Future[ResponseItem]:
+    def submit(self, item: RequestItem, reader: ChunkReader | None = None) -> asyncio.Future[ResponseItem]:
+        """Queue ``item``; the future resolves to its answer. With a ``reader`` (and ``item.stream``), the chunks of a
+        streamed answer reach it as they come, before the future resolves."""
         if self._closed:
             raise ModelUnavailableError(f"model {self.label} is no longer accepting requests")
         if self.pending >= self.queue_size:  # a batch waiting in a busy worker's socket still counts
@@ -138,7 +147,7 @@ class Batcher(Generic[W]):
                 f"model {self.label} has {self.queue_size} requests queued (job_queue_size); retry later"
             )
         future: asyncio.Future[ResponseItem] = (self._loop or asyncio.get_running_loop()).create_future()
-        self._queue.append(Pending(item, future))
+        self._queue.append(Pending(item, future, reader))
         self._not_empty.set()
         if self._send_ahead and len(self._queue) >= self.batch_size:  # checked here too: it is the hot path
             self._hand_to_spares()
@@ -212,7 +221,12 @@ class Batcher(Generic[W]):
         if sent_ahead:
             self._handed_ahead -= len(batch)  # the executor counts them from here, in this same step
         try:
-            outcome = await self.executor.execute(worker, [pending.item for pending in batch])
+            items = [pending.item for pending in batch]
+            readers = [pending.reader for pending in batch]
+            if readers.count(None) < len(readers):  # some request streams its answer
+                outcome = await self.executor.execute(worker, items, readers)
+            else:
+                outcome = await self.executor.execute(worker, items)
             results = outcome.items
             if len(results) != len(batch):
                 raise InternalError(f"model {self.label}: worker answered {len(results)} of {len(batch)} requests")

@@ -26,6 +26,7 @@ from collections import deque
 
 import msgspec
 
+from dms.engine.chunk_streams import ChunkReader
 from dms.engine.devices import device_for_new_worker, visible_gpus
 from dms.engine.supervision import PoolSettings, PoolState, Supervisor
 from dms.engine.worker_process import (
@@ -210,10 +211,12 @@ class WorkerPool(Supervisor):
         self._spares_out += 1
         return spare
 
-    async def execute(self, worker: WorkerProcess, items: list[RequestItem]) -> BatchResult:
+    async def execute(
+        self, worker: WorkerProcess, items: list[RequestItem], readers: list[ChunkReader | None] | None = None
+    ) -> BatchResult:
         batch = Batch(batch_id=next(self._batch_ids), items=items)
         try:
-            result = await worker.run_batch(batch, self.settings.response_timeout_s)
+            result = await worker.run_batch(batch, self.settings.response_timeout_s, readers)
         except (WorkerDiedError, RequestTimeoutError):
             raise  # the watcher replaces the worker
         except BaseException:

@@ -22,6 +22,7 @@ from typing import Any
 import msgspec
 import ray.exceptions
 
+from dms.engine.chunk_streams import ChunkReader
 from dms.engine.ray_cluster import RayCluster, demand_text
 from dms.engine.supervision import PoolSettings, PoolState, Supervisor
 from dms.engine.worker_process import WorkerState, unavailable
@@ -244,7 +245,11 @@ class RayWorkers(Supervisor):
             self._changed.clear()
             await self._changed.wait()
 
-    async def execute(self, worker: RayWorker, items: list[RequestItem]) -> BatchResult:
+    async def execute(
+        self, worker: RayWorker, items: list[RequestItem], readers: list[ChunkReader | None] | None = None
+    ) -> BatchResult:
+        """Run a batch in the actor. A streamed answer is not streamed through Ray yet: its chunks are joined into
+        the one answer the actor returns (``readers`` get nothing)."""
         frame = _encoder.encode(Batch(batch_id=next(self._batch_ids), items=items))
         timeout = self.settings.response_timeout_s
         try:

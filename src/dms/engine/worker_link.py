@@ -22,26 +22,32 @@ from typing import Any, cast
 
 import msgspec
 
-from dms.messages import FromWorker, decode_frame, frame_end, from_worker_decoder
+from dms.messages import Chunk, FromWorker, decode_frame, frame_end, from_worker_decoder
 
 log = logging.getLogger("dms.worker")
 
 
 class _Reader:
-    __slots__ = ("future", "timeout_s", "timer")
+    __slots__ = ("future", "held", "timeout_s", "timer")
 
     def __init__(self, future: asyncio.Future[FromWorker | None], timeout_s: float) -> None:
         self.future = future
         self.timeout_s = timeout_s
         self.timer: asyncio.TimerHandle | None = None
+        self.held = False
+        """Its clock does not run: the worker waits on a client that reads a streamed answer slowly."""
 
 
 class WorkerLink(asyncio.Protocol):
     """Frames from one worker; ``receive`` gives the next message, or None once the socket has ended."""
 
-    def __init__(self, on_garbled: Callable[[str], None]) -> None:
+    def __init__(self, on_garbled: Callable[[str], None], on_chunk: Callable[[Chunk], None] | None = None) -> None:
         self._on_garbled = on_garbled
         """Called (once) when the worker sent bytes that are not a frame; the link then counts as ended."""
+        self._on_chunk = on_chunk
+        """Takes the chunks of streamed answers (``dms.engine.chunk_streams``): they are no replies."""
+        self._holds = 0
+        """Streamed requests whose clients the worker may be waiting on: while there are any, no clock runs."""
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
         self._messages: deque[FromWorker] = deque()
@@ -148,6 +154,14 @@ class WorkerLink(asyncio.Protocol):
         return start
 
     def _deliver(self, message: FromWorker) -> None:
+        if type(message) is Chunk:
+            if self._on_chunk is None:
+                raise msgspec.DecodeError("a chunk of an answer that nobody streams")
+            self._on_chunk(message)
+            if not self._holds:
+                self._restart_front_clock()  # the worker is at work: its time counts from its last chunk
+            return
+        self._holds = 0  # the batch is over, and its streams with it
         self.received += 1
         if not self._readers:
             self._messages.append(message)
@@ -157,13 +171,46 @@ class WorkerLink(asyncio.Protocol):
             reader.future.set_result(message)
         self._start_due_clock()
 
+    # -- the clock of a streamed batch ------------------------------------------------------------------
+    def hold_clock(self) -> None:
+        """The worker may be waiting on a slow client (``StreamControl``): stop the batch's clock until released."""
+        self._holds += 1
+        if self._holds == 1:
+            reader = self._front()
+            if reader is not None:
+                reader.held = True
+                if reader.timer is not None:
+                    reader.timer.cancel()
+                    reader.timer = None
+
+    def release_clock(self) -> None:
+        if self._holds <= 0:
+            return
+        self._holds -= 1
+        if not self._holds:
+            self._restart_front_clock()
+
+    def _front(self) -> _Reader | None:
+        """The reader whose reply comes next (its batch is the one the worker is on)."""
+        return next((reader for reader in self._readers if not reader.future.done()), None)
+
+    def _restart_front_clock(self) -> None:
+        reader = self._front()
+        if reader is None:
+            return
+        reader.held = False
+        if reader.timer is not None:
+            reader.timer.cancel()
+        reader.timer = reader.future.get_loop().call_later(reader.timeout_s, self._time_out, reader)
+
     def _start_due_clock(self) -> None:
         """Start the clock of the first reader in line without one, once every reader ahead of it has been
         answered or has given up (timed out, cancelled): it is the one whose reply comes next. So a reader
         behind a late worker does not wait for ever, whether it was in line before the timeout or after."""
         for reader in self._readers:
             if reader.timer is None:
-                reader.timer = reader.future.get_loop().call_later(reader.timeout_s, self._time_out, reader)
+                if not reader.held:
+                    reader.timer = reader.future.get_loop().call_later(reader.timeout_s, self._time_out, reader)
                 return
             if not reader.future.done():
                 return  # the reader ahead still waits, its clock running

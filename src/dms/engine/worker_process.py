@@ -14,6 +14,7 @@ import socket
 import time
 from enum import StrEnum
 
+from dms.engine.chunk_streams import BatchChunks, ChunkReader
 from dms.engine.interpreters import WorkerInterpreter, take
 from dms.engine.worker_link import WorkerLink
 from dms.errors import (
@@ -27,6 +28,7 @@ from dms.errors import (
 from dms.messages import (
     Batch,
     BatchResult,
+    Chunk,
     LoadFailed,
     LoadModel,
     ModelLoaded,
@@ -84,6 +86,8 @@ class WorkerProcess:
         self._interpreter: WorkerInterpreter | None = None
         self._link: WorkerLink | None = None
         self._output_ended: asyncio.Future[None] | None = None
+        self._streams: dict[int, BatchChunks] = {}
+        """The batches sent with streamed requests, by id: where their chunks go."""
 
     @property
     def returncode(self) -> int | None:
@@ -103,7 +107,7 @@ class WorkerProcess:
 
     async def _handshake(self, channel: socket.socket, timeout_s: float) -> None:
         loop = asyncio.get_running_loop()
-        _, self._link = await loop.create_unix_connection(lambda: WorkerLink(self._garbled), sock=channel)
+        _, self._link = await loop.create_unix_connection(lambda: WorkerLink(self._garbled, self._chunk), sock=channel)
         self._link.send(encode_frame(self.load))
         try:
             reply = await self._link.receive(timeout_s)
@@ -117,8 +121,12 @@ class WorkerProcess:
             raise WorkerStartError(f"{self.label} {self.exit_cause(code)} while loading the model")
         self.loaded = reply
 
-    async def run_batch(self, batch: Batch, timeout_s: float) -> BatchResult:
-        """Send ``batch`` and wait for its answer; ``timeout_s`` counts from when the worker takes it up.
+    async def run_batch(
+        self, batch: Batch, timeout_s: float, readers: list[ChunkReader | None] | None = None
+    ) -> BatchResult:
+        """Send ``batch`` and wait for its answer; ``timeout_s`` counts from when the worker takes it up (for a
+        batch with streamed requests, from its last chunk). ``readers`` take the chunks of the requests that
+        stream (``dms.engine.chunk_streams``), one per request, None for the others.
 
         A batch may be sent while the worker is still busy with the one before (``WorkerPool.take_spare``):
         it waits in the socket, and the worker reads it the moment it has answered the first.
@@ -132,6 +140,8 @@ class WorkerProcess:
         if link.received < position:
             batch.queued = True
             self._queued = batch
+        if readers is not None:
+            self._streams[batch.batch_id] = BatchChunks(link, batch.batch_id, readers)
         frame = encode_frame(batch)
         if batch.queued:
             link.make_room(len(frame))
@@ -168,6 +178,8 @@ class WorkerProcess:
                 "while handling this request; it is being replaced"
             )
         finally:
+            if readers is not None:
+                del self._streams[batch.batch_id]
             if self._queued is batch:  # it ended without being taken up
                 self._queued = None
             if not answered and self.state == WorkerState.BUSY:  # cancelled while reading: out of step for good
@@ -248,6 +260,11 @@ class WorkerProcess:
             self._link.close()
         elif self._interpreter is not None:  # its socket never reached the loop
             self._interpreter.close()
+
+    def _chunk(self, chunk: Chunk) -> None:
+        streams = self._streams.get(chunk.batch_id)
+        if streams is None or not streams.deliver(chunk):
+            self.kill(f"it sent a chunk for request {chunk.index} of batch {chunk.batch_id}, which streams none")
 
     def _garbled(self, reason: str) -> None:
         """The worker broke the frame protocol: it cannot be trusted with another batch."""

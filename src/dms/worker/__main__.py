@@ -19,11 +19,14 @@ from collections import deque
 
 from dms.errors import DMSError
 from dms.messages import (
+    STREAM_WINDOW,
     Batch,
+    Chunk,
     ErrorInfo,
     FromWorker,
     LoadFailed,
     LoadModel,
+    StreamCredit,
     ToWorker,
     Withdraw,
     decode_frame,
@@ -72,21 +75,82 @@ class Channel:
         """The indices of ``batch``'s requests withdrawn so far, from what has arrived (without waiting)."""
         if not batch.queued:
             return set()  # sent to an idle worker: it was taken up at once, so nothing can withdraw from it
-        while select.select([self.sock], [], [], 0)[0]:
-            chunk = self.sock.recv(self._READ_SIZE)
-            if not chunk:
-                break  # end of file: ``recv`` reports it once what is buffered has been handed out
-            self._buffer += chunk
-        while (end := frame_end(self._buffer)) <= len(self._buffer):
-            self._ahead.append(self._pop_frame(end))
+        self.read_arrived(wait=False)
         found: set[int] = set()
-        for message in [m for m in self._ahead if isinstance(m, Withdraw) and m.batch_id == batch.batch_id]:
+        for message in self.take_about(batch.batch_id):
+            if isinstance(message, Withdraw):
+                found.update(message.indices)
+        return found
+
+    def read_arrived(self, wait: bool) -> bool:
+        """Read the whole messages that have arrived into the line ahead (with ``wait``, block until one more
+        has); False at end of file."""
+        while True:
+            while select.select([self.sock], [], [], 0)[0]:
+                chunk = self.sock.recv(self._READ_SIZE)
+                if not chunk:
+                    return False  # ``recv`` reports the end once what is buffered has been handed out
+                self._buffer += chunk
+            taken = len(self._ahead)
+            while (end := frame_end(self._buffer)) <= len(self._buffer):
+                self._ahead.append(self._pop_frame(end))
+            if not wait or len(self._ahead) > taken:
+                return True
+            select.select([self.sock], [], [])
+
+    def take_about(self, batch_id: int) -> list[Withdraw | StreamCredit]:
+        """Take the withdrawals and stream credits for ``batch_id`` out of the line ahead."""
+        found = [m for m in self._ahead if isinstance(m, Withdraw | StreamCredit) and m.batch_id == batch_id]
+        for message in found:
             self._ahead.remove(message)
-            found.update(message.indices)
         return found
 
     def send(self, message: FromWorker) -> None:
         self.sock.sendall(encode_frame(message))
+
+
+class ChannelOutlet:
+    """One batch's streamed chunks over the channel (``dms.worker.streaming.Outlet``): each request may have
+    ``STREAM_WINDOW`` chunks unwritten to its client, and learns of more room, or of its client's departure,
+    from the server's ``StreamCredit`` and ``Withdraw`` frames."""
+
+    __slots__ = ("batch_id", "channel", "ended", "left", "room")
+
+    def __init__(self, channel: Channel, batch: Batch) -> None:
+        self.channel = channel
+        self.batch_id = batch.batch_id
+        self.room: dict[int, int] = {}
+        """Chunks each streamed request may still send (``STREAM_WINDOW`` until it sends one)."""
+        self.left: set[int] = set()
+        self.ended = False
+        """The server closed the socket: no chunk is read by anyone."""
+
+    def has_room(self, index: int) -> bool:
+        if self.room.get(index, STREAM_WINDOW) <= 0:
+            self._take(wait=False)
+        return self.room.get(index, STREAM_WINDOW) > 0 and index not in self.left
+
+    def gone(self, index: int) -> bool:
+        self._take(wait=False)
+        return index in self.left or self.ended
+
+    def send(self, chunk: Chunk) -> None:
+        self.room[chunk.index] = self.room.get(chunk.index, STREAM_WINDOW) - 1
+        self.channel.send(chunk)
+
+    def wait(self) -> bool:
+        if not self.ended:
+            self._take(wait=True)
+        return not self.ended
+
+    def _take(self, wait: bool) -> None:
+        if not self.channel.read_arrived(wait):
+            self.ended = True
+        for message in self.channel.take_about(self.batch_id):
+            if isinstance(message, StreamCredit):
+                self.room[message.index] = self.room.get(message.index, STREAM_WINDOW) + message.chunks
+            else:
+                self.left.update(message.indices)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,11 +193,11 @@ def serve(channel: Channel) -> int:
             return 0
         if isinstance(request, Batch):
             try:
-                result = service.run_batch(request, channel.withdrawn(request))
+                result = service.run_batch(request, channel.withdrawn(request), ChannelOutlet(channel, request))
             except Exception as exc:  # each request's own errors are handled inside; this is the last resort
                 result = service.failed_batch(request, exc)
             channel.send(result)
-        # A Withdraw read here came after its batch had started: there is nothing left to skip.
+        # A Withdraw or StreamCredit read here came after its batch ended: there is nothing left to do.
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from dms import __version__
 from dms.context import Context, RequestProcessor
 from dms.errors import DMSError, HandlerError, InputError, InternalError
 from dms.messages import (
+    PROTOCOL_GENERATE,
     TENSOR_PROTOCOLS,
     Batch,
     BatchResult,
@@ -26,10 +27,12 @@ from dms.messages import (
 )
 from dms.runtimes import TensorSpec
 from dms.runtimes.base import declared_specs
+from dms.worker.generation import TextLimits
 from dms.worker.handler_loader import load_handler
 from dms.worker.inputs import build_request_data
 from dms.worker.outputs import encode_output
 from dms.worker.protocols import TensorModel, run_tensor_requests, undecodable
+from dms.worker.streaming import BatchStreams, Outlet, error_item, is_stream
 
 log = logging.getLogger("dms.worker")
 _MAX_MESSAGE = 1000
@@ -84,8 +87,10 @@ class ModelService:
 
         return ModelLoaded(pid=pid, inputs=meta(self.inputs), outputs=meta(self.outputs), platform=self.platform)
 
-    def run_batch(self, batch: Batch, withdrawn: set[int] | None = None) -> BatchResult:
-        """Answer each request of ``batch``; those in ``withdrawn`` (their clients went away) are skipped."""
+    def run_batch(self, batch: Batch, withdrawn: set[int] | None = None, outlet: Outlet | None = None) -> BatchResult:
+        """Answer each request of ``batch``; those in ``withdrawn`` (their clients went away) are skipped. Chunks of
+        requests that asked for ``stream`` go out through ``outlet`` as they are made (``dms.worker.streaming``);
+        without one, every request's chunks are joined into its answer."""
         results: list[ResponseItem | None] = [None] * len(batch.items)
         if withdrawn:
             for index in withdrawn & set(range(len(results))):
@@ -95,9 +100,10 @@ class ModelService:
         tensor = [(i, item) for i, item in live if item.protocol in TENSOR_PROTOCOLS]
         timings = BatchTimings()
         if raw:
-            self._run_raw(raw, results, timings)
+            streams = BatchStreams(batch, outlet, self.model_name, self.limits.max_response_bytes)
+            self._run_raw(raw, results, timings, streams)
         if tensor:
-            answers, (decode_ns, infer_ns, encode_ns) = run_tensor_requests(self.tensor_model, tensor, _error_item)
+            answers, (decode_ns, infer_ns, encode_ns) = run_tensor_requests(self.tensor_model, tensor, error_item)
             for index, answer in answers:
                 results[index] = answer
             timings.input_ns += decode_ns
@@ -113,34 +119,48 @@ class ModelService:
             if result is not None and len(result.body) > limit:
                 log.error("model %s: an answer of %d bytes is over %d", self.model_name, len(result.body), limit)
                 message = f"model {self.model_name}: the answer of {len(result.body)} bytes is over "
-                results[index] = _error_item(InternalError(message + f"max_response_size_bytes ({limit})"))
+                results[index] = error_item(InternalError(message + f"max_response_size_bytes ({limit})"))
 
     def failed_batch(self, batch: Batch, exc: BaseException) -> BatchResult:
         """Every request of ``batch`` answered with ``exc``: what a batch gets when running it raised past the
         per-request handling (the worker lives on to take the next one)."""
         log.error("model %s: batch %d failed\n%s", self.model_name, batch.batch_id, traceback.format_exc())
-        error = _error_item(InternalError(f"model {self.model_name}: the batch failed: {type(exc).__name__}: {exc}"))
+        error = error_item(InternalError(f"model {self.model_name}: the batch failed: {type(exc).__name__}: {exc}"))
         return BatchResult(batch_id=batch.batch_id, items=[error] * len(batch.items), timings=BatchTimings())
 
     def _run_raw(
-        self, indexed: list[tuple[int, RequestItem]], results: list[ResponseItem | None], timings: BatchTimings
+        self,
+        indexed: list[tuple[int, RequestItem]],
+        results: list[ResponseItem | None],
+        timings: BatchTimings,
+        streams: BatchStreams,
     ) -> None:
-        procs = {i: RequestProcessor(item.request_id, {k.lower(): v for k, v in item.headers}) for i, item in indexed}
+        procs = {
+            i: RequestProcessor(item.request_id, {k.lower(): v for k, v in item.headers}, i) for i, item in indexed
+        }
         ready: list[int] = []
         inputs: list[dict[str, Any]] = []
         started = time.perf_counter_ns()
         for index, item in indexed:
             try:
-                inputs.append(build_request_data(item, self.limits))
+                data = build_request_data(item, self.limits)
+                if item.protocol == PROTOCOL_GENERATE:
+                    streams.limit(index, TextLimits.of(data.get("body")))
+                inputs.append(data)
                 ready.append(index)
             except DMSError as exc:
-                results[index] = _error_item(exc)
+                results[index] = error_item(exc)
             except Exception as exc:
-                results[index] = _error_item(undecodable(item.request_id, exc))
+                results[index] = error_item(undecodable(item.request_id, exc))
         decoded = time.perf_counter_ns()
         if ready:
-            for index, result in zip(ready, self._call(inputs, [procs[i] for i in ready]), strict=True):
-                results[index] = result
+            self.context.chunk_sink = streams  # the batch's own, for as long as its handler runs
+            answers = self._call(inputs, [procs[i] for i in ready], streams)
+            if streams.generators:
+                self._run_streams(ready, answers, procs, results, streams)
+            else:
+                for index, answer in zip(ready, answers, strict=True):
+                    results[index] = answer
         handler_ns = time.perf_counter_ns() - decoded
         stages = getattr(self.handler_object, "last_timings", None)
         if stages is not None:
@@ -152,17 +172,55 @@ class ModelService:
             timings.input_ns += decoded - started
             timings.infer_ns += handler_ns
 
-    def _call(self, inputs: list[dict[str, Any]], procs: list[RequestProcessor]) -> list[ResponseItem]:
+    def _run_streams(
+        self,
+        ready: list[int],
+        answers: list[Any],
+        procs: dict[int, RequestProcessor],
+        results: list[ResponseItem | None],
+        streams: BatchStreams,
+    ) -> None:
+        """Answers some of which are generators: those run to their ends (``BatchStreams.pump``)."""
+        generators = {}
+        for index, answer in zip(ready, answers, strict=True):
+            if type(answer) is ResponseItem:
+                results[index] = answer
+            else:
+                generators[index] = (answer, procs[index])
+        for index, last in streams.pump(generators).items():
+            results[index] = last
+
+    def _call(
+        self, inputs: list[dict[str, Any]], procs: list[RequestProcessor], streams: BatchStreams
+    ) -> list[ResponseItem | Any]:
+        """Each request's answer, or the generator of its chunks (run by ``BatchStreams.pump``)."""
         self.context.start_batch(procs)
         try:
             outputs = self.handle(inputs, self.context)
             self._check_count(outputs, len(inputs))
-            return [encode_output(out, proc, self.model_name) for out, proc in zip(outputs, procs, strict=True)]
+            name = self.model_name
+            if not streams.touched:  # the usual case: one whole answer each
+                try:
+                    return [encode_output(out, proc, name) for out, proc in zip(outputs, procs, strict=True)]
+                except HandlerError:  # a result that is not JSON: a generator, or the handler's mistake
+                    if not any(map(is_stream, outputs)):
+                        raise
+            streams.generators = True
+            return [
+                out if is_stream(out) else streams.last_word(proc, encode_output(out, proc, name))
+                for out, proc in zip(outputs, procs, strict=True)
+            ]
         except Exception as exc:
             if len(inputs) > 1:
-                # One bad request must not fail its neighbours: retry each on its own.
-                return [self._call([data], [proc])[0] for data, proc in zip(inputs, procs, strict=True)]
-            return [self._failure(exc, procs[0].request_id)]
+                # One bad request must not fail its neighbours: retry each on its own (not one that has sent
+                # chunks of its answer already: its client has them).
+                return [
+                    streams.last_word(proc, self._failure(exc, proc.request_id))
+                    if proc.batch_index in streams.sent
+                    else self._call([data], [proc], streams)[0]
+                    for data, proc in zip(inputs, procs, strict=True)
+                ]
+            return [streams.last_word(procs[0], self._failure(exc, procs[0].request_id))]
 
     def _check_count(self, outputs: Any, expected: int) -> None:
         if not isinstance(outputs, list | tuple):
@@ -179,10 +237,10 @@ class ModelService:
         if isinstance(exc, DMSError):
             if not isinstance(exc, InputError):
                 log.error("model %s, request %s: %s", self.model_name, request_id, exc.message)
-            return _error_item(exc)
+            return error_item(exc)
         log.error("model %s, request %s: handler raised\n%s", self.model_name, request_id, traceback.format_exc())
         message = f"model {self.model_name}: handler raised {type(exc).__name__}: {exc}"
-        return _error_item(HandlerError(message[:_MAX_MESSAGE]))
+        return error_item(HandlerError(message[:_MAX_MESSAGE]))
 
 
 def _signature(runtime: Any, config: dict[str, Any]) -> tuple[list[TensorSpec], list[TensorSpec]]:
@@ -199,12 +257,3 @@ _WITHDRAWN = ResponseItem(
     error=ErrorInfo(type_name="InternalError", message="not run: its client went away before the batch started"),
 )
 """The answer to a withdrawn request: a placeholder, as nobody is waiting for it any more."""
-
-
-def _error_item(exc: DMSError) -> ResponseItem:
-    return ResponseItem(
-        status=0,
-        body=b"",
-        content_type="",
-        error=ErrorInfo(type_name=exc.type_name, message=exc.message[:_MAX_MESSAGE]),
-    )

@@ -10,6 +10,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from dms.engine.chunk_streams import ChunkReader
 from dms.engine.supervision import PoolSettings, PoolState, Supervisor
 from dms.engine.worker_process import WorkerState, unavailable
 from dms.engine.workers import ModelWorkers, WorkersFactory
@@ -99,7 +100,10 @@ class FakeWorkers(Supervisor):
             self._changed.clear()
             await self._changed.wait()
 
-    async def execute(self, worker: FakeWorker, items: list[RequestItem]) -> BatchResult:
+    async def execute(
+        self, worker: FakeWorker, items: list[RequestItem], readers: list[ChunkReader | None] | None = None
+    ) -> BatchResult:
+        """Answer each request whole (a streamed request too, as a Ray worker answers it: ``readers`` get nothing)."""
         await self.plan.gate.wait()
         worker.batches.append(len(items))
         self._answered()

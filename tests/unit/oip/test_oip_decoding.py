@@ -164,7 +164,7 @@ def test_worker_answers_an_undecodable_request_alone(monkeypatch: pytest.MonkeyP
     its batch is answered, and nothing reaches the worker's loop."""
     from dms.messages import PROTOCOL_V2_REST, RequestItem
     from dms.worker import protocols
-    from dms.worker.service import _error_item
+    from dms.worker.streaming import error_item as _error_item
 
     real = protocols.decode_rest_request
 

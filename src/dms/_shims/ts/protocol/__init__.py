@@ -1,0 +1,1 @@
+"""``ts.protocol``: what TorchServe handlers import from TorchServe's worker protocol."""
