@@ -67,6 +67,12 @@ class ModelConfig(BaseModel):
     single_input_any_name: bool | None = None
     """A model with one input takes a request's one input whatever its name, as KServe's own model servers do
     (on for bare model files, ``dms.archive.bare``); otherwise a request must name the model's input."""
+    generative: bool = False
+    """The model generates text, a chunk at a time: it is served by the Open Inference Protocol's generate
+    extension (``/v2/models/{name}/generate`` and ``/generate_stream``) and the OpenAI-compatible endpoints
+    (``/v1/completions``, ``/v1/chat/completions``, ``/v1/models``). Its handler gets, per request, the
+    generation request (``prompt``, ``messages``, ``max_tokens``, ``temperature``, ``stop``...) and returns a
+    generator of text pieces, or the whole text (``docs/streaming.md``)."""
     handler: dict[str, Any] = Field(default_factory=dict)
     """Options for the handler (``context.model_yaml_config["handler"]``)."""
     runtime: dict[str, Any] = Field(default_factory=dict)
@@ -101,6 +107,7 @@ class ModelConfig(BaseModel):
             startup_timeout_s=self.startup_timeout_s or settings.startup_timeout_s,
             job_queue_size=self.job_queue_size or settings.job_queue_size,
             worker_memory_limit_mb=self.worker_memory_limit_mb,
+            generative=self.generative,
             ray=self.ray,
             raw=self.model_dump(mode="json"),
         )
@@ -119,6 +126,7 @@ class ResolvedModelConfig(BaseModel):
     startup_timeout_s: float
     job_queue_size: int
     worker_memory_limit_mb: int | None
+    generative: bool = False
     ray: RayPlacement
     raw: dict[str, Any]
     """The whole config as given (handler and runtime options included), for the worker."""

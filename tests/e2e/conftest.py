@@ -61,3 +61,30 @@ def shared_path_or_none(relative: str):
         return shared_path(relative)
     except pytest.skip.Exception:
         return None
+
+
+def char_model_store(work: Path, models: dict[str, tuple[str, str]]) -> Path:
+    """The test suite's generative model (``tests/fixtures/char_model.py``) saved in ``work``, packed once per
+    name with its handler file and model config YAML (``models``: name -> (handler, config)) into ``work/store``;
+    the weights' path (for the in-process model to compare with)."""
+    import sys
+
+    sys.path.insert(0, str(FIXTURES))
+    from char_model import save
+
+    weights = work / "char_model.npz"
+    save(weights)
+    store = work / "store"
+    store.mkdir(exist_ok=True)
+    for name, (handler, config) in models.items():
+        config_file = work / f"{name}.yaml"
+        config_file.write_text(config)
+        spec = ArchiveSpec(
+            model_name=name,
+            version="1.0",
+            handler=str(FIXTURES / handler),
+            config_file=config_file,
+            extra_files=[FIXTURES / "char_model.py", weights],
+        )
+        write_archive(spec, store, force=True)
+    return weights

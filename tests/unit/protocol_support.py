@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from dms.engine.chunk_streams import ChunkReader
 from dms.errors import ModelNotFoundError
 from dms.messages import RequestItem, ResponseItem
 from dms.settings import ServerSettings
@@ -38,6 +39,11 @@ class FakeTransport(asyncio.Transport):
     def close(self) -> None:
         self.closed = True
 
+    def abort(self) -> None:
+        self.closed = self.aborted = True
+
+    aborted = False
+
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return self._addresses.get(name, default)
 
@@ -54,12 +60,17 @@ class FakeDataPlane:
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
         self.submitted: list[tuple[str, str | None, RequestItem, asyncio.Future[ResponseItem]]] = []
+        self.readers: list[ChunkReader | None] = []
+        """Each submitted request's reader of streamed chunks (None: its transport does not stream)."""
 
-    def submit(self, name: str, version: str | None, item: RequestItem) -> asyncio.Future[ResponseItem]:
+    def submit(
+        self, name: str, version: str | None, item: RequestItem, reader: ChunkReader | None = None
+    ) -> asyncio.Future[ResponseItem]:
         if name == "missing":
             raise ModelNotFoundError(f"model {name} is not registered, 100% sure")
         future: asyncio.Future[ResponseItem] = asyncio.get_running_loop().create_future()
         self.submitted.append((name, version, item, future))
+        self.readers.append(reader)
         return future
 
     def version_of(self, name: str, version: str | None) -> str:

@@ -131,8 +131,27 @@ class ServerMetrics:
         self.batch_size = HistogramTally(
             "dms_batch_size", "Requests per batch handed to a worker", MODEL, BATCH_BUCKETS
         )
+        self.first_chunk_seconds = HistogramTally(
+            "dms_time_to_first_chunk_seconds",
+            "Time from a streamed request's arrival to its answer's first chunk (time to first token)",
+            [*MODEL, "transport"],
+            LATENCY_BUCKETS,
+        )
+        self.stream_chunks = CounterTally(
+            "dms_stream_chunks", "Chunks of streamed answers sent (their rate: chunks, or tokens, a second)", MODEL
+        )
         registry.register(
-            TallyCollector([self.requests, self.request_seconds, self.queue_wait, self.stage_seconds, self.batch_size])
+            TallyCollector(
+                [
+                    self.requests,
+                    self.request_seconds,
+                    self.queue_wait,
+                    self.stage_seconds,
+                    self.batch_size,
+                    self.first_chunk_seconds,
+                    self.stream_chunks,
+                ]
+            )
         )
         self.in_flight = Gauge(
             "dms_in_flight_requests", "Requests being answered, by transport", ["transport"], registry=registry
@@ -166,6 +185,15 @@ class ServerMetrics:
         in_flight[transport] += 1
         self._last_activity = time.monotonic()
         return time.perf_counter_ns()
+
+    def first_chunk(self, transport: str, model: str, version: str, started_ns: int) -> None:
+        """A streamed answer's first chunk went out (``started_ns``: what ``started`` returned)."""
+        seconds = (time.perf_counter_ns() - started_ns) / 1e9
+        self.first_chunk_seconds.labels(model, version, transport).observe(seconds)
+
+    def chunk_count(self, model: str, version: str) -> Count:
+        """The count of a model version's streamed chunks, to ``inc`` as each goes out."""
+        return self.stream_chunks.labels(model, version)
 
     def idle_seconds(self) -> float:
         """Seconds since a request last arrived or finished (0 while one is in flight)."""

@@ -31,11 +31,15 @@ from dms.dataplane.outcomes import Outcome, outcome_of
 from dms.errors import DMSError, InternalError
 from dms.messages import ResponseItem
 from dms.rest.asgi_bridge import AsgiCall
+from dms.rest.chunked_answer import ChunkedAnswer
 from dms.rest.errors import error_response
 from dms.rest.forwarding import Forwarder, Reply
 
 if TYPE_CHECKING:
+    from dms.engine.chunk_streams import StreamControl
+    from dms.messages import Chunk
     from dms.rest.exchange import Exchange
+    from dms.rest.generation import AnswerForm
 
 log = logging.getLogger("dms.http")
 
@@ -95,7 +99,8 @@ class RouteTable:
             else:
                 if method not in route.methods:
                     return None  # the app's route of the same path answers 405
-                return route.forwarder, params["model_name"], params.get("model_version")
+                # OpenAI's routes name no model in the path: their forwarder finds it in the body
+                return route.forwarder, params.get("model_name", ""), params.get("model_version")
         return None
 
     def starlette_routes(self) -> list[Route]:
@@ -181,7 +186,18 @@ class CallRouter:
 class _ModelCall:
     """A request on a forwarding route: submitted to the model as it arrived whole, answered from its future."""
 
-    __slots__ = ("exchange", "forwarder", "future", "lookup", "name", "request_id", "started_ns", "version")
+    __slots__ = (
+        "exchange",
+        "form",
+        "forwarder",
+        "future",
+        "lookup",
+        "name",
+        "request_id",
+        "started_ns",
+        "streamed",
+        "version",
+    )
 
     def __init__(self, exchange: Exchange, forwarder: Forwarder, name: str, version: str | None) -> None:
         self.exchange = exchange
@@ -194,12 +210,22 @@ class _ModelCall:
         self.request_id = ""
         self.started_ns = 0
         self.future: asyncio.Future[ResponseItem] | None = None
+        self.streamed: ChunkedAnswer | None = None
+        """The answer, once its first chunk came (a handler that streams)."""
+        self.form: AnswerForm | None = None
+        """A generation protocol's form of the answer (``Forwarder.prepare``)."""
         try:
             self.started_ns, self.request_id = forwarder.arrived(lookup)
             if request.refusal is not None:
                 self._conclude(request.refusal)
                 return
-            future = forwarder.submit(name, version, headers, lookup, request.query, self.request_id, request.body)
+            body = request.body
+            if forwarder.generation is not None:
+                self.name, body, self.form = forwarder.prepare(name, version, body, self.request_id)
+            streams = forwarder.streams if self.form is None else self.form.stream
+            future = forwarder.submit(
+                self.name, version, headers, lookup, request.query, self.request_id, body, self if streams else None
+            )
         except DMSError as exc:
             self._conclude(exc)
             return
@@ -207,14 +233,50 @@ class _ModelCall:
             self._unexpected(exc)
             return
         self.future = future
-        exchange.on_gone = future.cancel  # dropped from the model's queue; ``_answered`` reports it
+        exchange.on_gone = self._gone  # dropped from the model's queue; ``_answered`` reports it
         future.add_done_callback(self._answered)
 
+    def _gone(self) -> None:
+        if self.streamed is not None:
+            self.streamed.gone()
+        if self.future is not None:
+            self.future.cancel()
+
+    def chunk(self, chunk: Chunk, control: StreamControl) -> None:
+        """A piece of a streamed answer (``dms.engine.chunk_streams.ChunkReader``)."""
+        streamed = self.streamed
+        if streamed is not None:
+            streamed.more(chunk)
+            return
+        if self.exchange.gone:
+            control.stop()
+            return
+        head = self.forwarder.stream_head(self.name, self.request_id, chunk, self.form)
+        if isinstance(head, DMSError):
+            control.stop()
+            if self.future is not None:
+                self.future.remove_done_callback(self._answered)
+                self.future.cancel()
+            self._conclude(head)
+            return
+        forwarder = self.forwarder
+        stall_s = forwarder.dataplane.settings.stream_stall_timeout_s
+        count = forwarder.stream_started(self.name, self.version, self.started_ns)
+        self.streamed = ChunkedAnswer(self.exchange, control, head, self.request_id, stall_s, self.form, count)
+
     def _answered(self, future: asyncio.Future[ResponseItem]) -> None:
+        # Unhooked, so that the call and its exchange, which refer to each other through it, are freed at once
+        # rather than left to the garbage collector (a collection of the whole heap stalls every request for ms).
+        self.exchange.on_gone = None
         try:
             outcome = outcome_of(future, gone=self.exchange.gone)
         except Exception as exc:
             self._unexpected(exc)
+            return
+        if self.streamed is not None:
+            status = self.streamed.end(outcome)
+            batch_size = outcome.batch_size if isinstance(outcome, ResponseItem) else 0
+            self.forwarder.report(self.name, self.version, self.request_id, self.started_ns, status, batch_size)
             return
         self._conclude(outcome)
 
@@ -222,7 +284,7 @@ class _ModelCall:
         """Report the request and write its answer (unless the client has gone)."""
         try:
             reply = self.forwarder.conclude(
-                self.name, self.version, self.lookup, self.request_id, self.started_ns, outcome
+                self.name, self.version, self.lookup, self.request_id, self.started_ns, outcome, self.form
             )
         except Exception as exc:
             self._unexpected(exc)

@@ -68,8 +68,18 @@ class Exchange:
                 connection.write(self, [b"0\r\n\r\n"])
             connection.answered(self)
 
+    @property
+    def paused(self) -> bool:
+        """The client is not taking what was written (its connection holds more than its high-water mark)."""
+        return self.connection.flow.paused
+
+    async def drained(self) -> None:
+        """Wait until the client takes writes again, or has gone."""
+        await self.connection.drain()
+
     def abort(self) -> None:
-        """The answer cannot be finished (the app failed after it began): the connection is closed."""
+        """The answer cannot be finished (the app or the model failed after it began, or the client takes none of
+        it): the connection is dropped at once, with what was not sent yet."""
         self.keep_alive = False
-        self.connection.close()
+        self.connection.abort()
         self.connection.answered(self)

@@ -16,6 +16,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
 
 from starlette.requests import Request
@@ -26,10 +27,15 @@ from dms.dataplane import DataPlane
 from dms.dataplane.outcomes import Outcome
 from dms.errors import DMSError, InternalError, error_from_wire
 from dms.httputil.compression import decode_content, encode_content
-from dms.messages import RequestItem, ResponseItem
+from dms.messages import PROTOCOL_RAW, Chunk, RequestItem, ResponseItem
 from dms.observability.metrics import ServerMetrics
 from dms.observability.request_ids import new_request_id
 from dms.rest.common import read_body, until_answered_or_gone
+
+if TYPE_CHECKING:
+    from dms.engine.chunk_streams import ChunkReader
+    from dms.observability.tallies import Count
+    from dms.rest.generation import AnswerForm, Generation
 
 ErrorFormat = Callable[[DMSError], Response]
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -78,8 +84,10 @@ class Reply:
         return cls(response.status_code, list(response.raw_headers), bytes(response.body))
 
     @classmethod
-    def content(cls, status: int, body: bytes, content_type: str) -> Reply:
-        headers = [] if status < 200 or status in (204, 304) else [(b"content-length", str(len(body)).encode())]
+    def content(cls, status: int, body: bytes, content_type: str, length: bool = True) -> Reply:
+        """A model's answer; without ``length``, the head of one whose body streams (no ``content-length``)."""
+        has_body = length and not (status < 200 or status in (204, 304))
+        headers = [(b"content-length", str(len(body)).encode())] if has_body else []
         if content_type.startswith("text/") and "charset=" not in content_type.lower():
             content_type += "; charset=utf-8"
         headers.append((b"content-type", content_type.encode("latin-1")))
@@ -120,6 +128,7 @@ class Forwarder:
         compression: bool = False,
         pass_query: bool = False,
         extra_headers: tuple[tuple[str, str], ...] = (),
+        generation: Generation | None = None,
     ) -> None:
         self.dataplane = dataplane
         self.metrics = metrics
@@ -129,6 +138,12 @@ class Forwarder:
         self.pass_query = pass_query
         self.extra_headers = list(extra_headers)
         """Request headers added for the handler (the explanations routes add TorchServe's ``explain: True``)."""
+        self.generation = generation
+        """A text-generation protocol's requests and answers (``dms.rest.generation``); None for the others."""
+        self.streams = protocol == PROTOCOL_RAW or generation is not None
+        """Its answers may stream as they are made (TorchServe's ``/predictions``, the generation protocols): DMS's
+        HTTP/1.1 connections send them as they come (``dms.rest.chunked_answer``); elsewhere a streamed answer
+        arrives joined, as one body."""
 
     def endpoint(self) -> Endpoint:
         """A Starlette route handler for paths with ``model_name`` (and optionally ``model_version``)."""
@@ -157,17 +172,29 @@ class Forwarder:
         lookup = dict(headers)
         started, request_id = self.arrived(lookup)
         outcome: Outcome
+        form: AnswerForm | None = None
         try:
             max_bytes = self.dataplane.settings.max_request_size_bytes
             body = await read_body(receive, lookup.get("content-length"), max_bytes)
             if body is None:
                 outcome = None
             else:
+                name, body, form = self.prepare(name, version, body, request_id)
                 future = self.submit(name, version, headers, lookup, query_string, request_id, body)
                 outcome = await until_answered_or_gone(receive, future)
         except DMSError as exc:
             outcome = exc
-        return self.conclude(name, version, lookup, request_id, started, outcome)
+        return self.conclude(name, version, lookup, request_id, started, outcome, form)
+
+    def prepare(
+        self, name: str, version: str | None, body: bytes, request_id: str
+    ) -> tuple[str, bytes, AnswerForm | None]:
+        """A generation protocol's request as its model takes it: the model's name (OpenAI's is in the body), the
+        generation request, and the form of the answer; any other request as it came, with no form."""
+        if self.generation is None:
+            return name, body, None
+        adapted = self.generation.adapt(name, version, body, request_id)
+        return adapted.name, adapted.body, adapted.form
 
     def arrived(self, lookup: dict[str, str]) -> tuple[int, str]:
         """Count a request as in flight: its ``started_ns`` (for ``conclude``) and its request id."""
@@ -182,20 +209,23 @@ class Forwarder:
         query_string: bytes,
         request_id: str,
         body: bytes,
+        reader: ChunkReader | None = None,
     ) -> asyncio.Future[ResponseItem]:
-        """Hand a whole request to the model (decoding its body first when the protocol allows compression)."""
+        """Hand a whole request to the model (decoding its body first when the protocol allows compression). With a
+        ``reader``, the answer streams: the chunks a handler makes reach the reader as they come."""
         if self.compression:
             body = decode_content(body, lookup.get("content-encoding"), self.dataplane.settings.max_request_size_bytes)
         query = self.pass_query and query_string
         item = RequestItem(
             request_id=request_id,
             body=body,
-            content_type=lookup.get("content-type", ""),
+            content_type="application/json" if self.generation is not None else lookup.get("content-type", ""),
             headers=headers + self.extra_headers if self.extra_headers else headers,
             query=parse_qsl(query_string.decode("latin-1"), keep_blank_values=True) if query else [],
             protocol=self.protocol,
+            stream=reader is not None,
         )
-        return self.dataplane.submit(name, version, item)
+        return self.dataplane.submit(name, version, item, reader)
 
     def conclude(
         self,
@@ -205,10 +235,12 @@ class Forwarder:
         request_id: str,
         started_ns: int,
         outcome: Outcome,
+        form: AnswerForm | None = None,
     ) -> Reply:
         """The reply for a request's outcome (None: the client left), reported to metrics and the access log.
 
-        ``started_ns`` is what ``metrics.started`` returned when the request arrived.
+        ``started_ns`` is what ``metrics.started`` returned when the request arrived; ``form``, a generation
+        protocol's form of the answer (``prepare``).
         """
         batch_size = 0
         if outcome is None:
@@ -217,17 +249,52 @@ class Forwarder:
             reply = Reply.of(self.on_error(outcome))
         else:
             batch_size = outcome.batch_size
-            reply = self._answer(name, request_id, outcome, lookup.get("accept-encoding") if self.compression else None)
+            if form is not None and outcome.error is None:
+                reply = form.whole(outcome)
+            else:
+                encoding = lookup.get("accept-encoding") if self.compression else None
+                reply = self._answer(name, request_id, outcome, encoding)
         reply.set_header("x-request-id", request_id)
+        self.report(name, version, request_id, started_ns, reply.status, batch_size)
+        return reply
+
+    def report(
+        self, name: str, version: str | None, request_id: str, started_ns: int, status: int, batch_size: int
+    ) -> None:
+        """Count a request that has ended, in metrics and the access log."""
         self.metrics.finished(
             transport=self.protocol,
             model=name,
             version=self.dataplane.version_of(name, version),
-            code=str(reply.status),
+            code=str(status),
             started_ns=started_ns,
             request_id=request_id,
             batch_size=batch_size,
         )
+
+    def stream_started(self, name: str, version: str | None, started_ns: int) -> Count:
+        """Observe a streamed answer's first chunk (time to first chunk); the count its chunks go to."""
+        resolved = self.dataplane.version_of(name, version)
+        self.metrics.first_chunk(self.protocol, name, resolved, started_ns)
+        return self.metrics.chunk_count(name, resolved)
+
+    def stream_head(self, name: str, request_id: str, first: Chunk, form: AnswerForm | None) -> Reply | DMSError:
+        """The head of a streamed answer, from its first chunk (and that chunk as its first body bytes); the error to
+        answer instead when the model's headers cannot be sent. A generation protocol's stream is server-sent
+        events, whatever the model said."""
+        if form is not None:
+            reply = Reply.content(200, form.piece(first.body), "text/event-stream; charset=utf-8", False)
+            reply.set_header("cache-control", "no-cache")
+            reply.set_header("x-request-id", request_id)
+            return reply
+        problem = malformed_header(first.content_type, first.headers)
+        if problem is not None:
+            log.error("request %s: model %s answered with a header HTTP cannot carry, %s", request_id, name, problem)
+            return InternalError("the model answered with a malformed header (the server log names it)")
+        reply = Reply.content(first.status, first.body, first.content_type or "application/octet-stream", False)
+        for key, value in first.headers:
+            reply.set_header(key, value)
+        reply.set_header("x-request-id", request_id)
         return reply
 
     def _answer(self, name: str, request_id: str, result: ResponseItem, accept_encoding: str | None) -> Reply:

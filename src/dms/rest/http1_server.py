@@ -220,6 +220,10 @@ class Http1Connection(asyncio.Protocol):
         if not self.transport.is_closing():
             self.transport.close()
 
+    def abort(self) -> None:
+        """Drop the connection now, with whatever it still had to send."""
+        self.transport.abort()
+
     # -- reading paced -----------------------------------------------------------------------------
     def _pause_reading(self) -> None:
         if not self.read_paused:

@@ -12,12 +12,13 @@ from starlette.routing import Route
 
 from dms.auth import KeyStore
 from dms.dataplane import DataPlane
-from dms.messages import PROTOCOL_RAW
+from dms.messages import PROTOCOL_GENERATE, PROTOCOL_RAW
 from dms.observability.metrics import ServerMetrics
 from dms.rest.calls import CallRouter, ForwardRoute, RouteTable
 from dms.rest.common import json_response
 from dms.rest.errors import EXCEPTION_HANDLERS, error_response
-from dms.rest.forwarding import Forwarder
+from dms.rest.forwarding import ErrorFormat, Forwarder
+from dms.rest.generation import Generation, oip_generate_error, openai_error
 from dms.rest.kserve_v1 import predict_forwarder, v1_routes
 from dms.rest.oip import infer_forwarder, oip_routes
 from dms.rest.openapi import inference_openapi, with_bearer_auth
@@ -57,6 +58,33 @@ class InferenceForwarders:
     """``/v1/models/{model}:explain``"""
     v2_explain: Forwarder | None = None
     """``/v2/models/{model}[/versions/{version}]/explain``"""
+    generation: GenerationForwarders | None = None
+    """The generative models' text routes (``dms.rest.generation``)"""
+
+
+@dataclass(frozen=True)
+class GenerationForwarders:
+    generate: Forwarder
+    """``/v2/models/{model}[/versions/{version}]/generate``"""
+    generate_stream: Forwarder
+    """``/v2/models/{model}[/versions/{version}]/generate_stream``"""
+    completions: Forwarder
+    """``/v1/completions`` (OpenAI's; the model is named in the body)"""
+    chat: Forwarder
+    """``/v1/chat/completions``"""
+
+
+def generation_forwarders(dataplane: DataPlane, metrics: ServerMetrics) -> GenerationForwarders:
+    def forwarder(kind: str, on_error: ErrorFormat) -> Forwarder:
+        generation = Generation(dataplane, kind)
+        return Forwarder(dataplane, metrics, protocol=PROTOCOL_GENERATE, on_error=on_error, generation=generation)
+
+    return GenerationForwarders(
+        generate=forwarder("oip", oip_generate_error),
+        generate_stream=forwarder("oip_stream", oip_generate_error),
+        completions=forwarder("completions", openai_error),
+        chat=forwarder("chat", openai_error),
+    )
 
 
 def inference_forwarders(dataplane: DataPlane, metrics: ServerMetrics) -> InferenceForwarders:
@@ -67,6 +95,7 @@ def inference_forwarders(dataplane: DataPlane, metrics: ServerMetrics) -> Infere
         explanations=predictions_forwarder(dataplane, metrics, explain=True),
         v1_explain=predict_forwarder(dataplane, metrics, extra_headers=EXPLAIN),
         v2_explain=infer_forwarder(dataplane, metrics, extra_headers=EXPLAIN),
+        generation=generation_forwarders(dataplane, metrics),
     )
 
 
@@ -90,6 +119,18 @@ def inference_routes(forwarders: InferenceForwarders) -> RouteTable:
             ForwardRoute("/v2/models/{model_name}/explain", _POST, forwarders.v2_explain),
             ForwardRoute("/v2/models/{model_name}/versions/{model_version}/explain", _POST, forwarders.v2_explain),
         ]
+    generating = []
+    if forwarders.generation is not None:
+        generation = forwarders.generation
+        for verb, forwarder in (("generate", generation.generate), ("generate_stream", generation.generate_stream)):
+            generating += [
+                ForwardRoute(f"/v2/models/{{model_name}}/{verb}", _POST, forwarder),
+                ForwardRoute(f"/v2/models/{{model_name}}/versions/{{model_version}}/{verb}", _POST, forwarder),
+            ]
+        generating += [
+            ForwardRoute("/v1/completions", _POST, generation.completions),
+            ForwardRoute("/v1/chat/completions", _POST, generation.chat),
+        ]
     return RouteTable(
         [
             ForwardRoute("/predictions/{model_name}", _POST_PUT, predictions),
@@ -98,6 +139,7 @@ def inference_routes(forwarders: InferenceForwarders) -> RouteTable:
             ForwardRoute("/v2/models/{model_name}/versions/{model_version}/infer", _POST, infer),
             ForwardRoute("/v1/models/{model_name}:predict", _POST, forwarders.v1_predict),
             *explaining,
+            *generating,
             # The original DMS interface: multipart fields named by the archive's signature.json.
             ForwardRoute("/{model_name}/predict", _POST, predictions),
         ]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -23,14 +26,27 @@ def predict_forwarder(
 
 
 def v1_routes(dataplane: DataPlane) -> list[Route]:
-    """KServe v1's routes but ``:predict``, which the inference API's route table has (``predict_forwarder``)."""
+    """KServe v1's routes but ``:predict``, which the inference API's route table has (``predict_forwarder``).
+
+    ``/v1/models`` is also where OpenAI's clients list models: one answer serves both, KServe's ``models`` (every
+    model's name) beside OpenAI's ``object`` and ``data`` (the generative models, ``dms.rest.generation``); and a
+    model's description carries OpenAI's ``id``, ``object``, ``created`` and ``owned_by`` beside KServe's fields."""
+    created = int(time.time())
+
+    def openai_model(name: str) -> dict[str, Any]:
+        return {"id": name, "object": "model", "created": created, "owned_by": "dms"}
 
     async def list_models(request: Request) -> Response:
-        return json_response({"models": dataplane.registry.names()})
+        generative = sorted({m.name for m in dataplane.registry if m.config.generative})
+        data = [openai_model(name) for name in generative]
+        return json_response({"models": dataplane.registry.names(), "object": "list", "data": data})
 
     async def describe(request: Request) -> Response:
         name = request.path_params["model_name"]
-        return json_response({"name": name, "ready": model_ready(dataplane, name, None)})
+        described = {"name": name, "ready": model_ready(dataplane, name, None)}
+        if any(m.name == name and m.config.generative for m in dataplane.registry):
+            described.update(openai_model(name))
+        return json_response(described)
 
     return [
         Route("/v1/models", protocol_errors(list_models), methods=["GET"]),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from dms import __version__
-from dms.rest.openapi_oip import console_paths, oip_paths, repository_paths
+from dms.rest.openapi_oip import console_paths, generation_paths, oip_paths, repository_paths
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 _COMPONENTS = {
@@ -165,6 +165,7 @@ def inference_openapi() -> dict[str, Any]:
                 }
             },
             **oip_paths(),
+            **generation_paths(),
         },
     )
 

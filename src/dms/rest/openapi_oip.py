@@ -201,3 +201,59 @@ def repository_paths() -> dict[str, Any]:
             "repositoryUnload", "Unregister every version of a model", [_MODEL], 404
         ),
     }
+
+
+_GENERATE_REQUEST = {
+    "type": "object",
+    "required": ["text_input"],
+    "properties": {"text_input": {"type": "string"}, "parameters": {"type": "object"}},
+}
+_OPENAI_REQUEST = {"type": "object", "required": ["model"], "properties": {"model": {"type": "string"}}}
+_OPENAI_ERROR = {"type": "object", "required": ["error"], "properties": {"error": {"type": "object"}}}
+_STREAMED = {"text/event-stream": {"schema": {"type": "string"}}}
+
+
+def _generation(
+    op_id: str, summary: str, params: list[dict[str, Any]], body: dict[str, Any], error: dict[str, Any]
+) -> dict[str, Any]:
+    failed = {"description": "error", "content": {"application/json": {"schema": error}}}
+    errors = {str(code): failed for code in (400, 404, 408, 413, 500, 503, 504)}
+    return {
+        "post": {
+            "operationId": op_id,
+            "summary": summary,
+            "parameters": params,
+            "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
+            "responses": {
+                "200": {
+                    "description": "the generated text: one JSON answer, or server-sent events as it is made",
+                    "content": {"application/json": {"schema": {"type": "object"}}, **_STREAMED},
+                },
+                **errors,
+            },
+        }
+    }
+
+
+def generation_paths() -> dict[str, Any]:
+    """Text generation for ``generative: true`` models (``dms.rest.generation``)."""
+    model, versioned = [_MODEL], [_MODEL, _VERSION]
+    whole, streamed = "Generate text (the generate extension)", "Generate text as server-sent events"
+    return {
+        "/v2/models/{model_name}/generate": _generation("generate", whole, model, _GENERATE_REQUEST, _ERROR),
+        "/v2/models/{model_name}/versions/{model_version}/generate": _generation(
+            "versionGenerate", whole, versioned, _GENERATE_REQUEST, _ERROR
+        ),
+        "/v2/models/{model_name}/generate_stream": _generation(
+            "generateStream", streamed, model, _GENERATE_REQUEST, _ERROR
+        ),
+        "/v2/models/{model_name}/versions/{model_version}/generate_stream": _generation(
+            "versionGenerateStream", streamed, versioned, _GENERATE_REQUEST, _ERROR
+        ),
+        "/v1/completions": _generation(
+            "completions", "OpenAI-compatible text completion", [], _OPENAI_REQUEST, _OPENAI_ERROR
+        ),
+        "/v1/chat/completions": _generation(
+            "chatCompletions", "OpenAI-compatible chat completion", [], _OPENAI_REQUEST, _OPENAI_ERROR
+        ),
+    }
