@@ -92,6 +92,12 @@ def dms_server(work: Path, models: dict[str, tuple[str, Path | None, dict[str, o
         )
         write_archive(spec, store, force=True)
         names.append(f"{name}={name}.mar")
+    return dms_serving(folder, store, names, probe)
+
+
+def dms_serving(folder: Path, store: Path, names: list[str], probe: str, probe_body: bytes = TINY_BODY) -> Server:
+    """A DMS server on free ports serving ``names`` (``name=archive``) from ``store``, its state under ``folder``;
+    it counts as started once ``/predictions/{probe}`` answers ``probe_body``."""
     port = free_port()
     addresses = [f"127.0.0.1:{free_port()}" for _ in range(3)]
     start = [
@@ -108,7 +114,7 @@ def dms_server(work: Path, models: dict[str, tuple[str, Path | None, dict[str, o
         name="DMS",
         start=start,
         probe_url=f"http://127.0.0.1:{port}/predictions/{probe}",
-        probe_body=TINY_BODY,
+        probe_body=probe_body,
         probe_type="application/json",
         marker=str(folder),
         cwd=folder,

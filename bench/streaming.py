@@ -1,0 +1,164 @@
+"""Time to first token and tokens per second of a streamed generative model, against the same model in-process.
+
+    python -m bench.streaming                                # c=1 and c=16, 5 ms a token, 64 tokens
+    python -m bench.streaming --concurrency 1,4,16 --token-ms 2 --tokens 128
+
+The model is the test suite's character-level model (``tests/fixtures/char_model.py``) with its generator
+handler, each character one token, made ``--token-ms`` apart (a sleep standing in for a model's step, so
+that the figures are those of a model that takes time per token, not of a character lookup). It is served
+with ``generative: true``, batch size 16, one worker, and read through OpenAI's streamed chat completions
+(server-sent events over HTTP/1.1, by httpx in threads). The in-process loop advances the same generators,
+with the same sleep, in turn in one thread, a token each, as one worker runs a batch of them. Reported per
+concurrency: median and p90 time to first token, tokens per second per stream (after the first), and in all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from bench.harness.servers import Server
+from bench.harness.setups import dms_serving
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURES = REPO / "tests" / "fixtures"
+PROMPT = "Alice was"
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+def in_process(streams: int, tokens: int, token_s: float) -> list[tuple[float, float, int]]:
+    """(time to first token, time to last, tokens) of ``streams`` generators advanced in turn in one thread, a
+    token each, as one worker runs a batch of them."""
+    sys.path.insert(0, str(FIXTURES))
+    from char_generator_handler import _generate  # type: ignore[import-not-found]
+    from char_model import CharModel, train  # type: ignore[import-not-found]
+
+    model = CharModel(train())
+    began = time.perf_counter()
+    running = {}
+    for seed in range(streams):
+        request = {"prompt": PROMPT, "max_tokens": tokens, "temperature": 0.8, "seed": seed, "pause_s": token_s}
+        running[seed] = _generate(model, request)
+    first: dict[int, float] = {}
+    counts = dict.fromkeys(running, 0)
+    out: list[tuple[float, float, int]] = []
+    while running:
+        for seed, generator in list(running.items()):
+            if next(generator, None) is None:
+                out.append((first[seed], time.perf_counter() - began, counts[seed]))
+                del running[seed]
+                continue
+            counts[seed] += 1
+            first.setdefault(seed, time.perf_counter() - began)
+    return out
+
+
+def served(url: str, streams: int, tokens: int, token_s: float) -> list[tuple[float, float, int]]:
+    out: list[tuple[float, float, int]] = []
+    # Each request in one write: without TCP_NODELAY the client's second small write waits on a delayed ACK.
+    transport = httpx.HTTPTransport(socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
+    client = httpx.Client(transport=transport, timeout=120)
+
+    def one(seed: int) -> None:
+        request = {
+            "model": "writer",
+            "messages": [{"role": "user", "content": PROMPT}],
+            "max_tokens": tokens,
+            "temperature": 0.8,
+            "seed": seed,
+            "stream": True,
+            "pause_s": token_s,
+        }
+        began = time.perf_counter()
+        first, count = 0.0, 0
+        with client.stream("POST", f"{url}/v1/chat/completions", json=request, timeout=120) as response:
+            for line in response.iter_lines():
+                if not line.startswith("data: {"):
+                    continue
+                if json.loads(line[6:])["choices"][0]["delta"].get("content"):
+                    count += 1
+                    if count == 1:
+                        first = time.perf_counter() - began
+        out.append((first, time.perf_counter() - began, count))
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(streams)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    client.close()
+    return out
+
+
+def summary(runs: list[tuple[float, float, int]]) -> str:
+    firsts = [first * 1000 for first, _, _ in runs]
+    rates = [(count - 1) / (last - first) for first, last, count in runs if count > 1 and last > first]
+    span = max(last for _, last, _ in runs)
+    total = sum(count for _, _, count in runs) / span
+    return (
+        f"first token p50 {statistics.median(firsts):7.2f} ms  p90 {percentile(firsts, 0.9):7.2f} ms   "
+        f"tokens/s per stream {statistics.median(rates):7.1f}   in all {total:8.1f}"
+    )
+
+
+def start_server(folder: Path) -> tuple[Server, str]:
+    for name in ("char_model.py", "char_generator_handler.py"):
+        shutil.copy(FIXTURES / name, folder / name)
+    sys.path.insert(0, str(FIXTURES))
+    from char_model import save  # type: ignore[import-not-found]
+
+    save(folder / "char_model.npz")
+    config = "generative: true\nbatchSize: 16\nmaxBatchDelay: 5\nminWorkers: 1\nmaxWorkers: 1\n"
+    (folder / "writer.yaml").write_text(config)
+    archive = ["archive", "--model-name", "writer", "--handler", "char_generator_handler.py", "--config-file"]
+    archive += ["writer.yaml", "--extra-files", "char_model.py,char_model.npz", "--export-path", "store"]
+    subprocess.run([sys.executable, "-m", "dms", *archive], cwd=folder, check=True, capture_output=True)
+    probe = json.dumps({"prompt": PROMPT, "max_tokens": 1}).encode()
+    server = dms_serving(folder, folder / "store", ["writer=writer.mar"], "writer", probe)
+    server.launch()
+    return server, server.probe_url.rsplit("/predictions/", 1)[0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--concurrency", default="1,16")
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--token-ms", type=float, default=5.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    folder = Path(tempfile.mkdtemp(prefix="dms-bench-streaming-"))
+    server, url = start_server(folder)
+    token_s = args.token_ms / 1000
+    try:
+        served(url, 2, 8, token_s)  # warm up
+        for streams in (int(c) for c in args.concurrency.split(",")):
+            loop_runs: list[tuple[float, float, int]] = []
+            dms_runs: list[tuple[float, float, int]] = []
+            for _ in range(args.rounds):
+                loop_runs += in_process(streams, args.tokens, token_s)
+                dms_runs += served(url, streams, args.tokens, token_s)
+            print(f"c={streams}, {args.tokens} tokens, {args.token_ms:g} ms a token, {args.rounds} rounds")
+            print(f"  in-process loop  {summary(loop_runs)}")
+            print(f"  DMS (OpenAI SSE) {summary(dms_runs)}")
+    finally:
+        server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
