@@ -19,8 +19,9 @@ import pytest
 
 from dms.archive.writer import ArchiveSpec, write_archive
 from tests.conftest import make_squeezenet_archive
+from tests.e2e.conftest import char_model_store
 from tests.e2e.test_user_flow import KITTEN_TOP5, SQUEEZENET_CONFIG
-from tests.support import DmsServer, free_ports, running_server
+from tests.support import FIXTURES, DmsServer, free_ports, running_server
 
 ROOT = Path(__file__).resolve().parents[2]
 PROTOS = ROOT / ".tools" / "torchserve-protos"
@@ -85,6 +86,8 @@ call("predict_v2", inference.Predictions, P(model_name="fields", model_version="
 call("predict_missing", inference.Predictions, P(model_name="nope", input={"data": b"x"}))
 call("predict_unnamed", inference.Predictions, P(input={"data": b"x"}))
 call("stream", inference.StreamPredictions, P(model_name="fields", input={"data": b"streamed"}))
+generate = json.dumps({"prompt": "Alice was", "max_tokens": 12}).encode()
+call("stream_pieces", inference.StreamPredictions, P(model_name="ts_chars", input={"data": generate}))
 call("stream2", inference.StreamPredictions2, iter([
     P(model_name="fields", input={"data": b"one"}, sequence_id="seq-1"),
     P(model_name="nope", input={"data": b"two"}, sequence_id="seq-1"),
@@ -135,14 +138,17 @@ def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     _fields_archive(store, work, "1.0")
     _fields_archive(store, work, "2.0")
     models = ""
+    char_model_store(work, {"ts_chars": ("ts_streaming_handler.py", "")})
+    (work / "store" / "ts_chars.mar").replace(store / "ts_chars.mar")
     model = SHARED / SQUEEZENET
     if model.exists():
         make_squeezenet_archive(model, store, SQUEEZENET_CONFIG)
-        models = "load_models=squeezenet.mar\n"
+        models = "squeezenet.mar,"
     [management_port] = free_ports(1)
     config = work / "config.properties"
     config.write_text(
-        f"model_store={store}\n{models}disable_token_authorization=true\ngrpc_management_port={management_port}\n"
+        f"model_store={store}\nload_models={models}ts_chars.mar\ndisable_token_authorization=true\n"
+        f"grpc_management_port={management_port}\n"
     )
     args = ["--ts-config", str(config), "--no-default-model", "--grpc-server", request.param]
     with running_server(work, args) as server:
@@ -165,7 +171,7 @@ def test_torchserves_grpc_client_against_dms(stubs: Path, served: tuple[DmsServe
 
     assert r["ping"] == {"ok": True, "health": json.dumps({"status": "Healthy"}, indent=2)}
     listed = json.loads(r["list_empty"]["msg"])["models"]
-    assert [m["modelName"] for m in listed] == (["squeezenet"] if with_squeezenet else [])
+    assert [m["modelName"] for m in listed] == (["squeezenet", "ts_chars"] if with_squeezenet else ["ts_chars"])
     assert r["register"] == {"ok": True, "msg": 'Model "fields" Version: 1.0 registered with 1 initial workers'}
     assert r["register_again"]["code"] == "ALREADY_EXISTS"
     assert r["register_bad_runtime"]["code"] == "INVALID_ARGUMENT" and "python4" in r["register_bad_runtime"]["details"]
@@ -178,6 +184,13 @@ def test_torchserves_grpc_client_against_dms(stubs: Path, served: tuple[DmsServe
     assert r["predict_unnamed"]["code"] == "INVALID_ARGUMENT" and "model_name" in r["predict_unnamed"]["details"]
     [streamed] = r["stream"]["answers"]
     assert json.loads(streamed["prediction"]) == {"data": "streamed"}
+
+    # A TorchServe streaming handler (send_intermediate_predict_response): one message per piece, as it was sent.
+    sys.path.insert(0, str(FIXTURES))
+    from char_model import CharModel, train
+
+    pieces = [answer["prediction"] for answer in r["stream_pieces"]["answers"]]
+    assert pieces == list("".join(CharModel(train()).generate("Alice was", 12)))
 
     # StreamPredictions2: each request answered in turn, with its sequence id; a failure is told in its answer.
     one, two, three, four = r["stream2"]["answers"]
@@ -195,7 +208,7 @@ def test_torchserves_grpc_client_against_dms(stubs: Path, served: tuple[DmsServe
     assert json.loads(r["predict_default"]["prediction"]) == {"data": "default"}
     page = json.loads(r["list"]["msg"])
     assert [m["modelName"] for m in page["models"]] == ["fields"]
-    assert page.get("nextPageToken") == ("1" if with_squeezenet else None)
+    assert page.get("nextPageToken") == "1"
     assert r["unregister_1"] == {"ok": True, "msg": 'Model "fields" version 1.0 unregistered'}
     assert r["unregister_missing"]["code"] == "NOT_FOUND"
     assert [m["modelVersion"] for m in server.describe("fields")] == ["2.0"]

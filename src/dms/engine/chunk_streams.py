@@ -12,7 +12,10 @@ the client up after ``stream_stall_timeout_s``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any, Protocol
 
 from dms.messages import STREAM_WINDOW, Chunk, StreamCredit, Withdraw, encode_frame
 
@@ -98,3 +101,43 @@ class BatchChunks:
             control.received()
             reader.chunk(chunk, control)
         return True
+
+
+class ChunkQueue:
+    """A ``ChunkReader`` for a transport that awaits (a gRPC stream): the chunks in order, each credited to the worker
+    once its taker comes back for the next, and the end when the request's answer has come."""
+
+    __slots__ = ("_items", "_last", "_wake")
+
+    def __init__(self) -> None:
+        self._items: deque[tuple[Chunk, StreamControl]] = deque()
+        self._wake: asyncio.Future[None] | None = None
+        self._last: StreamControl | None = None
+
+    def chunk(self, chunk: Chunk, control: StreamControl) -> None:
+        self._items.append((chunk, control))
+        self._set_wake()
+
+    def _set_wake(self, _: Any = None) -> None:
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
+
+    async def until(self, answer: asyncio.Future[Any]) -> AsyncIterator[Chunk]:
+        """Each chunk as it comes, until ``answer`` (the request's future) is done and every chunk before it taken.
+        A taker that stops early (its client left) stops the worker's generator and gives up the answer."""
+        answer.add_done_callback(self._set_wake)
+        try:
+            while True:
+                while self._items:
+                    chunk, self._last = self._items.popleft()
+                    yield chunk
+                    self._last.credit(1)
+                if answer.done():
+                    return
+                self._wake = answer.get_loop().create_future()
+                await self._wake
+        finally:
+            if not answer.done():
+                if self._last is not None:
+                    self._last.stop()
+                answer.cancel()

@@ -15,7 +15,7 @@ import functools
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -44,6 +44,9 @@ from dms.grpc.errors import GRPC_STATUS
 from dms.grpc.streams import answer_stream
 from dms.messages import PROTOCOL_V2_GRPC, RequestItem, ResponseItem
 from dms.observability.metrics import ServerMetrics
+
+if TYPE_CHECKING:
+    from dms.engine.chunk_streams import ChunkReader
 from dms.observability.request_ids import new_request_id
 
 log = logging.getLogger("dms.grpc")
@@ -126,8 +129,10 @@ class InferenceServicer:
         request_id: str,
         metadata: Metadata,
         protocol: str = PROTOCOL_V2_GRPC,
+        reader: ChunkReader | None = None,
     ) -> asyncio.Future[ResponseItem]:
-        """Hand a call's request to its model (the text metadata as its headers), as ``protocol``'s."""
+        """Hand a call's request to its model (the text metadata as its headers), as ``protocol``'s; with a
+        ``reader``, the chunks of a streamed answer reach it as they are made."""
         item = RequestItem(
             request_id=request_id,
             body=payload,
@@ -135,8 +140,9 @@ class InferenceServicer:
             headers=[(k, v) for k, v in metadata.items() if isinstance(v, str)],
             query=[],
             protocol=protocol,
+            stream=reader is not None,
         )
-        return self.dataplane.submit(name, version, item)
+        return self.dataplane.submit(name, version, item, reader)
 
     async def _infer(self, payload: bytes, routing: Any, request_id: str, metadata: Metadata) -> tuple[bytes, int]:
         future = self.submit(payload, routing.model_name, routing.model_version or None, request_id, metadata)

@@ -5,7 +5,8 @@ Inference Protocol's service on the gRPC port (``grpc_address``, TorchServe's 70
 - ``Predictions``: the request's ``input`` map reaches the handler as one request whose fields are its entries
   (``PROTOCOL_FIELDS``: ``data["data"]``, as a form field would), batched with the model's other requests; the
   answer's ``prediction`` is the body ``/predictions`` would answer.
-- ``StreamPredictions``: the same, answered as a stream of messages (one per answer).
+- ``StreamPredictions``: the same, answered as a stream: a message per piece of a streamed answer (a handler's
+  ``send_intermediate_predict_response`` calls, or its generator), each as it is made; one for a whole answer.
 - ``StreamPredictions2``: a stream of requests, each answered in turn (``dms.grpc.streams``); a request's own
   failure is told in its answer's ``status`` and the stream goes on.
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -24,6 +25,7 @@ import msgspec
 from google.protobuf.empty_pb2 import Empty
 
 from dms._generated import torchserve_inference_pb2 as ts
+from dms.engine.chunk_streams import ChunkQueue
 from dms.errors import DMSError, InputError, PayloadTooLargeError, error_from_wire
 from dms.grpc.errors import GRPC_STATUS
 from dms.grpc.servicer import Context, InferenceServicer, Metadata, RpcMethod
@@ -81,7 +83,8 @@ class TorchServeInference:
         return ts.PredictionResponse(prediction=body)
 
     async def stream_predictions(self, requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[bytes]:
-        """The answer to the call's one request, as a stream."""
+        """The answer to the call's one request as a stream: a message for each piece a streaming handler sends
+        (``send_intermediate_predict_response``, or a generator), as it is made; one message for a whole answer."""
         metadata = dict(context.invocation_metadata() or ())
         taken = False
         async for payload in requests:
@@ -89,8 +92,9 @@ class TorchServeInference:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "StreamPredictions takes one request")
             taken = True
             request, request_id = _routing(payload)
-            body, _ = await self._predict(request, str(metadata.get("x-request-id") or request_id), metadata)
-            yield _answer(request, body)
+            request_id = str(metadata.get("x-request-id") or request_id)
+            async for body, _ in self._pieces(request, request_id, metadata, stream=True):
+                yield _answer(request, body)
 
     async def stream_predictions2(self, requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[bytes]:
         metadata = dict(context.invocation_metadata() or ())
@@ -107,8 +111,20 @@ class TorchServeInference:
         return await self._predict(request, request_id, metadata)
 
     async def _predict(self, request: Any, request_id: str, metadata: Metadata) -> tuple[bytes, int]:
-        """Hand one request to its model and wait for the answer's body (and its batch's size); counted in the
-        server's metrics and access log as transport ``fields``."""
+        """Hand one request to its model and wait for the answer's body (and its batch's size)."""
+        pieces = self._pieces(request, request_id, metadata, stream=False)
+        try:
+            async for body, batch_size in pieces:
+                return body, batch_size
+        finally:
+            await pieces.aclose()  # its metrics are written now, not when the generator is collected
+        raise AssertionError("an answer without a body")  # pragma: no cover - _pieces always yields
+
+    async def _pieces(
+        self, request: Any, request_id: str, metadata: Metadata, stream: bool
+    ) -> AsyncGenerator[tuple[bytes, int], None]:
+        """The answer's pieces as the model makes them (with ``stream``; else, and for a whole answer, its one body),
+        each with its batch's size once known; counted in the server's metrics and access log as ``fields``."""
         started_ns = self.metrics.started(PROTOCOL_FIELDS)
         name, version = request.model_name, request.model_version or None
         code, batch_size = grpc.StatusCode.CANCELLED, 0
@@ -119,12 +135,26 @@ class TorchServeInference:
             if len(request.input) > limit:
                 raise PayloadTooLargeError(f"the request has more than max_multipart_parts ({limit}) input fields")
             fields = _fields.encode(dict(request.input))
-            result = await self.servicer.submit(fields, name, version, request_id, metadata, PROTOCOL_FIELDS)
+            queue = ChunkQueue() if stream else None
+            future = self.servicer.submit(fields, name, version, request_id, metadata, PROTOCOL_FIELDS, queue)
+            pieces = 0
+            if queue is not None:
+                async for chunk in queue.until(future):
+                    if not pieces:
+                        self.metrics.first_chunk(
+                            PROTOCOL_FIELDS, name, self.dataplane.version_of(name, version), started_ns
+                        )
+                    pieces += 1
+                    yield chunk.body, 0
+            result = await future
             batch_size = result.batch_size
             if result.error is not None:
                 raise error_from_wire(result.error.type_name, result.error.message)
+            if pieces:
+                self.metrics.chunk_count(name, self.dataplane.version_of(name, version)).inc(pieces)
             code = grpc.StatusCode.OK
-            return result.body, batch_size
+            if result.body or not pieces:
+                yield result.body, batch_size
         except DMSError as exc:
             code = GRPC_STATUS[exc.kind]
             raise

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from dms.engine.chunk_streams import BatchChunks, StreamControl
+from dms.engine.chunk_streams import BatchChunks, ChunkQueue, StreamControl
 from dms.engine.worker_link import WorkerLink
 from dms.messages import (
     STREAM_WINDOW,
@@ -160,3 +160,51 @@ def test_a_stop_releases_a_held_clock() -> None:
     control.stop()
     control.credit(1)
     assert link_calls == ["hold", "notify", "release"]
+
+
+class FakeControl:
+    def __init__(self) -> None:
+        self.credits = 0
+        self.stopped = False
+
+    def credit(self, chunks: int = 1) -> None:
+        self.credits += chunks
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+def test_a_chunk_queue_hands_out_chunks_until_the_answer_and_credits_each_once_taken() -> None:
+    async def main() -> None:
+        queue, control = ChunkQueue(), FakeControl()
+        answer: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        taken: list[bytes] = []
+
+        async def take() -> None:
+            async for chunk in queue.until(answer):
+                taken.append(chunk.body)
+                assert control.credits == len(taken) - 1  # credited when the taker comes back for more
+
+        taker = asyncio.ensure_future(take())
+        await asyncio.sleep(0)
+        queue.chunk(Chunk(1, 0, b"a"), control)  # type: ignore[arg-type]
+        queue.chunk(Chunk(1, 0, b"b"), control)  # type: ignore[arg-type]
+        await asyncio.sleep(0)
+        answer.set_result("done")
+        await taker
+        assert taken == [b"a", b"b"] and control.credits == 2 and not control.stopped
+
+    asyncio.run(main())
+
+
+def test_a_taker_that_stops_early_stops_the_worker_and_gives_up_the_answer() -> None:
+    async def main() -> None:
+        queue, control = ChunkQueue(), FakeControl()
+        answer: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        queue.chunk(Chunk(1, 0, b"a"), control)  # type: ignore[arg-type]
+        chunks = queue.until(answer)
+        assert (await anext(chunks)).body == b"a"
+        await chunks.aclose()  # type: ignore[attr-defined]
+        assert control.stopped and answer.cancelled()
+
+    asyncio.run(main())
