@@ -79,7 +79,7 @@ class InstantDataPlane:
 
         self.settings = ServerSettings()
 
-    def submit(self, name: str, version: str | None, item: Any) -> asyncio.Future[Any]:
+    def submit(self, name: str, version: str | None, item: Any, reader: Any = None) -> asyncio.Future[Any]:
         from dms.messages import ResponseItem
 
         future = asyncio.get_running_loop().create_future()
@@ -144,14 +144,18 @@ async def measure(concurrency: int, calls: int, lean: bool = True) -> float:
             server.data_received(data)
 
     def to_client() -> int:
-        """Answers whose trailers arrived."""
+        """Answers whose trailers arrived; a call that failed stops the measure (it would time an error path)."""
         data = b"".join(transport.written)
         transport.written.clear()
         ended = 0
         if data:
             client.receive_data(data)
             while (event := client.next_event()) is not zttp.NEED_DATA:
-                ended += isinstance(event, zttp.EndOfMessage)
+                if isinstance(event, zttp.EndOfMessage):
+                    trailers = {bytes(name): bytes(value) for name, value in event.trailers or ()}
+                    if trailers.get(b"grpc-status") != b"0":
+                        raise RuntimeError(f"a call failed: {trailers or 'no trailers'}")
+                    ended += 1
         return ended
 
     async def exchange(expected: int) -> None:
