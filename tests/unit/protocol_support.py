@@ -79,3 +79,18 @@ class FakeDataPlane:
 
 def run(loop: asyncio.AbstractEventLoop, test: Callable[[], Awaitable[None]]) -> None:
     loop.run_until_complete(test())
+
+
+class FakeStreamControl:
+    """The worker's side of one streamed request, as ``dms.engine.chunk_streams.StreamControl`` offers it: the
+    credits given and whether it was stopped."""
+
+    def __init__(self) -> None:
+        self.credits = 0
+        self.stopped = False
+
+    def credit(self, chunks: int = 1) -> None:
+        self.credits += chunks
+
+    def stop(self) -> None:
+        self.stopped = True

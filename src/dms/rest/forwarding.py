@@ -65,6 +65,15 @@ def malformed_header(content_type: str, headers: list[tuple[str, str]]) -> str |
     return None
 
 
+def _header_refusal(name: str, request_id: str, content_type: str, headers: list[tuple[str, str]]) -> DMSError | None:
+    """The error to answer when a model's answer has a header HTTP cannot carry (the log names it); None if none."""
+    problem = malformed_header(content_type, headers)
+    if problem is None:
+        return None
+    log.error("request %s: model %s answered with a header HTTP cannot carry, %s", request_id, name, problem)
+    return InternalError("the model answered with a malformed header (the server log names it)")
+
+
 @dataclass(slots=True)
 class Reply:
     """An answer ready to send: status, raw headers (lower-case names), body.
@@ -287,10 +296,9 @@ class Forwarder:
             reply.set_header("cache-control", "no-cache")
             reply.set_header("x-request-id", request_id)
             return reply
-        problem = malformed_header(first.content_type, first.headers)
-        if problem is not None:
-            log.error("request %s: model %s answered with a header HTTP cannot carry, %s", request_id, name, problem)
-            return InternalError("the model answered with a malformed header (the server log names it)")
+        refusal = _header_refusal(name, request_id, first.content_type, first.headers)
+        if refusal is not None:
+            return refusal
         reply = Reply.content(first.status, first.body, first.content_type or "application/octet-stream", False)
         for key, value in first.headers:
             reply.set_header(key, value)
@@ -300,11 +308,9 @@ class Forwarder:
     def _answer(self, name: str, request_id: str, result: ResponseItem, accept_encoding: str | None) -> Reply:
         if result.error is not None:
             return Reply.of(self.on_error(error_from_wire(result.error.type_name, result.error.message)))
-        problem = malformed_header(result.content_type, result.headers)
-        if problem is not None:  # refused here, so that metrics and the access log count the 500 sent
-            log.error("request %s: model %s answered with a header HTTP cannot carry, %s", request_id, name, problem)
-            error = InternalError("the model answered with a malformed header (the server log names it)")
-            return Reply.of(self.on_error(error))
+        refusal = _header_refusal(name, request_id, result.content_type, result.headers)
+        if refusal is not None:  # refused here, so that metrics and the access log count the 500 sent
+            return Reply.of(self.on_error(refusal))
         payload, encoding = encode_content(result.body, accept_encoding)
         reply = Reply.content(result.status, payload, result.content_type)
         for key, value in result.headers:

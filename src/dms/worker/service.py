@@ -18,7 +18,6 @@ from dms.messages import (
     Batch,
     BatchResult,
     BatchTimings,
-    ErrorInfo,
     LoadModel,
     ModelLoaded,
     RequestItem,
@@ -250,10 +249,5 @@ def _signature(runtime: Any, config: dict[str, Any]) -> tuple[list[TensorSpec], 
     return declared_specs(config.get("inputs")), declared_specs(config.get("outputs"))
 
 
-_WITHDRAWN = ResponseItem(
-    status=0,
-    body=b"",
-    content_type="",
-    error=ErrorInfo(type_name="InternalError", message="not run: its client went away before the batch started"),
-)
+_WITHDRAWN = error_item(InternalError("not run: its client went away before the batch started"))
 """The answer to a withdrawn request: a placeholder, as nobody is waiting for it any more."""

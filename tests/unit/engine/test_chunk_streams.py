@@ -21,6 +21,7 @@ from dms.messages import (
     to_worker_decoder,
 )
 from tests.unit.engine.test_worker_link import result, run_with_link
+from tests.unit.protocol_support import FakeStreamControl
 
 
 class Reader:
@@ -162,21 +163,9 @@ def test_a_stop_releases_a_held_clock() -> None:
     assert link_calls == ["hold", "notify", "release"]
 
 
-class FakeControl:
-    def __init__(self) -> None:
-        self.credits = 0
-        self.stopped = False
-
-    def credit(self, chunks: int = 1) -> None:
-        self.credits += chunks
-
-    def stop(self) -> None:
-        self.stopped = True
-
-
 def test_a_chunk_queue_hands_out_chunks_until_the_answer_and_credits_each_once_taken() -> None:
     async def main() -> None:
-        queue, control = ChunkQueue(), FakeControl()
+        queue, control = ChunkQueue(), FakeStreamControl()
         answer: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         taken: list[bytes] = []
 
@@ -199,7 +188,7 @@ def test_a_chunk_queue_hands_out_chunks_until_the_answer_and_credits_each_once_t
 
 def test_a_taker_that_stops_early_stops_the_worker_and_gives_up_the_answer() -> None:
     async def main() -> None:
-        queue, control = ChunkQueue(), FakeControl()
+        queue, control = ChunkQueue(), FakeStreamControl()
         answer: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         queue.chunk(Chunk(1, 0, b"a"), control)  # type: ignore[arg-type]
         chunks = queue.until(answer)

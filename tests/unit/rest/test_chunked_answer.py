@@ -6,29 +6,15 @@ from __future__ import annotations
 import asyncio
 
 from dms.messages import Chunk, ResponseItem
-from tests.unit.protocol_support import run
+from tests.unit.protocol_support import FakeStreamControl, run
 from tests.unit.rest.test_http1_server import Harness, post, settle
 
 
-class Control:
-    """The worker's side of one streamed request, as ``StreamControl`` offers it."""
-
-    def __init__(self) -> None:
-        self.credits = 0
-        self.stopped = False
-
-    def credit(self, chunks: int = 1) -> None:
-        self.credits += chunks
-
-    def stop(self) -> None:
-        self.stopped = True
-
-
-def started(h: Harness) -> tuple[object, Control]:
+def started(h: Harness) -> tuple[object, FakeStreamControl]:
     h.feed(post("/predictions/m", b"abc", b"X-Request-ID: r1"))
     [reader] = h.dataplane.readers
     assert reader is not None and h.dataplane.submitted[0][2].stream
-    return reader, Control()
+    return reader, FakeStreamControl()
 
 
 def test_chunks_go_out_as_they_come_and_the_answer_ends(loop: asyncio.AbstractEventLoop):
