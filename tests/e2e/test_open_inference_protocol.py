@@ -220,6 +220,8 @@ def test_grpc_stream_infer_answers_in_order(server: DmsServer, transport: str):
     good = [result for result, error in answers[:5]]
     assert [r.get_response().id for r in good] == ["0", "1", "2", "3", "4"]
     assert [float(r.as_numpy("out_x")[0, 0]) for r in good] == [1.0, 2.0, 3.0, 4.0, 5.0]
+    # A whole answer is its request's final response, as Triton flags it for its streaming clients.
+    assert all(r.get_response().parameters["triton_final_response"].bool_param for r in good)
     assert answers[5][0] is None and "missing-model" in str(answers[5][1])
 
 

@@ -107,16 +107,34 @@ class ChunkQueue:
     """A ``ChunkReader`` for a transport that awaits (a gRPC stream): the chunks in order, each credited to the worker
     once its taker comes back for the next, and the end when the request's answer has come."""
 
-    __slots__ = ("_items", "_last", "_wake")
+    __slots__ = ("_items", "_last", "_left", "_wake")
 
     def __init__(self) -> None:
         self._items: deque[tuple[Chunk, StreamControl]] = deque()
         self._wake: asyncio.Future[None] | None = None
         self._last: StreamControl | None = None
+        self._left = False
 
     def chunk(self, chunk: Chunk, control: StreamControl) -> None:
+        if self._left:  # nobody will take it: the worker stops making more
+            control.stop()
+            return
         self._items.append((chunk, control))
         self._set_wake()
+
+    def given_up(self, answer: asyncio.Future[Any]) -> None:
+        """A done callback for the request's future: once it is cancelled (nobody will read the answer, maybe
+        before its first chunk), the worker stops making it."""
+        if answer.cancelled():
+            self._leave()
+
+    def _leave(self) -> None:
+        self._left = True
+        if self._last is not None:
+            self._last.stop()
+        for _, control in self._items:
+            control.stop()
+        self._items.clear()
 
     def _set_wake(self, _: Any = None) -> None:
         if self._wake is not None and not self._wake.done():
@@ -138,6 +156,5 @@ class ChunkQueue:
                 await self._wake
         finally:
             if not answer.done():
-                if self._last is not None:
-                    self._last.stop()
+                self._leave()
                 answer.cancel()

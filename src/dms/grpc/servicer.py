@@ -13,9 +13,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
+from typing import Any, Protocol, TypeAlias
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -33,6 +34,7 @@ from dms.dataplane.queries import (
     server_metadata,
 )
 from dms.dataplane.queries import statistics as model_statistics
+from dms.engine.chunk_streams import ChunkQueue, ChunkReader
 from dms.errors import (
     DMSError,
     InputError,
@@ -41,12 +43,9 @@ from dms.errors import (
     error_from_wire,
 )
 from dms.grpc.errors import GRPC_STATUS
-from dms.grpc.streams import answer_stream
+from dms.grpc.streams import Replies, answer_stream, stream_answer
 from dms.messages import PROTOCOL_V2_GRPC, RequestItem, ResponseItem
 from dms.observability.metrics import ServerMetrics
-
-if TYPE_CHECKING:
-    from dms.engine.chunk_streams import ChunkReader
 from dms.observability.request_ids import new_request_id
 
 log = logging.getLogger("dms.grpc")
@@ -144,12 +143,30 @@ class InferenceServicer:
         )
         return self.dataplane.submit(name, version, item, reader)
 
-    async def _infer(self, payload: bytes, routing: Any, request_id: str, metadata: Metadata) -> tuple[bytes, int]:
-        future = self.submit(payload, routing.model_name, routing.model_version or None, request_id, metadata)
-        result = await future
+    def _start_streamed(self, payload: bytes, routing: Any, request_id: str, metadata: Metadata) -> Replies:
+        """A ``ModelStreamInfer`` request handed to its model: its answers, one per response the model makes."""
+        name, version = routing.model_name, routing.model_version or None
+        queue, started_ns = ChunkQueue(), time.perf_counter_ns()
+        future = self.submit(payload, name, version, request_id, metadata, reader=queue)
+        future.add_done_callback(queue.given_up)  # a request given up on before its turn stops its generator too
+        return Replies(self._replies(queue, future, name, version, started_ns), future)
+
+    async def _replies(
+        self, queue: ChunkQueue, future: asyncio.Future[ResponseItem], name: str, version: str | None, started_ns: int
+    ) -> AsyncGenerator[bytes, None]:
+        pieces = 0
+        async for chunk in queue.until(future):
+            if not pieces:
+                self.metrics.first_chunk(PROTOCOL_V2_GRPC, name, self.dataplane.version_of(name, version), started_ns)
+            pieces += 1
+            yield stream_answer(chunk.body)
+        result = future.result()
+        if pieces:
+            self.metrics.chunk_count(name, self.dataplane.version_of(name, version)).inc(pieces)
         if result.error is not None:
             raise error_from_wire(result.error.type_name, result.error.message)
-        return result.body, result.batch_size
+        if result.body:  # empty after pieces, unless the request asked for an empty final response
+            yield stream_answer(result.body)
 
     # -- health and metadata --------------------------------------------------------------------------
     async def server_live(self, request: Any, context: Context) -> Any:
@@ -248,9 +265,9 @@ class InferenceServicer:
     async def model_stream_infer(self, requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[bytes]:
         """Each request of the stream answered in order (``dms.grpc.streams``); what ends the stream ends the call."""
         self._check_key(context, "inference")
-        infer = functools.partial(self._infer, metadata=dict(context.invocation_metadata() or ()))
+        start = functools.partial(self._start_streamed, metadata=dict(context.invocation_metadata() or ()))
         # A message that is not a request, or a stream gone idle, ends it with its error's status.
-        async for answer in answer_stream(requests, infer, self.dataplane.settings.grpc_stream_idle_timeout_s):
+        async for answer in answer_stream(requests, start, self.dataplane.settings.grpc_stream_idle_timeout_s):
             yield answer
 
     async def model_statistics(self, request: Any, context: Context) -> Any:

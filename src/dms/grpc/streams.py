@@ -2,7 +2,8 @@
 ``ModelStreamInfer`` (``InferenceServicer.model_stream_infer``) and TorchServe's ``StreamPredictions2``
 (``dms.grpc.torchserve_inference``), each described by a ``StreamMessages``.
 
-Each request goes to its model as it is read; its answer is sent when every answer before it has been.
+Each request goes to its model as it is read; its answers are sent when every answer before them has been: a
+request may have none, one or several (a model that streams, ``dms.worker.tensor_streams``).
 The stream ends when its client ends it or leaves (the requests it sent and that are not answered yet are
 withdrawn from their models), at its first message that is not a request of its protocol (INVALID_ARGUMENT),
 and when it has brought nothing for ``grpc_stream_idle_timeout_s`` with nothing in flight (DEADLINE_EXCEEDED).
@@ -13,7 +14,7 @@ so a client that sends without reading is held back by HTTP/2's flow control.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -25,8 +26,31 @@ from dms.observability.request_ids import new_request_id
 from dms.oip.protobuf_wire import length_delimited
 
 _T = TypeVar("_T")
-Infer = Callable[[bytes, Any, str], Awaitable[tuple[bytes, int]]]
-"""One request to its model: (serialized request, its routing fields, request id) -> (serialized answer, batch size)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Replies:
+    """What one request of a stream is answered with: its stream messages as they come, and the work that makes
+    them (cancelled when they will not be read)."""
+
+    messages: AsyncGenerator[bytes, None]
+    work: asyncio.Future[Any]
+
+
+Start = Callable[[bytes, Any, str], Replies]
+"""One request handed to its model: (serialized request, its routing fields, request id) -> its replies. Raises
+the ``DMSError`` of a request that cannot go (told in its answer; the stream goes on)."""
+
+
+def one_reply(work: Awaitable[tuple[bytes, int]], answer: Callable[[bytes], bytes]) -> Replies:
+    """The replies of a request answered once: ``answer`` around the body ``work`` comes to."""
+    task = asyncio.ensure_future(work)
+
+    async def messages() -> AsyncGenerator[bytes, None]:
+        body, _ = await task
+        yield answer(body)
+
+    return Replies(messages(), task)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,10 +72,20 @@ def _oip_routing(payload: bytes) -> tuple[Any, str]:
     return routing, str(routing.id or new_request_id())
 
 
+def _oip_failure(routing: Any, exc: DMSError) -> bytes:
+    """A request's failure, as Triton tells it: the error, and its request's final response (empty)."""
+    final = {"triton_final_response": pb.InferParameter(bool_param=True)}
+    response = pb.ModelInferResponse(
+        model_name=routing.model_name, model_version=routing.model_version, id=routing.id, parameters=final
+    )
+    encoded: bytes = pb.ModelStreamInferResponse(error_message=exc.message, infer_response=response).SerializeToString()
+    return encoded
+
+
 OIP_STREAM = StreamMessages(
     routing=_oip_routing,
     answer=lambda routing, answer: stream_answer(answer),
-    failure=lambda routing, exc: pb.ModelStreamInferResponse(error_message=exc.message).SerializeToString(),
+    failure=_oip_failure,
     request_name="ModelInferRequest",
 )
 
@@ -94,12 +128,12 @@ def stream_answer(infer_response: bytes) -> bytes:
 
 
 async def answer_stream(
-    requests: AsyncIterator[bytes], infer: Infer, idle_s: float, messages: StreamMessages = OIP_STREAM
+    requests: AsyncIterator[bytes], start: Start, idle_s: float, messages: StreamMessages = OIP_STREAM
 ) -> AsyncIterator[bytes]:
-    """Each request's answer (serialized; for the Open Inference Protocol a ``ModelStreamInferResponse``), in
-    order; a request's own error is told in its answer (``messages.failure``). Raises the ``DMSError`` that ends
-    the stream, and what ended ``requests``."""
-    Pending = tuple[Any, asyncio.Future[tuple[bytes, int]]]
+    """Each request's answers (serialized stream messages: for the Open Inference Protocol
+    ``ModelStreamInferResponse``), in order; a request's own error is told in its answer (``messages.failure``).
+    Raises the ``DMSError`` that ends the stream, and what ended ``requests``."""
+    Pending = tuple[Any, Replies | DMSError]
     pending: asyncio.Queue[Pending | None] = asyncio.Queue(maxsize=STREAM_IN_FLIGHT)
 
     async def read_all() -> None:
@@ -110,7 +144,11 @@ async def answer_stream(
                 routing, request_id = messages.routing(payload)
             except DecodeError:
                 raise InputError(f"a message of the stream is not a {messages.request_name}") from None
-            await pending.put((routing, asyncio.ensure_future(infer(payload, routing, request_id))))
+            try:
+                replies: Replies | DMSError = start(payload, routing, request_id)
+            except DMSError as exc:
+                replies = exc
+            await pending.put((routing, replies))
         await pending.put(None)
 
     reader = asyncio.ensure_future(read_all())
@@ -122,10 +160,12 @@ async def answer_stream(
                 raise stream_idle_error(idle_s) from None
             if next_one is None:
                 return
-            routing, task = next_one
+            routing, replies = next_one
             try:
-                answer, _ = await _unless_ended(task, reader, None)
-                yield messages.answer(routing, answer)
+                if isinstance(replies, DMSError):
+                    raise replies
+                async for message in _each_unless_ended(replies, reader):
+                    yield message
             except DMSError as exc:
                 if reader.done() and reader.exception() is exc:
                     raise
@@ -134,5 +174,25 @@ async def answer_stream(
         reader.cancel()
         while not pending.empty():  # requests read and not answered: their clients are gone
             left = pending.get_nowait()
-            if left is not None:
-                left[1].cancel()
+            if left is not None and isinstance(left[1], Replies):
+                left[1].work.cancel()
+
+
+async def _each_unless_ended(replies: Replies, reader: asyncio.Future[None]) -> AsyncIterator[bytes]:
+    """Each of a request's messages as it comes (``_unless_ended``: while the stream lasts)."""
+    piece: asyncio.Future[bytes | None] | None = None
+    try:
+        while True:
+            if replies.work.done():  # the rest is at hand: nothing to race
+                next_message = await anext(replies.messages, None)
+            else:
+                piece = asyncio.ensure_future(anext(replies.messages, None))
+                next_message = await _unless_ended(piece, reader, None)
+            if next_message is None:
+                return
+            yield next_message
+    finally:
+        if piece is not None and not piece.done():  # cancelled by _unless_ended: let it unwind first
+            await asyncio.wait((piece,))
+        await replies.messages.aclose()  # a request left unfinished stops its worker's generator
+        replies.work.cancel()

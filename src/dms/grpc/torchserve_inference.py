@@ -29,7 +29,7 @@ from dms.engine.chunk_streams import ChunkQueue
 from dms.errors import DMSError, InputError, PayloadTooLargeError, error_from_wire
 from dms.grpc.errors import GRPC_STATUS
 from dms.grpc.servicer import Context, InferenceServicer, Metadata, RpcMethod
-from dms.grpc.streams import StreamMessages, answer_stream
+from dms.grpc.streams import Replies, StreamMessages, answer_stream, one_reply
 from dms.messages import PROTOCOL_FIELDS
 from dms.observability.request_ids import new_request_id
 
@@ -98,17 +98,15 @@ class TorchServeInference:
 
     async def stream_predictions2(self, requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[bytes]:
         metadata = dict(context.invocation_metadata() or ())
-        infer = functools.partial(self._stream_infer, metadata=metadata)
+        start = functools.partial(self._start_in_stream, metadata=metadata)
         idle_s = self.dataplane.settings.grpc_stream_idle_timeout_s
-        async for answer in answer_stream(requests, infer, idle_s, STREAM):
+        async for answer in answer_stream(requests, start, idle_s, STREAM):
             yield answer
 
-    async def _stream_infer(
-        self, payload: bytes, request: Any, request_id: str, metadata: Metadata
-    ) -> tuple[bytes, int]:
+    def _start_in_stream(self, payload: bytes, request: Any, request_id: str, metadata: Metadata) -> Replies:
         if not request.sequence_id:
             raise InputError("parameter sequence_id is required by StreamPredictions2")
-        return await self._predict(request, request_id, metadata)
+        return one_reply(self._predict(request, request_id, metadata), functools.partial(_answer, request))
 
     async def _predict(self, request: Any, request_id: str, metadata: Metadata) -> tuple[bytes, int]:
         """Hand one request to its model and wait for the answer's body (and its batch's size)."""

@@ -8,6 +8,7 @@ requests along dimension 0; custom handlers get each request's tensors as named 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ import numpy as np
 
 from dms.context import Context, RequestProcessor
 from dms.errors import DMSError, HandlerError, InputError
-from dms.messages import PROTOCOL_V1, PROTOCOL_V2_GRPC, RequestItem, ResponseItem
+from dms.messages import PROTOCOL_V1, PROTOCOL_V2_GRPC, Batch, RequestItem, ResponseItem
 from dms.oip.grpc_codec import decode_grpc_request, encode_grpc_response
 from dms.oip.request import InferRequest
 from dms.oip.rest_codec import HEADER_LENGTH, decode_rest_request, encode_rest_response
@@ -25,6 +26,8 @@ from dms.oip.v1_codec import decode_v1_body, encode_v1_response
 from dms.runtimes import Runtime, TensorSpec
 from dms.runtimes.tensor_exec import run_named
 from dms.worker import envelopes
+from dms.worker.streaming import BatchStreams, handler_failure, is_stream
+from dms.worker.tensor_streams import answer_streams, flagged
 
 log = logging.getLogger("dms.worker")
 
@@ -56,9 +59,13 @@ class TensorModel:
 
 
 def run_tensor_requests(
-    model: TensorModel, indexed: list[tuple[int, RequestItem]], error_item: Any
+    model: TensorModel,
+    indexed: list[tuple[int, RequestItem]],
+    error_item: Any,
+    streams: BatchStreams | None = None,
 ) -> tuple[list[tuple[int, ResponseItem]], tuple[int, int, int]]:
-    """Answer each (index, item); also (decode, infer, encode) nanoseconds."""
+    """Answer each (index, item); also (decode, infer, encode) nanoseconds. A custom handler's generators of
+    results run through ``streams`` (``dms.worker.tensor_streams``; without it, each must make one result)."""
     if model.envelope and model.runtime is None:
         enveloped: list[tuple[int, RequestItem]] = []
         rest: list[tuple[int, RequestItem]] = []
@@ -82,11 +89,22 @@ def run_tensor_requests(
             answers.append((index, error_item(undecodable(item.request_id, exc))))
     inferred = time.perf_counter_ns()
     outcomes = _infer(model, decoded) if decoded else []
+    streamed: list[tuple[int, RequestProcessor, InferRequest, Any, Any]] = []
+    for entry, outcome in zip(decoded, outcomes, strict=True):
+        if type(outcome) is not dict and is_stream(outcome):
+            encode = functools.partial(_encode_result, model, entry)
+            streamed.append((entry.index, _processor(entry), entry.request, outcome, encode))
+    if streamed:
+        if streams is None:
+            streams = BatchStreams(Batch(0, [item for _, item in indexed]), None, model.name)
+        answers += answer_streams(model.name, model.version, streamed, streams)
     finished = time.perf_counter_ns()
     for entry, outcome in zip(decoded, outcomes, strict=True):
         try:
             if isinstance(outcome, DMSError):
                 raise outcome
+            if type(outcome) is not dict:
+                continue  # a generator, answered above
             answers.append((entry.index, _encode(model, entry, outcome)))
         except DMSError as exc:
             answers.append((entry.index, error_item(exc)))
@@ -146,13 +164,6 @@ def _handle_rows(model: TensorModel, entries: list[envelopes.Enveloped]) -> list
         return [handler_failure(exc, model.name)]
 
 
-def handler_failure(exc: Exception, model_name: str) -> DMSError:
-    """What a request gets when the handler raised ``exc`` for it: the ``DMSError`` itself, else a 500 naming it."""
-    if isinstance(exc, DMSError):
-        return exc
-    return HandlerError(f"model {model_name}: handler raised {type(exc).__name__}: {exc}"[:1000])
-
-
 def undecodable(request_id: str, exc: Exception) -> InputError:
     """The error of a request whose decoding raised something other than a ``DMSError``: a 400 naming it."""
     log.warning("request %s could not be decoded: %s: %s", request_id, type(exc).__name__, exc)
@@ -195,7 +206,8 @@ def _as_array(values: Any) -> np.ndarray:
     return array
 
 
-def _infer(model: TensorModel, decoded: list[Decoded]) -> list[dict[str, np.ndarray] | DMSError]:
+def _infer(model: TensorModel, decoded: list[Decoded]) -> list[dict[str, np.ndarray] | DMSError | Any]:
+    """Each request's named outputs, its error, or (from a custom handler) its generator of results."""
     if model.runtime is not None:
         return run_named(model.runtime, [entry.request.inputs for entry in decoded], model.max_elements)
     model.context.start_batch([RequestProcessor(e.item.request_id, dict(e.item.headers)) for e in decoded])
@@ -209,20 +221,34 @@ def _infer(model: TensorModel, decoded: list[Decoded]) -> list[dict[str, np.ndar
         count = len(results) if isinstance(results, list | tuple) else type(results).__name__
         error = HandlerError(f"model {model.name}: handler returned {count} results for {len(decoded)} requests")
         return [error] * len(decoded)
-    return [_named_outputs(model, result) for result in results]
+    return [result if is_stream(result) else _named_outputs(model, result) for result in results]
 
 
-def _named_outputs(model: TensorModel, result: Any) -> dict[str, np.ndarray] | DMSError:
+def _named_outputs(model: TensorModel, result: Any) -> dict[str, np.ndarray]:
     if isinstance(result, dict):
         return {str(name): np.asarray(value) for name, value in result.items()}
     name = model.output_names[0] if model.output_names else "output0"
     return {name: np.asarray(result)}
 
 
-def _encode(model: TensorModel, entry: Decoded, produced: dict[str, np.ndarray]) -> ResponseItem:
+def _processor(entry: Decoded) -> RequestProcessor:
+    return RequestProcessor(entry.item.request_id, dict(entry.item.headers), entry.index)
+
+
+def _encode_result(model: TensorModel, entry: Decoded, result: Any) -> ResponseItem:
+    """One of the results a handler's generator made for ``entry`` (``dms.worker.tensor_streams``)."""
+    return _encode(model, entry, _named_outputs(model, result), streamed=True)
+
+
+def _encode(
+    model: TensorModel, entry: Decoded, produced: dict[str, np.ndarray], streamed: bool = False
+) -> ResponseItem:
     if entry.item.protocol == PROTOCOL_V2_GRPC:
         body = encode_grpc_response(model.name, model.version, entry.request, produced)
-        return ResponseItem(status=200, body=body, content_type="application/grpc")
+        answer = ResponseItem(status=200, body=body, content_type="application/grpc")
+        # A ModelStreamInfer request's whole answer is its final response; a generator's pieces are flagged
+        # as they go out (dms.worker.tensor_streams).
+        return flagged(answer, final=True) if entry.item.stream and not streamed else answer
     if entry.item.protocol == PROTOCOL_V1:
         if model.runtime is None or (len(produced) > 1 and entry.v1_key == "inputs"):
             result: Any = produced if len(produced) > 1 else next(iter(produced.values()))

@@ -98,11 +98,12 @@ class ModelService:
         raw = [(i, item) for i, item in live if item.protocol not in TENSOR_PROTOCOLS]
         tensor = [(i, item) for i, item in live if item.protocol in TENSOR_PROTOCOLS]
         timings = BatchTimings()
+        streams = BatchStreams(batch, outlet, self.model_name, self.limits.max_response_bytes)
         if raw:
-            streams = BatchStreams(batch, outlet, self.model_name, self.limits.max_response_bytes)
             self._run_raw(raw, results, timings, streams)
         if tensor:
-            answers, (decode_ns, infer_ns, encode_ns) = run_tensor_requests(self.tensor_model, tensor, error_item)
+            model = self.tensor_model
+            answers, (decode_ns, infer_ns, encode_ns) = run_tensor_requests(model, tensor, error_item, streams)
             for index, answer in answers:
                 results[index] = answer
             timings.input_ns += decode_ns

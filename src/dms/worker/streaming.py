@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import traceback
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, Protocol
 
 from dms.context import RequestProcessor
@@ -64,6 +64,13 @@ def is_stream(value: Any) -> bool:
     return isinstance(value, Iterator | AsyncIterator) and not isinstance(value, str | bytes | bytearray | memoryview)
 
 
+def handler_failure(exc: Exception, model_name: str) -> DMSError:
+    """What a request gets when the handler raised ``exc`` for it: the ``DMSError`` itself, else a 500 naming it."""
+    if isinstance(exc, DMSError):
+        return exc
+    return HandlerError(f"model {model_name}: handler raised {type(exc).__name__}: {exc}"[:_MAX_MESSAGE])
+
+
 def error_item(exc: DMSError) -> ResponseItem:
     error = ErrorInfo(type_name=exc.type_name, message=exc.message[:_MAX_MESSAGE])
     return ResponseItem(status=0, body=b"", content_type="", error=error)
@@ -80,6 +87,7 @@ class BatchStreams:
         "_live",
         "_loop",
         "batch_id",
+        "encoders",
         "generators",
         "held",
         "items",
@@ -107,6 +115,9 @@ class BatchStreams:
         self.sent: set[int] = set()
         self.limits: dict[int, TextLimits] = {}
         """The generation requests' ``max_tokens`` and ``stop`` (``dms.worker.generation``)."""
+        self.encoders: dict[int, Callable[[Any, RequestProcessor], ResponseItem]] = {}
+        """How a request's chunks are encoded, where not as a handler's result is (``encode_output``): a tensor
+        protocol's (``dms.worker.tensor_streams``)."""
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- one chunk -----------------------------------------------------------------------------------
@@ -225,9 +236,31 @@ class BatchStreams:
                         finals[index] = GONE
                     active.clear()
         finally:
-            if self._loop is not None:
-                self._loop.close()
+            self._end_loop()
         return finals
+
+    def first_two(self, stream: Any) -> list[Any]:
+        """The first two chunks of a stream nobody reads piece by piece (fewer if it ends first), for an answer
+        that must be one piece (``dms.worker.tensor_streams``); the stream is closed. What it raises propagates."""
+        values: list[Any] = []
+        try:
+            while len(values) < 2:
+                values.append(self._next(stream))
+        except StopIteration:
+            pass
+        finally:
+            self._close(stream)
+            self._end_loop()
+        return values
+
+    def _end_loop(self) -> None:
+        if self._loop is not None:
+            self._loop.close()
+            self._loop = None
+
+    def _encoded(self, index: int, value: Any, proc: RequestProcessor) -> ResponseItem:
+        encoder = self.encoders.get(index)
+        return encode_output(value, proc, self.model_name) if encoder is None else encoder(value, proc)
 
     def _advance(self, index: int, stream: Any, proc: RequestProcessor) -> ResponseItem | None:
         """Take the next chunk of one request's generator; its last word once it has ended, else None."""
@@ -238,7 +271,7 @@ class BatchStreams:
                 value, ended = limits.feed(_text(value))
                 if ended:
                     self._close(stream)
-                    if value and not self.put(index, encode_output(value, proc, self.model_name)):
+                    if value and not self.put(index, self._encoded(index, value, proc)):
                         return GONE
                     return self._ended(proc, limits)
                 if not value:
@@ -246,7 +279,7 @@ class BatchStreams:
         except StopIteration:
             if limits is not None:
                 rest = limits.flush()
-                if rest and not self.put(index, encode_output(rest, proc, self.model_name)):
+                if rest and not self.put(index, self._encoded(index, rest, proc)):
                     return GONE
             return self._ended(proc, limits)
         except DMSError as exc:
@@ -259,10 +292,9 @@ class BatchStreams:
                 proc.request_id,
                 traceback.format_exc(),
             )
-            message = f"model {self.model_name}: handler raised {type(exc).__name__}: {exc}"
-            return error_item(HandlerError(message))
+            return error_item(handler_failure(exc, self.model_name))
         try:
-            if not self.put(index, encode_output(value, proc, self.model_name)):
+            if not self.put(index, self._encoded(index, value, proc)):
                 self._close(stream)
                 return GONE
         except DMSError as exc:

@@ -197,3 +197,21 @@ def test_a_taker_that_stops_early_stops_the_worker_and_gives_up_the_answer() -> 
         assert control.stopped and answer.cancelled()
 
     asyncio.run(main())
+
+
+def test_a_request_given_up_before_its_chunks_are_read_stops_the_worker_at_each_chunk() -> None:
+    """A stream request that is cancelled before anyone reads it (its gRPC stream ended while earlier requests were
+    answered): chunks already in, and each that comes after, stop the worker's generator."""
+
+    async def main() -> None:
+        queue, early, late = ChunkQueue(), FakeStreamControl(), FakeStreamControl()
+        answer: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        answer.add_done_callback(queue.given_up)
+        queue.chunk(Chunk(1, 0, b"a"), early)  # type: ignore[arg-type]
+        answer.cancel()
+        await asyncio.sleep(0)
+        assert early.stopped
+        queue.chunk(Chunk(2, 0, b"b"), late)  # type: ignore[arg-type]
+        assert late.stopped and late.credits == 0
+
+    asyncio.run(main())
