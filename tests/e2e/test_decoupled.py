@@ -12,12 +12,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import numpy as np
+import psutil
 import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from dms._generated import inference_pb2 as pb
 from tests.e2e.conftest import char_model_store
 from tests.support import FIXTURES, DmsServer, running_server, wait_for
 
@@ -50,7 +53,7 @@ def server(request: pytest.FixtureRequest, model: tuple[CharModel, Path]):
     args = ["--model-store", "store", "--models", "chars=chars.mar"]
     if request.param == "grpcio":
         args += ["--grpc-server", "grpcio"]
-    with running_server(model[1], args) as server:
+    with running_server(model[1], args, env={"DMS_STREAM_STALL_TIMEOUT_S": "3"}) as server:
         yield server
 
 
@@ -180,3 +183,39 @@ def _serves(server: DmsServer) -> bool:
         return len(stream.until_final("after")) == 3
     finally:
         stream.close()
+
+
+def test_a_client_that_reads_nothing_is_bounded_then_given_up(server: DmsServer, tmp_path: Path):
+    """A client that sends a request and reads none of its 10 kB responses: the worker stops a few responses ahead
+    of what the client's HTTP/2 window takes, the server's memory stays flat, and after stream_stall_timeout_s
+    (3 s here) the call is ended and the model serves on."""
+    trace = tmp_path / "trace.txt"
+    request = pb.ModelInferRequest(model_name="chars", id="unread")
+    request.inputs.add(name="text_input", datatype="BYTES", shape=[1]).contents.bytes_contents.append(b"Alice was")
+    request.inputs.add(name="max_tokens", datatype="INT32", shape=[1]).contents.int_contents.append(100_000)
+    request.inputs.add(name="width", datatype="FP32", shape=[1]).contents.fp32_contents.append(10_000)
+    request.inputs.add(name="trace", datatype="BYTES", shape=[1]).contents.bytes_contents.append(str(trace).encode())
+    channel = grpc.insecure_channel(server.grpc_address)
+    call = channel.stream_stream(
+        "/inference.GRPCInferenceService/ModelStreamInfer",
+        request_serializer=pb.ModelInferRequest.SerializeToString,
+        response_deserializer=pb.ModelStreamInferResponse.FromString,
+    )
+    responses = call(iter([request]))
+    try:
+        assert len(next(responses).infer_response.raw_output_contents[0]) >= 10_000
+        frontend = psutil.Process(server.proc.pid)
+        before = frontend.memory_info().rss
+        time.sleep(1.5)
+        made = len(trace.read_text().splitlines())
+        assert made < 2000, "the server took the answer faster than its client read it"  # 100 000 unbounded
+        assert frontend.memory_info().rss - before < 20 * 2**20
+        wait_for(lambda: _serves(server), what="the model, once the unread call is given up", timeout_s=20)
+        with pytest.raises(grpc.RpcError) as ended:
+            for _ in responses:
+                pass
+        assert ended.value.code() in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
+        assert len(trace.read_text().splitlines()) < made + 20  # the worker stopped making it
+    finally:
+        responses.cancel()
+        channel.close()

@@ -62,6 +62,12 @@ class AnswerWriter:
         else:
             self.writes.write(self.conn.data_to_send())
 
+    def drop(self, call: GrpcCall) -> None:
+        """Reset a call's stream whose client does not read its answer: what flow control holds of it is dropped."""
+        with contextlib.suppress(zttp.LocalProtocolError):
+            self.conn.stream(call.stream_id).reset()
+        self.writes.write(self.conn.data_to_send())
+
     def not_grpc(self, call: GrpcCall) -> None:
         """Not a gRPC request (another method or content type): 415 in plain text, as a gRPC server answers."""
         with contextlib.suppress(zttp.LocalProtocolError):

@@ -18,6 +18,7 @@ is ``call_core.status_of``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -149,9 +150,18 @@ class CallAnswers:
         connection = self.connection
         try:
             context = CallContext(tuple(call.headers.metadata.items()))
-            async for answer in method.handler(self._requests(call), context):
-                connection.send_message(call, encode_answer(method, answer))
-                await connection.drain()
+            stall_s = self.servicer.dataplane.settings.stream_stall_timeout_s
+            async with contextlib.aclosing(method.handler(self._requests(call), context)) as answers:
+                async for answer in answers:
+                    connection.send_message(call, encode_answer(method, answer))
+                    try:
+                        async with asyncio.timeout(stall_s):
+                            await connection.drain(call)
+                    except TimeoutError:  # its models stop as ``answers`` closes
+                        details = f"the client took none of the answer for {stall_s:g} s (stream_stall_timeout_s)"
+                        connection.finish(call, grpc.StatusCode.DEADLINE_EXCEEDED, details)
+                        connection.writer.drop(call)
+                        return
         except ClientGone:
             return
         except asyncio.CancelledError:

@@ -10,7 +10,8 @@ its documented API), with the call rules of ``dms.grpc.call_core`` and the answe
   answer of a connection's only call.
 - It reads nothing more while the transport holds more unsent bytes than its high-water mark (a client that
   does not read what it is sent, PING acknowledgements included: ``tests/e2e/test_unread_answers.py``), or
-  while a stream's requests wait unread by its task past ``STREAM_READ_AHEAD``.
+  while a stream's requests wait unread by its task past ``STREAM_READ_AHEAD``. A stream's task writes no more
+  while its client's window holds it back (``StreamWindows``), and gives it up after ``stream_stall_timeout_s``.
 - One timer per connection: an idle connection is closed (with a GOAWAY) after its idle timeout; a unary call
   whose request stops arriving for ``request_read_timeout_s``, or arrives slower than the body-rate floor once
   its grace has passed, ends with DEADLINE_EXCEEDED and a reset of its stream, and the connection serves on.
@@ -35,7 +36,7 @@ from dms.grpc.answer_writer import NO_ERROR, AnswerWriter
 from dms.grpc.answering import CallAnswers
 from dms.grpc.call_core import CallAborted, CallHeaders, GrpcCall, parse_timeout, read_call_headers
 from dms.grpc.errors import GRPC_STATUS
-from dms.grpc.write_coalescing import CoalescedWrites
+from dms.grpc.write_coalescing import CoalescedWrites, StreamWindows
 from dms.httputil.port import WriteFlow
 
 if TYPE_CHECKING:
@@ -73,6 +74,7 @@ class GrpcConnection(asyncio.Protocol):
         self.stopping = False
         self.read_paused = False
         self.flow = WriteFlow()
+        self.windows = StreamWindows(self.conn)
         self.arriving: list[GrpcCall] = []
         """Unary calls whose requests are still arriving (held to the read deadlines)."""
         self.fresh: list[GrpcCall] = []
@@ -124,6 +126,7 @@ class GrpcConnection(asyncio.Protocol):
         for call in list(self.calls.values()):
             self.answers.abandon(call)
         self.flow.wake()
+        self.windows.opened()
 
     def pause_writing(self) -> None:
         self.flow.pause()
@@ -152,6 +155,9 @@ class GrpcConnection(asyncio.Protocol):
                 self._begin(event)
             elif kind is zttp.RstStream:
                 self._reset(event.stream_id)
+                self.windows.opened()
+            elif kind is zttp.WindowUpdate:
+                self.windows.opened()
             elif kind is zttp.GoAway:
                 self.shutdown()  # the client is leaving: its calls in flight finish
             elif kind is zttp.ConnectionClosed:
@@ -267,9 +273,10 @@ class GrpcConnection(asyncio.Protocol):
         if not (call.finished or call.gone or self.transport.is_closing()):
             self.writer.message(call, message)
 
-    async def drain(self) -> None:
-        """Wait while the client reads slower than it is written to."""
+    async def drain(self, call: GrpcCall) -> None:
+        """Wait while the client reads ``call``'s answer slower than it is written (``StreamWindows``)."""
         await self.flow.drain(self.transport)
+        await self.windows.drain(call, self.transport)
 
     def finish(
         self, call: GrpcCall, code: grpc.StatusCode, details: str, message: bytes | None = None, reset: bool = False

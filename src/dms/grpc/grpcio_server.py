@@ -7,7 +7,9 @@ handlers, and the same limits: messages bounded by ``grpc_message_limit``, strea
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable
+import asyncio
+import contextlib
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import grpc
@@ -18,11 +20,11 @@ from dms.grpc.servicer import Context, RpcMethod
 from dms.settings import ServerSettings
 
 
-def _grpcio_handler(method: RpcMethod) -> grpc.RpcMethodHandler:
+def _grpcio_handler(method: RpcMethod, stall_s: float) -> grpc.RpcMethodHandler:
     decode = method.request_type.FromString if method.request_type is not None else None
     encode = method.response_type.SerializeToString if method.response_type is not None else None
     if method.streaming:
-        return grpc.stream_stream_rpc_method_handler(_streaming_with_status(method.handler), decode, encode)
+        return grpc.stream_stream_rpc_method_handler(_streaming_with_status(method.handler, stall_s), decode, encode)
     return grpc.unary_unary_rpc_method_handler(_with_status(method.handler), decode, encode)
 
 
@@ -39,11 +41,20 @@ def _with_status(handler: Callable[..., Any]) -> Callable[..., Any]:
     return answered
 
 
-def _streaming_with_status(handler: Callable[..., Any]) -> Callable[..., Any]:
-    async def answered(requests: Any, context: Context) -> AsyncIterator[Any]:
+def _streaming_with_status(handler: Callable[..., Any], stall_s: float) -> Callable[..., Any]:
+    """A streaming handler whose answers are written as they come, each once its client has room for it (grpcio's
+    flow control); a client that takes none for ``stall_s`` (``stream_stall_timeout_s``) is given up with
+    DEADLINE_EXCEEDED, as on DMS's own HTTP/2."""
+
+    async def answered(requests: Any, context: Context) -> None:
         try:
-            async for answer in handler(requests, context):
-                yield answer
+            async with contextlib.aclosing(handler(requests, context)) as answers:
+                async for answer in answers:
+                    write = asyncio.ensure_future(context.write(answer))
+                    if not (await asyncio.wait((write,), timeout=stall_s))[0]:
+                        await answers.aclose()  # the models stop making what nobody reads
+                        details = f"the client took none of the answer for {stall_s:g} s (stream_stall_timeout_s)"
+                        await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, details)
         except DMSError as exc:
             await context.abort(GRPC_STATUS[exc.kind], exc.message)
 
@@ -92,7 +103,8 @@ def build_grpc_server(methods: Iterable[RpcMethod], settings: ServerSettings) ->
     )
     services: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
     for method in by_path.values():
-        services.setdefault(method.service, {})[method.name] = _grpcio_handler(method)
+        handler = _grpcio_handler(method, settings.stream_stall_timeout_s)
+        services.setdefault(method.service, {})[method.name] = handler
     server.add_generic_rpc_handlers(
         tuple(grpc.method_handlers_generic_handler(service, handlers) for service, handlers in services.items())
     )

@@ -7,12 +7,19 @@ when it grows past ``FLUSH_BYTES``; everything else is the real transport's. Mea
 ``bench.ab``: gRPC 1.2x at c=16 and c=64. (For HTTP/1.1, two writes per answer, it measured no better.)
 ``write_now`` skips the wait (and its loop callback) for an answer that is the last thing its connection
 has to send, as a lean ``ModelInfer`` answer on a connection with no other call is.
+
+``StreamWindows`` keeps a streaming call's answer from piling up behind a client that does not read it.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import zttp
+
+if TYPE_CHECKING:
+    from dms.grpc.call_core import GrpcCall
 
 FLUSH_BYTES = 64 * 1024
 """Pending bytes that are written at once rather than at the end of the turn (big bodies are not copied)."""
@@ -107,3 +114,34 @@ class CoalescedWrites(asyncio.Transport):
 
     def get_write_buffer_limits(self) -> tuple[int, int]:
         return self._transport.get_write_buffer_limits()
+
+
+STREAM_PARKED_BYTES = 256 * 1024
+"""Bytes of a streaming call's answer that HTTP/2 flow control holds back (its client's window is closed: it does
+not read), at most, before its task waits for a WINDOW_UPDATE."""
+
+
+class StreamWindows:
+    """A connection's streaming calls waiting for their clients to read: zttp parks what a stream's HTTP/2 window
+    does not admit, so past ``STREAM_PARKED_BYTES`` parked the call's task waits (and its model with it, through
+    the chunk credits) until a WINDOW_UPDATE, or the end of the stream or of the connection, wakes it."""
+
+    __slots__ = ("_conn", "_waiter")
+
+    def __init__(self, conn: zttp.H2Connection) -> None:
+        self._conn = conn
+        self._waiter: asyncio.Future[None] | None = None
+
+    async def drain(self, call: GrpcCall, transport: asyncio.BaseTransport) -> None:
+        while not (call.finished or call.gone or transport.is_closing()):
+            parked = self._conn.stream(call.stream_id).pending_bytes
+            if parked is None or parked <= STREAM_PARKED_BYTES:
+                return
+            if self._waiter is None or self._waiter.done():
+                self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+
+    def opened(self) -> None:
+        """A WINDOW_UPDATE came, or a stream or the connection ended: the waiting calls look again."""
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
