@@ -219,3 +219,24 @@ def test_a_client_that_reads_nothing_is_bounded_then_given_up(server: DmsServer,
     finally:
         responses.cancel()
         channel.close()
+
+
+def test_a_stream_deadline_ends_the_call_and_the_generation(server: DmsServer, tmp_path: Path):
+    """A stream whose client set a deadline (grpc-timeout) ends with DEADLINE_EXCEEDED when it passes, and the
+    worker stops making the answer."""
+    trace = tmp_path / "trace.txt"
+    client = grpcclient.InferenceServerClient(server.grpc_address)
+    errors: queue.Queue[Any] = queue.Queue()
+    client.start_stream(callback=lambda result, error: error is not None and errors.put(error), stream_timeout=1.5)
+    try:
+        client.async_stream_infer("chars", inputs("Alice was", 400, pause_s=0.05, trace=str(trace)))
+        error = errors.get(timeout=30)
+        assert "Deadline Exceeded" in str(error) or "DEADLINE_EXCEEDED" in str(error)
+    finally:
+        client.stop_stream(cancel_requests=True)
+        client.close()
+    time.sleep(0.5)
+    made = len(trace.read_text().splitlines())
+    time.sleep(1.0)
+    assert len(trace.read_text().splitlines()) == made, "the worker went on generating past the deadline"
+    assert made < 1.5 / 0.05 + 10
