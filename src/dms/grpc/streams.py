@@ -23,6 +23,7 @@ from google.protobuf.message import DecodeError
 from dms._generated import inference_pb2 as pb
 from dms.errors import DMSError, InputError, RequestTimeoutError
 from dms.observability.request_ids import new_request_id
+from dms.oip.grpc_codec import empty_final_response
 from dms.oip.protobuf_wire import length_delimited
 
 _T = TypeVar("_T")
@@ -55,13 +56,11 @@ def one_reply(work: Awaitable[tuple[bytes, int]], answer: Callable[[bytes], byte
 
 @dataclass(frozen=True, slots=True)
 class StreamMessages:
-    """What a protocol's stream messages are: how a request's routing fields are read, and how an answer and a
-    request's own failure are written."""
+    """What a protocol's stream messages are: how a request's routing fields are read, and how a request's own
+    failure is written (its answers are its ``Replies``)."""
 
     routing: Callable[[bytes], tuple[Any, str]]
     """A serialized request's routing fields and request id; raises ``DecodeError`` when it is not a request."""
-    answer: Callable[[Any, bytes], bytes]
-    """The stream message around a request's serialized answer, from its routing fields."""
     failure: Callable[[Any, DMSError], bytes]
     """The stream message that tells a request's own failure (the stream goes on)."""
     request_name: str
@@ -74,17 +73,12 @@ def _oip_routing(payload: bytes) -> tuple[Any, str]:
 
 def _oip_failure(routing: Any, exc: DMSError) -> bytes:
     """A request's failure, as Triton tells it: the error, and its request's final response (empty)."""
-    final = {"triton_final_response": pb.InferParameter(bool_param=True)}
-    response = pb.ModelInferResponse(
-        model_name=routing.model_name, model_version=routing.model_version, id=routing.id, parameters=final
-    )
-    encoded: bytes = pb.ModelStreamInferResponse(error_message=exc.message, infer_response=response).SerializeToString()
-    return encoded
+    error: bytes = pb.ModelStreamInferResponse(error_message=exc.message).SerializeToString()
+    return error + stream_answer(empty_final_response(routing.model_name, routing.model_version, routing.id))
 
 
 OIP_STREAM = StreamMessages(
     routing=_oip_routing,
-    answer=lambda routing, answer: stream_answer(answer),
     failure=_oip_failure,
     request_name="ModelInferRequest",
 )

@@ -62,7 +62,7 @@ def _routing(payload: bytes) -> tuple[Any, str]:
     return ts.PredictionsRequest.FromString(payload), new_request_id()
 
 
-STREAM = StreamMessages(routing=_routing, answer=_answer, failure=_failure, request_name="PredictionsRequest")
+STREAM = StreamMessages(routing=_routing, failure=_failure, request_name="PredictionsRequest")
 
 
 class TorchServeInference:

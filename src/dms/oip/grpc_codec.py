@@ -145,3 +145,29 @@ def encode_grpc_response(
         contents.append(field_head(6, len(data)))  # raw_output_contents, in the outputs' order; data not copied
         contents.append(data)
     return b"".join(parts + contents)
+
+
+# Triton's decoupled models over ModelStreamInfer (``dms.worker.tensor_streams``) ---------------------------------
+EMPTY_FINAL_PARAMETER = "triton_enable_empty_final_response"
+"""A request parameter: send an empty response flagged final after a decoupled model's last."""
+FINAL_PARAMETER = "triton_final_response"
+"""A response parameter of ModelStreamInfer: this response is its request's last."""
+
+
+def _final_flag(final: bool) -> bytes:
+    flag = {FINAL_PARAMETER: pb.InferParameter(bool_param=final)}
+    encoded: bytes = pb.ModelInferResponse(parameters=flag).SerializeToString()
+    return encoded
+
+
+FINAL = _final_flag(True)
+"""``parameters["triton_final_response"] = true`` as serialized ``ModelInferResponse`` fields: appended to a
+serialized response (protobuf merges a message's fields in any order), it flags that response."""
+NOT_FINAL = _final_flag(False)
+
+
+def empty_final_response(model_name: str, model_version: str, request_id: str) -> bytes:
+    """A serialized ``ModelInferResponse`` with no outputs, flagged final: a request's end, as Triton sends it."""
+    response = pb.ModelInferResponse(model_name=model_name, model_version=model_version, id=request_id)
+    encoded: bytes = response.SerializeToString()
+    return encoded + FINAL

@@ -20,27 +20,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from dms._generated import inference_pb2 as pb
 from dms.context import RequestProcessor
 from dms.errors import InputError
 from dms.messages import PROTOCOL_V2_GRPC, ResponseItem
+from dms.oip.grpc_codec import EMPTY_FINAL_PARAMETER, FINAL, NOT_FINAL, empty_final_response
 from dms.oip.request import InferRequest
 from dms.worker.streaming import BatchStreams, error_item, handler_failure
-
-EMPTY_FINAL_PARAMETER = "triton_enable_empty_final_response"
-FINAL_PARAMETER = "triton_final_response"
-
-
-def _final_flag(final: bool) -> bytes:
-    flag = {FINAL_PARAMETER: pb.InferParameter(bool_param=final)}
-    encoded: bytes = pb.ModelInferResponse(parameters=flag).SerializeToString()
-    return encoded
-
-
-FINAL = _final_flag(True)
-"""``parameters["triton_final_response"] = true`` as serialized ``ModelInferResponse`` fields: appended to a
-serialized response (protobuf merges a message's fields in any order), it flags that response."""
-NOT_FINAL = _final_flag(False)
 
 
 def flagged(item: ResponseItem, final: bool) -> ResponseItem:
@@ -90,7 +75,7 @@ def answer_streams(
     for index, last in streams.pump(generators).items():
         if last.error is None:
             asked = empty_final.get(index)
-            body = _empty_final(model_name, model_version, asked.id) if asked is not None else b""
+            body = empty_final_response(model_name, model_version, asked.id) if asked is not None else b""
             last = ResponseItem(200, body, "application/grpc")
         answers.append((index, last))
     return answers
@@ -116,9 +101,3 @@ def _one_response(
         )
     answer = encode(made[0])
     return flagged(answer, final=True) if final_flag else answer
-
-
-def _empty_final(model_name: str, model_version: str, request_id: str) -> bytes:
-    response = pb.ModelInferResponse(model_name=model_name, model_version=model_version, id=request_id)
-    encoded: bytes = response.SerializeToString()
-    return encoded + FINAL
