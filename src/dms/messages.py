@@ -148,8 +148,9 @@ class BatchResult(msgspec.Struct, tag="result", array_like=True):
 class Chunk(msgspec.Struct, tag="chunk", array_like=True):
     """A piece of one request's answer, sent while its batch runs (the request asked for ``stream``).
 
-    The first chunk's ``status``, ``content_type`` and ``headers`` are the answer's; the ``BatchResult`` that ends
-    the batch still holds the request's last word (an empty body when a generator ended, or an error)."""
+    The first chunk's ``status``, ``content_type`` and ``headers`` are the answer's; the request's last word (an
+    empty body when a generator ended, or an error) comes in a ``StreamEnd`` when its generator ends, or in the
+    ``BatchResult`` that ends the batch."""
 
     batch_id: int
     index: int
@@ -160,8 +161,17 @@ class Chunk(msgspec.Struct, tag="chunk", array_like=True):
     headers: list[tuple[str, str]] = []
 
 
+class StreamEnd(msgspec.Struct, tag="stream_end", array_like=True):
+    """A streamed request's last word, sent as soon as its generator ends, before the rest of its batch has: its
+    client's answer ends now, not with the batch's longest. The ``BatchResult`` that ends the batch repeats it."""
+
+    batch_id: int
+    index: int
+    item: ResponseItem
+
+
 ToWorker = LoadModel | Batch | Withdraw | StreamCredit
-FromWorker = ModelLoaded | LoadFailed | BatchResult | Chunk
+FromWorker = ModelLoaded | LoadFailed | BatchResult | Chunk | StreamEnd
 
 M = TypeVar("M")
 

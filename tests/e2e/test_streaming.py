@@ -175,3 +175,26 @@ def test_a_client_that_reads_nothing_holds_back_only_its_own_answer(server: DmsS
         sock.close()
     assert "stream_stall_timeout_s" in server.log()
     assert stream(server, "chars", {"prompt": "Alice was", "max_tokens": 5})[0].status_code == 200
+
+
+def test_a_short_answer_ends_before_the_long_one_in_its_batch(server: DmsServer):
+    """Two clients in one batch, 3 and 40 characters at 50 ms each: the short answer is complete in well under
+    the time of the long one (its end is sent as its generator ends, not with the batch's result)."""
+    took: dict[int, float] = {}
+
+    def client(tokens: int) -> None:
+        began = time.monotonic()
+        response, pieces, _ = stream(server, "chars", {"prompt": "Alice was", "max_tokens": tokens, "pause_s": 0.05})
+        assert response.status_code == 200 and len(b"".join(pieces)) == tokens
+        took[tokens] = time.monotonic() - began
+
+    # A first request keeps the one worker busy, so that the two behind it wait and go in one batch.
+    threads = [threading.Thread(target=client, args=(tokens,)) for tokens in (6, 40, 3)]
+    threads[0].start()
+    time.sleep(0.1)
+    for thread in threads[1:]:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert took[40] >= 40 * 0.05
+    assert took[3] < took[40] / 2, took

@@ -28,7 +28,7 @@ from collections.abc import Coroutine
 from functools import partial
 from typing import Any, Generic, Protocol, TypeVar
 
-from dms.engine.chunk_streams import ChunkReader
+from dms.engine.chunk_streams import ChunkReader, StreamedRequest
 from dms.engine.stats import BatchObserver, ModelStats
 from dms.errors import BatchNotStartedError, DMSError, InternalError, ModelUnavailableError, QueueFullError
 from dms.messages import BatchResult, RequestItem, ResponseItem
@@ -223,8 +223,11 @@ class Batcher(Generic[W]):
         try:
             items = [pending.item for pending in batch]
             readers = [pending.reader for pending in batch]
-            if readers.count(None) < len(readers):  # some request streams its answer
-                outcome = await self.executor.execute(worker, items, readers)
+            if readers.count(None) < len(readers):  # some request streams its answer: it may end before the batch
+                streamed: list[ChunkReader | None] = [
+                    None if p.reader is None else StreamedRequest(p.reader, p.future) for p in batch
+                ]
+                outcome = await self.executor.execute(worker, items, streamed)
             else:
                 outcome = await self.executor.execute(worker, items)
             results = outcome.items

@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Protocol
 
-from dms.messages import STREAM_WINDOW, Chunk, StreamCredit, Withdraw, encode_frame
+from dms.messages import STREAM_WINDOW, Chunk, ResponseItem, StreamCredit, StreamEnd, Withdraw, encode_frame
 
 if TYPE_CHECKING:
     from dms.engine.worker_link import WorkerLink
@@ -76,6 +76,25 @@ class StreamControl:
             self.link.release_clock()
 
 
+class StreamedRequest:
+    """A request whose answer streams, as the batcher hands it to its worker: its transport's reader for the
+    chunks, and its future, which its last word resolves as soon as the worker sends it (``StreamEnd``), rather
+    than when the rest of its batch has ended."""
+
+    __slots__ = ("future", "reader")
+
+    def __init__(self, reader: ChunkReader, future: asyncio.Future[ResponseItem]) -> None:
+        self.reader = reader
+        self.future = future
+
+    def chunk(self, chunk: Chunk, control: StreamControl) -> None:
+        self.reader.chunk(chunk, control)
+
+    def end(self, item: ResponseItem) -> None:
+        if not self.future.done():
+            self.future.set_result(item)
+
+
 class BatchChunks:
     """The streamed requests of one batch on one worker: each chunk to its request's reader."""
 
@@ -88,12 +107,19 @@ class BatchChunks:
         self.controls: dict[int, StreamControl] = {}
         """Made at a request's first chunk (most answers, even of requests that may stream, come whole)."""
 
-    def deliver(self, chunk: Chunk) -> bool:
-        """Hand ``chunk`` to its reader; False when its request did not ask for a stream (the worker erred)."""
+    def deliver(self, chunk: Chunk | StreamEnd) -> bool:
+        """Hand ``chunk`` to its reader (or a stream's end to its request); False when its request did not ask
+        for a stream (the worker erred)."""
         index = chunk.index
         reader = self.readers[index] if 0 <= index < len(self.readers) else None
         if reader is None:
             return False
+        if type(chunk) is StreamEnd:
+            if isinstance(reader, StreamedRequest):
+                chunk.item.batch_size = len(self.readers)
+                reader.end(chunk.item)
+            return True
+        assert type(chunk) is Chunk
         control = self.controls.get(index)
         if control is None:
             control = self.controls[index] = StreamControl(self.link, self.batch_id, index)

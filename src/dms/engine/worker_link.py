@@ -22,7 +22,7 @@ from typing import Any, cast
 
 import msgspec
 
-from dms.messages import Chunk, FromWorker, decode_frame, frame_end, from_worker_decoder
+from dms.messages import Chunk, FromWorker, StreamEnd, decode_frame, frame_end, from_worker_decoder
 
 log = logging.getLogger("dms.worker")
 
@@ -41,11 +41,13 @@ class _Reader:
 class WorkerLink(asyncio.Protocol):
     """Frames from one worker; ``receive`` gives the next message, or None once the socket has ended."""
 
-    def __init__(self, on_garbled: Callable[[str], None], on_chunk: Callable[[Chunk], None] | None = None) -> None:
+    def __init__(
+        self, on_garbled: Callable[[str], None], on_chunk: Callable[[Chunk | StreamEnd], None] | None = None
+    ) -> None:
         self._on_garbled = on_garbled
         """Called (once) when the worker sent bytes that are not a frame; the link then counts as ended."""
         self._on_chunk = on_chunk
-        """Takes the chunks of streamed answers (``dms.engine.chunk_streams``): they are no replies."""
+        """Takes the chunks and ends of streamed answers (``dms.engine.chunk_streams``): they are no replies."""
         self._holds = 0
         """Streamed requests whose clients the worker may be waiting on: while there are any, no clock runs."""
         self._transport: asyncio.Transport | None = None
@@ -154,7 +156,7 @@ class WorkerLink(asyncio.Protocol):
         return start
 
     def _deliver(self, message: FromWorker) -> None:
-        if type(message) is Chunk:
+        if type(message) is Chunk or type(message) is StreamEnd:
             if self._on_chunk is None:
                 raise msgspec.DecodeError("a chunk of an answer that nobody streams")
             self._on_chunk(message)

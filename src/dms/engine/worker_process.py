@@ -33,6 +33,7 @@ from dms.messages import (
     LoadModel,
     ModelLoaded,
     RequestItem,
+    StreamEnd,
     Withdraw,
     encode_frame,
 )
@@ -261,7 +262,7 @@ class WorkerProcess:
         elif self._interpreter is not None:  # its socket never reached the loop
             self._interpreter.close()
 
-    def _chunk(self, chunk: Chunk) -> None:
+    def _chunk(self, chunk: Chunk | StreamEnd) -> None:
         streams = self._streams.get(chunk.batch_id)
         if streams is None or not streams.deliver(chunk):
             self.kill(f"it sent a chunk for request {chunk.index} of batch {chunk.batch_id}, which streams none")

@@ -26,7 +26,9 @@ from dms.messages import (
     FromWorker,
     LoadFailed,
     LoadModel,
+    ResponseItem,
     StreamCredit,
+    StreamEnd,
     ToWorker,
     Withdraw,
     decode_frame,
@@ -137,6 +139,10 @@ class ChannelOutlet:
     def send(self, chunk: Chunk) -> None:
         self.room[chunk.index] = self.room.get(chunk.index, STREAM_WINDOW) - 1
         self.channel.send(chunk)
+
+    def end(self, index: int, last: ResponseItem) -> None:
+        if not self.ended:
+            self.channel.send(StreamEnd(self.batch_id, index, last))
 
     def wait(self) -> bool:
         if not self.ended:

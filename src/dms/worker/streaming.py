@@ -47,6 +47,10 @@ class Outlet(Protocol):
 
     def send(self, chunk: Chunk) -> None: ...
 
+    def end(self, index: int, last: ResponseItem) -> None:
+        """The request's last word, as soon as its generator has ended (``StreamEnd``)."""
+        ...
+
     def wait(self) -> bool:
         """Block until the server says something about this batch (room, a departure); False once it is gone."""
         ...
@@ -88,6 +92,7 @@ class BatchStreams:
         "_loop",
         "batch_id",
         "encoders",
+        "final_forms",
         "generators",
         "held",
         "items",
@@ -118,6 +123,8 @@ class BatchStreams:
         self.encoders: dict[int, Callable[[Any, RequestProcessor], ResponseItem]] = {}
         """How a request's chunks are encoded, where not as a handler's result is (``encode_output``): a tensor
         protocol's (``dms.worker.tensor_streams``)."""
+        self.final_forms: dict[int, Callable[[ResponseItem], ResponseItem]] = {}
+        """How a request's last word is put once its generator ends, where not as it is (a tensor protocol's)."""
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- one chunk -----------------------------------------------------------------------------------
@@ -229,7 +236,7 @@ class BatchStreams:
                     ended = self._advance(index, stream, proc)
                     if ended is not None:
                         del active[index]
-                        finals[index] = self.finish(index, ended)
+                        finals[index] = self._last_word(index, ended)
                 if active and not moved and self.outlet is not None and not self.outlet.wait():
                     for index, (stream, _) in active.items():  # the server is gone: nobody reads any of them
                         self._close(stream)
@@ -238,6 +245,16 @@ class BatchStreams:
         finally:
             self._end_loop()
         return finals
+
+    def _last_word(self, index: int, ended: ResponseItem) -> ResponseItem:
+        """A generator's request's final answer; one that streams has it sent at once (its client is done)."""
+        last = self.finish(index, ended)
+        form = self.final_forms.get(index)
+        if form is not None:
+            last = form(last)
+        if ended is not GONE and self.outlet is not None and index in self.live:
+            self.outlet.end(index, last)
+        return last
 
     def first_two(self, stream: Any) -> list[Any]:
         """The first two chunks of a stream nobody reads piece by piece (fewer if it ends first), for an answer

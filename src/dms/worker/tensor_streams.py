@@ -17,6 +17,7 @@ as a whole result is. The generator may make none, one or many.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -59,26 +60,28 @@ def answer_streams(
     """Answer each (index, its processor, its request, its generator, its encoder); see the module's docstring."""
     answers: list[tuple[int, ResponseItem]] = []
     generators: dict[int, tuple[Any, RequestProcessor]] = {}
-    empty_final: dict[int, InferRequest] = {}
     for index, proc, request, stream, encode in streamed:
         item = streams.items[index]
         try:
             if item.protocol == PROTOCOL_V2_GRPC and index in streams.live:
-                if wants_empty_final(request):
-                    empty_final[index] = request
+                asked = request if wants_empty_final(request) else None
                 streams.encoders[index] = _piece_encoder(encode)
+                streams.final_forms[index] = functools.partial(_final, model_name, model_version, asked)
                 generators[index] = (stream, proc)
             else:
                 answers.append((index, _one_response(model_name, item.stream, streams, stream, encode)))
         except Exception as exc:  # its parameter, or its generator, raised: this request's failure alone
             answers.append((index, error_item(handler_failure(exc, model_name))))
-    for index, last in streams.pump(generators).items():
-        if last.error is None:
-            asked = empty_final.get(index)
-            body = empty_final_response(model_name, model_version, asked.id) if asked is not None else b""
-            last = ResponseItem(200, body, "application/grpc")
-        answers.append((index, last))
+    answers += streams.pump(generators).items()
     return answers
+
+
+def _final(model_name: str, model_version: str, asked: InferRequest | None, last: ResponseItem) -> ResponseItem:
+    """A streamed request's last word: the empty final response it ``asked`` for, else nothing (or its error)."""
+    if last.error is not None:
+        return last
+    body = empty_final_response(model_name, model_version, asked.id) if asked is not None else b""
+    return ResponseItem(200, body, "application/grpc")
 
 
 def _piece_encoder(encode: Encode) -> Callable[[Any, RequestProcessor], ResponseItem]:

@@ -7,13 +7,15 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from dms.engine.chunk_streams import BatchChunks, ChunkQueue, StreamControl
+from dms.engine.chunk_streams import BatchChunks, ChunkQueue, StreamControl, StreamedRequest
 from dms.engine.worker_link import WorkerLink
 from dms.messages import (
     STREAM_WINDOW,
     BatchResult,
     Chunk,
+    ResponseItem,
     StreamCredit,
+    StreamEnd,
     Withdraw,
     decode_frame,
     encode_frame,
@@ -213,5 +215,19 @@ def test_a_request_given_up_before_its_chunks_are_read_stops_the_worker_at_each_
         assert early.stopped
         queue.chunk(Chunk(2, 0, b"b"), late)  # type: ignore[arg-type]
         assert late.stopped and late.credits == 0
+
+    asyncio.run(main())
+
+
+def test_a_stream_end_answers_its_request_before_its_batch_ends() -> None:
+    async def main() -> None:
+        link = WorkerLink(on_garbled=lambda reason: None)
+        reader = Reader()
+        future: asyncio.Future[ResponseItem] = asyncio.get_running_loop().create_future()
+        chunks = BatchChunks(link, 4, [None, StreamedRequest(reader, future)])
+        assert chunks.deliver(Chunk(4, 1, b"a"))
+        assert chunks.deliver(StreamEnd(4, 1, ResponseItem(200, b"", "text/plain")))
+        assert future.done() and future.result().batch_size == 2 and reader.chunks == [b"a"]
+        assert not chunks.deliver(StreamEnd(4, 0, ResponseItem(200, b"", "")))  # request 0 streams nothing
 
     asyncio.run(main())

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator, Iterator
 
 from dms.context import Context, RequestProcessor
-from dms.messages import STREAM_WINDOW, Batch, Chunk, RequestItem
+from dms.messages import STREAM_WINDOW, Batch, Chunk, RequestItem, ResponseItem
 from dms.worker.streaming import GONE, BatchStreams, is_stream
 
 
@@ -17,6 +17,10 @@ class FakeOutlet:
         self.room = dict.fromkeys(streamed, window)
         self.sent: list[Chunk] = []
         self.left: set[int] = set()
+        self.ended: list[tuple[int, ResponseItem]] = []
+        """The last words sent as their streams ended (``StreamEnd``)."""
+        self.ended_after: list[int] = []
+        """How many chunks had been sent when each of them was."""
         self.waits = 0
         self.on_wait: list[dict[int, int] | set[int]] = []
         """What each ``wait`` brings: more room (a dict) or departures (a set); the server is gone after them."""
@@ -30,6 +34,10 @@ class FakeOutlet:
     def send(self, chunk: Chunk) -> None:
         self.room[chunk.index] -= 1
         self.sent.append(chunk)
+
+    def end(self, index: int, last: ResponseItem) -> None:
+        self.ended.append((index, last))
+        self.ended_after.append(len(self.sent))
 
     def wait(self) -> bool:
         self.waits += 1
@@ -73,6 +81,18 @@ def test_generators_take_turns_one_chunk_each() -> None:
     assert [(c.index, c.body) for c in outlet.sent] == [(0, b"a"), (1, b"x"), (0, b"b"), (1, b"y"), (0, b"c")]
     assert all(c.batch_id == 5 and c.content_type == "text/plain; charset=utf-8" for c in outlet.sent)
     assert {i: (f.status, f.body, f.error) for i, f in finals.items()} == {0: (200, b"", None), 1: (200, b"", None)}
+
+
+def test_a_stream_that_ends_first_sends_its_last_word_at_once() -> None:
+    """The short answer of a batch is over when its generator ends, not when the batch's longest has."""
+    outlet = FakeOutlet([0, 1, 2])
+    streams = BatchStreams(batch(True, True, False), outlet, "m")
+    p = procs(3)
+    finals = streams.pump({0: (letters("abcdef"), p[0]), 1: (letters("xy"), p[1]), 2: (letters("jk"), p[2])})
+    assert [index for index, _ in outlet.ended] == [1, 0]  # request 2 does not stream: its answer is joined
+    assert outlet.ended_after[0] == 5  # a x b y c: request 1 ends at its next turn, long before request 0
+    assert outlet.ended[0][1] == finals[1] and finals[1].error is None
+    assert len(outlet.sent) == 8 and finals[2].body == b"jk"
 
 
 def test_a_request_that_does_not_stream_gets_its_chunks_joined() -> None:
