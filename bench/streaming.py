@@ -2,6 +2,7 @@
 
     python -m bench.streaming                                # c=1 and c=16, 5 ms a token, 64 tokens
     python -m bench.streaming --concurrency 1,4,16 --token-ms 2 --tokens 128 --transports grpc
+    python -m bench.streaming --continuous-batching          # requests join running generations
 
 The model is the test suite's character-level model (``tests/fixtures/char_model.py``), each character one
 token, made ``--token-ms`` apart (a sleep standing in for a model's step, so that the figures are those of a
@@ -166,8 +167,9 @@ def summary(runs: list[tuple[float, float, int]]) -> str:
     )
 
 
-def start_server(folder: Path) -> tuple[Server, str, str]:
-    """The server with both models; its inference URL and its gRPC address."""
+def start_server(folder: Path, continuous: bool = False) -> tuple[Server, str, str]:
+    """The server with both models (``continuous``: with continuous batching); its inference URL and its gRPC
+    address."""
     for name in ("char_model.py", "char_generator_handler.py", "char_decoupled_handler.py"):
         shutil.copy(FIXTURES / name, folder / name)
     sys.path.insert(0, str(FIXTURES))
@@ -175,6 +177,8 @@ def start_server(folder: Path) -> tuple[Server, str, str]:
 
     save(folder / "char_model.npz")
     base = "batchSize: 16\nmaxBatchDelay: 5\nminWorkers: 1\nmaxWorkers: 1\n"
+    if continuous:
+        base += "continuous_batching: true\n"
     for name, handler, config in (
         ("writer", "char_generator_handler.py", "generative: true\n" + base),
         ("decoupled", "char_decoupled_handler.py", base),
@@ -197,9 +201,10 @@ def main() -> None:
     parser.add_argument("--token-ms", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--transports", default="openai,grpc", help="of openai (SSE), grpc (ModelStreamInfer)")
+    parser.add_argument("--continuous-batching", action="store_true", help="requests join running generations")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="dms-bench-streaming-"))
-    server, url, grpc_address = start_server(folder)
+    server, url, grpc_address = start_server(folder, args.continuous_batching)
     token_s = args.token_ms / 1000
     clients = {
         "openai": ("DMS (OpenAI SSE)  ", lambda c: served(url, c, args.tokens, token_s)),

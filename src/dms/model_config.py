@@ -73,6 +73,12 @@ class ModelConfig(BaseModel):
     (``/v1/completions``, ``/v1/chat/completions``, ``/v1/models``). Its handler gets, per request, the
     generation request (``prompt``, ``messages``, ``max_tokens``, ``temperature``, ``stop``...) and returns a
     generator of text pieces, or the whole text (``docs/streaming.md``)."""
+    continuous_batching: bool = Field(
+        default=False, validation_alias=AliasChoices("continuous_batching", "continuousBatching")
+    )
+    """Requests that arrive while a worker streams join its running generators between two of their steps
+    (iteration-level batching), rather than waiting for its batch to end: for a handler whose generators may be
+    advanced alongside those of later batches (``docs/streaming.md``)."""
     handler: dict[str, Any] = Field(default_factory=dict)
     """Options for the handler (``context.model_yaml_config["handler"]``)."""
     runtime: dict[str, Any] = Field(default_factory=dict)
@@ -108,6 +114,7 @@ class ModelConfig(BaseModel):
             job_queue_size=self.job_queue_size or settings.job_queue_size,
             worker_memory_limit_mb=self.worker_memory_limit_mb,
             generative=self.generative,
+            continuous_batching=self.continuous_batching,
             ray=self.ray,
             raw=self.model_dump(mode="json"),
         )
@@ -127,6 +134,7 @@ class ResolvedModelConfig(BaseModel):
     job_queue_size: int
     worker_memory_limit_mb: int | None
     generative: bool = False
+    continuous_batching: bool = False
     ray: RayPlacement
     raw: dict[str, Any]
     """The whole config as given (handler and runtime options included), for the worker."""

@@ -43,14 +43,17 @@ outputs:
 @pytest.fixture(scope="module")
 def model(tmp_path_factory: pytest.TempPathFactory) -> tuple[CharModel, Path]:
     work = tmp_path_factory.mktemp("decoupled")
-    weights = char_model_store(work, {"chars": ("char_decoupled_handler.py", CONFIG)})
+    joined = CONFIG + "continuous_batching: true\n"
+    weights = char_model_store(
+        work, {"chars": ("char_decoupled_handler.py", CONFIG), "joined": ("char_decoupled_handler.py", joined)}
+    )
     return CharModel.load(weights), work
 
 
 @pytest.fixture(scope="module", params=["h2", "grpcio"])
 def server(request: pytest.FixtureRequest, model: tuple[CharModel, Path]):
     """The server, on DMS's own HTTP/2 gRPC and on grpcio."""
-    args = ["--model-store", "store", "--models", "chars=chars.mar"]
+    args = ["--model-store", "store", "--models", "chars=chars.mar", "joined=joined.mar"]
     if request.param == "grpcio":
         args += ["--grpc-server", "grpcio"]
     with running_server(model[1], args, env={"DMS_STREAM_STALL_TIMEOUT_S": "3"}) as server:
@@ -81,9 +84,17 @@ class Stream:
         self.responses: queue.Queue[tuple[Any, Any, float]] = queue.Queue()
         self.client.start_stream(callback=lambda result, error: self.responses.put((result, error, time.monotonic())))
 
-    def send(self, request_id: str, prompt: str, max_tokens: int, empty_final: bool = True, **extra: Any) -> None:
+    def send(
+        self,
+        request_id: str,
+        prompt: str,
+        max_tokens: int,
+        empty_final: bool = True,
+        model: str = "chars",
+        **extra: Any,
+    ) -> None:
         self.client.async_stream_infer(
-            "chars", inputs(prompt, max_tokens, **extra), request_id=request_id, enable_empty_final_response=empty_final
+            model, inputs(prompt, max_tokens, **extra), request_id=request_id, enable_empty_final_response=empty_final
         )
 
     def until_final(self, request_id: str) -> list[tuple[str, str | None, bool, float]]:
@@ -240,3 +251,23 @@ def test_a_stream_deadline_ends_the_call_and_the_generation(server: DmsServer, t
     time.sleep(1.0)
     assert len(trace.read_text().splitlines()) == made, "the worker went on generating past the deadline"
     assert made < 1.5 / 0.05 + 10
+
+
+def test_with_continuous_batching_a_request_joins_a_running_stream(server: DmsServer, model: tuple[CharModel, Path]):
+    """A request sent while another client's 60 responses stream (one worker): it joins the running generation,
+    and its own responses are all in within about its own time."""
+    long, short = Stream(server), Stream(server)
+    try:
+        long.send("long", "Alice was", 60, model="joined", pause_s=0.05)
+        time.sleep(0.5)
+        began = time.monotonic()
+        short.send("short", "the Rabbit", 5, model="joined", pause_s=0.05)
+        got = short.until_final("short")
+        took = time.monotonic() - began
+        rest = long.until_final("long")
+    finally:
+        long.close()
+        short.close()
+    assert [char for _, char, _, _ in got[:-1]] == list(model[0].generate("the Rabbit", 5))
+    assert [char for _, char, _, _ in rest[:-1]] == list(model[0].generate("Alice was", 60))
+    assert took < 1.5, took  # without continuous batching it waits for the long one: about 2.5 s more

@@ -32,13 +32,15 @@ PROMPTS = ["Alice was", "the Rabbit", "her sister", "pictures or "]
 def model(tmp_path_factory: pytest.TempPathFactory) -> tuple[CharModel, Path]:
     work = tmp_path_factory.mktemp("char-model")
     config = "batchSize: 4\nmaxBatchDelay: 50\nminWorkers: 1\nmaxWorkers: 1\n"
-    weights = char_model_store(work, {name: (handler, config) for name, handler in MODELS.items()})
+    models = {name: (handler, config) for name, handler in MODELS.items()}
+    models["chars_joined"] = ("char_generator_handler.py", config + "continuous_batching: true\n")
+    weights = char_model_store(work, models)
     return CharModel.load(weights), work
 
 
 @pytest.fixture(scope="module")
 def server(model: tuple[CharModel, Path]):
-    models = ",".join(f"{name}={name}.mar" for name in MODELS)
+    models = ",".join(f"{name}={name}.mar" for name in [*MODELS, "chars_joined"])
     args = ["--model-store", "store", "--models", models]
     with running_server(model[1], args, env={"DMS_STREAM_STALL_TIMEOUT_S": "3"}) as server:
         yield server
@@ -198,3 +200,32 @@ def test_a_short_answer_ends_before_the_long_one_in_its_batch(server: DmsServer)
         thread.join()
     assert took[40] >= 40 * 0.05
     assert took[3] < took[40] / 2, took
+
+
+@pytest.mark.parametrize("name", ["chars", "chars_joined"])
+def test_with_continuous_batching_a_request_joins_a_running_generation(
+    server: DmsServer, model: tuple[CharModel, Path], name: str
+):
+    """A request that arrives while a 60-character answer streams: with ``continuous_batching`` it joins the running
+    generation and is done in about its own time; without, it waits for the long one to end."""
+    char_model, _ = model
+    took: dict[str, float] = {}
+    answers: dict[str, str] = {}
+
+    def client(prompt: str, tokens: int) -> None:
+        began = time.monotonic()
+        response, pieces, _ = stream(server, name, {"prompt": prompt, "max_tokens": tokens, "pause_s": 0.05})
+        assert response.status_code == 200
+        answers[prompt] = b"".join(pieces).decode()
+        took[prompt] = time.monotonic() - began
+
+    long = threading.Thread(target=client, args=("Alice was", 60))
+    long.start()
+    time.sleep(0.5)
+    client("the Rabbit", 5)
+    long.join()
+    assert answers == {p: "".join(char_model.generate(p, n)) for p, n in (("Alice was", 60), ("the Rabbit", 5))}
+    if name == "chars_joined":
+        assert took["the Rabbit"] < 1.0, took
+    else:
+        assert took["the Rabbit"] > 2.0, took  # it waited for the long answer's batch to end

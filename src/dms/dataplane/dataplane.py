@@ -155,7 +155,13 @@ class DataPlane:
         )
         observer = self._observers(model_name, archive.manifest.model_version) if self._observers else None
         batcher: Batcher[Any] = Batcher(
-            label, pool, config.batch_size, config.job_queue_size, observer, max_delay_ms=config.max_batch_delay_ms
+            label,
+            pool,
+            config.batch_size,
+            config.job_queue_size,
+            observer,
+            max_delay_ms=config.max_batch_delay_ms,
+            continuous=config.continuous_batching,
         )
         model = ModelVersion(
             name=model_name,

@@ -43,6 +43,9 @@ QUIET_TURN_NS = 20_000
 """A turn of the event loop shorter than this did nothing else of note."""
 QUIET_TURNS = 3
 """Turns in a row without a new request, each of them quiet, after which the frontend counts as idle."""
+CONTINUOUS_BATCHES = 32
+"""Batches a worker of a model with continuous batching holds at most: the one it began with, and those that
+joined its running generators (a request arriving alone is a batch of one)."""
 SEND_AHEAD_MIN_BATCH_NS = 2_000_000
 """Full batches go ahead to busy workers only for a model whose batches keep a worker busy this long on
 average. What sending ahead saves is the server's turnaround between two batches (~0.2-1 ms here); a
@@ -66,8 +69,9 @@ class Executor(Protocol[W]):
         """Give back a worker that got no batch."""
         ...
 
-    def take_spare(self) -> W | None:
-        """A busy worker that can take one more batch right now (None if there is none, or a worker is idle)."""
+    def take_spare(self, most: int = 2) -> W | None:
+        """A busy worker that can take one more batch right now, to hold at most ``most`` (None if there is none,
+        or a worker is idle)."""
         ...
 
     def withdraw(self, worker: W, item: RequestItem) -> None:
@@ -100,8 +104,14 @@ class Batcher(Generic[W]):
         queue_size: int,
         observer: BatchObserver | None = None,
         max_delay_ms: float = 0.0,
+        continuous: bool = False,
     ) -> None:
         self.label = label
+        self.continuous = continuous
+        """Continuous batching: whatever is queued goes at once to a busy worker with room, whose running
+        generators it joins (``CONTINUOUS_BATCHES`` batches a worker at most)."""
+        self._ahead_at = 1 if continuous else batch_size
+        """Queued requests that make a batch worth sending to a busy worker."""
         self.gather_cap_ns = int(min(max_delay_ms, GATHER_CAP_MS) * 1e6)
         self.executor = executor
         self.batch_size = batch_size
@@ -149,7 +159,7 @@ class Batcher(Generic[W]):
         future: asyncio.Future[ResponseItem] = (self._loop or asyncio.get_running_loop()).create_future()
         self._queue.append(Pending(item, future, reader))
         self._not_empty.set()
-        if self._send_ahead and len(self._queue) >= self.batch_size:  # checked here too: it is the hot path
+        if self._send_ahead and len(self._queue) >= self._ahead_at:  # checked here too: it is the hot path
             self._hand_to_spares()
         return future
 
@@ -159,7 +169,7 @@ class Batcher(Generic[W]):
                 self._not_empty.clear()
                 await self._not_empty.wait()
                 await self._gather()
-            self._send_ahead = self._batch_ns >= SEND_AHEAD_MIN_BATCH_NS
+            self._send_ahead = self.continuous or self._batch_ns >= SEND_AHEAD_MIN_BATCH_NS
             self._hand_to_spares()
             try:
                 worker = await self.executor.acquire()
@@ -187,10 +197,11 @@ class Batcher(Generic[W]):
 
     def _hand_to_spares(self) -> None:
         """While sending ahead is on, send each full batch queued to a busy worker with room for it."""
+        most = CONTINUOUS_BATCHES if self.continuous else 2
         while (
             self._send_ahead
-            and len(self._queue) >= self.batch_size
-            and (worker := self.executor.take_spare()) is not None
+            and len(self._queue) >= self._ahead_at
+            and (worker := self.executor.take_spare(most)) is not None
         ):
             batch = self._take()
             if not batch:

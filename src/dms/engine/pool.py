@@ -197,17 +197,20 @@ class WorkerPool(Supervisor):
             self._idle_event.clear()
             await self._idle_event.wait()
 
-    def take_spare(self) -> WorkerProcess | None:
-        """A busy worker that can take a second batch now, the one busy longest; None while one is idle."""
+    def take_spare(self, most: int = 2) -> WorkerProcess | None:
+        """A busy worker that can take one more batch now (to hold at most ``most``), the one busy longest; None
+        while one is idle."""
         if any(w.state == WorkerState.READY and not w.retiring for w in self._idle):
             return None
         candidates = [
-            w for w in self.workers.values() if w.assigned == 1 and w.state == WorkerState.BUSY and not w.retiring
+            w
+            for w in self.workers.values()
+            if 1 <= w.assigned < most and w.state == WorkerState.BUSY and not w.retiring
         ]
         if not candidates:
             return None
         spare = min(candidates, key=lambda w: w.busy_since)
-        spare.assigned = 2
+        spare.assigned += 1
         self._spares_out += 1
         return spare
 
@@ -242,7 +245,7 @@ class WorkerPool(Supervisor):
 
     def _unassign(self, worker: WorkerProcess) -> None:
         """One batch given to ``worker`` is over (answered, failed, or never sent)."""
-        if worker.assigned == 2:
+        if worker.assigned >= 2:
             self._spares_out -= 1
         worker.assigned -= 1
 

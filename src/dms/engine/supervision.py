@@ -151,7 +151,7 @@ class Supervisor(ABC):
         return f"its workers failed to start ({self.last_error})"
 
     # -- the batcher's ``Executor``, for a pool that sends no batch ahead to a busy worker ----------------------
-    def take_spare(self) -> Any:
+    def take_spare(self, most: int = 2) -> Any:
         """None: no worker takes a second batch (``WorkerPool`` overrides this)."""
         return None
 

@@ -16,6 +16,7 @@ import socket
 import sys
 import traceback
 from collections import deque
+from typing import TYPE_CHECKING
 
 from dms.errors import DMSError
 from dms.messages import (
@@ -36,6 +37,10 @@ from dms.messages import (
     frame_end,
     to_worker_decoder,
 )
+
+if TYPE_CHECKING:
+    from dms.worker.joined import Started
+    from dms.worker.service import ModelService
 
 
 class Channel:
@@ -103,6 +108,14 @@ class Channel:
     def take_about(self, batch_id: int) -> list[Withdraw | StreamCredit]:
         """Take the withdrawals and stream credits for ``batch_id`` out of the line ahead."""
         found = [m for m in self._ahead if isinstance(m, Withdraw | StreamCredit) and m.batch_id == batch_id]
+        for message in found:
+            self._ahead.remove(message)
+        return found
+
+    def take_batches(self) -> list[Batch]:
+        """Take the batches that have arrived out of the line ahead (continuous batching, ``dms.worker.joined``)."""
+        self.read_arrived(wait=False)
+        found = [m for m in self._ahead if isinstance(m, Batch)]
         for message in found:
             self._ahead.remove(message)
         return found
@@ -176,6 +189,7 @@ def serve(channel: Channel) -> int:
     """Load the model named by the first frame, then answer batches until the server closes the socket."""
     # Imported before the first frame arrives: an interpreter started ahead of need (dms.engine.interpreters)
     # does this while the server is still starting.
+    from dms.worker.joined import run_joined
     from dms.worker.service import ModelService
 
     load = channel.recv()
@@ -197,13 +211,24 @@ def serve(channel: Channel) -> int:
         request = channel.recv()
         if request is None:
             return 0
-        if isinstance(request, Batch):
+        if isinstance(request, Batch) and service.continuous:
+            arrivals = lambda: [begin(service, channel, batch) for batch in channel.take_batches()]  # noqa: E731
+            run_joined(begin(service, channel, request), arrivals, lambda: channel.read_arrived(True), channel.send)
+        elif isinstance(request, Batch):
             try:
                 result = service.run_batch(request, channel.withdrawn(request), ChannelOutlet(channel, request))
             except Exception as exc:  # each request's own errors are handled inside; this is the last resort
                 result = service.failed_batch(request, exc)
             channel.send(result)
         # A Withdraw or StreamCredit read here came after its batch ended: there is nothing left to do.
+
+
+def begin(service: ModelService, channel: Channel, batch: Batch) -> Started:
+    """A batch taken up under continuous batching: running, or already answered (``dms.worker.joined``)."""
+    try:
+        return service.begin_batch(batch, channel.withdrawn(batch), ChannelOutlet(channel, batch))
+    except Exception as exc:  # each request's own errors are handled inside; this is the last resort
+        return service.failed_batch(batch, exc)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import traceback
@@ -29,6 +30,7 @@ from dms.runtimes.base import declared_specs
 from dms.worker.generation import TextLimits
 from dms.worker.handler_loader import load_handler
 from dms.worker.inputs import build_request_data
+from dms.worker.joined import Running
 from dms.worker.outputs import encode_output
 from dms.worker.protocols import TensorModel, run_tensor_requests, undecodable
 from dms.worker.streaming import BatchStreams, Outlet, error_item, is_stream
@@ -53,6 +55,8 @@ class ModelService:
             model_yaml_config=load.config,
         )
         self.limits = load.limits
+        self.continuous = bool(load.config.get("continuous_batching"))
+        """Batches that arrive while this model streams join its running generators (``dms.worker.joined``)."""
         self.context.system_properties["cpu_threads"] = load.cpu_threads
         self.context.system_properties["limits"] = msgspec.structs.asdict(load.limits)
         handler_spec = str(load.manifest.get("model", {}).get("handler", ""))
@@ -90,6 +94,15 @@ class ModelService:
         """Answer each request of ``batch``; those in ``withdrawn`` (their clients went away) are skipped. Chunks of
         requests that asked for ``stream`` go out through ``outlet`` as they are made (``dms.worker.streaming``);
         without one, every request's chunks are joined into its answer."""
+        started = self.begin_batch(batch, withdrawn, outlet, defer=False)
+        assert isinstance(started, BatchResult)
+        return started
+
+    def begin_batch(
+        self, batch: Batch, withdrawn: set[int] | None, outlet: Outlet | None, defer: bool = True
+    ) -> BatchResult | Running:
+        """``run_batch``; but with ``defer``, a batch whose handler returned generators comes back ``Running``:
+        its generators not yet advanced, to take turns with other batches' (``dms.worker.joined``)."""
         results: list[ResponseItem | None] = [None] * len(batch.items)
         if withdrawn:
             for index in withdrawn & set(range(len(results))):
@@ -99,6 +112,7 @@ class ModelService:
         tensor = [(i, item) for i, item in live if item.protocol in TENSOR_PROTOCOLS]
         timings = BatchTimings()
         streams = BatchStreams(batch, outlet, self.model_name, self.limits.max_response_bytes)
+        streams.defer = defer
         if raw:
             self._run_raw(raw, results, timings, streams)
         if tensor:
@@ -109,6 +123,17 @@ class ModelService:
             timings.input_ns += decode_ns
             timings.infer_ns += infer_ns
             timings.output_ns += encode_ns
+        if streams.deferred:
+            conclude = functools.partial(self._conclude, results, timings, batch)
+            return Running(batch, streams, streams.deferred, {}, conclude)
+        return self._conclude(results, timings, batch, {})
+
+    def _conclude(
+        self, results: list[ResponseItem | None], timings: BatchTimings, batch: Batch, finals: dict[int, ResponseItem]
+    ) -> BatchResult:
+        """The batch's result, with the last words of its deferred generators (``finals``)."""
+        for index, last in finals.items():
+            results[index] = last
         if self.limits.max_response_bytes:
             self._drop_oversized(results)
         return BatchResult(batch_id=batch.batch_id, items=[r for r in results if r is not None], timings=timings)
@@ -187,6 +212,9 @@ class ModelService:
                 results[index] = answer
             else:
                 generators[index] = (answer, procs[index])
+        if streams.defer:
+            streams.deferred.update(generators)
+            return
         for index, last in streams.pump(generators).items():
             results[index] = last
 

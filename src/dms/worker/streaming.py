@@ -91,6 +91,8 @@ class BatchStreams:
         "_live",
         "_loop",
         "batch_id",
+        "defer",
+        "deferred",
         "encoders",
         "final_forms",
         "generators",
@@ -123,6 +125,10 @@ class BatchStreams:
         self.encoders: dict[int, Callable[[Any, RequestProcessor], ResponseItem]] = {}
         """How a request's chunks are encoded, where not as a handler's result is (``encode_output``): a tensor
         protocol's (``dms.worker.tensor_streams``)."""
+        self.defer = False
+        """The handler's generators are not run here but handed back (``deferred``) to take turns with other
+        batches' (continuous batching, ``dms.worker.joined``)."""
+        self.deferred: dict[int, tuple[Any, RequestProcessor]] = {}
         self.final_forms: dict[int, Callable[[ResponseItem], ResponseItem]] = {}
         """How a request's last word is put once its generator ends, where not as it is (a tensor protocol's)."""
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -223,28 +229,37 @@ class BatchStreams:
         active = dict(streams)
         try:
             while active:
-                moved = False
-                for index, (stream, proc) in list(active.items()):
-                    if self.gone(index):
-                        self._close(stream)
-                        del active[index]
-                        finals[index] = GONE
-                        continue
-                    if self.outlet is not None and index in self.live and not self.outlet.has_room(index):
-                        continue
-                    moved = True
-                    ended = self._advance(index, stream, proc)
-                    if ended is not None:
-                        del active[index]
-                        finals[index] = self._last_word(index, ended)
-                if active and not moved and self.outlet is not None and not self.outlet.wait():
-                    for index, (stream, _) in active.items():  # the server is gone: nobody reads any of them
-                        self._close(stream)
-                        finals[index] = GONE
-                    active.clear()
+                if not self.step(active, finals) and active and self.outlet is not None and not self.outlet.wait():
+                    self.abandon(active, finals)
         finally:
-            self._end_loop()
+            self.close_loop()
         return finals
+
+    def step(self, active: dict[int, tuple[Any, RequestProcessor]], finals: dict[int, ResponseItem]) -> bool:
+        """One turn: a chunk of each ``active`` generator whose client has room (those that end move to
+        ``finals``); whether any moved (if none did, their clients must drain before the next turn)."""
+        moved = False
+        for index, (stream, proc) in list(active.items()):
+            if self.gone(index):
+                self._close(stream)
+                del active[index]
+                finals[index] = GONE
+                continue
+            if self.outlet is not None and index in self.live and not self.outlet.has_room(index):
+                continue
+            moved = True
+            ended = self._advance(index, stream, proc)
+            if ended is not None:
+                del active[index]
+                finals[index] = self._last_word(index, ended)
+        return moved
+
+    def abandon(self, active: dict[int, tuple[Any, RequestProcessor]], finals: dict[int, ResponseItem]) -> None:
+        """The server is gone: nobody reads any of ``active``; each generator is closed."""
+        for index, (stream, _) in active.items():
+            self._close(stream)
+            finals[index] = GONE
+        active.clear()
 
     def _last_word(self, index: int, ended: ResponseItem) -> ResponseItem:
         """A generator's request's final answer; one that streams has it sent at once (its client is done)."""
@@ -267,10 +282,11 @@ class BatchStreams:
             pass
         finally:
             self._close(stream)
-            self._end_loop()
+            self.close_loop()
         return values
 
-    def _end_loop(self) -> None:
+    def close_loop(self) -> None:
+        """Close the event loop that ran the batch's async generators, if any did."""
         if self._loop is not None:
             self._loop.close()
             self._loop = None

@@ -72,6 +72,9 @@ def answer_streams(
                 answers.append((index, _one_response(model_name, item.stream, streams, stream, encode)))
         except Exception as exc:  # its parameter, or its generator, raised: this request's failure alone
             answers.append((index, error_item(handler_failure(exc, model_name))))
+    if streams.defer:  # continuous batching: they take turns with other batches' (``dms.worker.joined``)
+        streams.deferred.update(generators)
+        return answers
     answers += streams.pump(generators).items()
     return answers
 

@@ -50,7 +50,7 @@ class FakeExecutor:
     def release(self, worker: int) -> None:
         self.idle.put_nowait(worker)
 
-    def take_spare(self) -> int | None:
+    def take_spare(self, most: int = 2) -> int | None:
         return None
 
     def withdraw(self, worker: int, item: RequestItem) -> None:
@@ -60,12 +60,14 @@ class FakeExecutor:
         return 0
 
 
-def run(scenario, executor: FakeExecutor | None = None, batch_size: int = 4, queue_size: int = 10):
+def run(
+    scenario, executor: FakeExecutor | None = None, batch_size: int = 4, queue_size: int = 10, continuous: bool = False
+):
     """Run ``scenario(batcher, executor)`` against a started batcher, closing it afterwards."""
 
     async def main():
         fake = executor or FakeExecutor()
-        batcher = Batcher("m", fake, batch_size=batch_size, queue_size=queue_size)
+        batcher = Batcher("m", fake, batch_size=batch_size, queue_size=queue_size, continuous=continuous)
         batcher.start()
         try:
             return await scenario(batcher, fake)
@@ -317,8 +319,8 @@ class SpareRoomExecutor(FakeExecutor):
         self.running += 1
         return worker
 
-    def take_spare(self) -> int | None:
-        if self.running != 1 or not self.idle.empty():
+    def take_spare(self, most: int = 2) -> int | None:
+        if not 1 <= self.running < most or not self.idle.empty():
             return None
         self.running += 1
         return 0
@@ -353,6 +355,25 @@ def test_while_no_worker_is_idle_a_full_batch_goes_at_once_to_a_busy_worker_with
     sent_while_busy, batches = run(scenario, SpareRoomExecutor(), batch_size=2)
     assert sent_while_busy == [["a"], ["b", "c"]]  # "d" alone is not a full batch: it waits for an idle worker
     assert batches == [["a"], ["b", "c"], ["d"]]
+
+
+def test_with_continuous_batching_each_request_goes_at_once_to_the_busy_worker():
+    """Continuous batching: a request queued while the worker is busy is sent to it at once, alone, to join its
+    running generators; it does not wait for a full batch or an idle worker."""
+
+    async def scenario(batcher, executor):
+        first = batcher.submit(item("a"))
+        await asyncio.sleep(0.01)
+        second = batcher.submit(item("b"))
+        await asyncio.sleep(0.01)
+        third = batcher.submit(item("c"))
+        await asyncio.sleep(0.01)
+        sent_while_busy = [list(b) for b in executor.batches]
+        executor.gate.set()
+        await asyncio.gather(first, second, third)
+        return sent_while_busy
+
+    assert run(scenario, SpareRoomExecutor(), batch_size=4, continuous=True) == [["a"], ["b"], ["c"]]
 
 
 def test_a_batch_the_worker_never_took_up_goes_back_to_the_head_of_the_queue():
