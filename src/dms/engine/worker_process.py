@@ -169,7 +169,8 @@ class WorkerProcess:
             if reply is not None:
                 self.kill(f"it answered batch {batch.batch_id} with {type(reply).__name__}")
             self.state = WorkerState.DEAD
-            if link.received < position:
+            streamed = self._streams.get(batch.batch_id)
+            if link.received < position and (streamed is None or not streamed.controls):  # none of it went out
                 raise BatchNotStartedError(
                     f"the worker of model {self.load.model_name} (pid {self.pid}) ended before it took up this request"
                 )
