@@ -30,6 +30,16 @@ def none_left_over() -> Iterator[None]:
     uvloop.run(interpreters.discard_prestarted())
 
 
+def prestarted_now(before: set[int], count: int) -> set[int]:
+    """The ``count`` interpreters ``interpreters.prestart`` just started. Waited for: a CI run once found none
+    right after ``Popen`` returned (the child's command line can lack its new program's arguments for a moment,
+    until the kernel has set them up)."""
+    found: set[int] = wait_for(
+        lambda: len(started := worker_children() - before) == count and started, what="the prestarted interpreters"
+    )
+    return found
+
+
 def worker_children() -> set[int]:
     found = set()
     for child in psutil.Process().children():
@@ -54,8 +64,7 @@ async def answering_pid(load: LoadModel) -> tuple[WorkerProcess, int]:
 def test_workers_take_the_prestarted_interpreters_then_start_their_own(load: LoadModel) -> None:
     before = worker_children()
     interpreters.prestart(2)
-    prestarted = worker_children() - before
-    assert len(prestarted) == 2
+    prestarted = prestarted_now(before, 2)
 
     async def three_workers() -> list[int]:
         started = [await answering_pid(load) for _ in range(3)]
@@ -71,7 +80,7 @@ def test_workers_take_the_prestarted_interpreters_then_start_their_own(load: Loa
 def test_a_prestarted_interpreter_that_died_is_passed_over(load: LoadModel) -> None:
     before = worker_children()
     interpreters.prestart(1)
-    [dead] = worker_children() - before
+    [dead] = prestarted_now(before, 1)
     os.kill(dead, signal.SIGKILL)
     wait_for(lambda: psutil.Process(dead).status() == psutil.STATUS_ZOMBIE, what="the killed interpreter to end")
 
@@ -87,8 +96,7 @@ def test_interpreters_no_worker_took_are_ended_leaving_nothing_open() -> None:
     descriptors = open_descriptors()
     before = worker_children()
     interpreters.prestart(2)
-    prestarted = [psutil.Process(pid) for pid in worker_children() - before]
-    assert len(prestarted) == 2
+    prestarted = [psutil.Process(pid) for pid in prestarted_now(before, 2)]
     uvloop.run(interpreters.discard_prestarted())
     for process in prestarted:  # ended and reaped: not even a zombie is left
         assert not process.is_running()
