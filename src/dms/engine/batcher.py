@@ -112,6 +112,8 @@ class Batcher(Generic[W]):
         generators it joins (``CONTINUOUS_BATCHES`` batches a worker at most)."""
         self._ahead_at = 1 if continuous else batch_size
         """Queued requests that make a batch worth sending to a busy worker."""
+        self._most_batches = CONTINUOUS_BATCHES if continuous else 2
+        """Batches a busy worker may hold when one more is sent to it."""
         self.gather_cap_ns = int(min(max_delay_ms, GATHER_CAP_MS) * 1e6)
         self.executor = executor
         self.batch_size = batch_size
@@ -197,11 +199,10 @@ class Batcher(Generic[W]):
 
     def _hand_to_spares(self) -> None:
         """While sending ahead is on, send each full batch queued to a busy worker with room for it."""
-        most = CONTINUOUS_BATCHES if self.continuous else 2
         while (
             self._send_ahead
             and len(self._queue) >= self._ahead_at
-            and (worker := self.executor.take_spare(most)) is not None
+            and (worker := self.executor.take_spare(self._most_batches)) is not None
         ):
             batch = self._take()
             if not batch:
@@ -233,11 +234,10 @@ class Batcher(Generic[W]):
             self._handed_ahead -= len(batch)  # the executor counts them from here, in this same step
         try:
             items = [pending.item for pending in batch]
-            readers = [pending.reader for pending in batch]
-            if readers.count(None) < len(readers):  # some request streams its answer: it may end before the batch
-                streamed: list[ChunkReader | None] = [
-                    None if p.reader is None else StreamedRequest(p.reader, p.future) for p in batch
-                ]
+            streamed: list[ChunkReader | None] = [
+                None if p.reader is None else StreamedRequest(p.reader, p.future) for p in batch
+            ]
+            if streamed.count(None) < len(streamed):  # some request streams its answer: it may end before the batch
                 outcome = await self.executor.execute(worker, items, streamed)
             else:
                 outcome = await self.executor.execute(worker, items)
